@@ -1,0 +1,1 @@
+"""herd HTTP API: OpenAI and Ollama wire formats over one internal request type."""

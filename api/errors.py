@@ -1,0 +1,60 @@
+"""The one ErrorKind -> (status, type, code) table, with the OpenAI renderer (the Ollama one joins it later)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from shared.errors import ErrorKind, InvalidRequest, ServiceError
+from shared.wire.openai import ErrorDetail, ErrorResponse
+
+
+class Rule(msgspec.Struct, frozen=True):
+    status: int
+    type: str
+    code: str | None
+    transient: bool = False  # clients may retry (Retry-After is sent)
+
+
+TABLE: dict[ErrorKind, Rule] = {
+    ErrorKind.INVALID_REQUEST: Rule(400, "invalid_request_error", None),
+    ErrorKind.CONTEXT_LENGTH_EXCEEDED: Rule(400, "invalid_request_error", "context_length_exceeded"),
+    ErrorKind.MODEL_NOT_FOUND: Rule(404, "invalid_request_error", "model_not_found"),
+    ErrorKind.OVERLOADED: Rule(503, "server_error", "overloaded", transient=True),
+    ErrorKind.UNAVAILABLE: Rule(503, "server_error", "unavailable", transient=True),
+    ErrorKind.WORKER_LOST: Rule(503, "server_error", "worker_lost", transient=True),
+    ErrorKind.STREAM_BROKEN: Rule(502, "server_error", "stream_broken", transient=True),
+    ErrorKind.ENGINE_ERROR: Rule(500, "server_error", "engine_error"),
+    ErrorKind.CANCELLED: Rule(499, "server_error", "cancelled"),
+}
+
+
+def openai_body(exc: ServiceError) -> ErrorResponse:
+    rule = TABLE[exc.kind]
+    return ErrorResponse(ErrorDetail(message=exc.message, type=rule.type, param=exc.param, code=rule.code))
+
+
+def openai_headers(exc: ServiceError, default_retry_after_s: int) -> dict[str, str]:
+    rule = TABLE[exc.kind]
+    if not rule.transient:
+        # Clients retry every 5xx unless told otherwise; a deterministic failure would fail again.
+        return {"x-should-retry": "false"} if rule.status >= 500 else {}
+    return {"retry-after": str(exc.retry_after_s or default_retry_after_s)}
+
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
+    """msgspec reports the offending field as a JSONPath suffix (`- at `$.messages[0].role``): lift it into param."""
+    text = str(exc)
+    match = _PATH.search(text)
+    if isinstance(exc, msgspec.ValidationError) and match:
+        path = match.group("path").lstrip(".")
+        return InvalidRequest(f"Invalid value for '{path}': {text[: match.start()]}", param=path)
+    if isinstance(exc, msgspec.ValidationError):
+        # msgspec names no path when a top-level field is missing: its message names the field instead.
+        missing = re.search(r"missing required field `(\w+)`", text)
+        return InvalidRequest(f"{text}", param=missing.group(1) if missing else None)
+    return InvalidRequest(f"We could not parse the JSON body of your request: {text}", param=None)

@@ -1,0 +1,294 @@
+"""The only Redis I/O in the API: worker view, admission, subscribe-then-enqueue, event streams, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import redis.exceptions
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
+
+from shared import channels
+from shared.config import Settings
+from shared.errors import (
+    ModelNotFound,
+    Overloaded,
+    StreamBroken,
+    Unavailable,
+    WorkerLost,
+    from_kind,
+)
+from shared.inference import Failed, Finished, GenerationRequest, Started, StreamEvent, TokenDelta, WorkerStatus
+
+log = logging.getLogger("herd.api.gateway")
+
+_LOST = b""  # put on a request's queue when the pub/sub connection dropped: events may have been missed
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class Demux:
+    """One pub/sub connection per API process, shared by every in-flight request.
+
+    A subscription counts only once Redis confirmed it, so an event published after `subscribe` returns
+    cannot be missed.
+    """
+
+    def __init__(self, redis: ArqRedis, control_channel: str) -> None:
+        self._redis = redis
+        self._control = control_channel.encode()
+        self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._pubsub: redis.asyncio.client.PubSub | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="herd-demux")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
+        try:
+            async with asyncio.timeout(5):
+                await self._connected.wait()
+                assert self._pubsub is not None
+                key = channel.encode()
+                queue: asyncio.Queue[bytes] = asyncio.Queue()
+                confirmed = asyncio.get_running_loop().create_future()
+                self._queues[key] = queue
+                self._confirmations[key] = confirmed
+                await self._pubsub.subscribe(key)
+                await confirmed
+                return queue
+        except (TimeoutError, *_REDIS_ERRORS) as exc:
+            self._queues.pop(channel.encode(), None)
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+
+    async def unsubscribe(self, channel: str) -> None:
+        key = channel.encode()
+        if self._queues.pop(key, None) is not None and self._pubsub is not None and self._connected.is_set():
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self._pubsub.unsubscribe(key)
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._control)
+                self._pubsub = pubsub
+                self._connected.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message)
+            except _REDIS_ERRORS as exc:
+                log.warning("pub/sub connection lost: %s", exc)
+            finally:
+                self._connected.clear()
+                self._pubsub = None
+                for queue in self._queues.values():
+                    queue.put_nowait(_LOST)
+                self._queues.clear()
+                for confirmed in self._confirmations.values():
+                    if not confirmed.done():
+                        confirmed.set_exception(redis.exceptions.ConnectionError("pub/sub connection lost"))
+                self._confirmations.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(0.5)
+
+    def _dispatch(self, message: dict[str, object]) -> None:
+        channel = message["channel"]
+        assert isinstance(channel, bytes)
+        if message["type"] == "message":
+            queue = self._queues.get(channel)
+            if queue is not None:
+                data = message["data"]
+                assert isinstance(data, bytes)
+                queue.put_nowait(data)
+        elif message["type"] == "subscribe":
+            confirmed = self._confirmations.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+
+class EventStream:
+    """One request's events, in order. A gap, a dead worker or a lost Redis becomes an exception, never a hang."""
+
+    def __init__(self, gateway: Gateway, request: GenerationRequest, queue: asyncio.Queue[bytes]) -> None:
+        self._gateway = gateway
+        self.request = request
+        self._queue = queue
+        self._decoder = msgspec.msgpack.Decoder(StreamEvent)
+        self._expected_seq = 0
+        self.worker_id: str | None = None
+        self.prompt_tokens = 0
+        self.finished = False
+
+    async def next(self) -> StreamEvent:
+        while True:
+            try:
+                async with asyncio.timeout(self._gateway.settings.heartbeat_interval_s):
+                    raw = await self._queue.get()
+            except TimeoutError:
+                await self._gateway.check_progress(self)
+                continue
+            if raw == _LOST:
+                raise Unavailable("lost the connection to Redis while streaming; events may be missing")
+            event = self._decoder.decode(raw)
+            if event.seq != self._expected_seq:
+                raise StreamBroken(f"event {self._expected_seq} of the response went missing (got {event.seq})")
+            self._expected_seq += 1
+            if isinstance(event, Started):
+                self.worker_id = event.worker_id
+                self.prompt_tokens = event.prompt_tokens
+            elif isinstance(event, Failed):
+                self.finished = True
+                raise from_kind(event.kind, event.message, event.param)
+            elif isinstance(event, Finished):
+                self.finished = True
+            return event
+
+    async def start(self) -> None:
+        """Wait until a worker admitted the request (or refused it): the moment to pick the HTTP status."""
+        event = await self.next()
+        assert isinstance(event, Started), event
+
+    async def deltas(self) -> AsyncIterator[TokenDelta | Finished]:
+        while not self.finished:
+            event = await self.next()
+            assert isinstance(event, TokenDelta | Finished)
+            yield event
+
+    async def close(self) -> None:
+        await self._gateway.release(self)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, redis: ArqRedis, api_id: str) -> None:
+        self.settings = settings
+        self._redis = redis
+        self._demux = Demux(redis, f"{channels.PREFIX}:api:{api_id}")
+        self._workers: list[WorkerStatus] = []
+        self._workers_at = 0.0
+        self._worker_decoder = msgspec.json.Decoder(WorkerStatus)
+
+    async def start(self) -> None:
+        self._demux.start()
+
+    async def close(self) -> None:
+        await self._demux.close()
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(1):
+                return bool(await self._redis.ping())
+        except (TimeoutError, *_REDIS_ERRORS):
+            return False
+
+    async def workers(self, max_age_s: float = 0.5) -> list[WorkerStatus]:
+        """Live workers from their heartbeats (a key that expired is a dead worker), cached briefly."""
+        if time.monotonic() - self._workers_at < max_age_s:
+            return self._workers
+        keys = [key async for key in self._redis.scan_iter(match=channels.WORKER_PATTERN, count=200)]
+        values = await self._redis.mget(keys) if keys else []
+        self._workers = [self._worker_decoder.decode(v) for v in values if v]
+        self._workers_at = time.monotonic()
+        return self._workers
+
+    async def models(self) -> dict[str, int]:
+        """Every model herd knows (configured or served), with its context length per sequence."""
+        known = {m.name: m.n_ctx for m in self.settings.models}
+        for worker in await self.workers():
+            known.update(dict.fromkeys(worker.models, worker.n_ctx))
+        return known
+
+    async def open(self, request: GenerationRequest) -> EventStream:
+        """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
+        try:
+            await self._admit(request.model)
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        channel = channels.events(request.id)
+        queue = await self._demux.subscribe(channel)
+        stream = EventStream(self, request, queue)
+        try:
+            await self._enqueue(request)
+            await stream.start()
+        except BaseException:
+            await self.release(stream)
+            raise
+        return stream
+
+    async def _admit(self, model: str) -> None:
+        if model not in await self.models():
+            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+        if not any(model in w.models for w in await self.workers()):
+            raise Unavailable(f"no worker is serving model '{model}' right now", param="model")
+        depth = await self._redis.zcard(channels.queue(model))
+        if depth >= self.settings.queue_max:
+            raise Overloaded(f"the queue for model '{model}' is full ({depth} requests); retry shortly")
+
+    async def _enqueue(self, request: GenerationRequest) -> None:
+        try:
+            await self._redis.set(
+                channels.request(request.id), msgspec.msgpack.encode(request), ex=self.settings.request_ttl_s
+            )
+            # The job carries only the id (arq logs job arguments); the worker reads the request from its key.
+            job = await self._redis.enqueue_job(
+                "generate",
+                request.id,
+                _job_id=request.id,
+                _queue_name=channels.queue(request.model),
+                _expires=self.settings.queue_wait_timeout_s,
+            )
+            await self._redis.publish(channels.WAKE_CHANNEL, request.model.encode())
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        if job is None:
+            raise Overloaded("a request with this id is already queued")
+
+    async def check_progress(self, stream: EventStream) -> None:
+        """Called when no event came for a heartbeat interval: is anyone still working on this request?"""
+        request = stream.request
+        try:
+            worker_id = stream.worker_id
+            if worker_id is None:
+                raw = await self._redis.get(channels.started(request.id))
+                worker_id = raw.decode() if raw else None
+            if worker_id is not None:
+                if not await self._redis.exists(channels.worker(worker_id)):
+                    raise WorkerLost("the worker serving this request stopped; no more output will come")
+                return
+            if not any(request.model in w.models for w in await self.workers()):
+                raise Unavailable(f"no worker is serving model '{request.model}' right now", param="model")
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("lost the connection to Redis") from exc
+        if time.time() - request.enqueued_at > self.settings.queue_wait_timeout_s:
+            raise Unavailable("the request waited too long in the queue")
+
+    async def release(self, stream: EventStream) -> None:
+        """Unsubscribe; if the request did not finish, tell its worker (or the queue) to drop it."""
+        await self._demux.unsubscribe(channels.events(stream.request.id))
+        if not stream.finished:
+            await self.cancel(stream.request.id)
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(channels.cancelled(request_id), b"1", ex=self.settings.request_ttl_s)
+                pipe.publish(channels.CANCEL_CHANNEL, request_id.encode())
+                # arq's own abort set: a job still in the queue is dropped when a worker picks it up.
+                pipe.zadd(abort_jobs_ss, {request_id: int(time.time() * 1000)})
+                await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            log.warning("could not publish cancel for %s: %s", request_id, exc)

@@ -1,0 +1,1 @@
+"""Thin controllers: decode, translate, call the gateway, respond."""

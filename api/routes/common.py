@@ -1,0 +1,107 @@
+"""Helpers every route shares: body decoding, the request id, racing work against the client going away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import anyio
+import msgspec
+from litestar import Request
+from litestar.datastructures import State
+
+from api.errors import from_validation
+from api.gateway import EventStream, Gateway
+from shared.errors import Cancelled
+from shared.inference import Finished, TokenDelta
+
+T = TypeVar("T")
+
+
+def gateway(state: State) -> Gateway:
+    gw = state.gateway
+    assert isinstance(gw, Gateway)
+    return gw
+
+
+def request_id(request: Request[object, object, State]) -> str:
+    rid = request.scope["state"]["request_id"]
+    assert isinstance(rid, str)
+    return rid
+
+
+async def decode(request: Request[object, object, State], type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(await request.body(), type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise from_validation(exc) from exc
+
+
+async def _disconnected(request: Request[object, object, State]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request[object, object, State], work: Awaitable[T]) -> T:
+    """Run `work` until done or until the client disconnects, whichever is first (then `work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise Cancelled("the client closed the connection")
+    return task.result()
+
+
+async def close_shielded(*streams: EventStream) -> None:
+    """Release streams even while the surrounding scope is being cancelled (a client that went away)."""
+    with anyio.CancelScope(shield=True):
+        for stream in streams:
+            await stream.close()
+
+
+async def collect(stream: EventStream) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async for event in stream.deltas():
+        if isinstance(event, TokenDelta):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise AssertionError("a stream ends with Finished or raises")
+
+
+async def merged(streams: list[EventStream]) -> AsyncIterator[tuple[int, TokenDelta | Finished]]:
+    """Interleave the events of several streams (one per choice), tagged with the choice index."""
+    if len(streams) == 1:
+        async for event in streams[0].deltas():
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TokenDelta | Finished] | BaseException] = asyncio.Queue()
+
+    async def pump(index: int, stream: EventStream) -> None:
+        try:
+            async for event in stream.deltas():
+                queue.put_nowait((index, event))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            queue.put_nowait(exc)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item[1], Finished):
+                remaining -= 1
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()

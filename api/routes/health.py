@@ -1,0 +1,35 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, get
+from litestar.datastructures import State
+
+from api.routes.common import gateway
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    redis: bool
+    workers: int
+    models: list[str]
+
+
+@get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[Readiness]:
+    gw = gateway(state)
+    redis_ok = await gw.ping()
+    workers = await gw.workers(max_age_s=0) if redis_ok else []
+    models = sorted({m for w in workers for m in w.models})
+    ready = redis_ok and bool(workers)
+    body = Readiness(status="ready" if ready else "not ready", redis=redis_ok, workers=len(workers), models=models)
+    return Response(body, status_code=200 if ready else 503)
+
+
+ROUTES = [healthz, readyz]

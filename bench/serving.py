@@ -1,0 +1,711 @@
+"""Side-by-side streaming benchmark: herd vs in-process llama-cpp-python vs llama.cpp's own llama-server.
+
+One run on this machine measures greedy (temperature 0) streaming generation with a fixed ``max_tokens`` for:
+
+(a) ``herd``: the script starts ``herd serve --host 127.0.0.1 --port <free>`` itself, with
+    ``HERD_REDIS_URL=redis://127.0.0.1:6379/14`` (that Redis db is flushed first), waits for ``GET /readyz == 200``
+    and sends OpenAI streaming requests to ``POST /v1/completions``;
+(b) ``in-process``: the same GGUF through ``llama_cpp.Llama(...).create_completion(stream=True)`` in this process,
+    concurrency 1 only (it cannot batch): the baseline for the time to first token that the gateway adds;
+(c) ``llama-server -np 1`` and ``llama-server -np 8`` (only with ``--llama-server PATH``): started by the script with
+    ``-m MODEL -c <2048*np> -np <np> -t 2 --host 127.0.0.1 --port <free>`` and hit on its ``/v1/completions``.
+
+Servers are started, measured and stopped one at a time (never two at once). Client load, with httpx on 127.0.0.1:
+concurrency 1 (``--requests`` sequential streams) and concurrency 8 (8 simultaneous streams, ``--rounds`` rounds).
+Every system gets the same 8 prompts (SmolLM2 ChatML, asking for long stories so that generation runs to
+``max_tokens``); the tokens actually received are reported. Tokens per stream come from the final usage chunk
+(``stream_options.include_usage``) when the server sends one, else from the count of non-empty text chunks.
+Prefill is cold everywhere: herd has no prefix cache, so llama-server gets ``cache_prompt: false`` (unless
+``--llama-server-cache-prompt``) and the in-process model is reset before each request.
+
+Figures, per system and concurrency:
+  TTFT p50/p99     ms from sending the request to the first non-empty text chunk;
+  decode tok/s     per stream, (tokens - 1) / (time of last text chunk - time of first), median over streams;
+  aggregate tok/s  total tokens / wall time of the round(s).
+Then the ratios: herd c1 decode tok/s / llama-server -np 1 (target >= 0.95), herd c8 aggregate tok/s /
+llama-server -np 8 (target >= 1.0), herd TTFT p50 - in-process TTFT p50 at c1 (target <= 5 ms).
+
+Usage (from the repo root, with the project's venv)::
+
+    .venv/bin/python bench/serving.py                                   # herd + in-process
+    .venv/bin/python bench/serving.py --llama-server /path/to/llama-server --json /tmp/serving.json
+    .venv/bin/python bench/serving.py --quick --skip-herd --llama-server /path/to/llama-server   # smoke run
+
+``--quick`` is a tiny smoke run (16 tokens, 2 sequential requests, 1 round of 8). ``--skip-herd``,
+``--skip-inprocess`` leave systems out. The script kills every server it started when it ends (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HOST = "127.0.0.1"
+HERD_MODEL = "smollm2:135m"
+HERD_REDIS_URL = "redis://127.0.0.1:6379/14"
+SUBJECTS = (
+    "a dragon who guards a library",
+    "a lighthouse keeper and a storm",
+    "a robot learning to paint",
+    "two rival bakers in a small town",
+    "a ship lost in the northern ice",
+    "a girl who can talk to rivers",
+    "the last tree on a dry planet",
+    "a clockmaker who repairs time",
+)
+PROMPTS = tuple(
+    f"<|im_start|>user\nWrite a long, detailed story about {s}.<|im_end|>\n<|im_start|>assistant\n" for s in SUBJECTS
+)
+
+
+@dataclass
+class StreamResult:
+    """One streamed completion as seen by the client."""
+
+    ok: bool
+    tokens: int = 0
+    text_chunks: int = 0
+    usage_tokens: int | None = None  # completion_tokens of the final usage chunk, when the server sent one
+    ttft_s: float | None = None  # request sent -> first non-empty text chunk
+    decode_s: float = 0.0  # first non-empty text chunk -> last non-empty text chunk
+    total_s: float = 0.0
+    error: str = ""
+
+    @property
+    def decode_tps(self) -> float | None:
+        if self.tokens < 2 or self.decode_s <= 0:
+            return None
+        return (self.tokens - 1) / self.decode_s
+
+
+@dataclass
+class Run:
+    """One system at one client concurrency."""
+
+    system: str
+    concurrency: int
+    streams: list[StreamResult] = field(default_factory=list)
+    round_wall_s: list[float] = field(default_factory=list)
+    other_cpu_cores: float | None = None  # mean CPU cores used by processes outside the system under test
+
+    def summary(self) -> dict[str, Any]:
+        ok = [s for s in self.streams if s.ok]
+        ttfts = [s.ttft_s * 1000 for s in ok if s.ttft_s is not None]
+        tps = [v for v in (s.decode_tps for s in ok) if v is not None]
+        tokens = sum(s.tokens for s in ok)
+        wall = sum(self.round_wall_s)
+        return {
+            "system": self.system,
+            "concurrency": self.concurrency,
+            "streams": len(self.streams),
+            "errors": len(self.streams) - len(ok),
+            "first_error": next((s.error for s in self.streams if not s.ok), ""),
+            "tokens_total": tokens,
+            "tokens_per_stream_mean": tokens / len(ok) if ok else 0.0,
+            "usage_reported": all(s.usage_tokens is not None for s in ok) if ok else False,
+            "ttft_p50_ms": percentile(ttfts, 50),
+            "ttft_p99_ms": percentile(ttfts, 99),
+            "decode_tps_median": statistics.median(tps) if tps else None,
+            "aggregate_tps": tokens / wall if wall > 0 else None,
+            "wall_s": wall,
+            "other_cpu_cores": self.other_cpu_cores,
+        }
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Linear-interpolation percentile (numpy's default method); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def default_model_path() -> str:
+    from shared.config import bundled_model_path
+
+    return bundled_model_path()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU accounting: the machine has 2 cores, so anything else running skews the figures; measure it, do not guess
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds spent busy by all cores since boot (/proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def procs_cpu_s(session: int | None, names: tuple[str, ...]) -> float:
+    """CPU seconds of the live processes in a session, plus those whose command name is in names."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
+        rest = raw[raw.rfind(")") + 2 :].split()
+        if (session is not None and int(rest[3]) == session) or comm in names:
+            total += int(rest[11]) + int(rest[12])  # utime + stime
+    return total / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by other processes (not this script, not the server's session, not the named helpers) over a span."""
+
+    def __init__(self, session: int | None = None, helpers: tuple[str, ...] = ()) -> None:
+        self.session, self.helpers = session, helpers
+        self._start: tuple[float, float, float] | None = None
+
+    def _ours(self) -> float:
+        return time.process_time() + procs_cpu_s(self.session, self.helpers)
+
+    def start(self) -> None:
+        busy = machine_busy_s()
+        self._start = None if busy is None else (busy, self._ours(), time.monotonic())
+
+    def other_cores(self) -> float | None:
+        busy = machine_busy_s()
+        if self._start is None or busy is None:
+            return None
+        busy0, ours0, t0 = self._start
+        elapsed = time.monotonic() - t0
+        return max(0.0, (busy - busy0) - (self._ours() - ours0)) / elapsed if elapsed > 0 else None
+
+
+def wait_for_quiet(limit_cores: float, max_wait_s: float) -> float | None:
+    """Wait (bounded) until other processes use less than limit_cores; return the last measured load."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        meter = CpuMeter()
+        meter.start()
+        time.sleep(2.0)
+        load = meter.other_cores()
+        if load is None or load < limit_cores or time.monotonic() > deadline:
+            return load
+        print(f"  machine busy ({load:.2f} cores used by other processes); waiting for it to calm down", flush=True)
+        time.sleep(5.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clients
+
+
+async def stream_completion(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], timeout_s: float
+) -> StreamResult:
+    """POST one streaming /v1/completions request and time its SSE chunks."""
+    result = StreamResult(ok=False)
+    t_send = time.perf_counter()
+    t_first: float | None = None
+    t_last = t_send
+    try:
+        async with asyncio.timeout(timeout_s), client.stream("POST", url, json=body) as resp:
+            if resp.status_code != 200:
+                result.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return result
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    result.error = f"in-band error: {json.dumps(chunk['error'])[:200]}"
+                    return result
+                usage = chunk.get("usage")
+                if usage and usage.get("completion_tokens") is not None:
+                    result.usage_tokens = int(usage["completion_tokens"])
+                for choice in chunk.get("choices") or ():
+                    if choice.get("text"):
+                        now = time.perf_counter()
+                        if t_first is None:
+                            t_first = now
+                        t_last = now
+                        result.text_chunks += 1
+    except TimeoutError:
+        result.error = f"timed out after {timeout_s:.0f} s ({result.text_chunks} text chunks received)"
+        return result
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+        return result
+    result.total_s = time.perf_counter() - t_send
+    result.tokens = result.usage_tokens if result.usage_tokens is not None else result.text_chunks
+    if t_first is not None:
+        result.ttft_s = t_first - t_send
+        result.decode_s = t_last - t_first
+    result.ok = result.tokens > 0 and t_first is not None
+    if not result.ok:
+        result.error = "no text received"
+    return result
+
+
+def request_body(model: str, prompt: str, max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
+
+
+async def measure_http(
+    name: str, base_url: str, model: str, args: argparse.Namespace, extra: dict[str, Any], meter: CpuMeter
+) -> list[Run]:
+    """Warm up, then run concurrency 1 (sequential) and concurrency N (rounds of N simultaneous streams)."""
+    url = f"{base_url}/v1/completions"
+    timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=10.0, pool=args.timeout)
+    limits = httpx.Limits(max_connections=args.concurrency + 2, max_keepalive_connections=args.concurrency + 2)
+    runs: list[Run] = []
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        warm = await stream_completion(client, url, request_body(model, PROMPTS[0], 8, extra), args.timeout)
+        if not warm.ok:
+            raise RuntimeError(f"warm-up request failed: {warm.error}")
+        c1 = Run(name, 1)
+        meter.start()
+        for i in range(args.requests):
+            t0 = time.perf_counter()
+            body = request_body(model, PROMPTS[i % len(PROMPTS)], args.max_tokens, extra)
+            c1.streams.append(await stream_completion(client, url, body, args.timeout))
+            c1.round_wall_s.append(time.perf_counter() - t0)
+        c1.other_cpu_cores = meter.other_cores()
+        runs.append(c1)
+        cn = Run(name, args.concurrency)
+        meter.start()
+        for _ in range(args.rounds):
+            bodies = [
+                request_body(model, PROMPTS[k % len(PROMPTS)], args.max_tokens, extra) for k in range(args.concurrency)
+            ]
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(stream_completion(client, url, b, args.timeout) for b in bodies))
+            cn.round_wall_s.append(time.perf_counter() - t0)
+            cn.streams.extend(results)
+        cn.other_cpu_cores = meter.other_cores()
+        runs.append(cn)
+    return runs
+
+
+def measure_inprocess(model_path: str, args: argparse.Namespace) -> list[Run]:
+    """llama-cpp-python's high-level API in this process, one request at a time, cold prefill each time."""
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm: Any = Llama(model_path=model_path, n_ctx=2048, n_threads=args.threads, verbose=False)
+    print(f"  model loaded in {time.perf_counter() - t0:.2f} s", flush=True)
+    try:
+        for _ in llm.create_completion(PROMPTS[0], max_tokens=8, temperature=0, stream=True):  # warm-up
+            pass
+        run = Run("in-process", 1)
+        meter = CpuMeter()
+        meter.start()
+        for i in range(args.requests):
+            llm.reset()  # no KV prefix reuse across requests: herd and llama-server (cache_prompt off) prefill cold
+            result = StreamResult(ok=False)
+            t_send = time.perf_counter()
+            t_first: float | None = None
+            t_last = t_send
+            stream = llm.create_completion(
+                PROMPTS[i % len(PROMPTS)], max_tokens=args.max_tokens, temperature=0, stream=True
+            )
+            for chunk in stream:
+                if chunk["choices"][0]["text"]:
+                    now = time.perf_counter()
+                    if t_first is None:
+                        t_first = now
+                    t_last = now
+                    result.text_chunks += 1
+            end = time.perf_counter()
+            result.total_s = end - t_send
+            result.tokens = result.text_chunks  # the high-level API yields one chunk per token
+            if t_first is not None:
+                result.ttft_s = t_first - t_send
+                result.decode_s = t_last - t_first
+                result.ok = True
+            run.streams.append(result)
+            run.round_wall_s.append(end - t_send)
+        run.other_cpu_cores = meter.other_cores()
+        return [run]
+    finally:
+        llm.close()
+        del llm
+        gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Servers
+
+
+@contextlib.contextmanager
+def managed_server(
+    name: str, cmd: list[str], env: dict[str, str], ready_url: str, ready_timeout_s: float, log_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server in its own process group, wait until ready_url answers 200, and always stop the whole group."""
+    log_path = log_dir / f"{name.replace(' ', '_')}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode}; log: {log_path}")
+            try:
+                if httpx.get(ready_url, timeout=2.0, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {ready_timeout_s:.0f} s; log: {log_path}")
+            time.sleep(0.25)
+        yield proc
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we created, then SIGKILL it if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; give its children (herd's API and worker) a moment, then make sure of them
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def llama_server_supports(binary: str, flag: str) -> bool:
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in out.stdout + out.stderr
+
+
+def run_herd(args: argparse.Namespace, log_dir: Path) -> list[Run]:
+    flush_redis(args.herd_redis_url)
+    port = free_port()
+    env = {**os.environ, "HERD_REDIS_URL": args.herd_redis_url}
+    cmd = [args.herd, "serve", "--host", HOST, "--port", str(port)]
+    base = f"http://{HOST}:{port}"
+    with managed_server("herd", cmd, env, f"{base}/readyz", args.ready_timeout, log_dir) as proc:
+        # Redis is part of herd's stack: its CPU counts as herd's, not as background load
+        meter = CpuMeter(session=proc.pid, helpers=("redis-server",))
+        return asyncio.run(measure_http("herd", base, args.herd_model, args, {}, meter))
+
+
+def run_llama_server(args: argparse.Namespace, model_path: str, n_parallel: int, log_dir: Path) -> list[Run]:
+    port = free_port()
+    cmd = [
+        args.llama_server,
+        "-m",
+        model_path,
+        "-c",
+        str(2048 * n_parallel),
+        "-np",
+        str(n_parallel),
+        "-t",
+        str(args.threads),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    if llama_server_supports(args.llama_server, "--no-webui"):
+        cmd.append("--no-webui")
+    base = f"http://{HOST}:{port}"
+    name = f"llama-server -np {n_parallel}"
+    extra: dict[str, Any] = {} if args.llama_server_cache_prompt else {"cache_prompt": False}
+    with managed_server(name, cmd, dict(os.environ), f"{base}/health", args.ready_timeout, log_dir) as proc:
+        # -np 1 serves the concurrency-8 load one stream at a time: that is measured too, it shows the queuing
+        return asyncio.run(measure_http(name, base, Path(model_path).name, args, extra, CpuMeter(session=proc.pid)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def print_table(summaries: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'system':<20} {'conc':>4} {'streams':>7} {'err':>3} {'tok/stream':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'decode tok/s':>12} {'aggr tok/s':>10} {'other CPU':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for s in summaries:
+        print(
+            f"{s['system']:<20} {s['concurrency']:>4} {s['streams']:>7} {s['errors']:>3} "
+            f"{s['tokens_per_stream_mean']:>10.1f} {fmt(s['ttft_p50_ms']):>9} {fmt(s['ttft_p99_ms']):>9} "
+            f"{fmt(s['decode_tps_median']):>12} {fmt(s['aggregate_tps']):>10} {fmt(s['other_cpu_cores'], '.2f'):>9}"
+        )
+    print("(TTFT in ms; decode tok/s = median per stream; aggr tok/s = total tokens / wall time of the rounds;")
+    print(" other CPU = mean cores used meanwhile by processes outside the measured system: ~0 for clean figures)")
+    for s in summaries:
+        if (s["other_cpu_cores"] or 0.0) > 0.1:
+            print(f"  {s['system']} c{s['concurrency']}: WARNING other processes used {s['other_cpu_cores']:.2f} cores")
+        if s["errors"]:
+            print(f"  {s['system']} c{s['concurrency']}: {s['errors']} failed stream(s), first: {s['first_error']}")
+        if not s["usage_reported"] and s["streams"] > s["errors"] and s["system"] != "in-process":
+            print(f"  {s['system']} c{s['concurrency']}: no usage chunk; tokens counted as non-empty text chunks")
+
+
+def compute_ratios(summaries: list[dict[str, Any]], concurrency: int) -> dict[str, float | None]:
+    def get(system: str, conc: int, key: str) -> float | None:
+        for s in summaries:
+            if s["system"] == system and s["concurrency"] == conc:
+                value: float | None = s[key]
+                return value
+        return None
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    herd_ttft = get("herd", 1, "ttft_p50_ms")
+    return {
+        "herd_c1_decode_vs_llama_np1": ratio(
+            get("herd", 1, "decode_tps_median"), get("llama-server -np 1", 1, "decode_tps_median")
+        ),
+        "herd_c1_aggregate_vs_llama_np1": ratio(
+            get("herd", 1, "aggregate_tps"), get("llama-server -np 1", 1, "aggregate_tps")
+        ),
+        f"herd_c{concurrency}_aggregate_vs_llama_np8": ratio(
+            get("herd", concurrency, "aggregate_tps"), get("llama-server -np 8", concurrency, "aggregate_tps")
+        ),
+        "herd_c1_decode_vs_inprocess": ratio(
+            get("herd", 1, "decode_tps_median"), get("in-process", 1, "decode_tps_median")
+        ),
+        "herd_minus_inprocess_ttft_p50_ms": diff(herd_ttft, get("in-process", 1, "ttft_p50_ms")),
+        "herd_minus_llama_np1_ttft_p50_ms": diff(herd_ttft, get("llama-server -np 1", 1, "ttft_p50_ms")),
+    }
+
+
+def print_ratios(ratios: dict[str, float | None], concurrency: int) -> None:
+    def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
+        if value is None:
+            return "n/a"
+        met = value >= target if higher_is_better else value <= target
+        return "MET" if met else "MISSED"
+
+    c1 = ratios["herd_c1_decode_vs_llama_np1"]
+    cn = ratios[f"herd_c{concurrency}_aggregate_vs_llama_np8"]
+    dt = ratios["herd_minus_inprocess_ttft_p50_ms"]
+    print(
+        f"herd c1 decode tok/s / llama-server -np 1        {fmt(c1, '.3f'):>8}   target >= 0.95  "
+        f"{verdict(c1, 0.95, True)}"
+    )
+    print(
+        f"herd c{concurrency} aggregate tok/s / llama-server -np 8     {fmt(cn, '.3f'):>8}   target >= 1.0   "
+        f"{verdict(cn, 1.0, True)}"
+    )
+    print(
+        f"herd TTFT p50 - in-process TTFT p50 (c1, ms)     {fmt(dt, '.1f'):>8}   target <= 5 ms  "
+        f"{verdict(dt, 5.0, False)}"
+    )
+    print(f"herd c1 aggregate tok/s / llama-server -np 1     {fmt(ratios['herd_c1_aggregate_vs_llama_np1'], '.3f'):>8}")
+    print(f"herd c1 decode tok/s / in-process                {fmt(ratios['herd_c1_decode_vs_inprocess'], '.3f'):>8}")
+    print(
+        f"herd TTFT p50 - llama-server -np 1 TTFT p50 (ms) {fmt(ratios['herd_minus_llama_np1_ttft_p50_ms'], '.1f'):>8}"
+    )
+
+
+def machine_info(model_path: str) -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu,
+        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "model_file": Path(model_path).name,
+        "model_size_mib": round(Path(model_path).stat().st_size / 2**20, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--llama-server", metavar="PATH", help="llama.cpp llama-server binary (adds -np 1 and -np 8)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: 16 tokens, 2 sequential, 1 round")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--requests", type=int, default=4, help="sequential requests at concurrency 1")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of simultaneous streams at concurrency N")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2, help="threads for in-process and llama-server (-t)")
+    p.add_argument("--model", help="GGUF path for in-process and llama-server (default: the bundled SmolLM2)")
+    p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")), help="the herd executable")
+    p.add_argument("--herd-model", default=HERD_MODEL)
+    p.add_argument("--herd-redis-url", default=HERD_REDIS_URL, help="flushed before herd starts")
+    p.add_argument("--skip-herd", action="store_true")
+    p.add_argument("--skip-inprocess", action="store_true")
+    p.add_argument(
+        "--llama-server-cache-prompt",
+        action="store_true",
+        help="leave llama-server's prompt cache on (default: cache_prompt=false, cold prefill like herd)",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per stream before it counts as failed")
+    p.add_argument(
+        "--quiet-wait", type=float, default=120.0, help="seconds to wait for other CPU load to stop before each system"
+    )
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for a server to be ready")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_tokens, args.requests, args.rounds = 16, 2, 1
+    if min(args.max_tokens, args.requests, args.rounds, args.concurrency, args.threads) < 1:
+        p.error("--max-tokens, --requests, --rounds, --concurrency and --threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the servers this script started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    model_path = args.model or default_model_path()
+    info = machine_info(model_path)
+    print(
+        f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), load avg "
+        f"{' '.join(f'{x:.2f}' for x in info['loadavg_at_start'] or ())}, {info['platform']}"
+    )
+    print(f"model:   {info['model_file']} ({info['model_size_mib']} MiB)")
+    print(
+        f"load:    max_tokens={args.max_tokens} temperature=0, c1: {args.requests} sequential streams, "
+        f"c{args.concurrency}: {args.rounds} round(s) of {args.concurrency} simultaneous streams, "
+        f"{len(PROMPTS)} prompts"
+    )
+    runs: list[Run] = []
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="herd-bench-") as tmp:
+        log_dir = Path(tmp)
+        steps: list[tuple[str, Callable[[], list[Run]]]] = []
+        if not args.skip_inprocess:
+            steps.append(("in-process", lambda: measure_inprocess(model_path, args)))
+        if not args.skip_herd:
+            steps.append(("herd", lambda: run_herd(args, log_dir)))
+        if args.llama_server:
+            for n_par in (1, 8):
+                steps.append((f"llama-server -np {n_par}", partial(run_llama_server, args, model_path, n_par, log_dir)))
+        for name, step in steps:
+            print(f"running {name} ...", flush=True)
+            if args.quiet_wait > 0:
+                load = wait_for_quiet(0.1, args.quiet_wait)
+                if load is not None and load >= 0.1:
+                    print(f"  WARNING: still {load:.2f} cores busy with other processes; measuring anyway", flush=True)
+            t0 = time.perf_counter()
+            try:
+                runs.extend(step())
+            except (RuntimeError, OSError, httpx.HTTPError) as exc:
+                failures.append(f"{name}: {exc}")
+                print(f"  FAILED: {exc}", flush=True)
+                log = log_dir / f"{name.replace(' ', '_')}.log"
+                if log.exists():
+                    print(
+                        "  last lines of its log:\n    "
+                        + "\n    ".join(log.read_text(errors="replace").splitlines()[-15:]),
+                        flush=True,
+                    )
+            print(f"  done in {time.perf_counter() - t0:.1f} s", flush=True)
+    summaries = [r.summary() for r in runs]
+    print()
+    print_table(summaries)
+    print()
+    ratios = compute_ratios(summaries, args.concurrency)
+    print_ratios(ratios, args.concurrency)
+    if failures:
+        print("\nfailed systems:\n  " + "\n  ".join(failures))
+    if args.json:
+        payload = {
+            "machine": info,
+            "config": {k: v for k, v in vars(args).items() if k != "json"},
+            "prompts": list(PROMPTS),
+            "summaries": summaries,
+            "ratios": ratios,
+            "failures": failures,
+            "streams": [
+                {"system": r.system, "concurrency": r.concurrency, **asdict(s)} for r in runs for s in r.streams
+            ],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"\nwrote {args.json}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""herd shared code: settings, internal types, errors, Redis names, CLI."""

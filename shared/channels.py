@@ -1,0 +1,52 @@
+"""Every Redis key, channel and queue name herd uses, with its lifetime."""
+
+from __future__ import annotations
+
+PREFIX = "herd"
+
+
+def queue(model: str) -> str:
+    """arq queue (a sorted set) of one model's pending generation jobs."""
+    return f"{PREFIX}:queue:{model}"
+
+
+def events(request_id: str) -> str:
+    """Pub/sub channel carrying one request's StreamEvents from worker to API."""
+    return f"{PREFIX}:events:{request_id}"
+
+
+def request(request_id: str) -> str:
+    """The encoded GenerationRequest, so the arq job (and its log line) carries only the id. TTL: request_ttl_s."""
+    return f"{PREFIX}:request:{request_id}"
+
+
+def started(request_id: str) -> str:
+    """Set NX by the worker that starts a request: a re-delivered job sees it and does not run twice."""
+    return f"{PREFIX}:started:{request_id}"
+
+
+def cancelled(request_id: str) -> str:
+    """Set by the API when the client went away: a job not yet started skips the request. TTL: request_ttl_s."""
+    return f"{PREFIX}:cancelled:{request_id}"
+
+
+# Broadcast channel: the API publishes request ids whose client disconnected; every worker listens.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+# Broadcast channel: the API publishes a model name after enqueueing, so that model's workers poll at once.
+WAKE_CHANNEL = f"{PREFIX}:wake"
+
+
+def stats(request_id: str) -> str:
+    """Per-request outcome the worker writes at the end (tokens generated, finish reason). TTL: request_ttl_s."""
+    return f"{PREFIX}:stats:{request_id}"
+
+
+def worker(worker_id: str) -> str:
+    """A worker's heartbeat (models, slots, counters). TTL: heartbeat_ttl_s: gone means the worker is dead."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+WORKER_PATTERN = f"{PREFIX}:worker:*"
+
+# arq keeps its own keys: arq:job:{id}, arq:in-progress:{id}, arq:result:{id}, arq:abort (see arq.constants).

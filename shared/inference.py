@@ -1,0 +1,112 @@
+"""Internal request and event types: both wire protocols translate into GenerationRequest; workers emit StreamEvents."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from shared.errors import ErrorKind
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    role: Role
+    content: str
+    name: str | None = None
+
+
+class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-sequence sampler settings; temperature 0 means greedy."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_p: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One sequence to generate. Exactly one of `messages` (chat template applied by the worker) or `prompt`."""
+
+    id: str
+    model: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: up to the context
+    stop: tuple[str, ...] = ()
+    enqueued_at: float = 0.0  # time.time() when the API queued it
+    traceparent: str | None = None
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_ns: int = 0
+    eval_ns: int = 0
+    queue_ns: int = 0
+
+
+class Started(msgspec.Struct, frozen=True, tag="started"):
+    """The worker admitted the request: the prompt fits, generation is about to begin."""
+
+    seq: int
+    worker_id: str
+    prompt_tokens: int
+
+
+class TokenDelta(msgspec.Struct, frozen=True, tag="delta"):
+    seq: int
+    text: str
+    tokens: int  # how many generated tokens this text covers (it may be 0 while a stop string is pending)
+
+
+class Finished(msgspec.Struct, frozen=True, tag="finished"):
+    seq: int
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class Failed(msgspec.Struct, frozen=True, tag="failed"):
+    seq: int
+    kind: ErrorKind
+    message: str
+    param: str | None = None
+
+
+StreamEvent = Started | TokenDelta | Finished | Failed
+
+
+class WorkerStatus(msgspec.Struct, frozen=True):
+    """A worker's heartbeat record."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    n_ctx: int
+    slots_total: int
+    slots_busy: int
+    queued: int
+    tokens_generated: int
+    requests_done: int
+    requests_cancelled: int
+    pid: int
+    host: str
+    heartbeat_at: float
+
+
+class RequestStats(msgspec.Struct, frozen=True):
+    """Written by the worker when a request leaves the batch (used by tests and operators)."""
+
+    request_id: str
+    worker_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ended_at: float

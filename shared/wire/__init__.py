@@ -1,0 +1,1 @@
+"""Wire types of the protocols herd speaks, named as upstream names them."""

@@ -1,0 +1,96 @@
+"""Fixtures: real `herd serve` processes on the real Redis with the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import redis
+
+from shared.config import bundled_model_path
+from shared.inference import RequestStats, WorkerStatus
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+MODEL = "smollm2:135m"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class HerdServer:
+    """A `herd serve` child process with its own Redis database; stopped with SIGTERM like a user would."""
+
+    def __init__(self, db: int, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+        self.redis = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        self.redis.flushdb()
+        self.log_path = log_path
+        full_env = {**os.environ, "HERD_REDIS_URL": self.redis_url, "HERD_LOG_LEVEL": "info", **env}
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"herd serve exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"herd serve not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def workers(self) -> list[WorkerStatus]:
+        keys = list(self.redis.scan_iter(match="herd:worker:*"))
+        values = self.redis.mget(keys) if keys else []
+        return [msgspec.json.decode(v, type=WorkerStatus) for v in values if v]
+
+    def stats(self, request_id: str) -> RequestStats | None:
+        raw = self.redis.get(f"herd:stats:{request_id}")
+        return msgspec.json.decode(raw, type=RequestStats) if raw else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.redis.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+    srv = HerdServer(db=11, log_path=tmp_path_factory.mktemp("herd") / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return bundled_model_path()

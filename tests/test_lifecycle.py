@@ -1,0 +1,114 @@
+"""Overload, cancellation and dead workers, on a server with one slot and a queue bound of 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, HerdServer
+
+LONG = {"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 1500, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+    srv = HerdServer(
+        db=12, log_path=tmp_path_factory.mktemp("tiny") / "serve.log", HERD_MAX_SEQS="1", HERD_QUEUE_MAX="2"
+    )
+    yield srv
+    srv.stop()
+
+
+async def wait_for(predicate: object, timeout: float) -> float:
+    """Poll `predicate` until true; returns the seconds it took (fails the test on timeout)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():  # type: ignore[operator]
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def busy_slots(server: HerdServer) -> int:
+    return sum(w.slots_busy for w in server.workers())
+
+
+async def test_queue_full_is_503_with_retry_after_and_queued_request_never_starts(tiny: HerdServer) -> None:
+    queue_key = f"herd:queue:{MODEL}"
+    async with httpx.AsyncClient(base_url=tiny.base_url, timeout=60) as http:
+        async with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as running:
+            assert running.status_code == 200
+            queued = asyncio.create_task(http.post("/v1/completions", json=LONG))
+            await wait_for(lambda: tiny.redis.zcard(queue_key) >= 2, 10)
+            queued_id = next(m.decode() for m in tiny.redis.zrange(queue_key, 0, -1) if m.decode() != running.headers["x-request-id"])
+            over = await http.post("/v1/completions", json=LONG)
+            assert over.status_code == 503
+            assert over.headers["retry-after"].isdigit()
+            assert over.json()["error"]["code"] == "overloaded"
+            queued.cancel()  # the client of the queued request goes away
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+        # The running stream was closed too: the slot frees, and the abandoned queued request must not start.
+        await wait_for(lambda: busy_slots(tiny) == 0 and tiny.redis.zcard(queue_key) == 0, 10)
+    await asyncio.sleep(0.5)
+    assert tiny.redis.get(f"herd:started:{queued_id}") is None
+    assert tiny.stats(queued_id) is None
+
+
+async def test_disconnect_mid_stream_stops_generation_within_a_second(tiny: HerdServer) -> None:
+    async with httpx.AsyncClient(base_url=tiny.base_url, timeout=60) as http:
+        async with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as resp:
+            rid = resp.headers["x-request-id"]
+            chunks = 0
+            async for line in resp.aiter_lines():
+                if line.startswith("data: {"):
+                    chunks += 1
+                if chunks >= 5:
+                    break
+        closed_at = time.monotonic()
+    await wait_for(lambda: tiny.stats(rid) is not None, 5)
+    took = time.monotonic() - closed_at
+    stats = tiny.stats(rid)
+    assert stats is not None
+    assert stats.finish_reason == "cancelled"
+    assert stats.completion_tokens < 1500
+    assert took < 1.0, f"worker kept generating {took:.2f}s after the client left"
+    assert busy_slots(tiny) == 0 or await wait_for(lambda: busy_slots(tiny) == 0, 2) >= 0
+
+
+async def test_disconnect_non_stream_stops_generation(tiny: HerdServer) -> None:
+    async with httpx.AsyncClient(base_url=tiny.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/completions", json=LONG)
+    await wait_for(lambda: busy_slots(tiny) == 0, 3)
+    cancelled = [w.requests_cancelled for w in tiny.workers()]
+    assert sum(cancelled) >= 1
+
+
+def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: HerdServer) -> None:
+    client = openai.OpenAI(base_url=f"{tiny.base_url}/v1", api_key="x", max_retries=0)
+    stream = client.completions.create(stream=True, **LONG)  # type: ignore[call-overload]
+    received = 0
+    killed_at = 0.0
+    with pytest.raises(openai.APIError) as info:
+        for _chunk in stream:
+            received += 1
+            if received == 5:
+                (worker,) = tiny.workers()
+                os.kill(worker.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+    assert killed_at, "the stream ended before the kill"
+    detected = time.monotonic() - killed_at
+    assert detected < 6, f"client waited {detected:.1f}s"
+    assert "worker" in str(info.value).lower()
+    # The supervisor restarts the worker; the service recovers without help.
+    tiny.wait_ready(timeout=60)
+    resp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3)
+    assert resp.choices[0].text is not None

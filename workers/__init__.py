@@ -1,0 +1,1 @@
+"""herd workers: arq jobs feeding a continuous-batching llama.cpp engine."""

@@ -1,0 +1,317 @@
+"""Continuous batching: one engine thread decodes every running sequence together; requests join between steps.
+
+Async code talks to the batcher only through submit() / cancel(); results come back on the event loop
+through the `emit` callback (a list of (request_id, event) per decode step, so a step costs one publish round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.errors import ContextLengthExceeded, EngineError, ServiceError
+from shared.inference import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    RequestStats,
+    Started,
+    StreamEvent,
+    TokenDelta,
+    Usage,
+)
+from workers.engine import Engine, Sampler
+from workers.template import ChatTemplate
+from workers.textstream import TextStream
+
+log = logging.getLogger("herd.worker.batcher")
+
+Emit = Callable[[list[tuple[str, StreamEvent]], list[RequestStats]], None]
+
+
+@dataclass(slots=True)
+class _Seq:
+    req: GenerationRequest
+    done: asyncio.Future[None]
+    seq_id: int = -1
+    prompt: list[int] = field(default_factory=list)
+    n_prefilled: int = 0
+    max_tokens: int = 0
+    sampler: Sampler | None = None
+    text: TextStream | None = None
+    next_token: int = -1  # sampled, not yet in the KV cache
+    generated: int = 0
+    event_seq: int = 0
+    logits_at: int = -1
+    admitted_ns: int = 0
+    first_token_ns: int = 0
+
+    def next_seq(self) -> int:
+        self.event_seq += 1
+        return self.event_seq - 1
+
+
+@dataclass(slots=True)
+class Counters:
+    tokens_generated: int = 0
+    requests_done: int = 0
+    requests_cancelled: int = 0
+
+
+class Batcher:
+    def __init__(self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int) -> None:
+        self._engine = engine
+        self._worker_id = worker_id
+        self._emit = emit
+        self._cap = max_tokens_cap
+        self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text)
+        self._inbox: queue.SimpleQueue[_Seq | None] = queue.SimpleQueue()
+        self._cancel_lock = threading.Lock()
+        self._cancels: dict[str, float] = {}  # request id -> when; kept briefly so a late submit sees it
+        self._waiting: list[_Seq] = []
+        self._active: list[_Seq] = []
+        self._free_ids = list(range(engine.max_seqs - 1, -1, -1))
+        self._events: list[tuple[str, StreamEvent]] = []
+        self._stats: list[RequestStats] = []
+        self._resolved: list[asyncio.Future[None]] = []
+        self.counters = Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- event-loop side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="herd-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._inbox.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    async def run(self, request: GenerationRequest) -> None:
+        """Generate `request` to its end (events go out through `emit`); cancelling this awaitable cancels it."""
+        assert self._loop is not None
+        seq = _Seq(req=request, done=self._loop.create_future())
+        self._inbox.put(seq)
+        try:
+            await asyncio.shield(seq.done)
+        except asyncio.CancelledError:
+            self.cancel(request.id)
+            raise
+
+    def cancel(self, request_id: str) -> None:
+        with self._cancel_lock:
+            self._cancels[request_id] = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> int:
+        return len(self._active) + len(self._waiting)
+
+    # ---- engine thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            idle = not self._active and not self._waiting
+            try:
+                item = self._inbox.get(timeout=0.1) if idle else self._inbox.get_nowait()
+                if item is None:
+                    break
+                self._waiting.append(item)
+                while True:  # drain everything that arrived, so they join this step together
+                    item = self._inbox.get_nowait()
+                    if item is None:
+                        return
+                    self._waiting.append(item)
+            except queue.Empty:
+                pass
+            try:
+                self._apply_cancels()
+                self._admit()
+                if self._active:
+                    self._step()
+            except Exception as exc:
+                # A failed step fails the sequences in it, loudly; the thread lives on for the next requests.
+                log.exception("decode step failed")
+                error = exc if isinstance(exc, ServiceError) else EngineError(f"generation failed: {exc}")
+                for seq in list(self._active):
+                    self._fail(seq, error)
+            self._flush()
+
+    def _apply_cancels(self) -> None:
+        with self._cancel_lock:
+            if not self._cancels:
+                return
+            now = time.monotonic()
+            cancels = dict(self._cancels)
+            for rid, at in cancels.items():
+                if now - at > 60.0:
+                    del self._cancels[rid]
+        for seq in [s for s in self._waiting if s.req.id in cancels]:
+            self._waiting.remove(seq)
+            self._resolve(seq)
+            self.counters.requests_cancelled += 1
+        for seq in [s for s in self._active if s.req.id in cancels]:
+            self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_ids:
+            seq = self._waiting.pop(0)
+            try:
+                self._prepare(seq)
+                seq.sampler = self._engine.new_sampler(seq.req.sampling)
+            except Exception as exc:
+                self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
+                continue
+            seq.seq_id = self._free_ids.pop()
+            seq.text = TextStream(seq.req.stop)
+            seq.admitted_ns = time.perf_counter_ns()
+            self._active.append(seq)
+            self._events.append((seq.req.id, Started(seq.next_seq(), self._worker_id, len(seq.prompt))))
+
+    def _prepare(self, seq: _Seq) -> None:
+        req, engine = seq.req, self._engine
+        if req.messages is not None:
+            seq.prompt = engine.tokenize(self._template.render(req.messages), add_special=engine.add_bos)
+        else:
+            seq.prompt = engine.tokenize(req.prompt or "", add_special=True)
+        if not seq.prompt:
+            raise ContextLengthExceeded("the prompt is empty after tokenization", param="prompt")
+        n_prompt, n_ctx = len(seq.prompt), engine.n_ctx_seq
+        room = n_ctx - n_prompt
+        if req.max_tokens is not None and req.max_tokens > room or room < 1:
+            asked = req.max_tokens or 1
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{n_prompt + asked} tokens ({n_prompt} in the messages, {asked} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages" if req.messages is not None else "prompt",
+            )
+        seq.max_tokens = min(req.max_tokens or room, room, self._cap)
+
+    def _step(self) -> None:
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        logits: list[bool] = []
+        budget = self._engine.n_batch
+        for seq in self._active:
+            seq.logits_at = -1
+            if seq.next_token >= 0:
+                tokens.append(seq.next_token)
+                positions.append(len(seq.prompt) + seq.generated - 1)
+                seq_ids.append(seq.seq_id)
+                logits.append(True)
+                seq.logits_at = len(tokens) - 1
+        budget -= len(tokens)
+        for seq in self._active:  # prefill chunks, oldest first, in what the decode steps left of the batch
+            if budget <= 0:
+                break
+            left = len(seq.prompt) - seq.n_prefilled
+            if seq.next_token >= 0 or left == 0:
+                continue
+            take = min(left, budget)
+            start = seq.n_prefilled
+            for j in range(start, start + take):
+                tokens.append(seq.prompt[j])
+                positions.append(j)
+                seq_ids.append(seq.seq_id)
+                logits.append(j == len(seq.prompt) - 1)
+            seq.n_prefilled += take
+            budget -= take
+            if seq.n_prefilled == len(seq.prompt):
+                seq.logits_at = len(tokens) - 1
+        self._engine.decode(tokens, positions, seq_ids, logits)
+        for seq in list(self._active):
+            if seq.logits_at >= 0:
+                assert seq.sampler is not None
+                self._on_token(seq, self._engine.sample(seq.sampler, seq.logits_at))
+
+    def _on_token(self, seq: _Seq, token: int) -> None:
+        if not seq.first_token_ns:
+            seq.first_token_ns = time.perf_counter_ns()
+        if self._engine.is_eog(token):
+            self._finish(seq, "stop")
+            return
+        seq.generated += 1
+        self.counters.tokens_generated += 1
+        assert seq.text is not None
+        text = seq.text.feed(self._engine.piece(token))
+        if text:
+            self._events.append((seq.req.id, TokenDelta(seq.next_seq(), text, 1)))
+        if seq.text.stopped:
+            self._finish(seq, "stop")
+        elif seq.generated >= seq.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _finish(self, seq: _Seq, reason: FinishReason) -> None:
+        assert seq.text is not None
+        if reason != "cancelled":
+            rest = seq.text.flush()
+            if rest:
+                self._events.append((seq.req.id, TokenDelta(seq.next_seq(), rest, 0)))
+            now = time.perf_counter_ns()
+            first = seq.first_token_ns or now
+            usage = Usage(
+                prompt_tokens=len(seq.prompt),
+                completion_tokens=seq.generated,
+                prompt_eval_ns=first - seq.admitted_ns,
+                eval_ns=now - first,
+                queue_ns=max(0, int((time.time() - seq.req.enqueued_at) * 1e9) - (now - seq.admitted_ns)),
+            )
+            self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage)))
+            self.counters.requests_done += 1
+        else:
+            self.counters.requests_cancelled += 1
+        self._stats.append(
+            RequestStats(seq.req.id, self._worker_id, reason, len(seq.prompt), seq.generated, time.time())
+        )
+        self._release(seq)
+
+    def _fail(self, seq: _Seq, exc: ServiceError, admitted: bool = True) -> None:
+        self._events.append((seq.req.id, Failed(seq.next_seq(), exc.kind, exc.message, exc.param)))
+        if admitted:
+            self._release(seq)
+        else:
+            self._resolve(seq)
+
+    def _release(self, seq: _Seq) -> None:
+        self._active.remove(seq)
+        self._engine.drop(seq.seq_id)
+        if seq.sampler is not None:
+            self._engine.free_sampler(seq.sampler)
+        self._free_ids.append(seq.seq_id)
+        self._resolve(seq)
+
+    def _resolve(self, seq: _Seq) -> None:
+        self._resolved.append(seq.done)
+
+    def _flush(self) -> None:
+        """Hand this step's events to the event loop, then wake the jobs that ended (in that order)."""
+        if self._events or self._stats or self._resolved:
+            events, stats, resolved = self._events, self._stats, self._resolved
+            self._events, self._stats, self._resolved = [], [], []
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, events, stats, resolved)
+
+    def _deliver(
+        self, events: list[tuple[str, StreamEvent]], stats: list[RequestStats], resolved: list[asyncio.Future[None]]
+    ) -> None:
+        if events or stats:
+            self._emit(events, stats)
+        for future in resolved:
+            if not future.done():
+                future.set_result(None)

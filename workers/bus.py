@@ -1,0 +1,127 @@
+"""The only Redis I/O in a worker: claim a request, publish its events, listen for cancels, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import msgspec
+import redis.exceptions
+from redis.asyncio import Redis
+
+from shared import channels
+from shared.config import Settings
+from shared.inference import GenerationRequest, RequestStats, StreamEvent, WorkerStatus
+
+log = logging.getLogger("herd.worker.bus")
+
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class WorkerBus:
+    def __init__(self, settings: Settings, redis: Redis, worker_id: str) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._redis = redis
+        self._pending: list[tuple[str, bytes]] = []
+        self._stats: list[RequestStats] = []
+        self._wake = asyncio.Event()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._request_decoder = msgspec.msgpack.Decoder(GenerationRequest)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- requests ----------------------------------------------------------------------------------
+
+    async def claim(self, request_id: str) -> GenerationRequest | None:
+        """The request to run, or None when it must not run: cancelled, expired, or already started once."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(channels.started(request_id), self.worker_id.encode(), nx=True, ex=self.settings.request_ttl_s)
+            pipe.get(channels.request(request_id))
+            pipe.exists(channels.cancelled(request_id))
+            first_start, raw, cancelled = await pipe.execute()
+        if not first_start:
+            log.warning("request %s was delivered again after a start; not running it twice", request_id)
+            return None
+        if raw is None or cancelled:
+            return None
+        request = self._request_decoder.decode(raw)
+        return request
+
+    # ---- events ------------------------------------------------------------------------------------
+
+    def emit(self, events: list[tuple[str, StreamEvent]], stats: list[RequestStats]) -> None:
+        """Called on the event loop once per decode step; the publisher task sends everything in one pipeline."""
+        self._pending.extend((channels.events(rid), self._encoder.encode(ev)) for rid, ev in events)
+        self._stats.extend(stats)
+        self._wake.set()
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, stats = self._pending, self._stats
+            self._pending, self._stats = [], []
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for channel, payload in pending:
+                        pipe.publish(channel, payload)
+                    for item in stats:
+                        pipe.set(channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s)
+                        pipe.delete(channels.request(item.request_id))
+                    await pipe.execute()
+            except _REDIS_ERRORS as exc:
+                # The API sees the gap (sequence numbers) or the missing heartbeat and tells its client.
+                log.error("lost %d events: %s", len(pending), exc)
+
+    # ---- cancels and heartbeats ----------------------------------------------------------------------
+
+    async def _listener(self, on_message: Callable[[str, str], None]) -> None:
+        """Cancels (request ids) and wake-ups (model names) from the API."""
+        kinds = {channels.CANCEL_CHANNEL.encode(): "cancel", channels.WAKE_CHANNEL.encode(): "wake"}
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(*kinds)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        on_message(kinds[message["channel"]], message["data"].decode())
+            except _REDIS_ERRORS as exc:
+                log.warning("listener lost Redis: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _heartbeat(self, status: Callable[[], WorkerStatus]) -> None:
+        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        while True:
+            try:
+                await self._redis.set(channels.worker(self.worker_id), msgspec.json.encode(status()), px=ttl_ms)
+            except _REDIS_ERRORS as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    def start(self, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publisher(), name="herd-publisher"),
+            asyncio.create_task(self._listener(on_message), name="herd-listener"),
+            asyncio.create_task(self._heartbeat(status), name="herd-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self._redis.delete(channels.worker(self.worker_id))
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000) % 100000}"

@@ -1,0 +1,162 @@
+"""The only `import llama_cpp`: one model, one context shared by up to max_seqs sequences, low-level batch API.
+
+Not thread-safe by design: exactly one thread (the batcher's engine thread) calls into an Engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+
+import llama_cpp as L
+
+from shared.config import ModelConfig
+from shared.errors import EngineError, InvalidRequest
+from shared.inference import SamplingParams
+
+log = logging.getLogger("herd.worker.engine")
+
+# Keep llama.cpp's own chatter off stderr unless asked for; the callback must outlive the process's use of it.
+_LOG_CALLBACK = L.llama_log_callback(lambda level, text, user_data: None)
+
+
+class Sampler:
+    """A llama.cpp sampler chain owned by one sequence."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+
+
+class Engine:
+    """A loaded model and its batched context."""
+
+    def __init__(self, model: ModelConfig, max_seqs: int, n_batch: int, n_threads: int) -> None:
+        if not os.environ.get("HERD_LLAMA_LOG"):
+            L.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = model.n_gpu_layers
+        mp.main_gpu = model.main_gpu
+        self._model = L.llama_model_load_from_file(model.path.encode(), mp)
+        if not self._model:
+            raise EngineError(f"llama.cpp could not load the model file for '{model.name}'")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_seq = min(model.n_ctx, L.llama_model_n_ctx_train(self._model))
+        self.max_seqs = max_seqs
+        self.n_batch = n_batch
+        threads = n_threads or os.cpu_count() or 1
+        cp = L.llama_context_default_params()
+        cp.n_ctx = self.n_ctx_seq * max_seqs
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_seq_max = max_seqs
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.kv_unified = True  # one KV buffer shared by all sequences: a short request leaves room for a long one
+        cp.no_perf = True
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        self._ctx = L.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            raise EngineError(f"llama.cpp could not create a context for '{model.name}'")
+        self._mem = L.llama_get_memory(self._ctx)
+        self._batch = L.llama_batch_init(n_batch, 0, max_seqs)
+        self._piece = ctypes.create_string_buffer(256)
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self.chat_template = self._meta("tokenizer.chat_template")
+        self.bos_text = self.piece(L.llama_vocab_bos(self._vocab), special=True).decode("utf-8", "replace")
+        self.eos_text = self.piece(L.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
+
+    def _meta(self, key: str) -> str | None:
+        size = L.llama_model_meta_val_str(self._model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buf = ctypes.create_string_buffer(size + 1)
+        L.llama_model_meta_val_str(self._model, key.encode(), buf, size + 1)
+        return buf.value.decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 16
+        buf = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            raise InvalidRequest("the prompt could not be tokenized", param="prompt")
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        n = L.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            return buf.raw[:n]
+        return self._piece.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+    def new_sampler(self, params: SamplingParams) -> Sampler:
+        """A per-sequence sampler chain: an opaque handle for sample() and free_sampler()."""
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = L.llama_sampler_chain_add
+        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    self.n_vocab,
+                    params.repeat_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.temperature <= 0.0:
+            add(chain, L.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(chain, L.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, L.llama_sampler_init_temp(params.temperature))
+            seed = L.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            add(chain, L.llama_sampler_init_dist(seed))
+        return Sampler(chain)
+
+    def sample(self, sampler: Sampler, batch_index: int) -> int:
+        """Sample from the logits at `batch_index` of the last decode; the chain also records the token."""
+        return int(L.llama_sampler_sample(sampler.handle, self._ctx, batch_index))
+
+    def free_sampler(self, sampler: Sampler) -> None:
+        L.llama_sampler_free(sampler.handle)
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], logits: Sequence[bool]) -> None:
+        """One llama_decode over a mixed batch (decode steps of running sequences plus prefill chunks)."""
+        batch = self._batch
+        n = len(tokens)
+        batch.n_tokens = n
+        tok, pos, nseq, sid, want = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        for i in range(n):
+            tok[i] = tokens[i]
+            pos[i] = positions[i]
+            nseq[i] = 1
+            sid[i][0] = seq_ids[i]
+            want[i] = logits[i]
+        rc = L.llama_decode(self._ctx, batch)
+        if rc != 0:
+            # 1: no KV slot for the batch; 2: aborted; < 0: fatal. All are engine failures for the batch.
+            raise EngineError(f"llama_decode failed with status {rc}")
+
+    def drop(self, seq_id: int) -> None:
+        """Free a sequence's KV cells."""
+        L.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+
+    def close(self) -> None:
+        L.llama_batch_free(self._batch)
+        L.llama_free(self._ctx)
+        L.llama_model_free(self._model)

@@ -1,0 +1,135 @@
+"""arq job functions and the worker process that runs them: arq only feeds the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import Function, Worker, func
+
+from shared import channels
+from shared.config import ModelConfig, Settings
+from shared.inference import WorkerStatus
+from workers.batcher import Batcher
+from workers.bus import WorkerBus, new_worker_id
+from workers.engine import Engine
+
+log = logging.getLogger("herd.worker")
+
+
+async def generate(ctx: dict[str, Any], request_id: str) -> None:
+    """One interactive generation. Runs at most once: a re-delivered job finds the request already started."""
+    bus: WorkerBus = ctx["bus"]
+    batcher: Batcher = ctx["batcher"]
+    request = await bus.claim(request_id)
+    if request is None:
+        return
+    await batcher.run(request)
+
+
+class HerdWorker(Worker):  # type: ignore[misc]
+    """arq's worker, woken at once when the API enqueues (instead of waiting for the next poll)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waking = False
+        self._wake_again = False
+
+    def wake(self) -> None:
+        if self._waking:
+            self._wake_again = True
+            return
+        self._waking = True
+        asyncio.get_running_loop().create_task(self._wake_poll())
+
+    async def _wake_poll(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                await self._poll_iteration()
+                if not self._wake_again:
+                    return
+        except Exception as exc:  # the regular poll loop keeps running; this was only a shortcut
+            log.warning("wake-up poll failed: %s", exc)
+        finally:
+            self._waking = False
+
+
+def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
+    worker_id = new_worker_id()
+    holder: dict[str, HerdWorker] = {}
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        started = time.monotonic()
+        engine = await asyncio.to_thread(Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads)
+        bus = WorkerBus(settings, ctx["redis"], worker_id)
+        batcher = Batcher(engine, worker_id, bus.emit, settings.max_tokens_cap)
+        batcher.start()
+
+        def on_message(kind: str, value: str) -> None:
+            if kind == "cancel":
+                batcher.cancel(value)
+            elif value == model.name:
+                holder["worker"].wake()
+
+        def status() -> WorkerStatus:
+            c = batcher.counters
+            return WorkerStatus(
+                worker_id=worker_id,
+                models=(model.name,),
+                n_ctx=engine.n_ctx_seq,
+                slots_total=settings.max_seqs,
+                slots_busy=batcher.busy,
+                queued=0,
+                tokens_generated=c.tokens_generated,
+                requests_done=c.requests_done,
+                requests_cancelled=c.requests_cancelled,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                heartbeat_at=time.time(),
+            )
+
+        bus.start(on_message, status)
+        ctx.update(engine=engine, bus=bus, batcher=batcher, watchdog=asyncio.create_task(watchdog(batcher)))
+        log.info("worker %s serves %s (loaded in %.1fs)", worker_id, model.name, time.monotonic() - started)
+
+    async def watchdog(batcher: Batcher) -> None:
+        """A worker whose engine thread died must not look alive: stop it, and its heartbeat with it."""
+        while batcher.alive:
+            await asyncio.sleep(settings.heartbeat_interval_s)
+        log.critical("the engine thread died; stopping this worker")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "watchdog" in ctx:
+            ctx["watchdog"].cancel()
+        if "batcher" in ctx:
+            await ctx["batcher"].stop()
+            await ctx["bus"].stop()
+            ctx["engine"].close()
+
+    functions: list[Function] = [func(generate, name="generate", max_tries=1)]
+    worker = HerdWorker(
+        functions=functions,
+        queue_name=channels.queue(model.name),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        max_jobs=settings.max_seqs,  # jobs beyond the batch's slots stay visible in the Redis queue
+        job_timeout=3600,
+        keep_result=0,
+        max_tries=1,  # an interactive request is never re-run behind its client's back
+        allow_abort_jobs=True,
+        poll_delay=0.05,
+        health_check_interval=5,
+        log_results=False,
+        handle_signals=True,
+    )
+    holder["worker"] = worker
+    return worker
