@@ -10,38 +10,18 @@ from contextlib import asynccontextmanager
 
 from arq.connections import ArqRedis
 from litestar import Litestar, Request, Response
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import TABLE, openai_body, openai_headers
 from api.gateway import Gateway
+from api.ids import add_request_id
 from api.routes import health, openai
 from shared.config import Settings
 from shared.errors import EngineError, ServiceError
 from shared.wire.openai import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("herd.api")
-
-
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every request an id (x-request-id on every response, errors and 404s included)."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        rid = secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)["x-request-id"] = rid
-            await send(message)
-
-        await app(scope, receive, send_with_id)
-
-    return middleware
 
 
 def _service_error(settings: Settings) -> object:
@@ -86,7 +66,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[*health.ROUTES, *openai.ROUTES],
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        before_send=[add_request_id],
         exception_handlers={
             ServiceError: _service_error(settings),  # type: ignore[dict-item]
             HTTPException: _http_error,
@@ -95,4 +75,3 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=None,
         request_max_body_size=16 * 1024 * 1024,
     )
-

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
+from redis.asyncio.client import PubSub
 from arq.constants import abort_jobs_ss
 
 from shared import channels
@@ -43,7 +44,7 @@ class Demux:
         self._control = control_channel.encode()
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._pubsub: redis.asyncio.client.PubSub | None = None
+        self._pubsub: PubSub | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -103,7 +104,7 @@ class Demux:
                         confirmed.set_exception(redis.exceptions.ConnectionError("pub/sub connection lost"))
                 self._confirmations.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0.5)
 
     def _dispatch(self, message: dict[str, object]) -> None:
@@ -128,7 +129,7 @@ class EventStream:
         self._gateway = gateway
         self.request = request
         self._queue = queue
-        self._decoder = msgspec.msgpack.Decoder(StreamEvent)
+        self._decoder: msgspec.msgpack.Decoder[StreamEvent] = msgspec.msgpack.Decoder(StreamEvent)
         self._expected_seq = 0
         self.worker_id: str | None = None
         self.prompt_tokens = 0

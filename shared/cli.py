@@ -70,8 +70,19 @@ def _free_port() -> int:
 def _private_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches the API and workers; Redis is stopped last, by us
     )
@@ -156,8 +167,9 @@ def serve(settings: Settings) -> int:
             log.info("no Redis at %s; started a private redis-server at %s", settings.redis_url, url)
             env["HERD_REDIS_URL"] = url
         env["HERD_HOST"], env["HERD_PORT"] = settings.host, str(settings.port)
-        log.info("herd serving %s on http://%s:%d", ", ".join(m.name for m in settings.models), settings.host,
-                 settings.port)
+        log.info(
+            "herd serving %s on http://%s:%d", ", ".join(m.name for m in settings.models), settings.host, settings.port
+        )
         try:
             return Supervisor(settings, env).run()
         finally:
@@ -169,7 +181,10 @@ def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="herd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "API + workers (+ a private Redis if needed) on this machine"), ("api", "the HTTP API")):
+    for name, text in (
+        ("serve", "API + workers (+ a private Redis if needed) on this machine"),
+        ("api", "the HTTP API"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--host")
         p.add_argument("--port", type=int)

@@ -84,7 +84,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     models_env = env.get("HERD_MODELS", "")
     models = _parse_models(models_env, n_ctx, n_gpu_layers) if models_env else ()
     if not models:
-        models = (ModelConfig(name=BUNDLED_MODEL_NAME, path=bundled_model_path(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers),)
+        models = (
+            ModelConfig(name=BUNDLED_MODEL_NAME, path=bundled_model_path(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers),
+        )
     fields["models"] = models
     fields.update({k: v for k, v in overrides.items() if v is not None})
     # strict=False lets "8" from the environment become 8, with a clear error naming the field otherwise.

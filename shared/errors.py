@@ -1,14 +1,14 @@
 """The ServiceError tree: every failure herd reports, each with an ErrorKind. No HTTP here (see api/errors.py).
 
-    ServiceError
-    ├── InvalidRequest          bad field, bad value, malformed body            (kind: invalid_request)
-    │   └── ContextLengthExceeded  prompt + max_tokens beyond the context        (kind: context_length_exceeded)
-    ├── ModelNotFound           no such model                                   (kind: model_not_found)
-    ├── Overloaded              the model's queue is full                       (kind: overloaded)
-    ├── Unavailable             no live worker / Redis unreachable / queue wait too long (kind: unavailable)
-    ├── WorkerLost              the worker died while serving the request       (kind: worker_lost)
-    ├── StreamBroken            an event went missing between worker and API    (kind: stream_broken)
-    └── EngineError             llama.cpp failed while generating               (kind: engine_error)
+ServiceError
+├── InvalidRequest          bad field, bad value, malformed body            (kind: invalid_request)
+│   └── ContextLengthExceeded  prompt + max_tokens beyond the context        (kind: context_length_exceeded)
+├── ModelNotFound           no such model                                   (kind: model_not_found)
+├── Overloaded              the model's queue is full                       (kind: overloaded)
+├── Unavailable             no live worker / Redis unreachable / queue wait too long (kind: unavailable)
+├── WorkerLost              the worker died while serving the request       (kind: worker_lost)
+├── StreamBroken            an event went missing between worker and API    (kind: stream_broken)
+└── EngineError             llama.cpp failed while generating               (kind: engine_error)
 """
 
 from __future__ import annotations

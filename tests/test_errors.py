@@ -64,10 +64,9 @@ def test_unknown_model_is_404_model_not_found(server: HerdServer) -> None:
     error = error_of(resp)
     assert error["code"] == "model_not_found"
     assert error["param"] == "model"
-    with pytest.raises(openai.NotFoundError):
-        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0).completions.create(
-            model="gpt-9", prompt="hi"
-        )
+    sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    with sdk, pytest.raises(openai.NotFoundError):
+        sdk.completions.create(model="gpt-9", prompt="hi")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -26,14 +26,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
     srv.stop()
 
 
-async def wait_for(predicate: object, timeout: float) -> float:
+async def wait_for(predicate: object, within: float) -> float:
     """Poll `predicate` until true; returns the seconds it took (fails the test on timeout)."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    while time.monotonic() - start < within:
         if predicate():  # type: ignore[operator]
             return time.monotonic() - start
         await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {within}s")
 
 
 def busy_slots(server: HerdServer) -> int:
@@ -47,7 +47,9 @@ async def test_queue_full_is_503_with_retry_after_and_queued_request_never_start
             assert running.status_code == 200
             queued = asyncio.create_task(http.post("/v1/completions", json=LONG))
             await wait_for(lambda: tiny.redis.zcard(queue_key) >= 2, 10)
-            queued_id = next(m.decode() for m in tiny.redis.zrange(queue_key, 0, -1) if m.decode() != running.headers["x-request-id"])
+            queued_id = next(
+                m.decode() for m in tiny.redis.zrange(queue_key, 0, -1) if m.decode() != running.headers["x-request-id"]
+            )
             over = await http.post("/v1/completions", json=LONG)
             assert over.status_code == 503
             assert over.headers["retry-after"].isdigit()
@@ -97,7 +99,7 @@ def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: He
     stream = client.completions.create(stream=True, **LONG)  # type: ignore[call-overload]
     received = 0
     killed_at = 0.0
-    with pytest.raises(openai.APIError) as info:
+    with pytest.raises(openai.APIError) as info, stream:
         for _chunk in stream:
             received += 1
             if received == 5:
@@ -110,5 +112,6 @@ def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: He
     assert "worker" in str(info.value).lower()
     # The supervisor restarts the worker; the service recovers without help.
     tiny.wait_ready(timeout=60)
-    resp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3)
+    with client:
+        resp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3)
     assert resp.choices[0].text is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import jinja2
 import llama_cpp
 import openai
@@ -17,21 +19,25 @@ def vocab(model_path: str) -> llama_cpp.Llama:
     return llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
 
 
-def client(server: HerdServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+@pytest.fixture(scope="module")
+def sdk(server: HerdServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
+        yield client
 
 
 def expected_chat_prompt_tokens(vocab: llama_cpp.Llama, messages: list[dict[str, str]]) -> int:
     """Count independently of herd: the GGUF's own template rendered with plain jinja2, then llama.cpp's tokenizer."""
     template = vocab.metadata["tokenizer.chat_template"]
-    text = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
-        messages=messages, add_generation_prompt=True
+    text = (
+        jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        .from_string(template)
+        .render(messages=messages, add_generation_prompt=True)
     )
     return len(vocab.tokenize(text.encode(), add_bos=False, special=True))
 
 
-def test_chat_non_stream(server: HerdServer, vocab: llama_cpp.Llama) -> None:
-    resp = client(server).chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+def test_chat_non_stream(server: HerdServer, sdk: openai.OpenAI, vocab: llama_cpp.Llama) -> None:
+    resp = sdk.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=12, temperature=0)  # type: ignore[arg-type]
     choice = resp.choices[0]
     assert resp.object == "chat.completion"
     assert resp.id.startswith("chatcmpl-")
@@ -45,8 +51,8 @@ def test_chat_non_stream(server: HerdServer, vocab: llama_cpp.Llama) -> None:
         assert resp.usage.completion_tokens == 12
 
 
-def test_chat_stream_matches_non_stream(server: HerdServer) -> None:
-    c = client(server)
+def test_chat_stream_matches_non_stream(server: HerdServer, sdk: openai.OpenAI) -> None:
+    c = sdk
     whole = c.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=20, temperature=0)  # type: ignore[arg-type]
     stream = c.chat.completions.create(
         model=MODEL,
@@ -69,16 +75,16 @@ def test_chat_stream_matches_non_stream(server: HerdServer) -> None:
     assert len({ch.id for ch in chunks}) == 1
 
 
-def test_stream_without_include_usage_sends_no_usage(server: HerdServer) -> None:
+def test_stream_without_include_usage_sends_no_usage(server: HerdServer, sdk: openai.OpenAI) -> None:
     chunks = list(
-        client(server).chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=5, stream=True)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=5, stream=True)  # type: ignore[arg-type]
     )
     assert all(ch.usage is None for ch in chunks)
     assert chunks[-1].choices[0].finish_reason is not None
 
 
-def test_stop_string_is_honoured(server: HerdServer) -> None:
-    c = client(server)
+def test_stop_string_is_honoured(server: HerdServer, sdk: openai.OpenAI) -> None:
+    c = sdk
     free = c.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5, 6,", max_tokens=16, temperature=0)
     text = free.choices[0].text
     assert " 8" in text, text  # the model counts on; the stop string below cuts it
@@ -91,9 +97,9 @@ def test_stop_string_is_honoured(server: HerdServer) -> None:
     assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == cut.choices[0].text
 
 
-def test_completions_usage_counts_real_tokens(server: HerdServer, vocab: llama_cpp.Llama) -> None:
+def test_completions_usage_counts_real_tokens(server: HerdServer, sdk: openai.OpenAI, vocab: llama_cpp.Llama) -> None:
     prompt = "The capital of France is"
-    resp = client(server).completions.create(model=MODEL, prompt=prompt, max_tokens=7, temperature=0)
+    resp = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=7, temperature=0)
     assert resp.object == "text_completion"
     assert resp.usage is not None
     assert resp.usage.prompt_tokens == len(vocab.tokenize(prompt.encode(), add_bos=True, special=True))
@@ -102,8 +108,8 @@ def test_completions_usage_counts_real_tokens(server: HerdServer, vocab: llama_c
     assert resp.usage.completion_tokens >= 1
 
 
-def test_completions_list_prompt_gives_one_choice_each(server: HerdServer) -> None:
-    c = client(server)
+def test_completions_list_prompt_gives_one_choice_each(server: HerdServer, sdk: openai.OpenAI) -> None:
+    c = sdk
     prompts = ["Once upon a time", "The weather today is"]
     resp = c.completions.create(model=MODEL, prompt=prompts, max_tokens=6, temperature=0)
     assert [ch.index for ch in resp.choices] == [0, 1]
@@ -116,15 +122,15 @@ def test_completions_list_prompt_gives_one_choice_each(server: HerdServer) -> No
     assert [streamed[0], streamed[1]] == alone
 
 
-def test_seed_reproducible_at_temperature(server: HerdServer) -> None:
-    c = client(server)
+def test_seed_reproducible_at_temperature(server: HerdServer, sdk: openai.OpenAI) -> None:
+    c = sdk
     kwargs = {"model": MODEL, "messages": PROMPT, "max_tokens": 16, "temperature": 1.0, "seed": 1234}
     first = c.chat.completions.create(**kwargs).choices[0].message.content  # type: ignore[call-overload]
     second = c.chat.completions.create(**kwargs).choices[0].message.content  # type: ignore[call-overload]
     assert first == second
 
 
-async def test_async_client_stream_and_not(server: HerdServer) -> None:
+async def test_async_client_stream_and_not(server: HerdServer, sdk: openai.OpenAI) -> None:
     async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as ac:
         whole = await ac.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=10, temperature=0)  # type: ignore[arg-type]
         stream = await ac.chat.completions.create(
@@ -138,14 +144,14 @@ async def test_async_client_stream_and_not(server: HerdServer) -> None:
     assert text == whole.choices[0].message.content
 
 
-def test_models_list_and_get(server: HerdServer) -> None:
-    c = client(server)
+def test_models_list_and_get(server: HerdServer, sdk: openai.OpenAI) -> None:
+    c = sdk
     assert MODEL in [m.id for m in c.models.list()]
     assert c.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         c.models.retrieve("no-such-model")
 
 
-def test_request_id_header(server: HerdServer) -> None:
-    raw = client(server).chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
+def test_request_id_header(server: HerdServer, sdk: openai.OpenAI) -> None:
+    raw = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
     assert raw.headers.get("x-request-id")

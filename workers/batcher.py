@@ -190,7 +190,7 @@ class Batcher:
             raise ContextLengthExceeded("the prompt is empty after tokenization", param="prompt")
         n_prompt, n_ctx = len(seq.prompt), engine.n_ctx_seq
         room = n_ctx - n_prompt
-        if req.max_tokens is not None and req.max_tokens > room or room < 1:
+        if (req.max_tokens is not None and req.max_tokens > room) or room < 1:
             asked = req.max_tokens or 1
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "

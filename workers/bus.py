@@ -71,7 +71,9 @@ class WorkerBus:
                     for channel, payload in pending:
                         pipe.publish(channel, payload)
                     for item in stats:
-                        pipe.set(channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s)
+                        pipe.set(
+                            channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s
+                        )
                         pipe.delete(channels.request(item.request_id))
                     await pipe.execute()
             except _REDIS_ERRORS as exc:
@@ -95,7 +97,7 @@ class WorkerBus:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _heartbeat(self, status: Callable[[], WorkerStatus]) -> None:
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)

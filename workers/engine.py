@@ -57,7 +57,7 @@ class Engine:
         cp.n_seq_max = max_seqs
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        cp.kv_unified = True  # one KV buffer shared by all sequences: a short request leaves room for a long one
+        cp.kv_unified = False
         cp.no_perf = True
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
         self._ctx = L.llama_init_from_model(self._model, cp)
@@ -135,7 +135,9 @@ class Engine:
     def free_sampler(self, sampler: Sampler) -> None:
         L.llama_sampler_free(sampler.handle)
 
-    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], logits: Sequence[bool]) -> None:
+    def decode(
+        self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], logits: Sequence[bool]
+    ) -> None:
         """One llama_decode over a mixed batch (decode steps of running sequences plus prefill chunks)."""
         batch = self._batch
         n = len(tokens)

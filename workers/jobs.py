@@ -33,7 +33,7 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
     await batcher.run(request)
 
 
-class HerdWorker(Worker):  # type: ignore[misc]
+class HerdWorker(Worker):
     """arq's worker, woken at once when the API enqueues (instead of waiting for the next poll)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -101,7 +101,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
 
     async def watchdog(batcher: Batcher) -> None:
         """A worker whose engine thread died must not look alive: stop it, and its heartbeat with it."""
-        while batcher.alive:
+        while batcher.alive:  # noqa: ASYNC110 (the thread has no event to await)
             await asyncio.sleep(settings.heartbeat_interval_s)
         log.critical("the engine thread died; stopping this worker")
         os.kill(os.getpid(), signal.SIGTERM)

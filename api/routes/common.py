@@ -14,6 +14,7 @@ from litestar.datastructures import State
 
 from api.errors import from_validation
 from api.gateway import EventStream, Gateway
+from api.ids import request_id_of
 from shared.errors import Cancelled
 from shared.inference import Finished, TokenDelta
 
@@ -27,9 +28,7 @@ def gateway(state: State) -> Gateway:
 
 
 def request_id(request: Request[object, object, State]) -> str:
-    rid = request.scope["state"]["request_id"]
-    assert isinstance(rid, str)
-    return rid
+    return request_id_of(request.scope)
 
 
 async def decode(request: Request[object, object, State], type_: type[T]) -> T:

@@ -40,14 +40,22 @@ async def chat_completions(request: AnyRequest, state: State) -> Response[wire.C
 async def _chat_frames(stream: EventStream, model: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
     rid = stream.request.id
     try:
-        yield sse(translate.chat_chunk(rid, model, created, wire.ChoiceDelta(role="assistant", content=""), None, include_usage))
+        yield sse(
+            translate.chat_chunk(
+                rid, model, created, wire.ChoiceDelta(role="assistant", content=""), None, include_usage
+            )
+        )
         async for _, event in merged([stream]):
             if isinstance(event, Finished):
-                yield sse(translate.chat_chunk(rid, model, created, wire.ChoiceDelta(), event.finish_reason, include_usage))
+                yield sse(
+                    translate.chat_chunk(rid, model, created, wire.ChoiceDelta(), event.finish_reason, include_usage)
+                )
                 if include_usage:
                     yield sse(translate.chat_usage_chunk(rid, model, created, event.usage))
             elif event.text:
-                yield sse(translate.chat_chunk(rid, model, created, wire.ChoiceDelta(content=event.text), None, include_usage))
+                yield sse(
+                    translate.chat_chunk(rid, model, created, wire.ChoiceDelta(content=event.text), None, include_usage)
+                )
         yield SSE_DONE
     except ServiceError as exc:
         yield sse_error(exc)
@@ -76,7 +84,10 @@ async def completions(request: AnyRequest, state: State) -> Response[wire.Comple
         results = [await unless_gone(request, collect(s)) for s in streams]
     finally:
         await close_shielded(*streams)
-    choices = [wire.CompletionChoice(index=i, text=text, finish_reason=end.finish_reason) for i, (text, end) in enumerate(results)]
+    choices = [
+        wire.CompletionChoice(index=i, text=text, finish_reason=end.finish_reason)
+        for i, (text, end) in enumerate(results)
+    ]
     return Response(translate.completion(reqs[0].id, body.model, created, choices, [end.usage for _, end in results]))
 
 

@@ -60,9 +60,7 @@ def _content(message: wire.ChatCompletionMessageParam, index: int) -> str:
 
 def chat_request(body: wire.ChatCompletionRequest, request_id: str) -> GenerationRequest:
     _n(body.n)
-    messages = tuple(
-        ChatMessage(role=m.role, content=_content(m, i), name=m.name) for i, m in enumerate(body.messages)
-    )
+    messages = tuple(ChatMessage(role=m.role, content=_content(m, i), name=m.name) for i, m in enumerate(body.messages))
     return GenerationRequest(
         id=request_id,
         model=body.model,
@@ -158,4 +156,3 @@ def completion_chunk(
         choices=choices,
         usage=usage(used) if used is not None else (None if with_usage else UNSET),
     )
-
