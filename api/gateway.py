@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
-from redis.asyncio.client import PubSub
 from arq.constants import abort_jobs_ss
+from redis.asyncio.client import PubSub
 
 from shared import channels
 from shared.config import Settings
