@@ -200,8 +200,11 @@ class Gateway:
         """Live workers from their heartbeats (a key that expired is a dead worker), cached briefly."""
         if time.monotonic() - self._workers_at < max_age_s:
             return self._workers
-        keys = [key async for key in self._redis.scan_iter(match=channels.WORKER_PATTERN, count=200)]
-        values = await self._redis.mget(keys) if keys else []
+        try:
+            keys = [key async for key in self._redis.scan_iter(match=channels.WORKER_PATTERN, count=200)]
+            values = await self._redis.mget(keys) if keys else []
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         self._workers = [self._worker_decoder.decode(v) for v in values if v]
         self._workers_at = time.monotonic()
         return self._workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,6 @@ import redis
 from shared.config import bundled_model_path
 from shared.inference import RequestStats, WorkerStatus
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 MODEL = "smollm2:135m"
 
 
@@ -33,11 +33,11 @@ def free_port() -> int:
 class HerdServer:
     """A `herd serve` child process with its own Redis database; stopped with SIGTERM like a user would."""
 
-    def __init__(self, db: int, log_path: Path, **env: str) -> None:
+    def __init__(self, redis_port: int, db: int, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-        self.redis = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/{db}"
+        self.redis = redis.Redis(host="127.0.0.1", port=redis_port, db=db)
         self.redis.flushdb()
         self.log_path = log_path
         full_env = {**os.environ, "HERD_REDIS_URL": self.redis_url, "HERD_LOG_LEVEL": "info", **env}
@@ -84,9 +84,41 @@ class HerdServer:
         self.redis.close()
 
 
+def redis_answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
-    srv = HerdServer(db=11, log_path=tmp_path_factory.mktemp("herd") / "serve.log")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The Redis on 127.0.0.1:6379 when one answers; otherwise a private redis-server for this test run."""
+    if redis_answers(6379):
+        yield 6379
+        return
+    if shutil.which("redis-server") is None:
+        pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server to start (apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not redis_answers(port):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the private redis-server did not start")
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+    srv = HerdServer(redis_port, db=11, log_path=tmp_path_factory.mktemp("herd") / "serve.log")
     yield srv
     srv.stop()
 

@@ -18,9 +18,9 @@ LONG = {"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+def tiny(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
     srv = HerdServer(
-        db=12, log_path=tmp_path_factory.mktemp("tiny") / "serve.log", HERD_MAX_SEQS="1", HERD_QUEUE_MAX="2"
+        redis_port, db=12, log_path=tmp_path_factory.mktemp("tiny") / "serve.log", HERD_MAX_SEQS="1", HERD_QUEUE_MAX="2"
     )
     yield srv
     srv.stop()

@@ -7,6 +7,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from api.routes.common import gateway
+from shared.errors import ServiceError
 
 
 class Readiness(msgspec.Struct):
@@ -25,7 +26,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: State) -> Response[Readiness]:
     gw = gateway(state)
     redis_ok = await gw.ping()
-    workers = await gw.workers(max_age_s=0) if redis_ok else []
+    try:
+        workers = await gw.workers(max_age_s=0) if redis_ok else []
+    except ServiceError:
+        redis_ok, workers = False, []
     models = sorted({m for w in workers for m in w.models})
     ready = redis_ok and bool(workers)
     body = Readiness(status="ready" if ready else "not ready", redis=redis_ok, workers=len(workers), models=models)
