@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: tuple[ModelConfig, ...] = ()
     max_seqs: int = 8  # sequences decoded together in one llama.cpp context
     n_batch: int = 512  # tokens per llama_decode call (decode tokens plus prefill chunks)
+    prefill_chunk: int = 64  # prompt tokens per decode step while other sequences are generating
     n_threads: int = 0  # 0: all cores
     queue_max: int = 64  # jobs waiting per model before the API answers 503
     retry_after_s: int = 2

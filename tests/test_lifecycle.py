@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -115,3 +116,32 @@ def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: He
     with client:
         resp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3)
     assert resp.choices[0].text is not None
+
+
+def child_pids(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_stops_every_process(tiny: HerdServer) -> None:
+    children = child_pids(tiny.proc.pid)
+    assert len(children) >= 2, "the API and a worker run as children of herd serve"
+    tiny.stop()
+    assert tiny.proc.returncode == 0
+    assert not [pid for pid in children if running(pid)]
+    assert not [w for w in tiny.workers()], "a stopped worker removes its heartbeat"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.errors import ContextLengthExceeded, EngineError, ServiceError
+from shared.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
 from shared.inference import (
     Failed,
     Finished,
@@ -65,8 +65,9 @@ class Counters:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int) -> None:
+    def __init__(self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int, prefill_chunk: int) -> None:
         self._engine = engine
+        self._prefill_chunk = prefill_chunk
         self._worker_id = worker_id
         self._emit = emit
         self._cap = max_tokens_cap
@@ -186,8 +187,10 @@ class Batcher:
             seq.prompt = engine.tokenize(self._template.render(req.messages), add_special=engine.add_bos)
         else:
             seq.prompt = engine.tokenize(req.prompt or "", add_special=True)
+        if not seq.prompt and engine.bos_id >= 0:
+            seq.prompt = [engine.bos_id]  # an empty completion prompt continues from the start of a text
         if not seq.prompt:
-            raise ContextLengthExceeded("the prompt is empty after tokenization", param="prompt")
+            raise InvalidRequest("the prompt is empty", param="prompt")
         n_prompt, n_ctx = len(seq.prompt), engine.n_ctx_seq
         room = n_ctx - n_prompt
         if (req.max_tokens is not None and req.max_tokens > room) or room < 1:
@@ -215,6 +218,10 @@ class Batcher:
                 logits.append(True)
                 seq.logits_at = len(tokens) - 1
         budget -= len(tokens)
+        if tokens:
+            # Sequences are waiting on this step for their next token: prefill only a chunk, so their
+            # inter-token latency stays low and queued prompts reach their first token in turn, not all at once.
+            budget = min(budget, self._prefill_chunk)
         for seq in self._active:  # prefill chunks, oldest first, in what the decode steps left of the batch
             if budget <= 0:
                 break

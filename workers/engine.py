@@ -67,6 +67,7 @@ class Engine:
         self._batch = L.llama_batch_init(n_batch, 0, max_seqs)
         self._piece = ctypes.create_string_buffer(256)
         self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self.bos_id = int(L.llama_vocab_bos(self._vocab))  # -1 when the vocabulary has none
         self.chat_template = self._meta("tokenizer.chat_template")
         self.bos_text = self.piece(L.llama_vocab_bos(self._vocab), special=True).decode("utf-8", "replace")
         self.eos_text = self.piece(L.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
