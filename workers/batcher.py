@@ -7,6 +7,7 @@ through the `emit` callback (a list of (request_id, event) per decode step, so a
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import queue
 import threading
@@ -77,7 +78,7 @@ class Batcher:
         self._cancels: dict[str, float] = {}  # request id -> when; kept briefly so a late submit sees it
         self._waiting: list[_Seq] = []
         self._active: list[_Seq] = []
-        self._free_ids = list(range(engine.max_seqs - 1, -1, -1))
+        self._free_ids = list(range(engine.max_seqs))  # a min-heap: new sequences take the lowest free id
         self._events: list[tuple[str, StreamEvent]] = []
         self._stats: list[RequestStats] = []
         self._resolved: list[asyncio.Future[None]] = []
@@ -175,7 +176,7 @@ class Batcher:
             except Exception as exc:
                 self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
                 continue
-            seq.seq_id = self._free_ids.pop()
+            seq.seq_id = heapq.heappop(self._free_ids)
             seq.text = TextStream(seq.req.stop)
             seq.admitted_ns = time.perf_counter_ns()
             self._active.append(seq)
@@ -204,12 +205,28 @@ class Batcher:
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
 
     def _step(self) -> None:
+        """One llama_decode: the next token of every generating sequence plus prefill chunks of new ones."""
+        decoding = sum(1 for seq in self._active if seq.next_token >= 0)
+        budget = self._engine.n_batch - decoding
+        if decoding:
+            # Sequences are waiting on this step for their next token: prefill only a chunk, so their
+            # inter-token latency stays low and queued prompts reach their first token in turn, not all at once.
+            budget = min(budget, self._prefill_chunk)
+        grants: dict[int, int] = {}
+        for seq in self._active:  # _active is in admission order: the oldest prompts are prefilled first
+            left = len(seq.prompt) - seq.n_prefilled
+            if budget <= 0:
+                break
+            if seq.next_token < 0 and left:
+                grants[seq.seq_id] = take = min(left, budget)
+                budget -= take
         tokens: list[int] = []
         positions: list[int] = []
         seq_ids: list[int] = []
         logits: list[bool] = []
-        budget = self._engine.n_batch
-        for seq in self._active:
+        # With one KV stream per sequence, llama.cpp puts consecutive, increasing sequence ids into one micro-batch
+        # and splits everything else into more of them: so the batch goes out in sequence-id order.
+        for seq in sorted(self._active, key=_by_seq_id):
             seq.logits_at = -1
             if seq.next_token >= 0:
                 tokens.append(seq.next_token)
@@ -217,28 +234,17 @@ class Batcher:
                 seq_ids.append(seq.seq_id)
                 logits.append(True)
                 seq.logits_at = len(tokens) - 1
-        budget -= len(tokens)
-        if tokens:
-            # Sequences are waiting on this step for their next token: prefill only a chunk, so their
-            # inter-token latency stays low and queued prompts reach their first token in turn, not all at once.
-            budget = min(budget, self._prefill_chunk)
-        for seq in self._active:  # prefill chunks, oldest first, in what the decode steps left of the batch
-            if budget <= 0:
-                break
-            left = len(seq.prompt) - seq.n_prefilled
-            if seq.next_token >= 0 or left == 0:
-                continue
-            take = min(left, budget)
-            start = seq.n_prefilled
-            for j in range(start, start + take):
-                tokens.append(seq.prompt[j])
-                positions.append(j)
-                seq_ids.append(seq.seq_id)
-                logits.append(j == len(seq.prompt) - 1)
-            seq.n_prefilled += take
-            budget -= take
-            if seq.n_prefilled == len(seq.prompt):
-                seq.logits_at = len(tokens) - 1
+            elif seq.seq_id in grants:
+                start = seq.n_prefilled
+                seq.n_prefilled += grants[seq.seq_id]
+                last = len(seq.prompt) - 1
+                for j in range(start, seq.n_prefilled):
+                    tokens.append(seq.prompt[j])
+                    positions.append(j)
+                    seq_ids.append(seq.seq_id)
+                    logits.append(j == last)
+                if seq.n_prefilled == len(seq.prompt):
+                    seq.logits_at = len(tokens) - 1
         self._engine.decode(tokens, positions, seq_ids, logits)
         for seq in list(self._active):
             if seq.logits_at >= 0:
@@ -300,7 +306,7 @@ class Batcher:
         self._engine.drop(seq.seq_id)
         if seq.sampler is not None:
             self._engine.free_sampler(seq.sampler)
-        self._free_ids.append(seq.seq_id)
+        heapq.heappush(self._free_ids, seq.seq_id)
         self._resolve(seq)
 
     def _resolve(self, seq: _Seq) -> None:
@@ -322,3 +328,7 @@ class Batcher:
         for future in resolved:
             if not future.done():
                 future.set_result(None)
+
+
+def _by_seq_id(seq: _Seq) -> int:
+    return seq.seq_id
