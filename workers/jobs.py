@@ -126,7 +126,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         keep_result=0,
         max_tries=1,  # an interactive request is never re-run behind its client's back
         allow_abort_jobs=True,
-        poll_delay=0.05,
+        poll_delay=0.5,  # a fallback: the API wakes the worker when it enqueues (see HerdWorker.wake)
         health_check_interval=5,
         log_results=False,
         handle_signals=True,
