@@ -218,14 +218,19 @@ class Gateway:
 
     async def open(self, request: GenerationRequest) -> EventStream:
         """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
-        try:
-            await self._admit(request.model)
-        except _REDIS_ERRORS as exc:
-            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        await self._check_model(request.model)
         channel = channels.events(request.id)
-        queue = await self._demux.subscribe(channel)
-        stream = EventStream(self, request, queue)
+        # The subscription and the queue-depth check (which also stores the request) go to Redis side by side.
+        subscribed, depth = await asyncio.gather(
+            self._demux.subscribe(channel), self._store(request), return_exceptions=True
+        )
+        if isinstance(subscribed, BaseException) or isinstance(depth, BaseException):
+            await self._demux.unsubscribe(channel)
+            raise subscribed if isinstance(subscribed, BaseException) else depth  # type: ignore[misc]
+        stream = EventStream(self, request, subscribed)
         try:
+            if depth >= self.settings.queue_max:
+                raise Overloaded(f"the queue for model '{request.model}' is full ({depth} requests); retry shortly")
             await self._enqueue(request)
             await stream.start()
         except BaseException:
@@ -233,20 +238,25 @@ class Gateway:
             raise
         return stream
 
-    async def _admit(self, model: str) -> None:
+    async def _check_model(self, model: str) -> None:
         if model not in await self.models():
             raise ModelNotFound(f"The model '{model}' does not exist", param="model")
         if not any(model in w.models for w in await self.workers()):
             raise Unavailable(f"no worker is serving model '{model}' right now", param="model")
-        depth = await self._redis.zcard(channels.queue(model))
-        if depth >= self.settings.queue_max:
-            raise Overloaded(f"the queue for model '{model}' is full ({depth} requests); retry shortly")
+
+    async def _store(self, request: GenerationRequest) -> int:
+        """Store the request for its worker; return how many jobs the model's queue holds."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(channels.request(request.id), msgspec.msgpack.encode(request), ex=self.settings.request_ttl_s)
+                pipe.zcard(channels.queue(request.model))
+                _, depth = await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        return int(depth)
 
     async def _enqueue(self, request: GenerationRequest) -> None:
         try:
-            await self._redis.set(
-                channels.request(request.id), msgspec.msgpack.encode(request), ex=self.settings.request_ttl_s
-            )
             # The job carries only the id (arq logs job arguments); the worker reads the request from its key.
             job = await self._redis.enqueue_job(
                 "generate",
@@ -255,7 +265,7 @@ class Gateway:
                 _queue_name=channels.queue(request.model),
                 _expires=self.settings.queue_wait_timeout_s,
             )
-            await self._redis.publish(channels.WAKE_CHANNEL, request.model.encode())
+            await self._redis.publish(channels.announce(request.model), request.id.encode())
         except _REDIS_ERRORS as exc:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         if job is None:

@@ -33,8 +33,10 @@ def cancelled(request_id: str) -> str:
 # Broadcast channel: the API publishes request ids whose client disconnected; every worker listens.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 
-# Broadcast channel: the API publishes a model name after enqueueing, so that model's workers poll at once.
-WAKE_CHANNEL = f"{PREFIX}:wake"
+
+def announce(model: str) -> str:
+    """Pub/sub channel on which the API announces each job id it enqueued for `model`, so a worker starts it at once."""
+    return f"{PREFIX}:announce:{model}"
 
 
 def stats(request_id: str) -> str:

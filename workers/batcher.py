@@ -141,6 +141,7 @@ class Batcher:
             try:
                 self._apply_cancels()
                 self._admit()
+                self._flush()  # Started goes out before the prefill: the API can commit its 200 meanwhile
                 if self._active:
                     self._step()
             except Exception as exc:

@@ -82,9 +82,9 @@ class WorkerBus:
 
     # ---- cancels and heartbeats ----------------------------------------------------------------------
 
-    async def _listener(self, on_message: Callable[[str, str], None]) -> None:
-        """Cancels (request ids) and wake-ups (model names) from the API."""
-        kinds = {channels.CANCEL_CHANNEL.encode(): "cancel", channels.WAKE_CHANNEL.encode(): "wake"}
+    async def _listener(self, model: str, on_message: Callable[[str, str], None]) -> None:
+        """Cancels and job announcements (request ids both) from the API."""
+        kinds = {channels.CANCEL_CHANNEL.encode(): "cancel", channels.announce(model).encode(): "announce"}
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -108,10 +108,10 @@ class WorkerBus:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
-    def start(self, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
+    def start(self, model: str, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
         self._tasks = [
             asyncio.create_task(self._publisher(), name="herd-publisher"),
-            asyncio.create_task(self._listener(on_message), name="herd-listener"),
+            asyncio.create_task(self._listener(model, on_message), name="herd-listener"),
             asyncio.create_task(self._heartbeat(status), name="herd-heartbeat"),
         ]
 

@@ -34,31 +34,48 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
 
 
 class HerdWorker(Worker):
-    """arq's worker, woken at once when the API enqueues (instead of waiting for the next poll)."""
+    """arq's worker, but event-driven: it starts a job the moment the API announces it, and polls the queue the
+    moment a slot frees, instead of waiting for the next poll (arq's poll stays on as a slow fallback)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waking = False
-        self._wake_again = False
+        self._polling = False
+        self._poll_again = False
 
-    def wake(self) -> None:
-        if self._waking:
-            self._wake_again = True
+    def announce(self, job_id: str) -> None:
+        """The API enqueued `job_id`: start it now if a batch slot is free (otherwise it waits its turn)."""
+        if self.job_counter < self.max_jobs:
+            asyncio.get_running_loop().create_task(self._start_announced(job_id))
+
+    async def _start_announced(self, job_id: str) -> None:
+        try:
+            # arq's own start (WATCH on the in-progress key): of several workers woken, exactly one gets the job.
+            await self.start_jobs([job_id.encode()])
+        except Exception as exc:  # the poll loop will still find the job
+            log.warning("could not start announced job %s: %s", job_id, exc)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.poll_soon()  # a slot is free: the oldest queued job should not wait for the next poll
+
+    def poll_soon(self) -> None:
+        if self._polling:
+            self._poll_again = True
             return
-        self._waking = True
-        asyncio.get_running_loop().create_task(self._wake_poll())
+        self._polling = True
+        asyncio.get_running_loop().create_task(self._poll_now())
 
-    async def _wake_poll(self) -> None:
+    async def _poll_now(self) -> None:
         try:
             while True:
-                self._wake_again = False
+                self._poll_again = False
                 await self._poll_iteration()
-                if not self._wake_again:
+                if not self._poll_again:
                     return
         except Exception as exc:  # the regular poll loop keeps running; this was only a shortcut
-            log.warning("wake-up poll failed: %s", exc)
+            log.warning("early poll failed: %s", exc)
         finally:
-            self._waking = False
+            self._polling = False
 
 
 def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
@@ -75,8 +92,8 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         def on_message(kind: str, value: str) -> None:
             if kind == "cancel":
                 batcher.cancel(value)
-            elif value == model.name:
-                holder["worker"].wake()
+            else:
+                holder["worker"].announce(value)
 
         def status() -> WorkerStatus:
             c = batcher.counters
@@ -95,7 +112,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
                 heartbeat_at=time.time(),
             )
 
-        bus.start(on_message, status)
+        bus.start(model.name, on_message, status)
         ctx.update(engine=engine, bus=bus, batcher=batcher, watchdog=asyncio.create_task(watchdog(batcher)))
         log.info("worker %s serves %s (loaded in %.1fs)", worker_id, model.name, time.monotonic() - started)
 
