@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 import redis.exceptions
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from shared import channels
 from shared.config import Settings
@@ -61,24 +62,42 @@ class WorkerBus:
         self._wake.set()
 
     async def _publisher(self) -> None:
+        """Sends each decode step's events as one write of pipelined PUBLISH commands on a connection of its own,
+        without waiting for the replies (a reader drains them): per token this costs a write, not a round trip."""
+        pool = self._redis.connection_pool
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pending, stats = self._pending, self._stats
-            self._pending, self._stats = [], []
+            conn = pool.connection_class(**pool.connection_kwargs)
+            drain: asyncio.Task[None] | None = None
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for channel, payload in pending:
-                        pipe.publish(channel, payload)
-                    for item in stats:
-                        pipe.set(
-                            channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s
-                        )
-                        pipe.delete(channels.request(item.request_id))
-                    await pipe.execute()
+                await conn.connect()  # type: ignore[no-untyped-call]
+                drain = asyncio.create_task(_drain_replies(conn))
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    pending, stats = self._pending, self._stats
+                    self._pending, self._stats = [], []
+                    if pending:
+                        commands = [("PUBLISH", channel, payload) for channel, payload in pending]
+                        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                    if stats:
+                        await self._store_stats(stats)
+                    if drain.done():
+                        drain.result()  # the connection broke: raise its error here
             except _REDIS_ERRORS as exc:
-                # The API sees the gap (sequence numbers) or the missing heartbeat and tells its client.
-                log.error("lost %d events: %s", len(pending), exc)
+                # Events in flight are lost: the API sees the gap in sequence numbers, or the silent worker.
+                log.error("event publisher lost Redis: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                if drain is not None:
+                    drain.cancel()
+                await conn.disconnect()
+
+    async def _store_stats(self, stats: list[RequestStats]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in stats:
+                pipe.set(channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s)
+                pipe.delete(channels.request(item.request_id))
+            await pipe.execute()
 
     # ---- cancels and heartbeats ----------------------------------------------------------------------
 
@@ -127,3 +146,8 @@ class WorkerBus:
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+
+
+async def _drain_replies(conn: AbstractConnection) -> None:
+    while True:
+        await conn.read_response()
