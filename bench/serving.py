@@ -609,6 +609,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=4, help="sequential requests at concurrency 1")
     p.add_argument("--rounds", type=int, default=2, help="rounds of simultaneous streams at concurrency N")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="run the whole list of systems this many times, interleaved (A B C A B C ...), and pool each system's"
+        " streams: a machine whose speed drifts then slows every system alike",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for in-process and llama-server (-t)")
     p.add_argument("--model", help="GGUF path for in-process and llama-server (default: the bundled SmolLM2)")
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")), help="the herd executable")
@@ -632,6 +639,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.max_tokens, args.requests, args.rounds, args.concurrency, args.threads) < 1:
         p.error("--max-tokens, --requests, --rounds, --concurrency and --threads must be >= 1")
     return args
+
+
+def pool_cycles(runs: list[Run]) -> list[Run]:
+    """One Run per (system, concurrency), holding the streams and round times of every cycle."""
+    pooled: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        key = (run.system, run.concurrency)
+        if key not in pooled:
+            pooled[key] = Run(run.system, run.concurrency, other_cpu_cores=run.other_cpu_cores)
+        target = pooled[key]
+        target.streams.extend(run.streams)
+        target.round_wall_s.extend(run.round_wall_s)
+        if run.other_cpu_cores is not None:
+            target.other_cpu_cores = max(target.other_cpu_cores or 0.0, run.other_cpu_cores)
+    return list(pooled.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -662,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.llama_server:
             for n_par in (1, 8):
                 steps.append((f"llama-server -np {n_par}", partial(run_llama_server, args, model_path, n_par, log_dir)))
-        for name, step in steps:
-            print(f"running {name} ...", flush=True)
+        for cycle, (name, step) in ((c, st) for c in range(args.cycles) for st in steps):
+            print(f"running {name} (cycle {cycle + 1} of {args.cycles}) ...", flush=True)
             if args.quiet_wait > 0:
                 load = wait_for_quiet(0.1, args.quiet_wait)
                 if load is not None and load >= 0.1:
@@ -682,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             print(f"  done in {time.perf_counter() - t0:.1f} s", flush=True)
-    summaries = [r.summary() for r in runs]
+    summaries = [r.summary() for r in pool_cycles(runs)]
     print()
     print_table(summaries)
     print()
