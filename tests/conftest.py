@@ -93,9 +93,10 @@ def redis_answers(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """The Redis on 127.0.0.1:6379 when one answers; otherwise a private redis-server for this test run."""
-    if redis_answers(6379):
-        yield 6379
+    """The Redis on 127.0.0.1:6379 (or HERD_TEST_REDIS_PORT) when one answers; else a private redis-server."""
+    wanted = int(os.environ.get("HERD_TEST_REDIS_PORT", "6379"))
+    if redis_answers(wanted):
+        yield wanted
         return
     if shutil.which("redis-server") is None:
         pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server to start (apt-get install redis-server)")
