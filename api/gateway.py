@@ -24,10 +24,21 @@ from shared.errors import (
     WorkerLost,
     from_kind,
 )
-from shared.inference import Failed, Finished, GenerationRequest, Started, StreamEvent, TokenDelta, WorkerStatus
+from shared.inference import (
+    Embedded,
+    EmbeddingRequest,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Started,
+    StreamEvent,
+    TokenDelta,
+    WorkerStatus,
+)
 
 log = logging.getLogger("herd.api.gateway")
 
+AnyRequest = GenerationRequest | EmbeddingRequest
 _LOST = b""  # put on a request's queue when the pub/sub connection dropped: events may have been missed
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -125,7 +136,7 @@ class Demux:
 class EventStream:
     """One request's events, in order. A gap, a dead worker or a lost Redis becomes an exception, never a hang."""
 
-    def __init__(self, gateway: Gateway, request: GenerationRequest, queue: asyncio.Queue[bytes]) -> None:
+    def __init__(self, gateway: Gateway, request: AnyRequest, queue: asyncio.Queue[bytes]) -> None:
         self._gateway = gateway
         self.request = request
         self._queue = queue
@@ -155,7 +166,7 @@ class EventStream:
             elif isinstance(event, Failed):
                 self.finished = True
                 raise from_kind(event.kind, event.message, event.param)
-            elif isinstance(event, Finished):
+            elif isinstance(event, Finished | Embedded):
                 self.finished = True
             return event
 
@@ -169,6 +180,11 @@ class EventStream:
             event = await self.next()
             assert isinstance(event, TokenDelta | Finished)
             yield event
+
+    async def embedded(self) -> Embedded:
+        event = await self.next()
+        assert isinstance(event, Embedded), event
+        return event
 
     async def close(self) -> None:
         await self._gateway.release(self)
@@ -216,7 +232,7 @@ class Gateway:
             known.update(dict.fromkeys(worker.models, worker.n_ctx))
         return known
 
-    async def open(self, request: GenerationRequest) -> EventStream:
+    async def open(self, request: AnyRequest) -> EventStream:
         """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
         await self._check_model(request.model)
         channel = channels.events(request.id)
@@ -244,7 +260,7 @@ class Gateway:
         if not any(model in w.models for w in await self.workers()):
             raise Unavailable(f"no worker is serving model '{model}' right now", param="model")
 
-    async def _store(self, request: GenerationRequest) -> int:
+    async def _store(self, request: AnyRequest) -> int:
         """Store the request for its worker; return how many jobs the model's queue holds."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -255,11 +271,11 @@ class Gateway:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         return int(depth)
 
-    async def _enqueue(self, request: GenerationRequest) -> None:
+    async def _enqueue(self, request: AnyRequest) -> None:
         try:
             # The job carries only the id (arq logs job arguments); the worker reads the request from its key.
             job = await self._redis.enqueue_job(
-                "generate",
+                "embed" if isinstance(request, EmbeddingRequest) else "generate",
                 request.id,
                 _job_id=request.id,
                 _queue_name=channels.queue(request.model),

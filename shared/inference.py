@@ -46,6 +46,18 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     traceparent: str | None = None
 
 
+class EmbeddingRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Pooled, L2-normalised embeddings of each input (text, or token ids already tokenized by the client)."""
+
+    id: str
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    truncate: bool = False  # cut inputs longer than the context instead of refusing them
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None  # keep the first N dimensions, renormalised
+    enqueued_at: float = 0.0
+    traceparent: str | None = None
+
+
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
@@ -74,6 +86,15 @@ class Finished(msgspec.Struct, frozen=True, tag="finished"):
     usage: Usage
 
 
+class Embedded(msgspec.Struct, frozen=True, tag="embedded"):
+    """All vectors of an EmbeddingRequest: float32 little-endian, `dimensions` floats per input, in input order."""
+
+    seq: int
+    vectors: bytes
+    dimensions: int
+    prompt_tokens: int
+
+
 class Failed(msgspec.Struct, frozen=True, tag="failed"):
     seq: int
     kind: ErrorKind
@@ -81,7 +102,7 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     param: str | None = None
 
 
-StreamEvent = Started | TokenDelta | Finished | Failed
+StreamEvent = Started | TokenDelta | Finished | Embedded | Failed
 
 
 class WorkerStatus(msgspec.Struct, frozen=True):

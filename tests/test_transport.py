@@ -67,8 +67,10 @@ async def test_a_request_is_claimed_at_most_once(redis_db: Redis) -> None:
     await redis_db.set(channels.request(REQUEST.id), msgspec.msgpack.encode(REQUEST))
     first = WorkerBus(settings, redis_db, "worker-a")
     second = WorkerBus(settings, redis_db, "worker-b")
-    assert await first.claim(REQUEST.id) == REQUEST
-    assert await second.claim(REQUEST.id) is None  # e.g. arq re-delivering the job of a killed worker
+    assert await first.claim(REQUEST.id, GenerationRequest) == REQUEST
+    assert (
+        await second.claim(REQUEST.id, GenerationRequest) is None
+    )  # e.g. arq re-delivering the job of a killed worker
     assert await redis_db.get(channels.started(REQUEST.id)) == b"worker-a"
 
 
@@ -76,4 +78,4 @@ async def test_a_cancelled_request_is_never_claimed(redis_db: Redis) -> None:
     settings = load_settings({"HERD_MODELS": "m=/dev/null"})
     await redis_db.set(channels.request(REQUEST.id), msgspec.msgpack.encode(REQUEST))
     await redis_db.set(channels.cancelled(REQUEST.id), b"1")
-    assert await WorkerBus(settings, redis_db, "worker-a").claim(REQUEST.id) is None
+    assert await WorkerBus(settings, redis_db, "worker-a").claim(REQUEST.id, GenerationRequest) is None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from shared.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
 from shared.inference import (
+    EmbeddingRequest,
     Failed,
     Finished,
     FinishReason,
@@ -27,6 +28,7 @@ from shared.inference import (
     TokenDelta,
     Usage,
 )
+from workers.embedder import EmbedJob
 from workers.engine import Engine, Sampler
 from workers.template import ChatTemplate
 from workers.textstream import TextStream
@@ -73,7 +75,8 @@ class Batcher:
         self._emit = emit
         self._cap = max_tokens_cap
         self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text)
-        self._inbox: queue.SimpleQueue[_Seq | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Seq | EmbedJob | None] = queue.SimpleQueue()
+        self._embeds: list[EmbedJob] = []
         self._cancel_lock = threading.Lock()
         self._cancels: dict[str, float] = {}  # request id -> when; kept briefly so a late submit sees it
         self._waiting: list[_Seq] = []
@@ -109,6 +112,17 @@ class Batcher:
             self.cancel(request.id)
             raise
 
+    async def embed(self, request: EmbeddingRequest) -> None:
+        """Embed every input of `request` (the result goes out through `emit`); runs between decode steps."""
+        assert self._loop is not None
+        job = EmbedJob(req=request, done=self._loop.create_future())
+        self._inbox.put(job)
+        try:
+            await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            self.cancel(request.id)
+            raise
+
     def cancel(self, request_id: str) -> None:
         with self._cancel_lock:
             self._cancels[request_id] = time.monotonic()
@@ -125,23 +139,25 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            idle = not self._active and not self._waiting
+            idle = not self._active and not self._waiting and not self._embeds
             try:
                 item = self._inbox.get(timeout=0.1) if idle else self._inbox.get_nowait()
-                if item is None:
-                    break
-                self._waiting.append(item)
                 while True:  # drain everything that arrived, so they join this step together
-                    item = self._inbox.get_nowait()
                     if item is None:
                         return
-                    self._waiting.append(item)
+                    if isinstance(item, EmbedJob):
+                        self._embeds.append(item)
+                    else:
+                        self._waiting.append(item)
+                    item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
             try:
                 self._apply_cancels()
                 self._admit()
                 self._flush()  # Started goes out before the prefill: the API can commit its 200 meanwhile
+                if self._embeds:
+                    self._embed_step()
                 if self._active:
                     self._step()
             except Exception as exc:
@@ -161,6 +177,9 @@ class Batcher:
             for rid, at in cancels.items():
                 if now - at > 60.0:
                     del self._cancels[rid]
+        for job in [j for j in self._embeds if j.req.id in cancels]:
+            self._embeds.remove(job)
+            self._resolved.append(job.done)
         for seq in [s for s in self._waiting if s.req.id in cancels]:
             self._waiting.remove(seq)
             self._resolve(seq)
@@ -204,6 +223,27 @@ class Batcher:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
+
+    def _embed_step(self) -> None:
+        """One micro-batch of the oldest embedding request (a long list of inputs takes turns with decoding)."""
+        job = self._embeds[0]
+        try:
+            if not job.started:
+                job.prepare(self._engine)
+                self._events.append((job.req.id, Started(0, self._worker_id, 0)))
+            elif job.step(self._engine):
+                self._events.append((job.req.id, job.result(seq=1)))
+                self._embeds.pop(0)
+                self._resolved.append(job.done)
+        except Exception as exc:
+            if isinstance(exc, ServiceError):
+                error = exc
+            else:
+                log.exception("embedding failed")
+                error = EngineError(f"embedding failed: {exc}")
+            self._events.append((job.req.id, Failed(1 if job.started else 0, error.kind, error.message, error.param)))
+            self._embeds.pop(0)
+            self._resolved.append(job.done)
 
     def _step(self) -> None:
         """One llama_decode: the next token of every generating sequence plus prefill chunks of new ones."""

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 import redis.exceptions
@@ -17,10 +18,11 @@ from redis.asyncio.connection import AbstractConnection
 
 from shared import channels
 from shared.config import Settings
-from shared.inference import GenerationRequest, RequestStats, StreamEvent, WorkerStatus
+from shared.inference import EmbeddingRequest, GenerationRequest, RequestStats, StreamEvent, WorkerStatus
 
 log = logging.getLogger("herd.worker.bus")
 
+R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -33,12 +35,11 @@ class WorkerBus:
         self._stats: list[RequestStats] = []
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
-        self._request_decoder = msgspec.msgpack.Decoder(GenerationRequest)
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- requests ----------------------------------------------------------------------------------
 
-    async def claim(self, request_id: str) -> GenerationRequest | None:
+    async def claim(self, request_id: str, kind: type[R]) -> R | None:
         """The request to run, or None when it must not run: cancelled, expired, or already started once."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(channels.started(request_id), self.worker_id.encode(), nx=True, ex=self.settings.request_ttl_s)
@@ -50,8 +51,7 @@ class WorkerBus:
             return None
         if raw is None or cancelled:
             return None
-        request = self._request_decoder.decode(raw)
-        return request
+        return msgspec.msgpack.decode(raw, type=kind)
 
     # ---- events ------------------------------------------------------------------------------------
 

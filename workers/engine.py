@@ -9,9 +9,11 @@ import ctypes
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
+import numpy.typing as npt
 
 from shared.config import ModelConfig
 from shared.errors import EngineError, InvalidRequest
@@ -72,6 +74,13 @@ class Engine:
         self.chat_template = self._meta("tokenizer.chat_template")
         self.bos_text = self.piece(L.llama_vocab_bos(self._vocab), special=True).decode("utf-8", "replace")
         self.eos_text = self.piece(L.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
+        self._threads = threads
+        arch = self._meta("general.architecture") or ""
+        pooling = self._meta(f"{arch}.pooling_type")
+        self._pooling = int(pooling) if pooling and pooling.isdigit() else None
+        self._embed_ctx: Any = None
+        self._embed_batch: Any = None
+        self.n_embd = int(L.llama_model_n_embd(self._model))
 
     def _meta(self, key: str) -> str | None:
         size = L.llama_model_meta_val_str(self._model, key.encode(), None, 0)
@@ -164,11 +173,63 @@ class Engine:
             # 1: no KV slot for the batch; 2: aborted; < 0: fatal. All are engine failures for the batch.
             raise EngineError(f"llama_decode failed with status {rc}")
 
+    # ---- embeddings: a second context on the same weights, pooled per sequence ---------------------------------
+
+    def _embedding_context(self) -> Any:
+        if self._embed_ctx is None:
+            cp = L.llama_context_default_params()
+            cp.n_ctx = cp.n_batch = cp.n_ubatch = self.n_ctx_seq  # a pooled input must fit one micro-batch
+            cp.n_seq_max = self.max_seqs
+            cp.n_threads = cp.n_threads_batch = self._threads
+            cp.embeddings = True
+            cp.kv_unified = True
+            cp.no_perf = True
+            # A generative GGUF declares no pooling (one vector per token): pool by mean, as Ollama does.
+            cp.pooling_type = L.LLAMA_POOLING_TYPE_MEAN if self._pooling is None else self._pooling
+            ctx = L.llama_init_from_model(self._model, cp)
+            if not ctx:
+                raise EngineError("llama.cpp could not create an embedding context")
+            self._embed_ctx = ctx
+            self._embed_batch = L.llama_batch_init(self.n_ctx_seq, 0, self.max_seqs)
+            self.n_embd = int(L.llama_model_n_embd(self._model))
+        return self._embed_ctx
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """L2-normalised pooled embeddings, one row per input; the inputs together fit one micro-batch."""
+        ctx = self._embedding_context()
+        batch = self._embed_batch
+        n = 0
+        for seq_id, tokens in enumerate(inputs):
+            for pos, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq_id
+                batch.logits[n] = True
+                n += 1
+        batch.n_tokens = n
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        rc = L.llama_decode(ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with status {rc} while embedding")
+        out = np.empty((len(inputs), self.n_embd), dtype=np.float32)
+        for seq_id in range(len(inputs)):
+            ptr = L.llama_get_embeddings_seq(ctx, seq_id)
+            if not ptr:
+                raise EngineError("llama.cpp returned no pooled embedding")
+            out[seq_id] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        normalised: npt.NDArray[np.float32] = out / np.maximum(norms, 1e-12)
+        return normalised
+
     def drop(self, seq_id: int) -> None:
         """Free a sequence's KV cells."""
         L.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
 
     def close(self) -> None:
+        if self._embed_ctx is not None:
+            L.llama_batch_free(self._embed_batch)
+            L.llama_free(self._embed_ctx)
         L.llama_batch_free(self._batch)
         L.llama_free(self._ctx)
         L.llama_model_free(self._model)

@@ -15,7 +15,7 @@ from arq.worker import Function, Worker, func
 
 from shared import channels
 from shared.config import ModelConfig, Settings
-from shared.inference import WorkerStatus
+from shared.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
 from workers.batcher import Batcher
 from workers.bus import WorkerBus, new_worker_id
 from workers.engine import Engine
@@ -27,10 +27,20 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
     """One interactive generation. Runs at most once: a re-delivered job finds the request already started."""
     bus: WorkerBus = ctx["bus"]
     batcher: Batcher = ctx["batcher"]
-    request = await bus.claim(request_id)
+    request = await bus.claim(request_id, GenerationRequest)
     if request is None:
         return
     await batcher.run(request)
+
+
+async def embed(ctx: dict[str, Any], request_id: str) -> None:
+    """One embedding request, run at most once like generate()."""
+    bus: WorkerBus = ctx["bus"]
+    batcher: Batcher = ctx["batcher"]
+    request = await bus.claim(request_id, EmbeddingRequest)
+    if request is None:
+        return
+    await batcher.embed(request)
 
 
 class HerdWorker(Worker):
@@ -131,7 +141,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
             await ctx["bus"].stop()
             ctx["engine"].close()
 
-    functions: list[Function] = [func(generate, name="generate", max_tries=1)]
+    functions: list[Function] = [func(generate, name="generate", max_tries=1), func(embed, name="embed", max_tries=1)]
     worker = HerdWorker(
         functions=functions,
         queue_name=channels.queue(model.name),

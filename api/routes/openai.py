@@ -116,6 +116,18 @@ async def _completion_frames(
         await close_shielded(*streams)
 
 
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: AnyRequest, state: State) -> wire.CreateEmbeddingResponse:
+    body = await decode(request, wire.EmbeddingCreateParams)
+    req = translate.embedding_request(body, request_id(request))
+    stream = await unless_gone(request, gateway(state).open(req))
+    try:
+        result = await unless_gone(request, stream.embedded())
+    finally:
+        await close_shielded(stream)
+    return translate.embedding_response(body.model, result, body.encoding_format)
+
+
 @get("/v1/models")
 async def list_models(state: State) -> wire.ModelList:
     models = await gateway(state).models()
@@ -131,4 +143,4 @@ async def get_model(model_id: str, state: State) -> wire.Model:
     return wire.Model(id=model_id, created=int(state.started_at))
 
 
-ROUTES = [chat_completions, completions, list_models, get_model]
+ROUTES = [chat_completions, completions, embeddings, list_models, get_model]

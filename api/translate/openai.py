@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
+import numpy as np
 from msgspec import UNSET
 
 from shared.errors import InvalidRequest
-from shared.inference import ChatMessage, GenerationRequest, SamplingParams, Usage
+from shared.inference import ChatMessage, Embedded, EmbeddingRequest, GenerationRequest, SamplingParams, Usage
 from shared.wire import openai as wire
 
 
@@ -156,3 +158,42 @@ def completion_chunk(
         choices=choices,
         usage=usage(used) if used is not None else (None if with_usage else UNSET),
     )
+
+
+def embedding_request(body: wire.EmbeddingCreateParams, request_id: str) -> EmbeddingRequest:
+    raw = body.input
+    inputs: list[str | tuple[int, ...]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif all(isinstance(item, int) for item in raw):
+        inputs = [tuple(item for item in raw if isinstance(item, int))]  # one input given as token ids
+    elif all(isinstance(item, str) for item in raw):
+        inputs = [item for item in raw if isinstance(item, str)]
+    elif all(isinstance(item, list) for item in raw):
+        inputs = [tuple(item) for item in raw if isinstance(item, list)]
+    else:
+        raise InvalidRequest(
+            "input must be a string, a list of strings, a list of token ids or a list of token-id lists",
+            param="input",
+        )
+    return EmbeddingRequest(
+        id=request_id,
+        model=body.model,
+        inputs=tuple(inputs),
+        dimensions=body.dimensions,
+        enqueued_at=time.time(),
+    )
+
+
+def embedding_response(model: str, result: Embedded, encoding_format: str | None) -> wire.CreateEmbeddingResponse:
+    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(-1, result.dimensions)
+    data = [
+        wire.Embedding(
+            index=i,
+            # base64: the little-endian float32 bytes, which both OpenAI SDKs ask for by default and decode.
+            embedding=base64.b64encode(row.tobytes()).decode() if encoding_format == "base64" else row.tolist(),
+        )
+        for i, row in enumerate(vectors)
+    ]
+    usage = wire.EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
+    return wire.CreateEmbeddingResponse(data=data, model=model, usage=usage)

@@ -161,3 +161,31 @@ class ErrorDetail(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorDetail
+
+
+class EmbeddingCreateParams(msgspec.Struct):
+    model: str
+    # str | list[str] | list[int] | list[list[int]]: msgspec takes one list type per union, so the list items are
+    # decoded as a union and checked for being all of one kind in api/translate/openai.py.
+    input: str | Annotated[list[str | int | list[int]], msgspec.Meta(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class Embedding(msgspec.Struct):
+    index: int
+    embedding: list[float] | str
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class CreateEmbeddingResponse(msgspec.Struct):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"
