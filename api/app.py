@@ -13,40 +13,49 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from api.errors import TABLE, openai_body, openai_headers
+from api.catalog import Catalog
+from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, openai_body, openai_headers
 from api.gateway import Gateway
 from api.ids import add_request_id
-from api.routes import health, openai
+from api.routes import health, ollama, openai
 from shared.config import Settings
 from shared.errors import EngineError, ServiceError
+from shared.wire import ollama as ollama_wire
 from shared.wire.openai import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("herd.api")
 
 
+# Errors are rendered in the protocol of the path: Ollama's `{"error": "..."}` under /api, OpenAI's shape elsewhere.
+ErrorBody = ErrorResponse | ollama_wire.ErrorResponse
+
+
 def _service_error(settings: Settings) -> object:
-    def handler(_: Request[object, object, State], exc: ServiceError) -> Response[ErrorResponse]:
-        return Response(
-            openai_body(exc),
-            status_code=TABLE[exc.kind].status,
-            headers=openai_headers(exc, settings.retry_after_s),
-        )
+    def handler(request: Request[object, object, State], exc: ServiceError) -> Response[ErrorBody]:
+        status = TABLE[exc.kind].status
+        if is_ollama_path(request.url.path):
+            return Response(ollama_body(exc), status_code=status, headers=ollama_headers(exc, settings.retry_after_s))
+        return Response(openai_body(exc), status_code=status, headers=openai_headers(exc, settings.retry_after_s))
 
     return handler
 
 
-def _http_error(_: Request[object, object, State], exc: HTTPException) -> Response[ErrorResponse]:
+def _http_error(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
+    if is_ollama_path(request.url.path):
+        return Response(ollama_wire.ErrorResponse(str(exc.detail)), status_code=status, headers=exc.headers or None)
     kind = "invalid_request_error" if status < 500 else "server_error"
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
     detail = ErrorDetail(message=str(exc.detail), type=kind, param=None, code=code)
     return Response(ErrorResponse(detail), status_code=status, headers=exc.headers or None)
 
 
-def _unexpected(_: Request[object, object, State], exc: Exception) -> Response[ErrorResponse]:
+def _unexpected(request: Request[object, object, State], exc: Exception) -> Response[ErrorBody]:
     log.exception("unhandled error", exc_info=exc)
-    body = openai_body(EngineError("internal error; the server log has details"))
-    return Response(body, status_code=500, headers={"x-should-retry": "false"})
+    error = EngineError("internal error; the server log has details")
+    if is_ollama_path(request.url.path):
+        return Response(ollama_body(error), status_code=500)
+    return Response(openai_body(error), status_code=500, headers={"x-should-retry": "false"})
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -56,6 +65,7 @@ def create_app(settings: Settings) -> Litestar:
         gateway = Gateway(settings, redis, secrets.token_hex(6))
         await gateway.start()
         app.state.gateway = gateway
+        app.state.catalog = Catalog(settings)
         app.state.started_at = time.time()
         try:
             yield
@@ -64,7 +74,7 @@ def create_app(settings: Settings) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *openai.ROUTES],
+        route_handlers=[*health.ROUTES, *openai.ROUTES, *ollama.ROUTES],
         lifespan=[lifespan],
         before_send=[add_request_id],
         exception_handlers={

@@ -1,4 +1,5 @@
-"""The one ErrorKind -> (status, type, code) table, with the OpenAI renderer (the Ollama one joins it later)."""
+"""The one ErrorKind -> (status, type, code) table, with two renderers: OpenAI (`{"error": {...}}`) and Ollama
+(`{"error": "..."}`). Both use the same statuses; which one answers depends on the path (see `is_ollama_path`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import msgspec
 
 from shared.errors import ErrorKind, InvalidRequest, ServiceError
+from shared.wire import ollama
 from shared.wire.openai import ErrorDetail, ErrorResponse
 
 
@@ -41,6 +43,19 @@ def openai_headers(exc: ServiceError, default_retry_after_s: int) -> dict[str, s
         # Clients retry every 5xx unless told otherwise; a deterministic failure would fail again.
         return {"x-should-retry": "false"} if rule.status >= 500 else {}
     return {"retry-after": str(exc.retry_after_s or default_retry_after_s)}
+
+
+def is_ollama_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def ollama_body(exc: ServiceError) -> ollama.ErrorResponse:
+    return ollama.ErrorResponse(error=exc.message)
+
+
+def ollama_headers(exc: ServiceError, default_retry_after_s: int) -> dict[str, str]:
+    rule = TABLE[exc.kind]
+    return {"retry-after": str(exc.retry_after_s or default_retry_after_s)} if rule.transient else {}
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")

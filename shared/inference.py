@@ -42,6 +42,9 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     sampling: SamplingParams = SamplingParams()
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: up to the context
     stop: tuple[str, ...] = ()
+    # Ollama's /api/generate `context`: token ids of an earlier exchange, put before the prompt as they are.
+    context_tokens: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
+    return_tokens: bool = False  # Finished carries the prompt and generated token ids (Ollama's returned `context`)
     enqueued_at: float = 0.0  # time.time() when the API queued it
     traceparent: str | None = None
 
@@ -61,6 +64,7 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cells were reused from an earlier request
     prompt_eval_ns: int = 0
     eval_ns: int = 0
     queue_ns: int = 0
@@ -84,6 +88,7 @@ class Finished(msgspec.Struct, frozen=True, tag="finished"):
     seq: int
     finish_reason: FinishReason
     usage: Usage
+    tokens: tuple[int, ...] = ()  # prompt + generated token ids, only when the request set return_tokens
 
 
 class Embedded(msgspec.Struct, frozen=True, tag="embedded"):

@@ -71,7 +71,11 @@ def test_chat_stream_matches_non_stream(server: HerdServer, sdk: openai.OpenAI) 
     assert text == whole.choices[0].message.content
     usage_chunks = [ch for ch in chunks if ch.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0].choices == [] and chunks[-1] is usage_chunks[0]
-    assert usage_chunks[0].usage == whole.usage
+    streamed_usage, whole_usage = usage_chunks[0].usage, whole.usage
+    assert streamed_usage is not None and whole_usage is not None
+    assert streamed_usage.prompt_tokens == whole_usage.prompt_tokens
+    assert streamed_usage.completion_tokens == whole_usage.completion_tokens
+    assert streamed_usage.total_tokens == whole_usage.total_tokens
     assert len({ch.id for ch in chunks}) == 1
 
 

@@ -7,7 +7,6 @@ through the `emit` callback (a list of (request_id, event) per decode step, so a
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import queue
 import threading
@@ -30,6 +29,7 @@ from shared.inference import (
 )
 from workers.embedder import EmbedJob
 from workers.engine import Engine, Sampler
+from workers.slots import Slots
 from workers.template import ChatTemplate
 from workers.textstream import TextStream
 
@@ -45,13 +45,15 @@ class _Seq:
     seq_id: int = -1
     prompt: list[int] = field(default_factory=list)
     n_prefilled: int = 0
+    kv_len: int = 0  # tokens of prompt + out whose KV cells are in the slot
+    cached: int = 0  # prompt tokens found in the slot's cache at admission
+    out: list[int] = field(default_factory=list)
     max_tokens: int = 0
     sampler: Sampler | None = None
     text: TextStream | None = None
     next_token: int = -1  # sampled, not yet in the KV cache
     generated: int = 0
     event_seq: int = 0
-    logits_at: int = -1
     admitted_ns: int = 0
     first_token_ns: int = 0
 
@@ -70,7 +72,7 @@ class Counters:
 class Batcher:
     def __init__(self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int, prefill_chunk: int) -> None:
         self._engine = engine
-        self._prefill_chunk = prefill_chunk
+        self._prefill_chunk = min(prefill_chunk, engine.n_batch)
         self._worker_id = worker_id
         self._emit = emit
         self._cap = max_tokens_cap
@@ -81,7 +83,7 @@ class Batcher:
         self._cancels: dict[str, float] = {}  # request id -> when; kept briefly so a late submit sees it
         self._waiting: list[_Seq] = []
         self._active: list[_Seq] = []
-        self._free_ids = list(range(engine.max_seqs))  # a min-heap: new sequences take the lowest free id
+        self._slots = Slots(engine.max_seqs, self._prefill_chunk)
         self._events: list[tuple[str, StreamEvent]] = []
         self._stats: list[RequestStats] = []
         self._resolved: list[asyncio.Future[None]] = []
@@ -188,7 +190,7 @@ class Batcher:
             self._finish(seq, "cancelled")
 
     def _admit(self) -> None:
-        while self._waiting and self._free_ids:
+        while self._waiting and self._slots.free:
             seq = self._waiting.pop(0)
             try:
                 self._prepare(seq)
@@ -196,7 +198,10 @@ class Batcher:
             except Exception as exc:
                 self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
                 continue
-            seq.seq_id = heapq.heappop(self._free_ids)
+            seq.seq_id, reused, held = self._slots.take(seq.prompt)
+            if reused < held:
+                self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
+            seq.n_prefilled = seq.kv_len = seq.cached = reused
             seq.text = TextStream(seq.req.stop)
             seq.admitted_ns = time.perf_counter_ns()
             self._active.append(seq)
@@ -205,9 +210,16 @@ class Batcher:
     def _prepare(self, seq: _Seq) -> None:
         req, engine = seq.req, self._engine
         if req.messages is not None:
-            seq.prompt = engine.tokenize(self._template.render(req.messages), add_special=engine.add_bos)
+            text, add_special = self._template.render(req.messages), engine.add_bos
         else:
-            seq.prompt = engine.tokenize(req.prompt or "", add_special=True)
+            text, add_special = req.prompt or "", True
+        if req.context_tokens:
+            if max(req.context_tokens) >= engine.n_vocab:
+                raise InvalidRequest("context holds token ids this model does not have", param="context")
+            # The earlier exchange already begins the text (with its BOS, if any): the new part adds none.
+            seq.prompt = [*req.context_tokens, *engine.tokenize(text, add_special=False)]
+        else:
+            seq.prompt = engine.tokenize(text, add_special=add_special)
         if not seq.prompt and engine.bos_id >= 0:
             seq.prompt = [engine.bos_id]  # an empty completion prompt continues from the start of a text
         if not seq.prompt:
@@ -246,51 +258,47 @@ class Batcher:
             self._resolved.append(job.done)
 
     def _step(self) -> None:
-        """One llama_decode: the next token of every generating sequence plus prefill chunks of new ones."""
-        decoding = sum(1 for seq in self._active if seq.next_token >= 0)
-        budget = self._engine.n_batch - decoding
-        if decoding:
-            # Sequences are waiting on this step for their next token: prefill only a chunk, so their
-            # inter-token latency stays low and queued prompts reach their first token in turn, not all at once.
-            budget = min(budget, self._prefill_chunk)
-        grants: dict[int, int] = {}
-        for seq in self._active:  # _active is in admission order: the oldest prompts are prefilled first
-            left = len(seq.prompt) - seq.n_prefilled
+        """Prefill chunks of new prompts, then one llama_decode for the next token of every generating sequence.
+
+        Batching must not change what a request generates, and llama.cpp's arithmetic depends on how tokens are
+        grouped into micro-batches. So a prompt is always prefilled in the same chunks, [0, C), [C, 2C), ...,
+        each a llama_decode of its own, whatever else is running (and a cached prefix ends on a chunk boundary);
+        and the decode step holds exactly one token per sequence.
+        """
+        decoding = [seq for seq in self._active if seq.next_token >= 0]
+        # While sequences wait on this step for their next token, prefill only one chunk so they keep flowing.
+        budget = self._prefill_chunk if decoding else self._engine.n_batch
+        for seq in [s for s in self._active if s.next_token < 0]:  # admission order: oldest prompt first
+            while budget > 0 and seq.n_prefilled < len(seq.prompt):
+                budget -= self._prefill(seq)
             if budget <= 0:
                 break
-            if seq.next_token < 0 and left:
-                grants[seq.seq_id] = take = min(left, budget)
-                budget -= take
-        tokens: list[int] = []
-        positions: list[int] = []
-        seq_ids: list[int] = []
-        logits: list[bool] = []
-        # With one KV stream per sequence, llama.cpp puts consecutive, increasing sequence ids into one micro-batch
-        # and splits everything else into more of them: so the batch goes out in sequence-id order.
-        for seq in sorted(self._active, key=_by_seq_id):
-            seq.logits_at = -1
-            if seq.next_token >= 0:
-                tokens.append(seq.next_token)
-                positions.append(len(seq.prompt) + seq.generated - 1)
-                seq_ids.append(seq.seq_id)
-                logits.append(True)
-                seq.logits_at = len(tokens) - 1
-            elif seq.seq_id in grants:
-                start = seq.n_prefilled
-                seq.n_prefilled += grants[seq.seq_id]
-                last = len(seq.prompt) - 1
-                for j in range(start, seq.n_prefilled):
-                    tokens.append(seq.prompt[j])
-                    positions.append(j)
-                    seq_ids.append(seq.seq_id)
-                    logits.append(j == last)
-                if seq.n_prefilled == len(seq.prompt):
-                    seq.logits_at = len(tokens) - 1
-        self._engine.decode(tokens, positions, seq_ids, logits)
-        for seq in list(self._active):
-            if seq.logits_at >= 0:
-                assert seq.sampler is not None
-                self._on_token(seq, self._engine.sample(seq.sampler, seq.logits_at))
+        if not decoding:
+            return
+        decoding.sort(key=_by_seq_id)  # llama.cpp keeps consecutive sequence ids in one micro-batch
+        self._engine.decode(
+            [seq.next_token for seq in decoding],
+            [seq.kv_len for seq in decoding],
+            [seq.seq_id for seq in decoding],
+            [True] * len(decoding),
+        )
+        for index, seq in enumerate(decoding):
+            seq.kv_len += 1
+            assert seq.sampler is not None
+            self._on_token(seq, self._engine.sample(seq.sampler, index))
+
+    def _prefill(self, seq: _Seq) -> int:
+        """One aligned chunk of `seq`'s prompt; samples its first token when the prompt is done."""
+        start, chunk = seq.n_prefilled, self._prefill_chunk
+        end = min(len(seq.prompt), (start // chunk + 1) * chunk)
+        last = end == len(seq.prompt)
+        n = end - start
+        self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
+        seq.n_prefilled = seq.kv_len = end
+        if last:
+            assert seq.sampler is not None
+            self._on_token(seq, self._engine.sample(seq.sampler, n - 1))
+        return n
 
     def _on_token(self, seq: _Seq, token: int) -> None:
         if not seq.first_token_ns:
@@ -299,6 +307,7 @@ class Batcher:
             self._finish(seq, "stop")
             return
         seq.generated += 1
+        seq.out.append(token)
         self.counters.tokens_generated += 1
         assert seq.text is not None
         text = seq.text.feed(self._engine.piece(token))
@@ -322,11 +331,13 @@ class Batcher:
             usage = Usage(
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=seq.generated,
+                cached_tokens=seq.cached,
                 prompt_eval_ns=first - seq.admitted_ns,
                 eval_ns=now - first,
                 queue_ns=max(0, int((time.time() - seq.req.enqueued_at) * 1e9) - (now - seq.admitted_ns)),
             )
-            self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage)))
+            tokens = (*seq.prompt, *seq.out) if seq.req.return_tokens else ()
+            self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage, tokens)))
             self.counters.requests_done += 1
         else:
             self.counters.requests_cancelled += 1
@@ -338,16 +349,20 @@ class Batcher:
     def _fail(self, seq: _Seq, exc: ServiceError, admitted: bool = True) -> None:
         self._events.append((seq.req.id, Failed(seq.next_seq(), exc.kind, exc.message, exc.param)))
         if admitted:
-            self._release(seq)
+            self._release(seq, keep_cache=False)  # after a failed decode its cells are not to be trusted
         else:
             self._resolve(seq)
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: _Seq, keep_cache: bool = True) -> None:
         self._active.remove(seq)
-        self._engine.drop(seq.seq_id)
+        if keep_cache:
+            held = (seq.prompt + seq.out)[: seq.kv_len]
+        else:
+            held = []
+            self._engine.drop(seq.seq_id)
+        self._slots.give_back(seq.seq_id, held)
         if seq.sampler is not None:
             self._engine.free_sampler(seq.sampler)
-        heapq.heappush(self._free_ids, seq.seq_id)
         self._resolve(seq)
 
     def _resolve(self, seq: _Seq) -> None:

@@ -226,6 +226,10 @@ class Engine:
         """Free a sequence's KV cells."""
         L.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
 
+    def trim(self, seq_id: int, keep: int) -> None:
+        """Free a sequence's KV cells from position `keep` on."""
+        L.llama_memory_seq_rm(self._mem, seq_id, keep, -1)
+
     def close(self) -> None:
         if self._embed_ctx is not None:
             L.llama_batch_free(self._embed_batch)

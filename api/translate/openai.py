@@ -99,7 +99,12 @@ def completion_requests(body: wire.CompletionRequest, request_id: str) -> list[G
 def usage(items: list[Usage]) -> wire.CompletionUsage:
     prompt = sum(u.prompt_tokens for u in items)
     completion = sum(u.completion_tokens for u in items)
-    return wire.CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return wire.CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in items)),
+    )
 
 
 def chat_completion(

@@ -1,0 +1,153 @@
+"""Ollama /api routes: chat, generate, tags, show, ps, version, and the `GET /` probe tools use to find a server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from litestar import MediaType, Request, Response, get, head, post
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from api.catalog import Catalog
+from api.gateway import EventStream
+from api.routes.common import close_shielded, collect, decode, gateway, request_id, unless_gone
+from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
+from api.translate import ollama as translate
+from shared.errors import InvalidRequest, ModelNotFound, ServiceError
+from shared.inference import Finished
+from shared.wire import ollama as wire
+
+AnyRequest = Request[object, object, State]
+Reply = TypeVar("Reply", wire.ChatResponse, wire.GenerateResponse)
+
+# The Ollama API level herd speaks. Clients gate features on this number; herd's own version would read as an
+# ancient Ollama.
+OLLAMA_VERSION = "0.12.0"
+
+
+def _catalog(state: State) -> Catalog:
+    catalog = state.catalog
+    assert isinstance(catalog, Catalog)
+    return catalog
+
+
+async def _resolve(state: State, name: str) -> tuple[str, int]:
+    """The served model `name` stands for, and its context length; Ollama's 400 and 404 otherwise."""
+    if not name:
+        raise InvalidRequest("model is required", param="model")
+    known = await gateway(state).models()
+    served = translate.resolve_model(name, known)
+    if served is None:
+        raise ModelNotFound(translate.not_found_message(name), param="model")
+    return served, known[served]
+
+
+@post("/api/chat", status_code=200)
+async def chat(request: AnyRequest, state: State) -> Response[wire.ChatResponse] | Stream:
+    started = time.perf_counter_ns()
+    body = await decode(request, wire.ChatRequest)
+    served, n_ctx = await _resolve(state, body.model)
+    if not body.messages:  # Ollama's way to load a model; workers hold theirs already
+        return Response(translate.chat_loaded(body.model))
+    req = translate.chat_request(body, served, n_ctx, request_id(request))
+    stream = await unless_gone(request, gateway(state).open(req))
+
+    def done(text: str, end: Finished) -> wire.ChatResponse:
+        return translate.chat_done(body.model, text, end, time.perf_counter_ns() - started)
+
+    return await _reply(request, stream, body.stream, lambda text: translate.chat_chunk(body.model, text), done)
+
+
+@post("/api/generate", status_code=200)
+async def generate(request: AnyRequest, state: State) -> Response[wire.GenerateResponse] | Stream:
+    started = time.perf_counter_ns()
+    body = await decode(request, wire.GenerateRequest)
+    served, n_ctx = await _resolve(state, body.model)
+    if not body.prompt:  # Ollama's way to load a model; workers hold theirs already
+        return Response(translate.generate_loaded(body.model))
+    req = translate.generate_request(body, served, n_ctx, request_id(request))
+    stream = await unless_gone(request, gateway(state).open(req))
+
+    def done(text: str, end: Finished) -> wire.GenerateResponse:
+        return translate.generate_done(body.model, text, end, time.perf_counter_ns() - started)
+
+    return await _reply(request, stream, body.stream, lambda text: translate.generate_chunk(body.model, text), done)
+
+
+async def _reply(
+    request: AnyRequest,
+    stream: EventStream,
+    streaming: bool | None,
+    chunk: Callable[[str], Reply],
+    done: Callable[[str, Finished], Reply],
+) -> Response[Reply] | Stream:
+    """NDJSON lines unless `stream` is false (Ollama streams by default); else one object with the whole text."""
+    if streaming is not False:
+        return Stream(_lines(stream, chunk, done), media_type=NDJSON_MEDIA_TYPE, headers=NDJSON_HEADERS)
+    try:
+        text, end = await unless_gone(request, collect(stream))
+    finally:
+        await close_shielded(stream)
+    return Response(done(text, end))
+
+
+async def _lines(
+    stream: EventStream, chunk: Callable[[str], Reply], done: Callable[[str, Finished], Reply]
+) -> AsyncIterator[bytes]:
+    try:
+        async for event in stream.deltas():
+            if isinstance(event, Finished):
+                yield ndjson(done("", event))
+            elif event.text:
+                yield ndjson(chunk(event.text))
+    except ServiceError as exc:
+        yield ndjson_error(exc)
+    finally:
+        await close_shielded(stream)
+
+
+@get("/api/tags")
+async def tags(state: State) -> wire.ListResponse:
+    catalog, started_at = _catalog(state), float(state.started_at)
+    names = sorted(await gateway(state).models())
+    return wire.ListResponse(
+        models=[translate.list_model(name, await catalog.describe(name), started_at) for name in names]
+    )
+
+
+@post("/api/show", status_code=200)
+async def show(request: AnyRequest, state: State) -> wire.ShowResponse:
+    body = await decode(request, wire.ShowRequest)
+    served, _ = await _resolve(state, body.model or body.name)
+    file = await _catalog(state).describe(served, verbose=body.verbose)
+    return translate.show(served, file, float(state.started_at))
+
+
+@get("/api/ps")
+async def ps(state: State) -> wire.ProcessResponse:
+    running: dict[str, int] = {}
+    for worker in await gateway(state).workers():
+        running.update(dict.fromkeys(worker.models, worker.n_ctx))
+    catalog = _catalog(state)
+    models = [translate.running_model(name, n, await catalog.describe(name)) for name, n in sorted(running.items())]
+    return wire.ProcessResponse(models=models)
+
+
+@get("/api/version")
+async def version() -> wire.VersionResponse:
+    return wire.VersionResponse(version=OLLAMA_VERSION)
+
+
+@get("/", media_type=MediaType.TEXT)
+async def root() -> str:
+    return "Ollama is running"
+
+
+@head("/")
+async def root_head() -> None:
+    return None
+
+
+ROUTES = [chat, generate, tags, show, ps, version, root, root_head]

@@ -1,0 +1,303 @@
+"""Ollama chat/generate requests -> GenerationRequest (the same one /v1 uses), and internal events -> Ollama objects."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+from msgspec.structs import replace
+
+from api.catalog import ModelFile
+from shared.errors import InvalidRequest
+from shared.gguf import human_number
+from shared.inference import ChatMessage, Finished, GenerationRequest, SamplingParams
+from shared.wire import ollama as wire
+
+# Ollama's defaults for the options a request leaves out (api/types.go DefaultOptions).
+TEMPERATURE = 0.8
+TOP_K = 40
+TOP_P = 0.9
+MIN_P = 0.0
+REPEAT_PENALTY = 1.1
+REPEAT_LAST_N = 64
+
+# Workers hold their models for their whole life (keep_alive is not implemented yet): "loaded until further notice".
+FOREVER = "9999-12-31T23:59:59Z"
+
+
+def now() -> str:
+    """RFC 3339 in UTC, as Ollama writes created_at."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def resolve_model(name: str, known: dict[str, int]) -> str | None:
+    """The served name `name` means: Ollama's tag defaults to `latest`, so `m` and `m:latest` are one model."""
+    if name in known:
+        return name
+    base, _, tag = name.rpartition(":")
+    if not base or "/" in tag:  # no tag (a ':' before a '/' belongs to a registry host's port)
+        alias = f"{name}:latest"
+    elif tag == "latest":
+        alias = base
+    else:
+        return None
+    return alias if alias in known else None
+
+
+def not_found_message(name: str) -> str:
+    return f"model '{name}' not found, try pulling it first"
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _options(options: wire.Options | None, n_ctx: int) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
+    """Ollama options -> sampler settings, max_tokens and stop strings, with Ollama's defaults and edge values."""
+    o = options or wire.Options()
+    temperature = max(0.0, _or(o.temperature, TEMPERATURE))  # llama.cpp samples greedily at <= 0
+    top_p = _or(o.top_p, TOP_P)
+    if top_p <= 0.0:
+        temperature, top_p = 0.0, 1.0  # only the most likely token survives: greedy
+    repeat_last_n = int(_or(o.repeat_last_n, REPEAT_LAST_N))
+    sampling = SamplingParams(
+        temperature=temperature,
+        top_p=min(top_p, 1.0),
+        top_k=max(0, int(_or(o.top_k, TOP_K))),  # <= 0 turns top-k off, as in llama.cpp
+        min_p=min(max(_or(o.min_p, MIN_P), 0.0), 1.0),
+        seed=o.seed if o.seed is not None and o.seed >= 0 else None,  # Ollama's -1: a random seed
+        presence_penalty=_or(o.presence_penalty, 0.0),
+        frequency_penalty=_or(o.frequency_penalty, 0.0),
+        repeat_penalty=_or(o.repeat_penalty, REPEAT_PENALTY),
+        repeat_last_n=n_ctx if repeat_last_n < 0 else repeat_last_n,  # -1: the whole context
+    )
+    # num_predict -1 (forever) and -2 (fill the context) both end when the context is full; so does 0 (no limit).
+    max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
+    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop or ())
+    return sampling, max_tokens, stop
+
+
+def _refuse_unsupported(
+    model: str, format_: wire.Format | None, think: bool | str | None, logprobs: bool | None
+) -> None:
+    if format_ not in (None, ""):
+        raise InvalidRequest("format (structured output) is not supported yet", param="format")
+    if think not in (None, False, ""):
+        raise InvalidRequest(f'"{model}" does not support thinking', param="think")
+    if logprobs:
+        raise InvalidRequest("logprobs are not supported yet", param="logprobs")
+
+
+def chat_request(body: wire.ChatRequest, model: str, n_ctx: int, request_id: str) -> GenerationRequest:
+    """`model` is the resolved served name; `body.messages` is not empty (an empty list only loads the model)."""
+    _refuse_unsupported(body.model, body.format, body.think, body.logprobs)
+    if body.tools:
+        raise InvalidRequest(f'"{body.model}" does not support tools', param="tools")
+    for i, m in enumerate(body.messages):
+        if m.images:
+            raise InvalidRequest("this model does not support images", param=f"messages[{i}].images")
+    sampling, max_tokens, stop = _options(body.options, n_ctx)
+    # keep_alive is accepted and ignored: a worker keeps its models loaded for as long as it runs.
+    return GenerationRequest(
+        id=request_id,
+        model=model,
+        messages=tuple(ChatMessage(role=m.role, content=m.content or "") for m in body.messages),
+        sampling=sampling,
+        max_tokens=max_tokens,
+        stop=stop,
+        enqueued_at=time.time(),
+    )
+
+
+def generate_request(body: wire.GenerateRequest, model: str, n_ctx: int, request_id: str) -> GenerationRequest:
+    """`/api/generate` with a non-empty prompt (an empty one only loads the model).
+
+    Not raw: `system` and `prompt` become chat messages so the model's own chat template applies, and the prompt
+    plus the reply come back as token ids in `context`; a `context` sent back is put before the new turn as those
+    very tokens (Ollama detokenizes and retokenizes it; the tokens are the same or better). Raw: the prompt goes
+    to the model as-is, and, as in Ollama, `system`, `template` and `context` play no part.
+    """
+    _refuse_unsupported(body.model, body.format, body.think, body.logprobs)
+    if body.suffix:
+        raise InvalidRequest("suffix is not supported by this model", param="suffix")
+    if body.images:
+        raise InvalidRequest("this model does not support images", param="images")
+    sampling, max_tokens, stop = _options(body.options, n_ctx)
+    base = GenerationRequest(
+        id=request_id, model=model, sampling=sampling, max_tokens=max_tokens, stop=stop, enqueued_at=time.time()
+    )
+    if body.raw:
+        return replace(base, prompt=body.prompt)
+    context = tuple(body.context or ())
+    if any(t < 0 for t in context):
+        raise InvalidRequest("context holds negative token ids", param="context")
+    if body.template:
+        text = render_template(body.template, body.system, body.prompt)
+        return replace(base, prompt=text, context_tokens=context, return_tokens=True)
+    system = (ChatMessage(role="system", content=body.system),) if body.system else ()
+    messages = (*system, ChatMessage(role="user", content=body.prompt))
+    return replace(base, messages=messages, context_tokens=context, return_tokens=True)
+
+
+# A Go template is a program; only its simplest form, placeholders with optional whitespace trimming, is cheap to
+# honour without a Go template engine. Everything else is refused rather than rendered wrong.
+_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
+_FIELDS = {".System", ".Prompt", ".Response"}
+
+
+def render_template(template: str, system: str, prompt: str) -> str:
+    """The prompt text of a placeholder-only Go template: everything before `{{ .Response }}` (Ollama's rule)."""
+    values = {".System": system, ".Prompt": prompt}
+    parts: list[str] = []
+    pos, trim_next = 0, False
+    for match in _ACTION.finditer(template):
+        trim_before, action, trim_after = match.groups()
+        if action not in _FIELDS:
+            raise InvalidRequest(
+                f"template: only {{{{ .System }}}}, {{{{ .Prompt }}}} and {{{{ .Response }}}} are supported, "
+                f"not {{{{ {action} }}}}",
+                param="template",
+            )
+        text = template[pos : match.start()]
+        text = text.lstrip() if trim_next else text
+        parts.append(text.rstrip() if trim_before else text)
+        if action == ".Response":
+            return "".join(parts)
+        parts.append(values[action])
+        pos, trim_next = match.end(), bool(trim_after)
+    tail = template[pos:]
+    parts.append(tail.lstrip() if trim_next else tail)
+    return "".join(parts)
+
+
+# ---- responses -------------------------------------------------------------------------------------------------
+
+
+# load_duration is Ollama's time from the request's arrival until a runner with the model loaded took it: herd's
+# queue wait (its workers hold their models loaded). total_duration also covers the API's own work.
+
+
+def _reason(end: Finished) -> wire.DoneReason:
+    return "length" if end.finish_reason == "length" else "stop"
+
+
+def chat_chunk(model: str, text: str) -> wire.ChatResponse:
+    return wire.ChatResponse(model=model, created_at=now(), message=wire.Message("assistant", text), done=False)
+
+
+def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:
+    u = end.usage
+    return wire.ChatResponse(
+        model=model,
+        created_at=now(),
+        message=wire.Message("assistant", text),
+        done=True,
+        done_reason=_reason(end),
+        total_duration=total_ns,
+        load_duration=u.queue_ns,
+        prompt_eval_count=u.prompt_tokens,
+        prompt_eval_duration=u.prompt_eval_ns,
+        eval_count=u.completion_tokens,
+        eval_duration=u.eval_ns,
+    )
+
+
+def chat_loaded(model: str) -> wire.ChatResponse:
+    return wire.ChatResponse(
+        model=model, created_at=now(), message=wire.Message("assistant", ""), done=True, done_reason="load"
+    )
+
+
+def generate_chunk(model: str, text: str) -> wire.GenerateResponse:
+    return wire.GenerateResponse(model=model, created_at=now(), response=text, done=False, context=[])
+
+
+def generate_done(model: str, text: str, end: Finished, total_ns: int) -> wire.GenerateResponse:
+    u = end.usage
+    return wire.GenerateResponse(
+        model=model,
+        created_at=now(),
+        response=text,
+        done=True,
+        context=list(end.tokens),  # empty in raw mode, where the request did not ask for them
+        done_reason=_reason(end),
+        total_duration=total_ns,
+        load_duration=u.queue_ns,
+        prompt_eval_count=u.prompt_tokens,
+        prompt_eval_duration=u.prompt_eval_ns,
+        eval_count=u.completion_tokens,
+        eval_duration=u.eval_ns,
+    )
+
+
+def generate_loaded(model: str) -> wire.GenerateResponse:
+    return wire.GenerateResponse(model=model, created_at=now(), response="", done=True, context=[], done_reason="load")
+
+
+# ---- model information -----------------------------------------------------------------------------------------
+# No model store yet: digests are empty (the store will give content digests) and details come from the GGUF header
+# when this API process can read the file, else they say only "gguf".
+
+
+def details(file: ModelFile | None) -> wire.ModelDetails:
+    if file is None:
+        return wire.ModelDetails(format="gguf")
+    family = file.info.architecture
+    return wire.ModelDetails(
+        format="gguf",
+        family=family,
+        families=[family] if family else None,
+        parameter_size=human_number(file.info.parameter_count),
+        quantization_level=file.info.quantization,
+    )
+
+
+def list_model(name: str, file: ModelFile | None, started_at: float) -> wire.ListModelResponse:
+    return wire.ListModelResponse(
+        name=name,
+        model=name,
+        modified_at=rfc3339(file.modified_at if file else started_at),
+        size=file.size if file else 0,
+        digest="",
+        details=details(file),
+    )
+
+
+def running_model(name: str, n_ctx: int, file: ModelFile | None) -> wire.ProcessModelResponse:
+    return wire.ProcessModelResponse(
+        name=name,
+        model=name,
+        size=file.size if file else 0,
+        digest="",
+        details=details(file),
+        expires_at=FOREVER,
+        size_vram=0,  # workers run on the CPU unless configured with GPU layers; per-worker VRAM is not reported yet
+        context_length=n_ctx,
+    )
+
+
+def show(name: str, file: ModelFile | None, started_at: float) -> wire.ShowResponse:
+    """The template is the GGUF's own Jinja chat template (what the worker renders), not an Ollama Go template."""
+    metadata = dict(file.info.metadata) if file else {}
+    template = str(metadata.pop("tokenizer.chat_template", ""))
+    metadata.pop("general.name", None)  # Ollama leaves these two out of model_info too
+    if file:
+        metadata["general.parameter_count"] = file.info.parameter_count
+    return wire.ShowResponse(
+        modelfile=f"# Modelfile generated by herd\nFROM {name}\n",
+        parameters="",
+        template=template,
+        details=details(file),
+        model_info=metadata,
+        capabilities=["completion"],
+        modified_at=rfc3339(file.modified_at if file else started_at),
+        license=str(metadata.get("general.license", "")),
+    )

@@ -1,0 +1,183 @@
+"""Ollama /api request and response Structs, named as in Ollama's `api/types.go`.
+
+Inbound types ignore unknown fields (and unknown `options` keys, as Ollama does: old clients still send the removed
+`mirostat*`). Outbound fields that Ollama marks `omitempty` are left out when empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+Role = Literal["system", "user", "assistant", "tool"]
+DoneReason = Literal["stop", "length", "load", "unload"]
+
+
+class Options(msgspec.Struct):
+    """Runtime options herd acts on, plus the ones it accepts and ignores (listed so a wrong type is still a 400)."""
+
+    num_predict: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Accepted and ignored for now: typical_p has no sampler in the chain; num_ctx is fixed per worker at load time;
+    # num_keep only matters for context shifting, which herd does not do (a prompt that does not fit is refused).
+    typical_p: float | None = None
+    num_ctx: int | None = None
+    num_keep: int | None = None
+
+
+class ToolCallFunction(msgspec.Struct):
+    name: str
+    arguments: dict[str, Any] = {}
+    index: int | UnsetType = UNSET
+
+
+class ToolCall(msgspec.Struct):
+    function: ToolCallFunction
+    id: str | UnsetType = UNSET
+
+
+class Message(msgspec.Struct):
+    role: Role
+    content: str | None = ""  # null is read as empty, as Go reads it into a string
+    images: list[str] | UnsetType | None = UNSET
+    thinking: str | UnsetType | None = UNSET
+    tool_calls: list[ToolCall] | UnsetType | None = UNSET
+    tool_name: str | UnsetType | None = UNSET
+    tool_call_id: str | UnsetType | None = UNSET
+
+
+Format = str | dict[str, Any]
+KeepAlive = str | float
+
+
+class ChatRequest(msgspec.Struct):
+    model: str = ""
+    messages: list[Message] = []
+    stream: bool | None = None  # absent means true: Ollama streams unless told not to
+    format: Format | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+
+
+class GenerateRequest(msgspec.Struct):
+    model: str = ""
+    prompt: str = ""
+    suffix: str = ""
+    system: str = ""
+    template: str = ""
+    context: list[int] | None = None
+    raw: bool = False
+    stream: bool | None = None
+    format: Format | None = None
+    images: list[str] | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+
+
+class ChatResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    created_at: str
+    message: Message
+    done: bool
+    done_reason: DoneReason | UnsetType = UNSET
+    total_duration: int = 0
+    load_duration: int | UnsetType = UNSET  # sent on the final chunk of a generation, even when 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class GenerateResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    # Ollama sends `context` only on the final line; the AI SDK's Ollama provider requires it on every line.
+    context: list[int]
+    done_reason: DoneReason | UnsetType = UNSET
+    total_duration: int = 0
+    load_duration: int | UnsetType = UNSET  # sent on the final chunk of a generation, even when 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class ModelDetails(msgspec.Struct):
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class ListModelResponse(msgspec.Struct):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+
+
+class ListResponse(msgspec.Struct):
+    models: list[ListModelResponse]
+
+
+class ProcessModelResponse(msgspec.Struct):
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class ProcessResponse(msgspec.Struct):
+    models: list[ProcessModelResponse]
+
+
+class ShowRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""  # the deprecated spelling of `model`, still sent by old clients
+    verbose: bool = False
+
+
+class ShowResponse(msgspec.Struct):
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+    license: str = ""
+    system: str = ""
+
+
+class VersionResponse(msgspec.Struct):
+    version: str
+
+
+class ErrorResponse(msgspec.Struct):
+    error: str
