@@ -17,6 +17,9 @@ QUESTIONS = [
     "Name a famous painter.",
     "Say hello in Spanish.",
     "Describe a cat.",
+    # A prompt of several prefill chunks: it is prefilled while the others decode, and must not notice.
+    "Summarise this text in one line: "
+    + " ".join(f"Sentence {i} says the river rose by {i} centimetres." for i in range(30)),
 ]
 
 
