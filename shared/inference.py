@@ -44,6 +44,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     stop: tuple[str, ...] = ()
     # Ollama's /api/generate `context`: token ids of an earlier exchange, put before the prompt as they are.
     context_tokens: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
+    fit_context: bool = False  # a max_tokens beyond the context's room is cut to it (Ollama) instead of refused
     return_tokens: bool = False  # Finished carries the prompt and generated token ids (Ollama's returned `context`)
     enqueued_at: float = 0.0  # time.time() when the API queued it
     traceparent: str | None = None

@@ -226,7 +226,7 @@ class Batcher:
             raise InvalidRequest("the prompt is empty", param="prompt")
         n_prompt, n_ctx = len(seq.prompt), engine.n_ctx_seq
         room = n_ctx - n_prompt
-        if (req.max_tokens is not None and req.max_tokens > room) or room < 1:
+        if (req.max_tokens is not None and req.max_tokens > room and not req.fit_context) or room < 1:
             asked = req.max_tokens or 1
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "

@@ -16,7 +16,7 @@ from api.routes.common import close_shielded, collect, decode, gateway, request_
 from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from api.translate import ollama as translate
 from shared.errors import InvalidRequest, ModelNotFound, ServiceError
-from shared.inference import Finished
+from shared.inference import Embedded, EmbeddingRequest, Finished
 from shared.wire import ollama as wire
 
 AnyRequest = Request[object, object, State]
@@ -108,6 +108,40 @@ async def _lines(
         await close_shielded(stream)
 
 
+@post("/api/embed", status_code=200)
+async def embed(request: AnyRequest, state: State) -> wire.EmbedResponse:
+    started = time.perf_counter_ns()
+    body = await decode(request, wire.EmbedRequest)
+    served, _ = await _resolve(state, body.model)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs or not all(inputs):
+        raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", param="input")
+    req = translate.embed_request(inputs, served, body.truncate, body.dimensions, request_id(request))
+    result, queued_ns = await _embedded(request, state, req)
+    return translate.embed_response(body.model, result, time.perf_counter_ns() - started, queued_ns)
+
+
+@post("/api/embeddings", status_code=200)
+async def embeddings(request: AnyRequest, state: State) -> wire.EmbeddingsResponse:
+    body = await decode(request, wire.EmbeddingsRequest)
+    served, _ = await _resolve(state, body.model)
+    if not body.prompt:
+        return wire.EmbeddingsResponse(embedding=[])  # as Ollama answers an empty prompt
+    req = translate.embed_request([body.prompt], served, True, None, request_id(request))
+    result, _ = await _embedded(request, state, req)
+    (vector,) = translate.embed_response(body.model, result, 0, 0).embeddings
+    return wire.EmbeddingsResponse(embedding=vector)
+
+
+async def _embedded(request: AnyRequest, state: State, req: EmbeddingRequest) -> tuple[Embedded, int]:
+    stream = await unless_gone(request, gateway(state).open(req))
+    queued_ns = int((time.time() - req.enqueued_at) * 1e9)  # until a worker took it: Ollama's load_duration
+    try:
+        return await unless_gone(request, stream.embedded()), queued_ns
+    finally:
+        await close_shielded(stream)
+
+
 @get("/api/tags")
 async def tags(state: State) -> wire.ListResponse:
     catalog, started_at = _catalog(state), float(state.started_at)
@@ -150,4 +184,4 @@ async def root_head() -> None:
     return None
 
 
-ROUTES = [chat, generate, tags, show, ps, version, root, root_head]
+ROUTES = [chat, generate, embed, embeddings, tags, show, ps, version, root, root_head]

@@ -6,12 +6,13 @@ import re
 import time
 from datetime import UTC, datetime
 
+import numpy as np
 from msgspec.structs import replace
 
 from api.catalog import ModelFile
 from shared.errors import InvalidRequest
 from shared.gguf import human_number
-from shared.inference import ChatMessage, Finished, GenerationRequest, SamplingParams
+from shared.inference import ChatMessage, Embedded, EmbeddingRequest, Finished, GenerationRequest, SamplingParams
 from shared.wire import ollama as wire
 
 # Ollama's defaults for the options a request leaves out (api/types.go DefaultOptions).
@@ -113,6 +114,7 @@ def chat_request(body: wire.ChatRequest, model: str, n_ctx: int, request_id: str
         sampling=sampling,
         max_tokens=max_tokens,
         stop=stop,
+        fit_context=True,  # Ollama generates until the context is full rather than refusing a large num_predict
         enqueued_at=time.time(),
     )
 
@@ -132,7 +134,13 @@ def generate_request(body: wire.GenerateRequest, model: str, n_ctx: int, request
         raise InvalidRequest("this model does not support images", param="images")
     sampling, max_tokens, stop = _options(body.options, n_ctx)
     base = GenerationRequest(
-        id=request_id, model=model, sampling=sampling, max_tokens=max_tokens, stop=stop, enqueued_at=time.time()
+        id=request_id,
+        model=model,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        stop=stop,
+        fit_context=True,
+        enqueued_at=time.time(),
     )
     if body.raw:
         return replace(base, prompt=body.prompt)
@@ -300,4 +308,21 @@ def show(name: str, file: ModelFile | None, started_at: float) -> wire.ShowRespo
         capabilities=["completion"],
         modified_at=rfc3339(file.modified_at if file else started_at),
         license=str(metadata.get("general.license", "")),
+    )
+
+
+def embed_request(inputs: list[str], model: str, truncate: bool, dimensions: int | None, rid: str) -> EmbeddingRequest:
+    return EmbeddingRequest(
+        id=rid, model=model, inputs=tuple(inputs), truncate=truncate, dimensions=dimensions, enqueued_at=time.time()
+    )
+
+
+def embed_response(model: str, result: Embedded, total_ns: int, queue_ns: int) -> wire.EmbedResponse:
+    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(-1, result.dimensions)
+    return wire.EmbedResponse(
+        model=model,
+        embeddings=vectors.tolist(),
+        total_duration=total_ns,
+        load_duration=queue_ns,
+        prompt_eval_count=result.prompt_tokens,
     )

@@ -6,7 +6,7 @@ Inbound types ignore unknown fields (and unknown `options` keys, as Ollama does:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -181,3 +181,33 @@ class VersionResponse(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: str
+
+
+class EmbedRequest(msgspec.Struct):
+    model: str = ""
+    input: str | list[str] = ""
+    truncate: bool = True  # Ollama cuts an input longer than the context unless told not to
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class EmbedResponse(msgspec.Struct):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    """The legacy single-input route."""
+
+    model: str = ""
+    prompt: str = ""
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    embedding: list[float]
