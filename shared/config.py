@@ -31,7 +31,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: tuple[ModelConfig, ...] = ()
     max_seqs: int = 8  # sequences decoded together in one llama.cpp context
     n_batch: int = 512  # tokens per llama_decode call (decode tokens plus prefill chunks)
-    prefill_chunk: int = 64  # prompt tokens per decode step while other sequences are generating
+    prefill_chunk: int = 64  # prompts are prefilled in aligned chunks of this many tokens, one decode call each
+    prefill_budget: int = 64  # prompt tokens prefilled per step while other sequences wait for their next token
     n_threads: int = 0  # 0: all cores
     queue_max: int = 64  # jobs waiting per model before the API answers 503
     retry_after_s: int = 2

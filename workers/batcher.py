@@ -70,9 +70,12 @@ class Counters:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int, prefill_chunk: int) -> None:
+    def __init__(
+        self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int, prefill_chunk: int, prefill_budget: int
+    ) -> None:
         self._engine = engine
         self._prefill_chunk = min(prefill_chunk, engine.n_batch)
+        self._prefill_budget = max(prefill_budget, 1)
         self._worker_id = worker_id
         self._emit = emit
         self._cap = max_tokens_cap
@@ -266,8 +269,8 @@ class Batcher:
         and the decode step holds exactly one token per sequence.
         """
         decoding = [seq for seq in self._active if seq.next_token >= 0]
-        # While sequences wait on this step for their next token, prefill only one chunk so they keep flowing.
-        budget = self._prefill_chunk if decoding else self._engine.n_batch
+        # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
+        budget = self._prefill_budget if decoding else self._engine.n_batch
         for seq in [s for s in self._active if s.next_token < 0]:  # admission order: oldest prompt first
             while budget > 0 and seq.n_prefilled < len(seq.prompt):
                 budget -= self._prefill(seq)

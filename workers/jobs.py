@@ -96,7 +96,9 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         started = time.monotonic()
         engine = await asyncio.to_thread(Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads)
         bus = WorkerBus(settings, ctx["redis"], worker_id)
-        batcher = Batcher(engine, worker_id, bus.emit, settings.max_tokens_cap, settings.prefill_chunk)
+        batcher = Batcher(
+            engine, worker_id, bus.emit, settings.max_tokens_cap, settings.prefill_chunk, settings.prefill_budget
+        )
         batcher.start()
 
         def on_message(kind: str, value: str) -> None:
