@@ -18,6 +18,8 @@ from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, opena
 from api.gateway import Gateway
 from api.ids import add_request_id
 from api.routes import health, ollama, openai
+from api.tracing import server_spans
+from shared import tracing
 from shared.config import Settings
 from shared.errors import EngineError, ServiceError
 from shared.wire import ollama as ollama_wire
@@ -59,10 +61,13 @@ def _unexpected(request: Request[object, object, State], exc: Exception) -> Resp
 
 
 def create_app(settings: Settings) -> Litestar:
+    provider = tracing.setup("api")
+    tracer = tracing.tracer(provider, "herd.api")
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
-        gateway = Gateway(settings, redis, secrets.token_hex(6))
+        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer)
         await gateway.start()
         app.state.gateway = gateway
         app.state.catalog = Catalog(settings)
@@ -72,11 +77,14 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await gateway.close()
             await redis.aclose()
+            if provider is not None:
+                provider.shutdown()  # flushes the spans still queued
 
     return Litestar(
         route_handlers=[*health.ROUTES, *openai.ROUTES, *ollama.ROUTES],
         lifespan=[lifespan],
         before_send=[add_request_id],
+        middleware=[server_spans(tracer)] if tracer is not None else [],
         exception_handlers={
             ServiceError: _service_error(settings),  # type: ignore[dict-item]
             HTTPException: _http_error,

@@ -12,6 +12,7 @@ import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
+from opentelemetry.trace import Span, Tracer, get_current_span
 from redis.asyncio.client import PubSub
 
 from shared import channels
@@ -35,6 +36,7 @@ from shared.inference import (
     TokenDelta,
     WorkerStatus,
 )
+from shared.tracing import traceparent_of
 
 log = logging.getLogger("herd.api.gateway")
 
@@ -136,10 +138,15 @@ class Demux:
 class EventStream:
     """One request's events, in order. A gap, a dead worker or a lost Redis becomes an exception, never a hang."""
 
-    def __init__(self, gateway: Gateway, request: AnyRequest, queue: asyncio.Queue[bytes]) -> None:
+    def __init__(
+        self, gateway: Gateway, request: AnyRequest, queue: asyncio.Queue[bytes], span: Span | None = None
+    ) -> None:
         self._gateway = gateway
         self.request = request
         self._queue = queue
+        self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
+        self._opened_at = time.monotonic()
+        self._first_token = True
         self._decoder: msgspec.msgpack.Decoder[StreamEvent] = msgspec.msgpack.Decoder(StreamEvent)
         self._expected_seq = 0
         self.worker_id: str | None = None
@@ -168,7 +175,26 @@ class EventStream:
                 raise from_kind(event.kind, event.message, event.param)
             elif isinstance(event, Finished | Embedded):
                 self.finished = True
+            if self._span is not None:
+                self._describe(event)
             return event
+
+    def _describe(self, event: StreamEvent) -> None:
+        assert self._span is not None
+        if isinstance(event, TokenDelta) and self._first_token:
+            self._first_token = False
+            self._span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
+        elif isinstance(event, Finished):
+            self._span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": event.usage.completion_tokens,
+                    "gen_ai.response.finish_reasons": [event.finish_reason],
+                    "herd.worker_id": self.worker_id or "",
+                }
+            )
+        elif isinstance(event, Embedded):
+            self._span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
 
     async def start(self) -> None:
         """Wait until a worker admitted the request (or refused it): the moment to pick the HTTP status."""
@@ -191,8 +217,9 @@ class EventStream:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, redis: ArqRedis, api_id: str) -> None:
+    def __init__(self, settings: Settings, redis: ArqRedis, api_id: str, tracer: Tracer | None = None) -> None:
         self.settings = settings
+        self._tracer = tracer
         self._redis = redis
         self._demux = Demux(redis, f"{channels.PREFIX}:api:{api_id}")
         self._workers: list[WorkerStatus] = []
@@ -235,6 +262,20 @@ class Gateway:
     async def open(self, request: AnyRequest) -> EventStream:
         """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
         await self._check_model(request.model)
+        if self._tracer is None:
+            return await self._open(request, None)
+        span = get_current_span()  # the HTTP server span
+        operation = (
+            "embeddings" if isinstance(request, EmbeddingRequest) else "chat" if request.messages else "text_completion"
+        )
+        span.set_attributes(
+            {"gen_ai.operation.name": operation, "gen_ai.request.model": request.model, "herd.request_id": request.id}
+        )
+        with self._tracer.start_as_current_span("herd.enqueue") as enqueue:
+            # The worker's spans join this trace through the context the job carries.
+            return await self._open(msgspec.structs.replace(request, traceparent=traceparent_of(enqueue)), span)
+
+    async def _open(self, request: AnyRequest, span: Span | None) -> EventStream:
         channel = channels.events(request.id)
         # The subscription and the queue-depth check (which also stores the request) go to Redis side by side.
         subscribed, depth = await asyncio.gather(
@@ -243,7 +284,7 @@ class Gateway:
         if isinstance(subscribed, BaseException) or isinstance(depth, BaseException):
             await self._demux.unsubscribe(channel)
             raise subscribed if isinstance(subscribed, BaseException) else depth  # type: ignore[misc]
-        stream = EventStream(self, request, subscribed)
+        stream = EventStream(self, request, subscribed, span)
         try:
             if depth >= self.settings.queue_max:
                 raise Overloaded(f"the queue for model '{request.model}' is full ({depth} requests); retry shortly")

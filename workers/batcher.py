@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Tracer
+
 from shared.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
 from shared.inference import (
     EmbeddingRequest,
@@ -30,6 +32,7 @@ from shared.inference import (
 from workers.embedder import EmbedJob
 from workers.engine import Engine, Sampler
 from workers.slots import Slots
+from workers.spans import record_generation
 from workers.template import ChatTemplate
 from workers.textstream import TextStream
 
@@ -55,6 +58,7 @@ class _Seq:
     generated: int = 0
     event_seq: int = 0
     admitted_ns: int = 0
+    admitted_wall_ns: int = 0
     first_token_ns: int = 0
 
     def next_seq(self) -> int:
@@ -71,9 +75,17 @@ class Counters:
 
 class Batcher:
     def __init__(
-        self, engine: Engine, worker_id: str, emit: Emit, max_tokens_cap: int, prefill_chunk: int, prefill_budget: int
+        self,
+        engine: Engine,
+        worker_id: str,
+        emit: Emit,
+        max_tokens_cap: int,
+        prefill_chunk: int,
+        prefill_budget: int,
+        tracer: Tracer | None = None,
     ) -> None:
         self._engine = engine
+        self._tracer = tracer
         self._prefill_chunk = min(prefill_chunk, engine.n_batch)
         self._prefill_budget = max(prefill_budget, 1)
         self._worker_id = worker_id
@@ -207,6 +219,7 @@ class Batcher:
             seq.n_prefilled = seq.kv_len = seq.cached = reused
             seq.text = TextStream(seq.req.stop)
             seq.admitted_ns = time.perf_counter_ns()
+            seq.admitted_wall_ns = time.time_ns()
             self._active.append(seq)
             self._events.append((seq.req.id, Started(seq.next_seq(), self._worker_id, len(seq.prompt))))
 
@@ -339,6 +352,10 @@ class Batcher:
                 eval_ns=now - first,
                 queue_ns=max(0, int((time.time() - seq.req.enqueued_at) * 1e9) - (now - seq.admitted_ns)),
             )
+            if self._tracer is not None:
+                wall = seq.admitted_wall_ns - seq.admitted_ns  # perf_counter -> wall clock
+                timeline = (seq.admitted_wall_ns, wall + first, wall + now)
+                record_generation(self._tracer, seq.req, self._worker_id, reason, usage, timeline)
             tokens = (*seq.prompt, *seq.out) if seq.req.return_tokens else ()
             self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage, tokens)))
             self.counters.requests_done += 1

@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Function, Worker, func
 
-from shared import channels
+from shared import channels, tracing
 from shared.config import ModelConfig, Settings
 from shared.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
 from workers.batcher import Batcher
@@ -96,8 +96,15 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         started = time.monotonic()
         engine = await asyncio.to_thread(Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads)
         bus = WorkerBus(settings, ctx["redis"], worker_id)
+        provider = tracing.setup("worker")
         batcher = Batcher(
-            engine, worker_id, bus.emit, settings.max_tokens_cap, settings.prefill_chunk, settings.prefill_budget
+            engine,
+            worker_id,
+            bus.emit,
+            settings.max_tokens_cap,
+            settings.prefill_chunk,
+            settings.prefill_budget,
+            tracing.tracer(provider, "herd.worker"),
         )
         batcher.start()
 
@@ -126,6 +133,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
 
         bus.start(model.name, on_message, status)
         ctx.update(engine=engine, bus=bus, batcher=batcher, watchdog=asyncio.create_task(watchdog(batcher)))
+        ctx["tracing"] = provider
         log.info("worker %s serves %s (loaded in %.1fs)", worker_id, model.name, time.monotonic() - started)
 
     async def watchdog(batcher: Batcher) -> None:
@@ -142,6 +150,8 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
             await ctx["batcher"].stop()
             await ctx["bus"].stop()
             ctx["engine"].close()
+        if ctx.get("tracing") is not None:
+            ctx["tracing"].shutdown()  # flushes the spans still queued
 
     functions: list[Function] = [func(generate, name="generate", max_tries=1), func(embed, name="embed", max_tries=1)]
     worker = HerdWorker(
