@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import msgspec
 import redis.exceptions
@@ -15,33 +14,23 @@ from arq.constants import abort_jobs_ss
 from opentelemetry.trace import Span, Tracer, get_current_span
 from redis.asyncio.client import PubSub
 
+from api.events import LOST, AnyRequest, EventStream
 from shared import channels
 from shared.config import Settings
 from shared.errors import (
     ModelNotFound,
     Overloaded,
-    StreamBroken,
     Unavailable,
     WorkerLost,
-    from_kind,
 )
 from shared.inference import (
-    Embedded,
     EmbeddingRequest,
-    Failed,
-    Finished,
-    GenerationRequest,
-    Started,
-    StreamEvent,
-    TokenDelta,
     WorkerStatus,
 )
 from shared.tracing import traceparent_of
 
 log = logging.getLogger("herd.api.gateway")
 
-AnyRequest = GenerationRequest | EmbeddingRequest
-_LOST = b""  # put on a request's queue when the pub/sub connection dropped: events may have been missed
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -110,7 +99,7 @@ class Demux:
                 self._connected.clear()
                 self._pubsub = None
                 for queue in self._queues.values():
-                    queue.put_nowait(_LOST)
+                    queue.put_nowait(LOST)
                 self._queues.clear()
                 for confirmed in self._confirmations.values():
                     if not confirmed.done():
@@ -133,87 +122,6 @@ class Demux:
             confirmed = self._confirmations.pop(channel, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-
-
-class EventStream:
-    """One request's events, in order. A gap, a dead worker or a lost Redis becomes an exception, never a hang."""
-
-    def __init__(
-        self, gateway: Gateway, request: AnyRequest, queue: asyncio.Queue[bytes], span: Span | None = None
-    ) -> None:
-        self._gateway = gateway
-        self.request = request
-        self._queue = queue
-        self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
-        self._opened_at = time.monotonic()
-        self._first_token = True
-        self._decoder: msgspec.msgpack.Decoder[StreamEvent] = msgspec.msgpack.Decoder(StreamEvent)
-        self._expected_seq = 0
-        self.worker_id: str | None = None
-        self.prompt_tokens = 0
-        self.finished = False
-
-    async def next(self) -> StreamEvent:
-        while True:
-            try:
-                async with asyncio.timeout(self._gateway.settings.heartbeat_interval_s):
-                    raw = await self._queue.get()
-            except TimeoutError:
-                await self._gateway.check_progress(self)
-                continue
-            if raw == _LOST:
-                raise Unavailable("lost the connection to Redis while streaming; events may be missing")
-            event = self._decoder.decode(raw)
-            if event.seq != self._expected_seq:
-                raise StreamBroken(f"event {self._expected_seq} of the response went missing (got {event.seq})")
-            self._expected_seq += 1
-            if isinstance(event, Started):
-                self.worker_id = event.worker_id
-                self.prompt_tokens = event.prompt_tokens
-            elif isinstance(event, Failed):
-                self.finished = True
-                raise from_kind(event.kind, event.message, event.param)
-            elif isinstance(event, Finished | Embedded):
-                self.finished = True
-            if self._span is not None:
-                self._describe(event)
-            return event
-
-    def _describe(self, event: StreamEvent) -> None:
-        assert self._span is not None
-        if isinstance(event, TokenDelta) and self._first_token:
-            self._first_token = False
-            self._span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
-        elif isinstance(event, Finished):
-            self._span.set_attributes(
-                {
-                    "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
-                    "gen_ai.usage.output_tokens": event.usage.completion_tokens,
-                    "gen_ai.response.finish_reasons": [event.finish_reason],
-                    "herd.worker_id": self.worker_id or "",
-                }
-            )
-        elif isinstance(event, Embedded):
-            self._span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
-
-    async def start(self) -> None:
-        """Wait until a worker admitted the request (or refused it): the moment to pick the HTTP status."""
-        event = await self.next()
-        assert isinstance(event, Started), event
-
-    async def deltas(self) -> AsyncIterator[TokenDelta | Finished]:
-        while not self.finished:
-            event = await self.next()
-            assert isinstance(event, TokenDelta | Finished)
-            yield event
-
-    async def embedded(self) -> Embedded:
-        event = await self.next()
-        assert isinstance(event, Embedded), event
-        return event
-
-    async def close(self) -> None:
-        await self._gateway.release(self)
 
 
 class Gateway:

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from api.gateway import EventStream
+from api.events import EventStream
 from shared import channels
 from shared.config import load_settings
 from shared.errors import StreamBroken

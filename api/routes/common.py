@@ -13,7 +13,8 @@ from litestar import Request
 from litestar.datastructures import State
 
 from api.errors import from_validation
-from api.gateway import EventStream, Gateway
+from api.events import EventStream
+from api.gateway import Gateway
 from api.ids import request_id_of
 from shared.errors import Cancelled
 from shared.inference import Finished, TokenDelta

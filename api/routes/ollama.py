@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from api.catalog import Catalog
-from api.gateway import EventStream
+from api.events import EventStream
 from api.routes.common import close_shielded, collect, decode, gateway, request_id, unless_gone
 from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from api.translate import ollama as translate

@@ -9,7 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
-from api.gateway import EventStream
+from api.events import EventStream
 from api.routes.common import close_shielded, collect, decode, gateway, merged, request_id, unless_gone
 from api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
 from api.translate import openai as translate
