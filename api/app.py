@@ -17,7 +17,7 @@ from api.catalog import Catalog
 from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, openai_body, openai_headers
 from api.gateway import Gateway
 from api.ids import add_request_id
-from api.routes import health, ollama, openai
+from api.routes import health, ollama, openai, queue
 from api.tracing import server_spans
 from shared import tracing
 from shared.config import Settings
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> Litestar:
                 provider.shutdown()  # flushes the spans still queued
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *openai.ROUTES, *ollama.ROUTES],
+        route_handlers=[*health.ROUTES, *openai.ROUTES, *queue.ROUTES, *ollama.ROUTES],
         lifespan=[lifespan],
         before_send=[add_request_id],
         middleware=[server_spans(tracer)] if tracer is not None else [],

@@ -10,7 +10,7 @@ import time
 import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
 from opentelemetry.trace import Span, Tracer, get_current_span
 from redis.asyncio.client import PubSub
 
@@ -23,15 +23,19 @@ from shared.errors import (
     Unavailable,
     WorkerLost,
 )
-from shared.inference import (
-    EmbeddingRequest,
-    WorkerStatus,
-)
+from shared.inference import EmbeddingRequest, WorkerStatus
 from shared.tracing import traceparent_of
+from shared.wire.herd import ModelQueue, QueueStatus, RequestPosition
 
 log = logging.getLogger("herd.api.gateway")
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class _ModelOnly(msgspec.Struct):
+    """The one field of a stored request (generation or embedding) that the queue view needs."""
+
+    model: str
 
 
 class Demux:
@@ -159,6 +163,59 @@ class Gateway:
         self._workers = [self._worker_decoder.decode(v) for v in values if v]
         self._workers_at = time.monotonic()
         return self._workers
+
+    async def queue_status(self) -> QueueStatus:
+        """Per model: jobs waiting and running (arq keeps a running job in the queue with an in-progress key)."""
+        live = await self.workers(max_age_s=0)
+        rows = []
+        try:
+            for model in sorted(await self.models()):
+                jobs = await self._redis.zrange(channels.queue(model), 0, -1, withscores=True)
+                running = await self._running([job for job, _ in jobs])
+                waiting = [score for (job, score), busy in zip(jobs, running, strict=True) if not busy]
+                serving = [w for w in live if model in w.models]
+                rows.append(
+                    ModelQueue(
+                        model=model,
+                        waiting=len(waiting),
+                        running=sum(running),
+                        oldest_wait_s=max(0.0, time.time() - min(waiting) / 1000) if waiting else 0.0,
+                        workers=len(serving),
+                        slots_total=sum(w.slots_total for w in serving),
+                        slots_busy=sum(w.slots_busy for w in serving),
+                    )
+                )
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        return QueueStatus(models=rows)
+
+    async def request_position(self, request_id: str) -> RequestPosition:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(channels.request(request_id))
+                pipe.exists(channels.stats(request_id))
+                raw, done = await pipe.execute()
+            if done:
+                return RequestPosition(id=request_id, state="done")
+            if raw is None:
+                return RequestPosition(id=request_id, state="unknown")
+            model = msgspec.msgpack.decode(raw, type=_ModelOnly).model
+            jobs = await self._redis.zrange(channels.queue(model), 0, -1)
+            running = await self._running(jobs)
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        waiting = [job.decode() for job, busy in zip(jobs, running, strict=True) if not busy]
+        if request_id in waiting:
+            return RequestPosition(id=request_id, state="waiting", model=model, position=waiting.index(request_id))
+        return RequestPosition(id=request_id, state="running", model=model)
+
+    async def _running(self, jobs: list[bytes]) -> list[bool]:
+        if not jobs:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.exists(in_progress_key_prefix + job.decode())
+            return [bool(n) for n in await pipe.execute()]
 
     async def models(self) -> dict[str, int]:
         """Every model herd knows (configured or served), with its context length per sequence."""

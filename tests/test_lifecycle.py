@@ -51,6 +51,16 @@ async def test_queue_full_is_503_with_retry_after_and_queued_request_never_start
             queued_id = next(
                 m.decode() for m in tiny.redis.zrange(queue_key, 0, -1) if m.decode() != running.headers["x-request-id"]
             )
+            # The queue you can see into: one running, one waiting (next in line), one slot, busy.
+            await wait_for(lambda: busy_slots(tiny) == 1, 3)  # heartbeats come once a second
+            (row,) = (await http.get("/v1/queue")).json()["models"]
+            assert (row["model"], row["running"], row["waiting"], row["workers"]) == (MODEL, 1, 1, 1)
+            assert (row["slots_total"], row["slots_busy"]) == (1, 1) and row["oldest_wait_s"] >= 0
+            waiting = (await http.get(f"/v1/queue/{queued_id}")).json()
+            assert (waiting["state"], waiting["position"], waiting["model"]) == ("waiting", 0, MODEL)
+            running_state = (await http.get(f"/v1/queue/{running.headers['x-request-id']}")).json()
+            assert running_state["state"] == "running"
+            assert (await http.get("/v1/queue/no-such-request")).json()["state"] == "unknown"
             over = await http.post("/v1/completions", json=LONG)
             assert over.status_code == 503
             assert over.headers["retry-after"].isdigit()
