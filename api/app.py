@@ -12,11 +12,13 @@ from arq.connections import ArqRedis
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.types import Message, Scope
 
 from api.catalog import Catalog
 from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, openai_body, openai_headers
 from api.gateway import Gateway
 from api.ids import add_request_id
+from api.metrics import Metrics
 from api.routes import health, ollama, openai, queue
 from api.tracing import server_spans
 from shared import tracing
@@ -62,14 +64,22 @@ def _unexpected(request: Request[object, object, State], exc: Exception) -> Resp
 
 def create_app(settings: Settings) -> Litestar:
     provider = tracing.setup("api")
+    metrics = Metrics()
+
+    async def count_response(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            route = scope.get("path_template", "unmatched")  # the template: one series per route, not per id
+            metrics.observe_response(str(route), str(scope.get("method", "")), int(message["status"]))
+
     tracer = tracing.tracer(provider, "herd.api")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
-        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer)
+        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics)
         await gateway.start()
         app.state.gateway = gateway
+        app.state.metrics = metrics
         app.state.catalog = Catalog(settings)
         app.state.started_at = time.time()
         try:
@@ -83,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[*health.ROUTES, *openai.ROUTES, *queue.ROUTES, *ollama.ROUTES],
         lifespan=[lifespan],
-        before_send=[add_request_id],
+        before_send=[add_request_id, count_response],
         middleware=[server_spans(tracer)] if tracer is not None else [],
         exception_handlers={
             ServiceError: _service_error(settings),  # type: ignore[dict-item]

@@ -69,26 +69,40 @@ class EventStream:
                 raise from_kind(event.kind, event.message, event.param)
             elif isinstance(event, Finished | Embedded):
                 self.finished = True
-            if self._span is not None:
-                self._describe(event)
+            if self._first_token or not isinstance(event, TokenDelta):  # nothing to record per token
+                self._observe(event)
             return event
 
-    def _describe(self, event: StreamEvent) -> None:
-        assert self._span is not None
-        if isinstance(event, TokenDelta) and self._first_token:
+    def _observe(self, event: StreamEvent) -> None:
+        """The outcome on the server span (when tracing) and in the metrics (when kept)."""
+        span, metrics, model = self._span, self._gateway.metrics, self.request.model
+        since_enqueue = time.time() - self.request.enqueued_at
+        if isinstance(event, TokenDelta):
             self._first_token = False
-            self._span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
+            if span is not None:
+                span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
+            if metrics is not None:
+                metrics.observe_first_token(model, since_enqueue)
         elif isinstance(event, Finished):
-            self._span.set_attributes(
-                {
-                    "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
-                    "gen_ai.usage.output_tokens": event.usage.completion_tokens,
-                    "gen_ai.response.finish_reasons": [event.finish_reason],
-                    "herd.worker_id": self.worker_id or "",
-                }
-            )
+            usage = event.usage
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                        "gen_ai.usage.output_tokens": usage.completion_tokens,
+                        "gen_ai.response.finish_reasons": [event.finish_reason],
+                        "herd.worker_id": self.worker_id or "",
+                    }
+                )
+            if metrics is not None:
+                metrics.observe_generation(
+                    model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, since_enqueue
+                )
         elif isinstance(event, Embedded):
-            self._span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
+            if metrics is not None:
+                metrics.observe_generation(model, event.prompt_tokens, 0, 0, since_enqueue)
 
     async def start(self) -> None:
         """Wait until a worker admitted the request (or refused it): the moment to pick the HTTP status."""

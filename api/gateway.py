@@ -15,6 +15,7 @@ from opentelemetry.trace import Span, Tracer, get_current_span
 from redis.asyncio.client import PubSub
 
 from api.events import LOST, AnyRequest, EventStream
+from api.metrics import Metrics
 from shared import channels
 from shared.config import Settings
 from shared.errors import (
@@ -129,9 +130,17 @@ class Demux:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, redis: ArqRedis, api_id: str, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: ArqRedis,
+        api_id: str,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self._tracer = tracer
+        self.metrics = metrics
         self._redis = redis
         self._demux = Demux(redis, f"{channels.PREFIX}:api:{api_id}")
         self._workers: list[WorkerStatus] = []

@@ -6,6 +6,7 @@ import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
 
+from api.metrics import Metrics
 from api.routes.common import gateway
 from shared.errors import ServiceError
 
@@ -36,4 +37,17 @@ async def readyz(state: State) -> Response[Readiness]:
     return Response(body, status_code=200 if ready else 503)
 
 
-ROUTES = [healthz, readyz]
+@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(state: State) -> str:
+    """Prometheus exposition; queue and worker gauges are left out (not failed) while Redis is unreachable."""
+    gw = gateway(state)
+    try:
+        queue, workers = await gw.queue_status(), await gw.workers(max_age_s=0)
+    except ServiceError:
+        queue, workers = None, []
+    registry = state.metrics
+    assert isinstance(registry, Metrics)
+    return registry.render(queue, workers)
+
+
+ROUTES = [healthz, readyz, metrics]
