@@ -23,6 +23,7 @@ class _Gateway:
     """Only what EventStream asks of its gateway when events keep coming."""
 
     settings = load_settings({"HERD_MODELS": "m=/dev/null"})
+    metrics = None
 
 
 def test_gap_in_sequence_numbers_is_an_error() -> None:
