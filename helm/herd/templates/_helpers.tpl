@@ -1,0 +1,196 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "herd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the prefix of every resource. Truncated to 40 characters so that suffixes such as
+"-worker-<group>" and "-redis-headless" still fit in a 63-character DNS label.
+*/}}
+{{- define "herd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "herd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "herd.labels" -}}
+helm.sh/chart: {{ include "herd.chart" . }}
+app.kubernetes.io/name: {{ include "herd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: herd
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "api"). */}}
+{{- define "herd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "herd.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "herd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "herd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference; call with (dict "ctx" $ "image" <override map or nil>). */}}
+{{- define "herd.image" -}}
+{{- $img := merge (deepCopy (.image | default dict)) .ctx.Values.image }}
+{{- printf "%s:%s" $img.repository (toString ($img.tag | default .ctx.Chart.AppVersion)) }}
+{{- end }}
+
+{{- define "herd.imagePullPolicy" -}}
+{{- $img := merge (deepCopy (.image | default dict)) .ctx.Values.image }}
+{{- $img.pullPolicy }}
+{{- end }}
+
+{{/* Names of the chart-managed objects. */}}
+{{- define "herd.secretName" -}}
+{{- include "herd.fullname" . }}
+{{- end }}
+
+{{- define "herd.redisName" -}}
+{{- printf "%s-redis" (include "herd.fullname" .) }}
+{{- end }}
+
+{{- define "herd.scriptsName" -}}
+{{- printf "%s-scripts" (include "herd.fullname" .) }}
+{{- end }}
+
+{{- define "herd.modelsClaimName" -}}
+{{- .Values.models.persistence.existingClaim | default (printf "%s-models" (include "herd.fullname" .)) }}
+{{- end }}
+
+{{- define "herd.authSecretName" -}}
+{{- .Values.auth.apiKeysSecret | default (printf "%s-auth" (include "herd.fullname" .)) }}
+{{- end }}
+
+{{/* Secret and key holding the bundled Redis's password. */}}
+{{- define "herd.redisPasswordSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (include "herd.secretName" .) }}
+{{- end }}
+
+{{- define "herd.redisPasswordKey" -}}
+{{- if .Values.redis.auth.existingSecret }}
+{{- .Values.redis.auth.existingSecretPasswordKey }}
+{{- else -}}
+redis-password
+{{- end }}
+{{- end }}
+
+{{/*
+The bundled Redis's password: the configured one, else the one already stored in the release's Secret (so an
+upgrade keeps it), else a new random one.
+*/}}
+{{- define "herd.redisPassword" -}}
+{{- if .Values.redis.auth.password }}
+{{- .Values.redis.auth.password }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "herd.secretName" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data "redis-password") }}
+{{- index $existing.data "redis-password" | b64dec }}
+{{- else }}
+{{- randAlphaNum 32 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment giving a herd container HERD_REDIS_URL. For the bundled Redis with a password the URL is built by
+Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears in the pod spec.
+*/}}
+{{- define "herd.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+{{- if .Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "herd.redisPasswordSecret" . }}
+      key: {{ include "herd.redisPasswordKey" . }}
+- name: HERD_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%d/0" (include "herd.redisName" .) (int .Values.redis.service.port) | quote }}
+{{- else }}
+- name: HERD_REDIS_URL
+  value: {{ printf "redis://%s:%d/0" (include "herd.redisName" .) (int .Values.redis.service.port) | quote }}
+{{- end }}
+{{- else }}
+{{- if not (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- fail "redis.enabled is false: set externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+- name: HERD_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if .Values.externalRedis.existingSecret }}
+      name: {{ .Values.externalRedis.existingSecret }}
+      key: {{ .Values.externalRedis.existingSecretUrlKey }}
+      {{- else }}
+      name: {{ include "herd.secretName" . }}
+      key: redis-url
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* HERD_* settings from a config dict (the global `config`, merged with a worker group's overrides). */}}
+{{- define "herd.configEnv" -}}
+{{- $names := dict
+  "logLevel" "HERD_LOG_LEVEL"
+  "queueMax" "HERD_QUEUE_MAX"
+  "retryAfterS" "HERD_RETRY_AFTER_S"
+  "queueWaitTimeoutS" "HERD_QUEUE_WAIT_TIMEOUT_S"
+  "heartbeatIntervalS" "HERD_HEARTBEAT_INTERVAL_S"
+  "heartbeatTtlS" "HERD_HEARTBEAT_TTL_S"
+  "nCtx" "HERD_N_CTX"
+  "maxSeqs" "HERD_MAX_SEQS"
+  "nBatch" "HERD_N_BATCH"
+  "prefillChunk" "HERD_PREFILL_CHUNK"
+  "prefillBudget" "HERD_PREFILL_BUDGET"
+  "nThreads" "HERD_N_THREADS"
+  "nGpuLayers" "HERD_N_GPU_LAYERS" }}
+{{- $text := list "logLevel" "heartbeatIntervalS" "heartbeatTtlS" "queueWaitTimeoutS" }}
+{{- range $key := keys . | sortAlpha }}
+{{- $value := get $ $key }}
+- name: {{ get $names $key }}
+  {{- /* integers as integers: a large float64 would otherwise print as 1e+06 */}}
+  value: {{ (has $key $text | ternary $value (int64 $value)) | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* OpenTelemetry environment (nothing when no endpoint is set). */}}
+{{- define "herd.otelEnv" -}}
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .Values.otel.serviceName | quote }}
+{{- end }}
+{{- end }}
+
+{{/* "name=/models/file,..." for every worker group whose model is a file on the models volume. */}}
+{{- define "herd.allModelsEnv" -}}
+{{- $entries := list }}
+{{- range .Values.workers }}
+{{- if .model.file }}
+{{- $entries = append $entries (printf "%s=%s/%s" .model.name (trimSuffix "/" $.Values.models.mountPath) .model.file) }}
+{{- end }}
+{{- end }}
+{{- $entries | uniq | join "," }}
+{{- end }}
