@@ -64,14 +64,13 @@ def _unexpected(request: Request[object, object, State], exc: Exception) -> Resp
 
 def create_app(settings: Settings) -> Litestar:
     provider = tracing.setup("api")
+    tracer = tracing.tracer(provider, "herd.api")
     metrics = Metrics()
 
     async def count_response(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
             route = scope.get("path_template", "unmatched")  # the template: one series per route, not per id
             metrics.observe_response(str(route), str(scope.get("method", "")), int(message["status"]))
-
-    tracer = tracing.tracer(provider, "herd.api")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -51,11 +52,17 @@ class HerdWorker(Worker):
         super().__init__(*args, **kwargs)
         self._polling = False
         self._poll_again = False
+        self._shortcuts: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._shortcuts.add(task)
+        task.add_done_callback(self._shortcuts.discard)
 
     def announce(self, job_id: str) -> None:
         """The API enqueued `job_id`: start it now if a batch slot is free (otherwise it waits its turn)."""
         if self.job_counter < self.max_jobs:
-            asyncio.get_running_loop().create_task(self._start_announced(job_id))
+            self._spawn(self._start_announced(job_id))
 
     async def _start_announced(self, job_id: str) -> None:
         try:
@@ -73,7 +80,7 @@ class HerdWorker(Worker):
             self._poll_again = True
             return
         self._polling = True
-        asyncio.get_running_loop().create_task(self._poll_now())
+        self._spawn(self._poll_now())
 
     async def _poll_now(self) -> None:
         try:
