@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_after_s: int = 2
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 3.0
+    drain_timeout_s: int = 30  # on SIGTERM a worker takes no new jobs and lets running ones finish this long
     queue_wait_timeout_s: float = 300.0  # a request that waits longer in the queue gets a 503
     request_ttl_s: int = 3600  # how long request records and stats live in Redis
     max_tokens_cap: int = 32768

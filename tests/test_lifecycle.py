@@ -105,6 +105,27 @@ async def test_disconnect_non_stream_stops_generation(tiny: HerdServer) -> None:
     assert sum(cancelled) >= 1
 
 
+def test_sigterm_drains_the_worker_and_the_running_stream_completes(tiny: HerdServer) -> None:
+    body = {**LONG, "max_tokens": 60, "stream": True, "stream_options": {"include_usage": True}}
+    frames: list[str] = []
+    with httpx.stream("POST", f"{tiny.base_url}/v1/completions", json=body, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            frames.append(line)
+            if len(frames) == 3:
+                (worker,) = tiny.workers()
+                os.kill(worker.pid, signal.SIGTERM)  # a deploy: drain, do not drop
+    assert frames[-1] == "data: [DONE]"
+    assert not [f for f in frames if '"error"' in f]
+    assert '"completion_tokens":60' in frames[-2]
+    deadline = time.monotonic() + 10
+    while running(worker.pid):
+        assert time.monotonic() < deadline, "the drained worker did not exit"
+        time.sleep(0.1)
+    tiny.wait_ready(timeout=60)  # herd serve started a new one
+
+
 def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: HerdServer) -> None:
     client = openai.OpenAI(base_url=f"{tiny.base_url}/v1", api_key="x", max_retries=0)
     stream = client.completions.create(stream=True, **LONG)  # type: ignore[call-overload]

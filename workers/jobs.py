@@ -61,7 +61,7 @@ class HerdWorker(Worker):
 
     def announce(self, job_id: str) -> None:
         """The API enqueued `job_id`: start it now if a batch slot is free (otherwise it waits its turn)."""
-        if self.job_counter < self.max_jobs:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:  # not while draining after SIGTERM
             self._spawn(self._start_announced(job_id))
 
     async def _start_announced(self, job_id: str) -> None:
@@ -176,6 +176,7 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         health_check_interval=5,
         log_results=False,
         handle_signals=True,
+        job_completion_wait=settings.drain_timeout_s,  # SIGTERM drains: no new jobs, running ones finish
     )
     holder["worker"] = worker
     return worker
