@@ -25,6 +25,12 @@ log = logging.getLogger("herd.worker.engine")
 _LOG_CALLBACK = L.llama_log_callback(lambda level, text, user_data: None)
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset), not the host's count, where the OS can tell."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 class Sampler:
     """A llama.cpp sampler chain owned by one sequence; plain greedy needs no chain at all."""
 
@@ -52,7 +58,7 @@ class Engine:
         self.n_ctx_seq = min(model.n_ctx, L.llama_model_n_ctx_train(self._model))
         self.max_seqs = max_seqs
         self.n_batch = n_batch
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or _usable_cpus()
         cp = L.llama_context_default_params()
         cp.n_ctx = self.n_ctx_seq * max_seqs
         cp.n_batch = n_batch
