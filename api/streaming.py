@@ -11,7 +11,6 @@ from shared.errors import ServiceError
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"
-SSE_KEEPALIVE = b": keep-alive\n\n"
 
 _encoder = msgspec.json.Encoder()
 

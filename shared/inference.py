@@ -119,7 +119,6 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     n_ctx: int
     slots_total: int
     slots_busy: int
-    queued: int
     tokens_generated: int
     requests_done: int
     requests_cancelled: int

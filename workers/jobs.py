@@ -129,7 +129,6 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
                 n_ctx=engine.n_ctx_seq,
                 slots_total=settings.max_seqs,
                 slots_busy=batcher.busy,
-                queued=0,
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
