@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from msgspec.structs import replace
@@ -201,21 +202,24 @@ def chat_chunk(model: str, text: str) -> wire.ChatResponse:
     return wire.ChatResponse(model=model, created_at=now(), message=wire.Message("assistant", text), done=False)
 
 
-def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:
+def _final(end: Finished, total_ns: int) -> dict[str, Any]:
+    """The fields Ollama puts on the last line of a chat and of a generate, from the worker's measurements."""
     u = end.usage
-    return wire.ChatResponse(
-        model=model,
-        created_at=now(),
-        message=wire.Message("assistant", text),
-        done=True,
-        done_reason=_reason(end),
-        total_duration=total_ns,
-        load_duration=u.queue_ns,
-        prompt_eval_count=u.prompt_tokens,
-        prompt_eval_duration=u.prompt_eval_ns,
-        eval_count=u.completion_tokens,
-        eval_duration=u.eval_ns,
-    )
+    return {
+        "done": True,
+        "done_reason": _reason(end),
+        "total_duration": total_ns,
+        "load_duration": u.queue_ns,
+        "prompt_eval_count": u.prompt_tokens,
+        "prompt_eval_duration": u.prompt_eval_ns,
+        "eval_count": u.completion_tokens,
+        "eval_duration": u.eval_ns,
+    }
+
+
+def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:
+    message = wire.Message("assistant", text)
+    return wire.ChatResponse(model=model, created_at=now(), message=message, **_final(end, total_ns))
 
 
 def chat_loaded(model: str) -> wire.ChatResponse:
@@ -229,21 +233,8 @@ def generate_chunk(model: str, text: str) -> wire.GenerateResponse:
 
 
 def generate_done(model: str, text: str, end: Finished, total_ns: int) -> wire.GenerateResponse:
-    u = end.usage
-    return wire.GenerateResponse(
-        model=model,
-        created_at=now(),
-        response=text,
-        done=True,
-        context=list(end.tokens),  # empty in raw mode, where the request did not ask for them
-        done_reason=_reason(end),
-        total_duration=total_ns,
-        load_duration=u.queue_ns,
-        prompt_eval_count=u.prompt_tokens,
-        prompt_eval_duration=u.prompt_eval_ns,
-        eval_count=u.completion_tokens,
-        eval_duration=u.eval_ns,
-    )
+    context = list(end.tokens)  # empty in raw mode, where the request did not ask for them
+    return wire.GenerateResponse(model=model, created_at=now(), response=text, context=context, **_final(end, total_ns))
 
 
 def generate_loaded(model: str) -> wire.GenerateResponse:
