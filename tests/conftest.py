@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import msgspec
@@ -91,12 +94,32 @@ def redis_answers(port: int) -> bool:
         return False
 
 
+def claim(port: int) -> IO[bytes] | None:
+    """An exclusive claim on the shared Redis for this test session, or None while another session holds it.
+
+    The tests use fixed database numbers and flush them, so two sessions at once (two checkouts tested side by
+    side) must not share one Redis: the second one gets a private redis-server instead.
+    """
+    handle = (Path(tempfile.gettempdir()) / f"herd-tests-redis-{port}.lock").open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 @pytest.fixture(scope="session")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """The Redis on 127.0.0.1:6379 (or HERD_TEST_REDIS_PORT) when one answers; else a private redis-server."""
+    """The Redis on 127.0.0.1:6379 (or HERD_TEST_REDIS_PORT) when one answers and no other test session uses it;
+    else a private redis-server."""
     wanted = int(os.environ.get("HERD_TEST_REDIS_PORT", "6379"))
-    if redis_answers(wanted):
-        yield wanted
+    lock = claim(wanted) if redis_answers(wanted) else None
+    if lock is not None:
+        try:
+            yield wanted
+        finally:
+            lock.close()
         return
     if shutil.which("redis-server") is None:
         pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server to start (apt-get install redis-server)")
