@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar.connection import ASGIConnection
 
@@ -25,7 +27,7 @@ class Principal(msgspec.Struct, frozen=True):
 ANONYMOUS = Principal(subject="anonymous", scopes=ALL_SCOPES, via="none")
 
 
-def principal_of(connection: ASGIConnection[object, object, object, object]) -> Principal:
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The caller of this request: what the auth middleware put in scope["auth"], else ANONYMOUS."""
     auth = connection.scope.get("auth")
     return auth if isinstance(auth, Principal) else ANONYMOUS
