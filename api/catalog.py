@@ -1,14 +1,14 @@
-"""What the API can tell about a configured model without a worker: its GGUF header and file stats, read once."""
+"""What the API can tell about a model without a worker: its GGUF header and file stats, read once per version."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 import msgspec
 
-from shared.config import Settings
 from shared.gguf import GGUFError, GGUFInfo, read_info
 
 log = logging.getLogger("herd.api.catalog")
@@ -21,10 +21,13 @@ class ModelFile(msgspec.Struct, frozen=True):
 
 
 class Catalog:
-    """GGUF facts by model name, cached per file version (path, mtime, size): a header parse costs ~50 ms."""
+    """GGUF facts by model name, cached per file version (path, mtime, size): a header parse costs ~50 ms.
 
-    def __init__(self, settings: Settings) -> None:
-        self._paths = {m.name: m.path for m in settings.models}
+    `locate` maps a model name to its GGUF on this host (a configured path or a store blob), or None.
+    """
+
+    def __init__(self, locate: Callable[[str], str | None]) -> None:
+        self._locate = locate
         self._cache: dict[str, tuple[tuple[int, int], ModelFile]] = {}
 
     async def describe(self, name: str, verbose: bool = False) -> ModelFile | None:
@@ -32,13 +35,13 @@ class Catalog:
 
         `verbose` also reads the long arrays (the vocabulary), which are left out otherwise and never cached.
         """
-        path = self._paths.get(name)
-        if path is None:
-            return None
-        return await asyncio.to_thread(self._read, path, verbose)
+        return await asyncio.to_thread(self._read, name, verbose)
 
-    def _read(self, path: str, verbose: bool) -> ModelFile | None:
+    def _read(self, name: str, verbose: bool) -> ModelFile | None:
         try:
+            path = self._locate(name)
+            if path is None:
+                return None
             stat = os.stat(path)
             version = (stat.st_mtime_ns, stat.st_size)
             cached = self._cache.get(path)
@@ -46,7 +49,7 @@ class Catalog:
                 return cached[1]
             found = ModelFile(size=stat.st_size, modified_at=stat.st_mtime, info=read_info(path, arrays=verbose))
         except (OSError, GGUFError) as exc:
-            log.debug("no model facts from %s: %s", path, exc)
+            log.debug("no model facts for %s: %s", name, exc)
             return None
         if not verbose:
             self._cache[path] = (version, found)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 import msgspec
@@ -25,6 +26,7 @@ from shared.errors import (
     WorkerLost,
 )
 from shared.inference import EmbeddingRequest, WorkerStatus
+from shared.store import ModelStore
 from shared.tracing import traceparent_of
 from shared.wire.herd import ModelQueue, QueueStatus, RequestPosition
 
@@ -137,8 +139,11 @@ class Gateway:
         api_id: str,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        store: ModelStore | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store
+        self._pinned = frozenset(m.name for m in settings.models)  # configured: always loaded, never unloaded
         self._tracer = tracer
         self.metrics = metrics
         self._redis = redis
@@ -226,9 +231,17 @@ class Gateway:
                 pipe.exists(in_progress_key_prefix + job.decode())
             return [bool(n) for n in await pipe.execute()]
 
+    async def stored(self) -> dict[str, int]:
+        """Models in the store, with the context a worker will give them."""
+        if self.store is None:
+            return {}
+        manifests = await asyncio.to_thread(self.store.all)
+        return {name: self.store.model_config(m, self.settings).n_ctx for name, m in manifests.items()}
+
     async def models(self) -> dict[str, int]:
-        """Every model herd knows (configured or served), with its context length per sequence."""
+        """Every model herd knows (configured, in the store, or served), with its context length per sequence."""
         known = {m.name: m.n_ctx for m in self.settings.models}
+        known.update({name: n for name, n in (await self.stored()).items() if name not in known})
         for worker in await self.workers():
             known.update(dict.fromkeys(worker.models, worker.n_ctx))
         return known
@@ -273,7 +286,45 @@ class Gateway:
         if model not in await self.models():
             raise ModelNotFound(f"The model '{model}' does not exist", param="model")
         if not any(model in w.models for w in await self.workers()):
+            await self.load(model)  # the request waits in the queue while the worker starts
+
+    async def loadable(self, model: str) -> bool:
+        """A store model that is not configured: a worker for it starts on demand and stops when idle."""
+        return model not in self._pinned and model in await self.stored()
+
+    async def load(self, model: str) -> None:
+        """Ask the model manager for a worker for `model`; Unavailable when none can come (a configured model's
+        worker is the supervisor's or the cluster's to restart)."""
+        if not await self.loadable(model):
             raise Unavailable(f"no worker is serving model '{model}' right now", param="model")
+        try:
+            await self._redis.sadd(channels.LOAD_REQUESTS, model)  # type: ignore[misc]
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+
+    async def set_keep_alive(self, model: str, seconds: float) -> None:
+        """The latest request's keep_alive decides how long an on-demand model stays loaded after it."""
+        if model in self._pinned:
+            return
+        try:
+            await self._redis.set(channels.keep_alive(model), "-1" if math.isinf(seconds) else repr(seconds))
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+
+    async def expirations(self, models: list[str]) -> dict[str, float]:
+        """When each loaded model's worker plans to exit (math.inf: never, as for configured models)."""
+        found = dict.fromkeys(models, math.inf)
+        on_demand = [m for m in models if m not in self._pinned]
+        if not on_demand:
+            return found
+        try:
+            values = await self._redis.mget([channels.expires(m) for m in on_demand])
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        for model, value in zip(on_demand, values, strict=True):
+            if value is not None and float(value) >= 0:
+                found[model] = float(value)
+        return found
 
     async def _store(self, request: AnyRequest) -> int:
         """Store the request for its worker; return how many jobs the model's queue holds."""
@@ -315,7 +366,7 @@ class Gateway:
                     raise WorkerLost("the worker serving this request stopped; no more output will come")
                 return
             if not any(request.model in w.models for w in await self.workers()):
-                raise Unavailable(f"no worker is serving model '{request.model}' right now", param="model")
+                await self.load(request.model)  # again: the worker may have been on its way out when we asked
         except _REDIS_ERRORS as exc:
             raise Unavailable("lost the connection to Redis") from exc
         if time.time() - request.enqueued_at > self.settings.queue_wait_timeout_s:

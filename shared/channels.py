@@ -52,3 +52,17 @@ def worker(worker_id: str) -> str:
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 # arq keeps its own keys: arq:job:{id}, arq:in-progress:{id}, arq:result:{id}, arq:abort (see arq.constants).
+
+# A set of model names the API wants loaded (a request is waiting for a model no worker holds); the model manager
+# in `herd serve` pops them and starts a worker for each. No TTL: a name is removed when it is popped.
+LOAD_REQUESTS = f"{PREFIX}:loads"
+
+
+def keep_alive(model: str) -> str:
+    """Seconds an on-demand model stays loaded after its last request (the latest request's keep_alive; -1: forever)."""
+    return f"{PREFIX}:keep_alive:{model}"
+
+
+def expires(model: str) -> str:
+    """When an on-demand model's worker will exit if no request comes (epoch seconds; -1: never). Written by it."""
+    return f"{PREFIX}:expires:{model}"

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from shared.config import Settings, load_settings
+import redis
+
+from shared import channels
+from shared.config import Settings, load_settings, models_dir
+from shared.errors import InvalidRequest
+from shared.names import canonical_name
+from shared.store import ModelStore
 
 log = logging.getLogger("herd")
 
@@ -40,12 +46,18 @@ def run_api(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, model_name: str | None) -> None:
+    """A configured model's worker runs until stopped; a store model's exits once idle past its keep_alive."""
     from workers.jobs import build_worker
 
     model = settings.model(model_name) if model_name else settings.models[0]
-    if model is None:
+    if model is not None:
+        build_worker(settings, model).run()
+        return
+    store = ModelStore(models_dir(settings))
+    manifest = store.all().get(model_name or "") if store.manifests.is_dir() else None
+    if manifest is None:
         sys.exit(f"herd worker: no model named {model_name!r}; configured: {[m.name for m in settings.models]}")
-    build_worker(settings, model).run()
+    build_worker(settings, store.model_config(manifest, settings), on_demand=True).run()
 
 
 def _redis_answers(url: str) -> bool:
@@ -102,7 +114,10 @@ class Supervisor:
         self._settings = settings
         self._env = env
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._on_demand: set[str] = set()  # workers of store models: started when asked, not restarted on exit
         self._stopping = False
+        self._redis = redis.Redis.from_url(env.get("HERD_REDIS_URL", settings.redis_url), socket_timeout=2)
+        self._store = ModelStore(models_dir(settings))
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self._children[name] = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=self._env)
@@ -122,9 +137,15 @@ class Supervisor:
         try:
             while not self._stopping:
                 time.sleep(0.2)
+                self._serve_loads()
                 for name, proc in list(self._children.items()):
                     code = proc.poll()
                     if code is None or self._stopping:
+                        continue
+                    if name in self._on_demand:
+                        log.info("%s exited with status %s (unloaded)", name, code)
+                        del self._children[name]
+                        self._on_demand.discard(name)
                         continue
                     if name == "api":
                         log.error("the API exited with status %s; stopping", code)
@@ -134,7 +155,34 @@ class Supervisor:
                     self._spawn(name, commands[name])
         finally:
             self._stop_all()
+            self._redis.close()
         return 0
+
+    def _serve_loads(self) -> None:
+        """The model manager: start a worker for each store model the API asked for that has none running.
+
+        On Kubernetes nothing serves these requests: models are per-model Deployments (helm/), scaled on queue depth.
+        """
+        try:
+            popped = self._redis.spop(channels.LOAD_REQUESTS, 16)
+        except (redis.RedisError, OSError) as exc:
+            log.debug("cannot read load requests: %s", exc)
+            return
+        for raw in popped or ():
+            name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            key = f"worker:{name}"
+            if key in self._children or self._settings.model(name) is not None:
+                continue  # loading or loaded already; configured models have their own always-on worker
+            try:
+                known = canonical_name(name) == name and self._store.manifests.is_dir() and name in self._store.all()
+            except InvalidRequest:
+                known = False
+            if not known:
+                log.warning("ignoring a load request for %r: not in the model store", name[:100])
+                continue
+            log.info("loading %s on demand", name)
+            self._on_demand.add(key)
+            self._spawn(key, ["worker", "--model", name])
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True

@@ -43,12 +43,30 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_ttl_s: int = 3600  # how long request records and stats live in Redis
     max_tokens_cap: int = 32768
     log_level: str = "info"
+    # The model store (shared/store.py) and Ollama-style model management.
+    models_dir: str = ""  # empty: $XDG_DATA_HOME/herd/models (~/.local/share/herd/models)
+    n_ctx: int = 2048  # context per sequence for models loaded from the store (a manifest's num_ctx wins)
+    n_gpu_layers: int = 0  # for models loaded from the store
+    keep_alive: str = "5m"  # how long an on-demand model stays loaded after its last request (Ollama's default)
+    blob_max_bytes: int = 64 * 1024**3  # the largest upload or download accepted into the store
+    hf_endpoint: str = ""  # base URL of a Hugging Face style hub for `hf.co/owner/repo[:quant]` pulls; empty: off
+    pull_allow: str = ""  # comma-separated URL prefixes that plain `https://…/x.gguf` pulls may start with
+    pull_allow_private: bool = False  # let pulls connect to loopback, link-local and private addresses
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:
             if m.name == name:
                 return m
         return None
+
+
+def models_dir(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """HERD_MODELS_DIR, else the user's data directory (XDG), like Ollama's ~/.ollama/models."""
+    if settings.models_dir:
+        return Path(settings.models_dir)
+    env = os.environ if env is None else env
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "herd" / "models"
 
 
 def bundled_model_path() -> str:

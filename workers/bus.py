@@ -24,6 +24,7 @@ log = logging.getLogger("herd.worker.bus")
 
 R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+REDIS_ERRORS = _REDIS_ERRORS
 
 
 class WorkerBus:
@@ -126,6 +127,21 @@ class WorkerBus:
             except _REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    # ---- on-demand models: keep_alive and expiry -----------------------------------------------------
+
+    async def idle_state(self, model: str) -> tuple[str | None, int]:
+        """The latest request's keep_alive for `model` (None: no request said) and how many jobs its queue holds."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(channels.keep_alive(model))
+            pipe.zcard(channels.queue(model))
+            raw, depth = await pipe.execute()
+        return (raw.decode() if raw else None), int(depth)
+
+    async def set_expiry(self, model: str, expires_at: float | None) -> None:
+        """When this worker will exit if no request comes (None: never); refreshed while it lives, gone after."""
+        value = "-1" if expires_at is None else repr(expires_at)
+        await self._redis.set(channels.expires(model), value, ex=max(5, int(self.settings.heartbeat_ttl_s * 2)))
 
     def start(self, model: str, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
         self._tasks = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -16,9 +17,11 @@ from arq.worker import Function, Worker, func
 
 from shared import channels, tracing
 from shared.config import ModelConfig, Settings
+from shared.errors import ServiceError
 from shared.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
+from shared.keepalive import parse_keep_alive
 from workers.batcher import Batcher
-from workers.bus import WorkerBus, new_worker_id
+from workers.bus import REDIS_ERRORS, WorkerBus, new_worker_id
 from workers.engine import Engine
 
 log = logging.getLogger("herd.worker")
@@ -95,7 +98,8 @@ class HerdWorker(Worker):
             self._polling = False
 
 
-def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
+def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False) -> HerdWorker:
+    """`on_demand`: a store model started for a request; it exits once idle past its keep_alive (Ollama's unload)."""
     worker_id = new_worker_id()
     holder: dict[str, HerdWorker] = {}
 
@@ -140,6 +144,8 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         bus.start(model.name, on_message, status)
         ctx.update(engine=engine, bus=bus, batcher=batcher, watchdog=asyncio.create_task(watchdog(batcher)))
         ctx["tracing"] = provider
+        if on_demand:
+            ctx["idle"] = asyncio.create_task(idle_exit(bus))
         log.info("worker %s serves %s (loaded in %.1fs)", worker_id, model.name, time.monotonic() - started)
 
     async def watchdog(batcher: Batcher) -> None:
@@ -149,7 +155,33 @@ def build_worker(settings: Settings, model: ModelConfig) -> HerdWorker:
         log.critical("the engine thread died; stopping this worker")
         os.kill(os.getpid(), signal.SIGTERM)
 
+    async def idle_exit(bus: WorkerBus) -> None:
+        """Exit (SIGTERM: arq drains) once no job ran for keep_alive seconds and none waits in the queue."""
+        default = parse_keep_alive(settings.keep_alive)
+        worker = holder["worker"]
+        last_active, seen = time.time(), -1
+        while True:
+            finished = worker.jobs_complete + worker.jobs_failed + worker.jobs_retried
+            now = time.time()
+            if worker.job_counter or finished != seen:
+                last_active, seen = now, finished
+            try:
+                raw, depth = await bus.idle_state(model.name)
+                keep_alive = parse_keep_alive(raw) if raw else default
+                deadline = None if math.isinf(keep_alive) else last_active + keep_alive
+                await bus.set_expiry(model.name, deadline)
+            except (ServiceError, *REDIS_ERRORS) as exc:
+                log.warning("keep-alive check failed: %s", exc)
+                deadline, depth = None, 1
+            if deadline is not None and now >= deadline and not depth and not worker.job_counter:
+                log.info("model %s idle past its keep_alive; unloading (worker exits)", model.name)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(min(1.0, settings.heartbeat_interval_s))
+
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "idle" in ctx:
+            ctx["idle"].cancel()
         if "watchdog" in ctx:
             ctx["watchdog"].cancel()
         if "batcher" in ctx:

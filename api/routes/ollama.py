@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+import msgspec
 from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -15,8 +17,11 @@ from api.events import EventStream
 from api.routes.common import close_shielded, collect, decode, gateway, request_id, unless_gone
 from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from api.translate import ollama as translate
-from shared.errors import InvalidRequest, ModelNotFound, ServiceError
+from api.translate import store as translate_store
+from shared.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
 from shared.inference import Embedded, EmbeddingRequest, Finished
+from shared.keepalive import parse_keep_alive
+from shared.store import Manifest, ModelStore
 from shared.wire import ollama as wire
 
 AnyRequest = Request[object, object, State]
@@ -31,6 +36,37 @@ def _catalog(state: State) -> Catalog:
     catalog = state.catalog
     assert isinstance(catalog, Catalog)
     return catalog
+
+
+def _store(state: State) -> ModelStore:
+    store = state.store
+    assert isinstance(store, ModelStore)
+    return store
+
+
+async def _manifest(state: State, name: str) -> Manifest | None:
+    return (await asyncio.to_thread(_store(state).all)).get(name)
+
+
+async def _keep_alive(state: State, served: str, value: wire.KeepAlive | None) -> float:
+    """Record the request's keep_alive (the server default when absent) for the model's worker."""
+    seconds = parse_keep_alive(gateway(state).settings.keep_alive if value is None else value)
+    await gateway(state).set_keep_alive(served, seconds)
+    return seconds
+
+
+async def _load(state: State, served: str, keep_alive: float) -> wire.DoneReason:
+    """An empty prompt: Ollama's way to load a model (or, with keep_alive 0, to unload it)."""
+    gw = gateway(state)
+    if keep_alive == 0:
+        return "unload"  # the worker reads keep_alive 0 and exits once idle
+    deadline = time.monotonic() + gw.settings.queue_wait_timeout_s
+    while not any(served in w.models for w in await gw.workers(max_age_s=0)):
+        if time.monotonic() > deadline:
+            raise Unavailable(f"model '{served}' did not load in time")
+        await gw.load(served)
+        await asyncio.sleep(0.25)
+    return "load"
 
 
 async def _resolve(state: State, name: str) -> tuple[str, int]:
@@ -49,8 +85,11 @@ async def chat(request: AnyRequest, state: State) -> Response[wire.ChatResponse]
     started = time.perf_counter_ns()
     body = await decode(request, wire.ChatRequest)
     served, n_ctx = await _resolve(state, body.model)
-    if not body.messages:  # Ollama's way to load a model; workers hold theirs already
-        return Response(translate.chat_loaded(body.model))
+    keep_alive = await _keep_alive(state, served, body.keep_alive)
+    if not body.messages:
+        reason = await unless_gone(request, _load(state, served, keep_alive))
+        return Response(msgspec.structs.replace(translate.chat_loaded(body.model), done_reason=reason))
+    body = translate_store.chat_defaults(body, await _manifest(state, served))
     req = translate.chat_request(body, served, n_ctx, request_id(request))
     stream = await unless_gone(request, gateway(state).open(req))
 
@@ -65,8 +104,11 @@ async def generate(request: AnyRequest, state: State) -> Response[wire.GenerateR
     started = time.perf_counter_ns()
     body = await decode(request, wire.GenerateRequest)
     served, n_ctx = await _resolve(state, body.model)
-    if not body.prompt:  # Ollama's way to load a model; workers hold theirs already
-        return Response(translate.generate_loaded(body.model))
+    keep_alive = await _keep_alive(state, served, body.keep_alive)
+    if not body.prompt:
+        reason = await unless_gone(request, _load(state, served, keep_alive))
+        return Response(msgspec.structs.replace(translate.generate_loaded(body.model), done_reason=reason))
+    body = translate_store.generate_defaults(body, await _manifest(state, served))
     req = translate.generate_request(body, served, n_ctx, request_id(request))
     stream = await unless_gone(request, gateway(state).open(req))
 
@@ -113,6 +155,7 @@ async def embed(request: AnyRequest, state: State) -> wire.EmbedResponse:
     started = time.perf_counter_ns()
     body = await decode(request, wire.EmbedRequest)
     served, _ = await _resolve(state, body.model)
+    await _keep_alive(state, served, body.keep_alive)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if not inputs or not all(inputs):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", param="input")
@@ -125,6 +168,7 @@ async def embed(request: AnyRequest, state: State) -> wire.EmbedResponse:
 async def embeddings(request: AnyRequest, state: State) -> wire.EmbeddingsResponse:
     body = await decode(request, wire.EmbeddingsRequest)
     served, _ = await _resolve(state, body.model)
+    await _keep_alive(state, served, body.keep_alive)
     if not body.prompt:
         return wire.EmbeddingsResponse(embedding=[])  # as Ollama answers an empty prompt
     req = translate.embed_request([body.prompt], served, True, None, request_id(request))
@@ -145,10 +189,12 @@ async def _embedded(request: AnyRequest, state: State, req: EmbeddingRequest) ->
 @get("/api/tags")
 async def tags(state: State) -> wire.ListResponse:
     catalog, started_at = _catalog(state), float(state.started_at)
-    names = sorted(await gateway(state).models())
-    return wire.ListResponse(
-        models=[translate.list_model(name, await catalog.describe(name), started_at) for name in names]
-    )
+    manifests = await asyncio.to_thread(_store(state).all)
+    models = []
+    for name in sorted(await gateway(state).models()):
+        file = await catalog.describe(name)
+        models.append(translate_store.list_model(name, manifests.get(name), file, started_at))
+    return wire.ListResponse(models=models)
 
 
 @post("/api/show", status_code=200)
@@ -156,16 +202,21 @@ async def show(request: AnyRequest, state: State) -> wire.ShowResponse:
     body = await decode(request, wire.ShowRequest)
     served, _ = await _resolve(state, body.model or body.name)
     file = await _catalog(state).describe(served, verbose=body.verbose)
-    return translate.show(served, file, float(state.started_at))
+    return translate_store.show(served, await _manifest(state, served), file, float(state.started_at))
 
 
 @get("/api/ps")
 async def ps(state: State) -> wire.ProcessResponse:
+    gw = gateway(state)
     running: dict[str, int] = {}
-    for worker in await gateway(state).workers():
+    for worker in await gw.workers(max_age_s=0):
         running.update(dict.fromkeys(worker.models, worker.n_ctx))
-    catalog = _catalog(state)
-    models = [translate.running_model(name, n, await catalog.describe(name)) for name, n in sorted(running.items())]
+    expires = await gw.expirations(sorted(running))
+    catalog, manifests = _catalog(state), await asyncio.to_thread(_store(state).all)
+    models = [
+        translate_store.running_model(name, n, manifests.get(name), await catalog.describe(name), expires[name])
+        for name, n in sorted(running.items())
+    ]
     return wire.ProcessResponse(models=models)
 
 

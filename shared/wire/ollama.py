@@ -211,3 +211,46 @@ class EmbeddingsRequest(msgspec.Struct):
 
 class EmbeddingsResponse(msgspec.Struct):
     embedding: list[float]
+
+
+# ---- model management (create, copy, delete, pull, blobs) ------------------------------------------------------
+
+
+class CreateRequest(msgspec.Struct):
+    model: str = ""
+    from_: str = msgspec.field(default="", name="from")
+    files: dict[str, str] | None = None  # file name -> blob digest
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str | None = None
+    stream: bool | None = None
+    name: str = ""  # the deprecated spelling of `model`
+    modelfile: str | None = None  # removed from Ollama's API in 0.5; refused with a pointer to `from`/`files`
+
+
+class CopyRequest(msgspec.Struct):
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+
+
+class PullRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+    insecure: bool = False
+    stream: bool | None = None
+
+
+class ProgressResponse(msgspec.Struct, omit_defaults=True):
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0

@@ -1,0 +1,197 @@
+"""Unit tests of pure store logic: name and digest validation, keep_alive, manifests and blob collection, pull picks."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from api.manage import receive_blob
+from api.pull import _check_address, _Sibling, pick_file, resolve_name
+from shared.config import load_settings
+from shared.errors import InvalidRequest, ModelNotFound
+from shared.keepalive import parse_keep_alive
+from shared.names import canonical_name, parse_digest
+from shared.store import Manifest, ModelStore
+
+HEX = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("smollm2", "smollm2:latest"),
+        ("smollm2:135m", "smollm2:135m"),
+        ("library/llama3.2:1b", "library/llama3.2:1b"),
+        ("hf.co/bartowski/SmolLM2-135M-GGUF:Q4_K_M", "hf.co/bartowski/SmolLM2-135M-GGUF:Q4_K_M"),
+        ("a_b-c.d", "a_b-c.d:latest"),
+    ],
+)
+def test_valid_names(name: str, canonical: str) -> None:
+    assert canonical_name(name) == canonical
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../../etc/passwd",
+        "a/../../b",
+        "/etc/passwd",
+        "%2e%2e%2fetc",
+        "..%2f..%2fetc",
+        "a\x00b",
+        "a\\b",
+        "C:\\Windows",
+        ".hidden",
+        "-flag",
+        "x" * 81,
+        "a:" + "t" * 81,
+        "a:b:c",
+        "m:../x",
+        "ns.with.dot/model",
+        "one/two/three/four",
+        "a b",
+        "model:",
+        "a..b",
+    ],
+)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidRequest):
+        canonical_name(name)
+
+
+def test_digests() -> None:
+    assert parse_digest(f"sha256:{HEX}") == HEX
+    assert parse_digest(f"sha256-{HEX}") == HEX
+    for bad in ("sha256:../x", f"sha256:{HEX[:-1]}", f"sha256:{HEX}a", f"sha256:{HEX.upper()}", HEX, f"md5:{HEX}",
+                f"sha256:{HEX}\x00", f"sha256:/{HEX[1:]}"):  # fmt: skip
+        with pytest.raises(InvalidRequest):
+            parse_digest(bad)
+
+
+def test_keep_alive() -> None:
+    assert parse_keep_alive("5m") == 300
+    assert parse_keep_alive("1h30m") == 5400
+    assert parse_keep_alive("1.5s") == 1.5
+    assert parse_keep_alive("300ms") == pytest.approx(0.3)
+    assert parse_keep_alive(0) == 0
+    assert parse_keep_alive("0") == 0
+    assert parse_keep_alive(120) == 120
+    assert parse_keep_alive(-1) == math.inf
+    assert parse_keep_alive("-1m") == math.inf
+    for bad in ("5 minutes", "m", "5x", "", "1h-5m"):
+        with pytest.raises(InvalidRequest):
+            parse_keep_alive(bad)
+
+
+def _blob(store: ModelStore, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    temp = store.temp_file()
+    temp.write_bytes(data)
+    store.commit_blob(temp, digest)
+    return digest
+
+
+def test_store_manifests_and_collection(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models").open()
+    shared, own = _blob(store, b"shared"), _blob(store, b"draft")
+    store.put(Manifest(name="a:latest", model=shared, size=6, modified_at=time.time()))
+    store.put(Manifest(name="b:v1", model=shared, size=6, modified_at=time.time(), draft=own))
+    assert set(store.all()) == {"a:latest", "b:v1"}
+    assert store.get("a") is not None  # the tag defaults to latest
+    # Manifest files are named by the hash of the name: nothing a client sends becomes a path.
+    assert {p.name for p in store.manifests.iterdir()} == {hashlib.sha256(n.encode()).hexdigest() for n in store.all()}
+    assert store.delete("b:v1") == [own]  # the shared blob is still used by a:latest
+    assert store.has_blob(shared) and not store.has_blob(own)
+    assert store.delete("a") == [shared]
+    assert list(store.blobs.iterdir()) == []
+    with pytest.raises(ModelNotFound):
+        store.delete("a")
+    with pytest.raises(InvalidRequest):  # a manifest never points at a blob that is not there
+        store.put(Manifest(name="c:latest", model=f"sha256:{HEX}", size=1, modified_at=time.time()))
+
+
+def test_store_start_removes_stale_temp_and_orphan_blobs(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models").open()
+    orphan, kept = _blob(store, b"orphan"), _blob(store, b"kept")
+    store.put(Manifest(name="k:latest", model=kept, size=4, modified_at=time.time()))
+    stale, fresh = store.tmp / "pull-old.partial", store.tmp / "pull-new.partial"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    for digest in (orphan, kept):
+        os.utime(store.blob_path(digest), (old, old))
+    ModelStore(store.root).open()
+    assert not stale.exists() and fresh.exists()  # a young partial download is kept to be resumed
+    assert not store.has_blob(orphan) and store.has_blob(kept)
+
+
+def test_manifest_under_a_foreign_file_name_is_ignored(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models").open()
+    digest = _blob(store, b"m")
+    (store.manifests / "planted").write_text(f'{{"name":"x:latest","model":"{digest}","size":1,"modified_at":0}}')
+    assert store.all() == {}
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_receive_blob_verifies_and_caps(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models").open()
+    data = b"hello world"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pytest.raises(InvalidRequest):
+        await receive_blob(store, digest, _chunks(b"hello", b" there"), cap=100)
+    with pytest.raises(InvalidRequest):
+        await receive_blob(store, digest, _chunks(b"hello", b" world"), cap=8)
+    assert list(store.blobs.iterdir()) == [] and list(store.tmp.iterdir()) == []
+    assert await receive_blob(store, digest, _chunks(b"hello", b" world"), cap=100) is True
+    assert store.blob_path(digest).read_bytes() == data
+    assert await receive_blob(store, digest, _chunks(b"ignored"), cap=100) is False
+
+
+def test_pick_file_by_quant() -> None:
+    files = [_Sibling(n) for n in ("README.md", "m-Q4_K_M.gguf", "m-Q8_0.gguf", "mmproj-m-f16.gguf", "sub/m-Q2_K.gguf")]
+    assert pick_file(files, "q8_0") is not None and pick_file(files, "q8_0").rfilename == "m-Q8_0.gguf"  # type: ignore[union-attr]
+    assert pick_file(files, "latest").rfilename == "m-Q4_K_M.gguf"  # type: ignore[union-attr]
+    assert pick_file(files, "Q2_K") is None  # split or nested files are not pulled
+    assert pick_file(files, "f16") is None  # a vision projector is not a model
+    assert pick_file([_Sibling("a-Q8_0.gguf"), _Sibling("b-Q6_K.gguf")], "latest") is None
+
+
+def test_pull_sources_need_configuration() -> None:
+    settings = load_settings({})
+    with pytest.raises(InvalidRequest, match="HERD_HF_ENDPOINT"):
+        resolve_name("hf.co/owner/repo:Q4_0", settings)
+    with pytest.raises(InvalidRequest, match="HERD_PULL_ALLOW"):
+        resolve_name("https://example.invalid/m.gguf", settings)
+    with pytest.raises(InvalidRequest):
+        resolve_name("llama3.2", settings)
+    allowed = load_settings({"HERD_PULL_ALLOW": "https://models.example.invalid/pub/"})
+    assert resolve_name("https://models.example.invalid/pub/My-Model.Q4_0.gguf", allowed) == (
+        "my-model.q4_0:latest",
+        "url",
+    )
+    site = "https://models.example.invalid"
+    for bad in (f"{site}/pub/../etc/x.gguf", f"{site}/pub/x.bin", f"{site}/pub/%2e%2e/x.gguf", f"{site}/public/x.gguf"):
+        with pytest.raises(InvalidRequest):
+            resolve_name(bad, allowed)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "::1", "169.254.169.254", "10.1.2.3", "192.168.0.1", "172.16.0.1", "0.0.0.0"]
+)
+def test_private_addresses_are_refused_unless_allowed(host: str) -> None:
+    with pytest.raises(InvalidRequest):
+        _check_address(host, allow_private=False)
+    _check_address(host, allow_private=True)
