@@ -204,9 +204,15 @@ def test_create_from_blob_then_chat_loads_it_on_demand(client: ollama.Client, sr
     assert listed["terse:v1"].digest == digest.removeprefix("sha256:")
 
     shown = client.show("terse:v1")
-    assert shown.system == "You answer in one word."
-    assert shown.parameters is not None and "num_predict" in shown.parameters and "stop" in shown.parameters
+    assert shown.parameters is not None
+    assert [line.split() for line in shown.parameters.splitlines()] == [
+        ["num_predict", "8"],
+        ["stop", '"\\n\\n"'],
+        ["temperature", "0"],
+    ]
     assert 'SYSTEM """You answer in one word."""' in (shown.modelfile or "")
+    raw = httpx.post(f"{srv.base_url}/api/show", json={"model": "terse:v1"}).json()
+    assert raw["system"] == "You answer in one word."
 
     assert "terse:v1" not in {m.model for m in client.ps().models}  # not loaded until asked for
     reply = client.chat(model="terse:v1", messages=[{"role": "user", "content": "Name a color."}], keep_alive="10m")
@@ -243,8 +249,9 @@ def test_openai_models_list_reads_the_store(srv: HerdServer) -> None:
 def test_create_from_an_existing_model(client: ollama.Client) -> None:
     client.create(model="pirate", from_="terse:v1", system="Talk like a pirate.", parameters={"temperature": 0.5})
     shown = client.show("pirate")
-    assert shown.system == "Talk like a pirate."
+    assert 'SYSTEM """Talk like a pirate."""' in (shown.modelfile or "")
     assert shown.parameters is not None and "num_predict" in shown.parameters  # inherited from terse:v1
+    assert "temperature                    0.5" in shown.parameters
     client.delete("pirate")
 
 
@@ -252,7 +259,7 @@ def test_copy_and_delete_collect_only_unreferenced_blobs(client: ollama.Client, 
     digest = next(m.digest for m in client.list().models if m.model == "terse:v1")
     blob = models_dir / "blobs" / f"sha256-{digest}"
     assert client.copy("terse:v1", "terse:copy").status == "success"
-    assert client.show("terse:copy").system == "You answer in one word."
+    assert 'SYSTEM """You answer in one word."""' in (client.show("terse:copy").modelfile or "")
     assert client.delete("terse:v1").status == "success"
     assert blob.exists()  # still used by the copy
     assert client.delete("terse:copy").status == "success"

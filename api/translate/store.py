@@ -47,7 +47,8 @@ def running_model(
 
 
 def _value(value: Any) -> str:
-    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    """JSON for every value: a string comes out quoted, so a stop sequence like "\n\n" stays on its line."""
+    return msgspec.json.encode(value).decode()
 
 
 def parameter_lines(parameters: dict[str, Any]) -> list[tuple[str, str]]:
