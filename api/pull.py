@@ -6,7 +6,7 @@ Sources (no Ollama registry exists for herd):
                                    name carries it; `GET /{owner}/{repo}/resolve/main/{file}` serves it (redirects ok)
   https://…/name.gguf              only under a prefix listed in HERD_PULL_ALLOW
 
-Every connection (redirects included) is checked first: its host must resolve to public addresses only, unless
+Every connection (redirects included) goes to an address checked at connect time: public only, unless
 HERD_PULL_ALLOW_PRIVATE is set. A partial download stays in tmp/ under a name derived from the source and is
 resumed with a Range request; the store's start-up removes partial files older than a day.
 """
@@ -21,11 +21,14 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
+import certifi
+import httpcore
 import httpx
 import msgspec
 
@@ -73,25 +76,69 @@ class _RepoInfo(msgspec.Struct):
     siblings: list[_Sibling] = []
 
 
-def _check_address(host: str, allow_private: bool) -> None:
-    """Refuse hosts that resolve to loopback, link-local, private or otherwise non-public addresses."""
+def public_addresses(host: str, port: int, allow_private: bool) -> list[str]:
+    """The addresses `host` resolves to; InvalidRequest if any is loopback, link-local, private or reserved."""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise PullError(f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
-    if allow_private:
-        return
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global or address.is_multicast:
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses if not allow_private else ():
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global or ip.is_multicast:
             raise InvalidRequest(f"pulling from {host!r} is not allowed: it is not a public address", param="model")
+    return addresses
 
 
-async def guard(url: str, settings: Settings) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("pull sources are http(s) URLs", param="model")
-    await asyncio.to_thread(_check_address, parts.hostname, settings.pull_allow_private)
+class _PublicOnly(httpcore.AsyncNetworkBackend):
+    """Resolves each host itself and connects to the very address it checked, so a DNS answer that changes between
+    a check and the connect (rebinding) cannot reach a private address; TLS still verifies the host name."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._allow_private = allow_private
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await asyncio.to_thread(public_addresses, host, port, self._allow_private)
+        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise InvalidRequest("pull sources are http(s) URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a connection pool that connects only through _PublicOnly."""
+
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            network_backend=_PublicOnly(allow_private),
+        )
+
+
+def pull_client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=_GuardedTransport(settings.pull_allow_private),
+        timeout=httpx.Timeout(30.0, read=60.0),
+        follow_redirects=False,  # followed by hand in _get, each hop's scheme checked
+        trust_env=False,  # no proxy from the environment: the address check must see the real destination
+    )
 
 
 def _url_name(url: str) -> str:
@@ -135,10 +182,12 @@ def pick_file(siblings: list[_Sibling], quant: str) -> _Sibling | None:
     return min(candidates, key=lambda s: len(s.rfilename)) if candidates else None
 
 
-async def _get(client: httpx.AsyncClient, url: str, settings: Settings, headers: dict[str, str]) -> httpx.Response:
-    """GET with redirects followed by hand, each hop checked by `guard`; the caller closes the response."""
+async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET with redirects followed by hand (each hop's address is checked when it connects); caller closes it."""
     for _ in range(_MAX_REDIRECTS + 1):
-        await guard(url, settings)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PullError(f"the source redirected to something that is not an http(s) URL: {url[:200]}")
         response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
         if response.is_redirect and "location" in response.headers:
             await response.aclose()
@@ -155,7 +204,7 @@ async def resolve(client: httpx.AsyncClient, model: str, settings: Settings) -> 
     base, quant = split_tag(name)
     repo = base.removeprefix(HF_PREFIX)
     endpoint = settings.hf_endpoint.rstrip("/")
-    response = await _get(client, f"{endpoint}/api/models/{quote(repo)}?blobs=true", settings, {})
+    response = await _get(client, f"{endpoint}/api/models/{quote(repo)}?blobs=true", {})
     try:
         if response.status_code in (401, 403, 404):
             raise ModelNotFound(f"pull model manifest: {repo} not found on the hub", param="model")
@@ -200,8 +249,7 @@ class Puller:
             raise PullError(f"pull failed: {exc.strerror or exc}") from exc
 
     async def _pull(self) -> AsyncIterator[ProgressResponse]:
-        timeout = httpx.Timeout(30.0, read=60.0)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        async with pull_client(self._settings) as client:
             source = await resolve(client, self._model, self._settings)
             cap = self._settings.blob_max_bytes
             if source.size is not None and source.size > cap:
@@ -231,7 +279,7 @@ class Puller:
             except BlockingIOError:
                 raise InvalidRequest(f"{source.filename} is being pulled already", param="model") from None
             have = out.seek(0, os.SEEK_END)
-            response = await _get(client, source.url, self._settings, {"Range": f"bytes={have}-"} if have else {})
+            response = await _get(client, source.url, {"Range": f"bytes={have}-"} if have else {})
             try:
                 if response.status_code == 416 and have and have == source.size:
                     return  # the partial file is already whole; verification decides

@@ -132,6 +132,7 @@ def srv(redis_port: int, hub: Hub, models_dir: Path, tmp_path_factory: pytest.Te
         "HERD_MODELS_DIR": str(models_dir),
         "HERD_HF_ENDPOINT": hub.url,
         "HERD_PULL_ALLOW_PRIVATE": "true",  # the hub is on loopback
+        "HERD_PULL_ALLOW": f"{hub.url}/cdn/",
         "HERD_MAX_SEQS": "2",
     }
     server = HerdServer(redis_port, db=14, log_path=tmp_path_factory.mktemp("store") / "serve.log", **env)
@@ -358,6 +359,16 @@ def test_a_killed_pull_leaves_no_model_and_resumes(
     assert hub.ranges and int(hub.ranges[-1].removeprefix("bytes=").split("-")[0]) > 0  # resumed, not restarted
     assert PULLED in {m.model for m in client.list().models}
     assert list((models_dir / "tmp").glob("*.partial")) == []
+
+
+def test_pull_an_allow_listed_url(client: ollama.Client, srv: HerdServer, hub: Hub) -> None:
+    events = list(client.pull(f"{hub.url}/cdn/SmolLM2-135M-Q4_1.gguf", stream=True))
+    assert [e.status for e in events][-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    listed = {m.model: m for m in client.list().models}
+    assert listed["smollm2-135m-q4_1:latest"].digest == hub.sha
+    client.delete("smollm2-135m-q4_1")
+    resp = httpx.post(f"{srv.base_url}/api/pull", json={"model": f"{hub.url}/elsewhere/x.gguf"})
+    assert resp.status_code == 400 and "HERD_PULL_ALLOW" in resp.json()["error"]
 
 
 # ---- hostile input -----------------------------------------------------------------------------------------------

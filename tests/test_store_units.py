@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.manage import receive_blob
-from api.pull import _check_address, _Sibling, pick_file, resolve_name
+from api.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
 from shared.config import load_settings
 from shared.errors import InvalidRequest, ModelNotFound
 from shared.keepalive import parse_keep_alive
@@ -193,5 +195,27 @@ def test_pull_sources_need_configuration() -> None:
 )
 def test_private_addresses_are_refused_unless_allowed(host: str) -> None:
     with pytest.raises(InvalidRequest):
-        _check_address(host, allow_private=False)
-    _check_address(host, allow_private=True)
+        public_addresses(host, 443, allow_private=False)
+    assert public_addresses(host, 443, allow_private=True)
+
+
+async def test_pull_connections_to_loopback_never_happen() -> None:
+    """The check runs where the connection is made: a listening loopback socket sees no connection attempt."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        with pytest.raises(InvalidRequest):
+            await _PublicOnly(allow_private=False).connect_tcp("127.0.0.1", port)
+        async with pull_client(load_settings({})) as client:
+            for url in (f"http://127.0.0.1:{port}/x.gguf", f"http://localhost:{port}/x.gguf"):
+                with pytest.raises(InvalidRequest):
+                    await client.get(url)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever connected
+        async with pull_client(load_settings({"HERD_PULL_ALLOW_PRIVATE": "true"})) as client:
+            with pytest.raises(httpx.HTTPError):  # allowed: it connects (and gets no HTTP answer)
+                await client.get(f"http://127.0.0.1:{port}/x.gguf", timeout=0.5)
+        conn, _ = listener.accept()
+        conn.close()
