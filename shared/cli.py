@@ -54,7 +54,7 @@ def run_worker(settings: Settings, model_name: str | None) -> None:
         build_worker(settings, model).run()
         return
     store = ModelStore(models_dir(settings))
-    manifest = store.all().get(model_name or "") if store.manifests.is_dir() else None
+    manifest = store.all().get(model_name or "")
     if manifest is None:
         sys.exit(f"herd worker: no model named {model_name!r}; configured: {[m.name for m in settings.models]}")
     build_worker(settings, store.model_config(manifest, settings), on_demand=True).run()
@@ -174,7 +174,7 @@ class Supervisor:
             if key in self._children or self._settings.model(name) is not None:
                 continue  # loading or loaded already; configured models have their own always-on worker
             try:
-                known = canonical_name(name) == name and self._store.manifests.is_dir() and name in self._store.all()
+                known = canonical_name(name) == name and name in self._store.all()
             except InvalidRequest:
                 known = False
             if not known:

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from shared.config import ModelConfig, Settings
-from shared.errors import InvalidRequest, ModelNotFound
+from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.names import canonical_name, parse_digest
 
 log = logging.getLogger("herd.store")
@@ -68,13 +68,19 @@ class ModelStore:
         self.tmp = self.root / "tmp"
         self._lock = threading.Lock()  # manifest writes and blob collection in this process
         self._cache: tuple[int, dict[str, Manifest]] | None = None
+        self.ready = False  # open() succeeded: the directories exist and can be written
 
     def open(self) -> ModelStore:
         for directory in (self.blobs, self.manifests, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         self.clean_tmp(TEMP_MAX_AGE_S)
         self.collect_blobs(TEMP_MAX_AGE_S)
+        self.ready = True
         return self
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable(f"the model store at {self.root} is not available (see HERD_MODELS_DIR)")
 
     # ---- paths (only ever from validated digests and hashed names) ----------------------------------------------
 
@@ -151,7 +157,10 @@ class ModelStore:
 
     def all(self) -> dict[str, Manifest]:
         """Every manifest by name, re-read only when the manifests directory changed (a rename changes its mtime)."""
-        version = self.manifests.stat().st_mtime_ns
+        try:
+            version = self.manifests.stat().st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            return {}  # no store here (yet): nothing listed
         cached = self._cache
         if cached is not None and cached[0] == version:
             return cached[1]

@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.app import open_store
 from api.manage import receive_blob
 from api.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
 from shared.config import load_settings
-from shared.errors import InvalidRequest, ModelNotFound
+from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.keepalive import parse_keep_alive
 from shared.names import canonical_name, parse_digest
 from shared.store import Manifest, ModelStore
@@ -219,3 +220,12 @@ async def test_pull_connections_to_loopback_never_happen() -> None:
                 await client.get(f"http://127.0.0.1:{port}/x.gguf", timeout=0.5)
         conn, _ = listener.accept()
         conn.close()
+
+
+def test_an_unwritable_store_is_not_fatal(tmp_path: Path) -> None:
+    """A pod with a read-only root file system still serves its configured models; management answers 503."""
+    (tmp_path / "file").write_text("not a directory")
+    store = open_store(load_settings({"HERD_MODELS_DIR": str(tmp_path / "file" / "models")}))
+    assert not store.ready and store.all() == {}
+    with pytest.raises(Unavailable):
+        store.require_ready()

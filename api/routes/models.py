@@ -25,6 +25,7 @@ AnyRequest = Request[object, object, State]
 def _store(state: State) -> ModelStore:
     store = state.store
     assert isinstance(store, ModelStore)
+    store.require_ready()
     return store
 
 
