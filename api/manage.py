@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from api import modelfile
 from shared.errors import InvalidRequest, ModelNotFound
 from shared.gguf import GGUFError, read_info
 from shared.names import canonical_name, parse_digest
@@ -71,12 +72,6 @@ def _refuse_unsupported(body: wire.CreateRequest) -> None:
         raise InvalidRequest("adapters (LoRA) are unsupported", param="adapters")
     if body.messages:
         raise InvalidRequest("messages are unsupported in create", param="messages")
-    if body.modelfile is not None:
-        raise InvalidRequest(
-            "the modelfile field was removed from Ollama's API (0.5); send from, files, template, system and "
-            "parameters (the ollama clients do this for you)",
-            param="modelfile",
-        )
 
 
 def _check_gguf(store: ModelStore, digest: str) -> None:
@@ -91,6 +86,7 @@ def _check_gguf(store: ModelStore, digest: str) -> None:
 def create(store: ModelStore, body: wire.CreateRequest) -> list[wire.ProgressResponse]:
     """Write the manifest for `body` and return the status lines of the steps taken (blocking; run in a thread)."""
     name = canonical_name(body.model or body.name)
+    body = modelfile.merged(body)
     _refuse_unsupported(body)
     base = None
     if body.from_:

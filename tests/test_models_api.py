@@ -256,6 +256,20 @@ def test_create_from_an_existing_model(client: ollama.Client) -> None:
     client.delete("pirate")
 
 
+def test_create_from_a_modelfile(client: ollama.Client, srv: HerdServer) -> None:
+    """What clients before Ollama 0.5 send: the Modelfile text itself."""
+    text = 'FROM smollm2:135m\nSYSTEM """Be brief."""\nPARAMETER num_predict 4\nPARAMETER stop "END"\n'
+    resp = httpx.post(f"{srv.base_url}/api/create", json={"model": "brief", "modelfile": text, "stream": False})
+    assert resp.status_code == 200 and resp.json() == {"status": "success"}
+    shown = client.show("brief")
+    assert 'SYSTEM """Be brief."""' in (shown.modelfile or "")
+    assert "PARAMETER num_predict 4" in (shown.modelfile or "") and 'PARAMETER stop "END"' in (shown.modelfile or "")
+    client.delete("brief")
+    for bad in ("FROM /etc/passwd", "FROM ./model.gguf", "FROM smollm2:135m\nADAPTER ./lora.gguf"):
+        resp = httpx.post(f"{srv.base_url}/api/create", json={"model": "bad", "modelfile": bad})
+        assert resp.status_code == 400, bad
+
+
 def test_copy_and_delete_collect_only_unreferenced_blobs(client: ollama.Client, models_dir: Path) -> None:
     digest = next(m.digest for m in client.list().models if m.model == "terse:v1")
     blob = models_dir / "blobs" / f"sha256-{digest}"

@@ -15,6 +15,7 @@ import pytest
 
 from api.app import open_store
 from api.manage import receive_blob
+from api.modelfile import parse as parse_modelfile
 from api.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
 from shared.config import load_settings
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
@@ -229,3 +230,27 @@ def test_an_unwritable_store_is_not_fatal(tmp_path: Path) -> None:
     assert not store.ready and store.all() == {}
     with pytest.raises(Unavailable):
         store.require_ready()
+
+
+def test_modelfile_parsing() -> None:
+    text = '''# a comment
+FROM smollm2:135m
+PARAMETER temperature 0.2
+PARAMETER num_ctx 4096
+PARAMETER stop "<|im_end|>"
+PARAMETER stop "\\n\\nUser:"
+SYSTEM """You are
+terse."""
+TEMPLATE {{ .System }} {{ .Prompt }}
+'''
+    parsed = parse_modelfile(text)
+    assert parsed.from_ == "smollm2:135m"
+    assert parsed.parameters == {"temperature": 0.2, "num_ctx": 4096, "stop": ["<|im_end|>", "\\n\\nUser:"]}
+    assert parsed.system == "You are\nterse."
+    assert parsed.template == "{{ .System }} {{ .Prompt }}"
+    assert parse_modelfile(f"FROM @sha256:{HEX}").files == {"model.gguf": f"sha256:{HEX}"}
+    for bad in ("FROM ./model.gguf", "FROM /etc/passwd", "FROM ../../x", "FROM C:\\\\x", "ADAPTER ./lora.gguf",
+                "FROM m\nMESSAGE user hi", "FROM m\nPARAMETER bogus 1", "FROM m\nPARAMETER num_ctx lots",
+                'SYSTEM """open', "FROM @sha256:../../x", "WHAT is this"):  # fmt: skip
+        with pytest.raises(InvalidRequest):
+            parse_modelfile(bad)

@@ -229,7 +229,7 @@ class CreateRequest(msgspec.Struct):
     quantize: str | None = None
     stream: bool | None = None
     name: str = ""  # the deprecated spelling of `model`
-    modelfile: str | None = None  # removed from Ollama's API in 0.5; refused with a pointer to `from`/`files`
+    modelfile: str | None = None  # what older clients send instead of the fields above (api/modelfile.py)
 
 
 class CopyRequest(msgspec.Struct):
