@@ -16,15 +16,26 @@ from litestar.exceptions import HTTPException
 from litestar.types import Message, Scope
 
 from api.catalog import Catalog
-from api.errors import TABLE, is_ollama_path, ollama_body, ollama_headers, openai_body, openai_headers
+from api.errors import (
+    TABLE,
+    OAuthError,
+    is_oauth_path,
+    is_ollama_path,
+    oauth_error,
+    ollama_body,
+    ollama_headers,
+    openai_body,
+    openai_headers,
+)
 from api.gateway import Gateway
 from api.ids import add_request_id
 from api.metrics import Metrics
-from api.routes import health, models, ollama, openai, queue
+from api.routes import health, models, oauth, ollama, openai, queue
+from api.security import Security
 from api.tracing import server_spans
 from shared import tracing
 from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, models_dir
-from shared.errors import EngineError, ServiceError
+from shared.errors import EngineError, ServiceError, Unauthenticated
 from shared.store import ModelStore
 from shared.wire import ollama as ollama_wire
 from shared.wire.openai import ErrorDetail, ErrorResponse
@@ -32,21 +43,44 @@ from shared.wire.openai import ErrorDetail, ErrorResponse
 log = logging.getLogger("herd.api")
 
 
-# Errors are rendered in the protocol of the path: Ollama's `{"error": "..."}` under /api, OpenAI's shape elsewhere.
-ErrorBody = ErrorResponse | ollama_wire.ErrorResponse
+# Errors are rendered in the protocol of the path: Ollama's `{"error": "..."}` under /api, OAuth's under /oauth,
+# OpenAI's shape elsewhere.
+ErrorBody = ErrorResponse | ollama_wire.ErrorResponse | OAuthError
 
 
 def _service_error(settings: Settings) -> object:
     def handler(request: Request[object, object, State], exc: ServiceError) -> Response[ErrorBody]:
-        status = TABLE[exc.kind].status
-        if is_ollama_path(request.url.path):
-            return Response(ollama_body(exc), status_code=status, headers=ollama_headers(exc, settings.retry_after_s))
-        return Response(openai_body(exc), status_code=status, headers=openai_headers(exc, settings.retry_after_s))
+        return _service_error_response(request, exc, settings.retry_after_s)
 
     return handler
 
 
-def _http_error(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
+def _service_error_response(
+    request: Request[object, object, State], exc: ServiceError, retry_after_s: int
+) -> Response[ErrorBody]:
+    status = TABLE[exc.kind].status
+    if is_oauth_path(request.url.path):
+        status, body, headers = oauth_error(exc)
+        return Response(body, status_code=status, headers={**headers, "cache-control": "no-store"})
+    if is_ollama_path(request.url.path):
+        return Response(ollama_body(exc), status_code=status, headers=ollama_headers(exc, retry_after_s))
+    return Response(openai_body(exc), status_code=status, headers=openai_headers(exc, retry_after_s))
+
+
+def _http_error(auth_on: bool) -> object:
+    def handler(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
+        # The router answered before the auth middleware ran: a path nobody routes is closed too, so an anonymous
+        # caller learns nothing from 404 vs 401. (Anyone with a credential gets the real answer.)
+        routed = "auth" in request.scope or request.headers.get("authorization")
+        if auth_on and exc.status_code in (404, 405) and not routed:
+            refusal = Unauthenticated("You didn't provide an API key or bearer token.", token_error=None)
+            return _service_error_response(request, refusal, 0)
+        return _http_error_response(request, exc)
+
+    return handler
+
+
+def _http_error_response(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     if is_ollama_path(request.url.path):
         return Response(ollama_wire.ErrorResponse(str(exc.detail)), status_code=status, headers=exc.headers or None)
@@ -97,6 +131,8 @@ def create_app(settings: Settings) -> Litestar:
     provider = tracing.setup("api")
     tracer = tracing.tracer(provider, "herd.api")
     metrics = Metrics()
+    state = State()
+    security = Security(settings, lambda: state.gateway)
 
     async def count_response(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
@@ -110,6 +146,8 @@ def create_app(settings: Settings) -> Litestar:
         gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics, store)
         await gateway.start()
         app.state.gateway = gateway
+        state.gateway = gateway  # the same gateway, for the auth middleware and the issuer
+        app.state.issuer = security.issuer
         app.state.metrics = metrics
         app.state.store = store
         app.state.catalog = Catalog(_locate(settings, store))
@@ -117,21 +155,30 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            await security.close()
             await gateway.close()
             await redis.aclose()
             if provider is not None:
                 provider.shutdown()  # flushes the spans still queued
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *openai.ROUTES, *queue.ROUTES, *ollama.ROUTES, *models.ROUTES],
+        route_handlers=[
+            *health.ROUTES,
+            *openai.ROUTES,
+            *queue.ROUTES,
+            *ollama.ROUTES,
+            *models.ROUTES,
+            *(oauth.ROUTES if security.issuer is not None else []),
+        ],
         lifespan=[lifespan],
-        before_send=[add_request_id, count_response],
-        middleware=[server_spans(tracer)] if tracer is not None else [],
+        before_send=[add_request_id, count_response, *security.before_send],
+        middleware=[*([server_spans(tracer)] if tracer is not None else []), *security.middleware],
         exception_handlers={
             ServiceError: _service_error(settings),  # type: ignore[dict-item]
-            HTTPException: _http_error,
+            HTTPException: _http_error(security.enabled),  # type: ignore[dict-item]
             Exception: _unexpected,
         },
         openapi_config=None,
+        logging_config=None,  # logging is set up once, by the CLI (shared/logs.py): JSON lines
         request_max_body_size=16 * 1024 * 1024,
     )

@@ -7,7 +7,7 @@ import re
 
 import msgspec
 
-from shared.errors import ErrorKind, InvalidRequest, ServiceError
+from shared.errors import ErrorKind, Forbidden, InvalidRequest, ServiceError, Unauthenticated
 from shared.wire import ollama
 from shared.wire.openai import ErrorDetail, ErrorResponse
 
@@ -29,6 +29,10 @@ TABLE: dict[ErrorKind, Rule] = {
     ErrorKind.STREAM_BROKEN: Rule(502, "server_error", "stream_broken", transient=True),
     ErrorKind.ENGINE_ERROR: Rule(500, "server_error", "engine_error"),
     ErrorKind.CANCELLED: Rule(499, "server_error", "cancelled"),
+    ErrorKind.UNAUTHENTICATED: Rule(401, "invalid_request_error", "invalid_api_key"),
+    ErrorKind.FORBIDDEN: Rule(403, "invalid_request_error", "insufficient_scope"),
+    # OpenAI's 429 body; clients retry it after Retry-After.
+    ErrorKind.RATE_LIMITED: Rule(429, "requests", "rate_limit_exceeded", transient=True),
 }
 
 
@@ -37,8 +41,20 @@ def openai_body(exc: ServiceError) -> ErrorResponse:
     return ErrorResponse(ErrorDetail(message=exc.message, type=rule.type, param=exc.param, code=rule.code))
 
 
+def challenge(exc: ServiceError) -> dict[str, str]:
+    """RFC 6750's WWW-Authenticate for a 401 or 403 (no error attribute when no credential was sent)."""
+    if isinstance(exc, Unauthenticated):
+        error = f', error="{exc.token_error}"' if exc.token_error else ""
+        return {"www-authenticate": f'Bearer realm="herd"{error}'}
+    if isinstance(exc, Forbidden):
+        return {"www-authenticate": f'Bearer realm="herd", error="insufficient_scope", scope="{exc.scope}"'}
+    return {}
+
+
 def openai_headers(exc: ServiceError, default_retry_after_s: int) -> dict[str, str]:
     rule = TABLE[exc.kind]
+    if rule.status in (401, 403):
+        return challenge(exc)
     if not rule.transient:
         # Clients retry every 5xx unless told otherwise; a deterministic failure would fail again.
         return {"x-should-retry": "false"} if rule.status >= 500 else {}
@@ -55,6 +71,8 @@ def ollama_body(exc: ServiceError) -> ollama.ErrorResponse:
 
 def ollama_headers(exc: ServiceError, default_retry_after_s: int) -> dict[str, str]:
     rule = TABLE[exc.kind]
+    if rule.status in (401, 403):
+        return challenge(exc)
     return {"retry-after": str(exc.retry_after_s or default_retry_after_s)} if rule.transient else {}
 
 
@@ -73,3 +91,27 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inval
         missing = re.search(r"missing required field `(\w+)`", text)
         return InvalidRequest(f"{text}", param=missing.group(1) if missing else None)
     return InvalidRequest(f"We could not parse the JSON body of your request: {text}", param=None)
+
+
+class OAuthError(msgspec.Struct):
+    """RFC 6749's error body, for the built-in issuer's token endpoint."""
+
+    error: str
+    error_description: str
+
+
+_OAUTH_CODES = {"grant_type": "unsupported_grant_type", "scope": "invalid_scope"}
+
+
+def is_oauth_path(path: str) -> bool:
+    return path.startswith("/oauth/")
+
+
+def oauth_error(exc: ServiceError) -> tuple[int, OAuthError, dict[str, str]]:
+    """Status, body and headers in OAuth's terms: a bad client is 401 invalid_client, a bad field 400."""
+    if isinstance(exc, Unauthenticated):
+        return 401, OAuthError("invalid_client", exc.message), {"www-authenticate": 'Basic realm="herd"'}
+    if isinstance(exc, InvalidRequest):
+        return 400, OAuthError(_OAUTH_CODES.get(exc.param or "", "invalid_request"), exc.message), {}
+    rule = TABLE[exc.kind]
+    return rule.status, OAuthError("temporarily_unavailable" if rule.transient else "server_error", exc.message), {}

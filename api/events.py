@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from opentelemetry.trace import Span
 
+from api.ratelimit import METER
 from shared.errors import StreamBroken, Unavailable, from_kind
 from shared.inference import (
     Embedded,
@@ -41,6 +42,9 @@ class EventStream:
         self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
         self._opened_at = time.monotonic()
         self._first_token = True
+        self._last_token = 0.0
+        self._meter = METER.get()  # the caller's token budget, when rate limits are on
+        self._charged = 0
         self._decoder: msgspec.msgpack.Decoder[StreamEvent] = msgspec.msgpack.Decoder(StreamEvent)
         self._expected_seq = 0
         self.worker_id: str | None = None
@@ -62,6 +66,7 @@ class EventStream:
                 raise StreamBroken(f"event {self._expected_seq} of the response went missing (got {event.seq})")
             self._expected_seq += 1
             if isinstance(event, Started):
+                self._started(event)
                 self.worker_id = event.worker_id
                 self.prompt_tokens = event.prompt_tokens
             elif isinstance(event, Failed):
@@ -69,9 +74,27 @@ class EventStream:
                 raise from_kind(event.kind, event.message, event.param)
             elif isinstance(event, Finished | Embedded):
                 self.finished = True
-            if self._first_token or not isinstance(event, TokenDelta):  # nothing to record per token
+            if isinstance(event, TokenDelta) and self._meter is not None:
+                self._charge(event.tokens)
+            if self._first_token or not isinstance(event, TokenDelta):
                 self._observe(event)
+            elif self._gateway.metrics is not None:  # a token after the first: only its gap is recorded
+                now = time.monotonic()
+                self._gateway.metrics.observe_inter_token(self.request.model, now - self._last_token, event.tokens)
+                self._last_token = now
             return event
+
+    def _charge(self, tokens: int) -> None:
+        """Count tokens against the caller's budget as they happen, so a stream cut short still pays for itself;
+        Finished corrects the count to the worker's own."""
+        if self._meter is not None:
+            self._meter.used += tokens
+            self._charged += tokens
+
+    def _started(self, event: Started) -> None:
+        self._charge(event.prompt_tokens)
+        if self._gateway.metrics is not None:
+            self._gateway.metrics.observe_queue_wait(self.request.model, time.time() - self.request.enqueued_at)
 
     def _observe(self, event: StreamEvent) -> None:
         """The outcome on the server span (when tracing) and in the metrics (when kept)."""
@@ -79,12 +102,14 @@ class EventStream:
         since_enqueue = time.time() - self.request.enqueued_at
         if isinstance(event, TokenDelta):
             self._first_token = False
+            self._last_token = time.monotonic()
             if span is not None:
                 span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
             if metrics is not None:
                 metrics.observe_first_token(model, since_enqueue)
         elif isinstance(event, Finished):
             usage = event.usage
+            self._charge(usage.prompt_tokens + usage.completion_tokens - self._charged)
             if span is not None:
                 span.set_attributes(
                     {
@@ -99,6 +124,7 @@ class EventStream:
                     model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, since_enqueue
                 )
         elif isinstance(event, Embedded):
+            self._charge(event.prompt_tokens - self._charged)
             if span is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
             if metrics is not None:

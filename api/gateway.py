@@ -17,6 +17,8 @@ from redis.asyncio.client import PubSub
 
 from api.events import LOST, AnyRequest, EventStream
 from api.metrics import Metrics
+from api.ratelimit import METER
+from api.ratelimit import SCRIPT as RATE_LIMIT_SCRIPT
 from shared import channels
 from shared.config import Settings
 from shared.errors import (
@@ -249,6 +251,9 @@ class Gateway:
     async def open(self, request: AnyRequest) -> EventStream:
         """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
         await self._check_model(request.model)
+        meter = METER.get()
+        if meter is not None:  # the caller's tokens per minute: an estimate now, settled when the request ends
+            await meter.reserve(self, request)
         if self._tracer is None:
             return await self._open(request, None)
         span = get_current_span()  # the HTTP server span
@@ -377,6 +382,38 @@ class Gateway:
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)
+
+    async def take_quota(self, buckets: list[tuple[str, int, float, int]]) -> tuple[bool, list[float]]:
+        """Run the rate-limit script over (key, capacity, need, cost) buckets: all taken, or none; their levels."""
+        args = [str(v) for _, cap, need, cost in buckets for v in (cap, need, cost)]
+        try:
+            keys = [b[0] for b in buckets]
+            ok, *levels = await self._redis.eval(RATE_LIMIT_SCRIPT, len(buckets), *keys, *args)  # type: ignore[misc]
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        return bool(ok), [float(level) for level in levels]
+
+    async def issuer_keys(self) -> dict[str, bytes]:
+        """The built-in issuer's keys by kid (see channels.ISSUER_KEYS)."""
+        try:
+            stored = await self._redis.hgetall(channels.ISSUER_KEYS)  # type: ignore[misc]
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        return {k.decode(): v for k, v in stored.items()}
+
+    async def add_issuer_key(self, kid: str, value: bytes, expired: list[str]) -> bytes:
+        """Store `value` under `kid` unless another replica did first; returns the one stored. Drops `expired`."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(channels.ISSUER_KEYS, kid, value)  # type: ignore[arg-type]
+                pipe.hget(channels.ISSUER_KEYS, kid)
+                if expired:
+                    pipe.hdel(channels.ISSUER_KEYS, *expired)
+                stored = (await pipe.execute())[1]
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        assert isinstance(stored, bytes)
+        return stored
 
     async def cancel(self, request_id: str) -> None:
         try:

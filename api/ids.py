@@ -7,6 +7,8 @@ import secrets
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
+from shared.logs import REQUEST_ID
+
 
 def request_id_of(scope: Scope) -> str:
     """The request's id: made on first use, so routes, errors and 404s all agree on it."""
@@ -14,6 +16,7 @@ def request_id_of(scope: Scope) -> str:
     rid = state.get("request_id")
     if rid is None:
         rid = state["request_id"] = secrets.token_hex(12)
+        REQUEST_ID.set(rid)  # log lines of this request carry it
     return str(rid)
 
 

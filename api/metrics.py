@@ -56,6 +56,9 @@ class Metrics:
         self.tokens: dict[Labels, int] = defaultdict(int)
         self.ttft = Histogram()
         self.e2e = Histogram()
+        self.inter_token = Histogram()
+        self.queue_wait = Histogram()
+        self.rate_limited: dict[Labels, int] = defaultdict(int)
 
     def observe_response(self, route: str, method: str, status: int) -> None:
         self.responses[(("route", route), ("method", method), ("status", str(status)))] += 1
@@ -68,6 +71,17 @@ class Metrics:
 
     def observe_first_token(self, model: str, seconds: float) -> None:
         self.ttft.observe((("model", model),), seconds)
+
+    def observe_inter_token(self, model: str, seconds: float, tokens: int) -> None:
+        """The gap before a delta, spread over the tokens it carries (usually one)."""
+        for _ in range(tokens):
+            self.inter_token.observe((("model", model),), seconds / tokens)
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait.observe((("model", model),), seconds)
+
+    def observe_rate_limited(self, limit: str) -> None:
+        self.rate_limited[(("limit", limit),)] += 1
 
     def render(self, queue: QueueStatus | None, workers: list[WorkerStatus]) -> str:
         out: list[str] = []
@@ -98,6 +112,24 @@ class Metrics:
             "histogram",
             "From enqueue to the end of a generation.",
             self.e2e.render("herd_request_duration_seconds"),
+        )
+        family(
+            "herd_inter_token_latency_seconds",
+            "histogram",
+            "Between consecutive generated tokens, as the API received them.",
+            self.inter_token.render("herd_inter_token_latency_seconds"),
+        )
+        family(
+            "herd_queue_wait_seconds",
+            "histogram",
+            "From enqueue until a worker admitted the request.",
+            self.queue_wait.render("herd_queue_wait_seconds"),
+        )
+        family(
+            "herd_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by this API process, by the limit that ran out (requests or tokens).",
+            [f"herd_rate_limited_total{_labels(k)} {v}" for k, v in sorted(self.rate_limited.items())],
         )
         if queue is not None:
             for name, text, attr in (

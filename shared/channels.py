@@ -66,3 +66,13 @@ def keep_alive(model: str) -> str:
 def expires(model: str) -> str:
     """When an on-demand model's worker will exit if no request comes (epoch seconds; -1: never). Written by it."""
     return f"{PREFIX}:expires:{model}"
+
+
+def rate_limit(subject: str, kind: str) -> str:
+    """A principal's token bucket (`kind`: requests or tokens): level and time. TTL: 2 minutes (full again by then)."""
+    return f"{PREFIX}:ratelimit:{kind}:{subject}"
+
+
+# The built-in OAuth2 issuer's signing keys (a hash: kid -> private JWK and the time its tokens are all expired), so
+# every API replica signs and verifies with the same keys. Entries are dropped once no token they signed is valid.
+ISSUER_KEYS = f"{PREFIX}:issuer:keys"

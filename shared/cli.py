@@ -17,17 +17,13 @@ from urllib.parse import urlparse
 
 import redis
 
-from shared import channels
+from shared import channels, credentials, logs
 from shared.config import Settings, load_settings, models_dir
 from shared.errors import InvalidRequest
 from shared.names import canonical_name
 from shared.store import ModelStore
 
 log = logging.getLogger("herd")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run_api(settings: Settings) -> None:
@@ -40,6 +36,7 @@ def run_api(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through ours (JSON lines)
         access_log=False,
         timeout_graceful_shutdown=5,
     )
@@ -226,6 +223,15 @@ def serve(settings: Settings) -> int:
                 redis_proc.wait(timeout=10)
 
 
+def _key(name: str, scopes: str, from_stdin: bool) -> None:
+    secret = sys.stdin.readline().strip() if from_stdin else credentials.new_secret()
+    if not secret:
+        sys.exit("herd key: no secret on standard input")
+    if not from_stdin:
+        print(f"secret (shown once; herd stores only its hash): {secret}")
+    print(credentials.entry(name, secret, [s.strip() for s in scopes.split(",") if s.strip()]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="herd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,9 +244,26 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--port", type=int)
     w = sub.add_parser("worker", help="a worker process for one model")
     w.add_argument("--model", help="model name (default: the first configured)")
+    k = sub.add_parser(
+        "key",
+        help="make a new API key (or a built-in issuer client's secret) and print its configuration entry",
+        description="Prints the new secret once (give it to the caller) and the entry for HERD_API_KEYS or "
+        "HERD_AUTH_CLIENTS, which holds only its SHA-256. With --stdin, hashes a secret read from standard input.",
+    )
+    k.add_argument("name", help="the key's name (its principal is key:NAME), or the client id")
+    k.add_argument("--scopes", default="inference,models:read", help="comma-separated (default: %(default)s)")
+    k.add_argument("--stdin", action="store_true", help="hash a secret read from standard input instead")
     args = parser.parse_args(argv)
+    if args.command == "key":
+        _key(args.name, args.scopes, args.stdin)
+        return
     settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
-    _setup_logging(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
+    if args.command in ("serve", "api"):
+        try:
+            settings.auth_enabled()
+        except ValueError as exc:
+            sys.exit(f"herd {args.command}: {exc}")
     if args.command == "serve":
         sys.exit(serve(settings))
     elif args.command == "api":

@@ -6,6 +6,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -52,6 +53,67 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hf_endpoint: str = ""  # base URL of a Hugging Face style hub for `hf.co/owner/repo[:quant]` pulls; empty: off
     pull_allow: str = ""  # comma-separated URL prefixes that plain `https://…/x.gguf` pulls may start with
     pull_allow_private: bool = False  # let pulls connect to loopback, link-local and private addresses
+    log_format: Literal["json", "text"] = "json"  # json: one object a line, with request and trace ids
+    # Authentication (README "Auth"). "auto": on when credentials are configured; with none, off on a loopback
+    # address (with a warning) and a refusal to start anywhere else. "off" is the only way to run open on a network.
+    auth: Literal["auto", "on", "off"] = "auto"
+    auth_oidc_discovery_url: str = ""  # an IdP's /.well-known/openid-configuration: its issuer and jwks_uri
+    auth_jwks_url: str = ""  # or the JWKS URL itself, with auth_issuer
+    auth_issuer: str = ""  # `iss` that external tokens must carry, exactly
+    auth_audience: str = "herd"  # `aud` every token (external or from the built-in issuer) must contain
+    auth_algorithms: str = "RS256,ES256,PS256,EdDSA"  # accepted JWS algorithms (never none, never HS*)
+    auth_leeway_s: int = 30  # clock skew allowed on exp, nbf and iat
+    auth_jwks_ttl_s: float = 300.0  # a JWKS is re-read this often
+    auth_jwks_min_refresh_s: float = 30.0  # at most one re-read this often when a token names an unknown kid
+    api_keys: str = ""  # static keys: `[name=]<sha256 hex>:<scope>,<scope>` entries, `;` or newline between them
+    api_keys_file: str = ""  # the same entries in a file, one a line
+    auth_clients: str = ""  # built-in issuer clients: `<client id>=<sha256 hex of secret>:<scope>,<scope>` entries
+    auth_clients_file: str = ""
+    issuer_url: str = ""  # `iss` of the built-in issuer's tokens; default http://{host}:{port}
+    issuer_token_ttl_s: int = 3600
+    issuer_key_rotation_s: int = (
+        86400  # a new signing key this often; old keys stay published until their tokens expire
+    )
+    metrics_scope: str = ""  # when set (e.g. "metrics"), /metrics needs a credential holding this scope
+    rate_limit_rpm: int = 0  # requests per minute per principal (0: no limit); counted in Redis across replicas
+    rate_limit_tpm: int = 0  # tokens (prompt + completion) per minute per principal (0: no limit)
+    rate_limits: str = ""  # per-principal overrides: `<subject>=<rpm>/<tpm>` entries separated by `;`
+
+    def limits_for(self) -> dict[str, tuple[int, int]]:
+        """The per-subject overrides of HERD_RATE_LIMITS, e.g. `key:batch=600/100000;client:svc=60/20000`."""
+        found = {}
+        for item in filter(None, (part.strip() for part in self.rate_limits.split(";"))):
+            subject, _, value = item.rpartition("=")
+            rpm, sep, tpm = value.partition("/")
+            if not subject or not sep or not rpm.strip().isdigit() or not tpm.strip().isdigit():
+                raise ValueError(f"HERD_RATE_LIMITS entry {item!r} is not <subject>=<rpm>/<tpm>")
+            found[subject.strip()] = (int(rpm), int(tpm))
+        return found
+
+    def credentials_configured(self) -> bool:
+        return any(
+            (
+                self.auth_oidc_discovery_url,
+                self.auth_jwks_url,
+                self.api_keys,
+                self.api_keys_file,
+                self.auth_clients,
+                self.auth_clients_file,
+            )
+        )
+
+    def auth_enabled(self) -> bool:
+        """Whether the API checks credentials; ValueError when it would serve a network unauthenticated by default."""
+        if self.auth != "auto":
+            return self.auth == "on"
+        if self.credentials_configured():
+            return True
+        if self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127."):
+            return False
+        raise ValueError(
+            f"refusing to serve {self.host} without authentication: configure API keys, an identity provider or "
+            "issuer clients (README, Auth), or set HERD_AUTH=off to run open on purpose"
+        )
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:

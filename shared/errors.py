@@ -3,6 +3,9 @@
 ServiceError
 ├── InvalidRequest          bad field, bad value, malformed body            (kind: invalid_request)
 │   └── ContextLengthExceeded  prompt + max_tokens beyond the context        (kind: context_length_exceeded)
+├── Unauthenticated         no, or a bad, credential                        (kind: unauthenticated)
+├── Forbidden               a good credential without the scope the route needs (kind: forbidden)
+├── RateLimited             the caller's requests or tokens per minute ran out (kind: rate_limited)
 ├── ModelNotFound           no such model                                   (kind: model_not_found)
 ├── Overloaded              the model's queue is full                       (kind: overloaded)
 ├── Unavailable             no live worker / Redis unreachable / queue wait too long (kind: unavailable)
@@ -26,6 +29,9 @@ class ErrorKind(enum.StrEnum):
     STREAM_BROKEN = "stream_broken"
     ENGINE_ERROR = "engine_error"
     CANCELLED = "cancelled"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
 
 
 class ServiceError(Exception):
@@ -44,6 +50,30 @@ class InvalidRequest(ServiceError):
 
 class ContextLengthExceeded(InvalidRequest):
     kind = ErrorKind.CONTEXT_LENGTH_EXCEEDED
+
+
+class Unauthenticated(ServiceError):
+    """`token_error` is RFC 6750's error code for the challenge: "invalid_token", or None when none was sent."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+    def __init__(self, message: str, *, token_error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.token_error = token_error
+
+
+class Forbidden(ServiceError):
+    """`scope` is the scope the route needs, named in the challenge."""
+
+    kind = ErrorKind.FORBIDDEN
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class RateLimited(ServiceError):
+    kind = ErrorKind.RATE_LIMITED
 
 
 class ModelNotFound(ServiceError):
@@ -86,6 +116,7 @@ _BY_KIND: dict[ErrorKind, type[ServiceError]] = {
         StreamBroken,
         EngineError,
         Cancelled,
+        RateLimited,
     )
 }
 

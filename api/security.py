@@ -1,0 +1,81 @@
+"""Builds the API's security from Settings: API keys, the external IdP's JWKS, the built-in issuer, rate limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+from litestar.types import ASGIApp, BeforeMessageSendHookHandler
+
+from api.auth import Authenticator, access_control, add_rate_limit_headers
+from api.gateway import Gateway
+from api.issuer import Issuer, SigningKeys
+from api.tokens import JwksKeys, KeySource, Validator
+from shared import credentials
+from shared.config import Settings
+
+log = logging.getLogger("herd.api.auth")
+
+
+class Security:
+    def __init__(self, settings: Settings, gateway: Callable[[], Gateway]) -> None:
+        s = settings
+        self.enabled = s.auth_enabled()
+        self.issuer: Issuer | None = None
+        self._http: httpx.AsyncClient | None = None
+        self.middleware: list[Callable[[ASGIApp], ASGIApp]] = []
+        self.before_send: list[BeforeMessageSendHookHandler] = []
+        overrides = s.limits_for()
+        limits = bool(s.rate_limit_rpm or s.rate_limit_tpm or overrides)
+        if not self.enabled:
+            log.warning(
+                "AUTHENTICATION IS OFF: every caller on %s:%d may use every route (set HERD_API_KEYS, an identity "
+                "provider or HERD_AUTH_CLIENTS to turn it on; README, Auth)",
+                s.host,
+                s.port,
+            )
+        authenticator = self._authenticator(s, gateway) if self.enabled else None
+        if self.enabled or limits:
+            self.middleware.append(
+                access_control(authenticator, gateway, s.metrics_scope, (s.rate_limit_rpm, s.rate_limit_tpm), overrides)
+            )
+        if limits:
+            self.before_send.append(add_rate_limit_headers)
+
+    def _authenticator(self, s: Settings, gateway: Callable[[], Gateway]) -> Authenticator:
+        keys = credentials.load(s.api_keys, s.api_keys_file, "HERD_API_KEYS")
+        clients = credentials.load(s.auth_clients, s.auth_clients_file, "HERD_AUTH_CLIENTS")
+        issuers: dict[str, KeySource] = {}
+        external: JwksKeys | None = None
+        if s.auth_jwks_url or s.auth_oidc_discovery_url:
+            if s.auth_jwks_url and not s.auth_issuer:
+                raise ValueError("HERD_AUTH_JWKS_URL needs HERD_AUTH_ISSUER (the exact `iss` of the tokens)")
+            # No redirects: a JWKS is fetched from exactly the configured address.
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+            external = JwksKeys(
+                self._http, s.auth_jwks_url, s.auth_oidc_discovery_url, s.auth_jwks_ttl_s, s.auth_jwks_min_refresh_s
+            )
+            if s.auth_issuer:
+                issuers[s.auth_issuer] = external
+        if clients:
+            url = (s.issuer_url or f"http://{s.host}:{s.port}").rstrip("/")
+            keys_store = SigningKeys(gateway, s.issuer_key_rotation_s, s.issuer_token_ttl_s)
+            self.issuer = Issuer(url, s.auth_audience, s.issuer_token_ttl_s, clients, keys_store)
+            issuers[url] = keys_store
+        validator = None
+        if issuers or external is not None:
+            algorithms = [a.strip() for a in s.auth_algorithms.split(",") if a.strip()]
+            discovered = external if external is not None and not s.auth_issuer else None
+            validator = Validator(issuers, discovered, s.auth_audience, algorithms, s.auth_leeway_s)
+        log.info(
+            "authentication on: %d API keys, %s, %s",
+            len(keys),
+            "an identity provider" if external is not None else "no identity provider",
+            f"built-in issuer {self.issuer.url} with {len(clients)} clients" if self.issuer else "no built-in issuer",
+        )
+        return Authenticator(keys, validator)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
