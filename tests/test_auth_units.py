@@ -3,6 +3,7 @@ the token-bucket script against the real Redis."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -141,7 +142,7 @@ def test_rate_limit_arithmetic() -> None:
 
 
 def test_bucket_script_on_redis(redis_port: int) -> None:
-    r = redis.Redis(host="127.0.0.1", port=redis_port, db=6)
+    r = redis.Redis(host="127.0.0.1", port=redis_port, db=8)
     key = "herd:ratelimit:test:unit"
     r.delete(key)
     try:
@@ -157,3 +158,24 @@ def test_bucket_script_on_redis(redis_port: int) -> None:
     finally:
         r.delete(key)
         r.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Litestar's, about other routes' parameter styles
+def test_every_route_of_the_app_is_in_the_scope_table() -> None:
+    """A route someone adds without a rule would be closed to everyone: this names it instead."""
+    from litestar.routes import HTTPRoute
+
+    from api.app import create_app
+
+    clients = f"svc={credentials.digest('s')}:inference"
+    app = create_app(load_settings({"HERD_MODELS": "m=/x.gguf", "HERD_AUTH_CLIENTS": clients}))
+    unlisted = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        path = re.sub(r"\{[^}]*\}", "x", route.path)
+        for method in route.methods - {"OPTIONS"}:
+            if required(method, path) == CLOSED:
+                unlisted.append(f"{method} {route.path}")
+    assert not unlisted
+    assert {r.path for r in app.routes} >= {"/oauth/token", "/.well-known/jwks.json", "/v1/chat/completions"}
