@@ -22,6 +22,7 @@ from api.ratelimit import SCRIPT as RATE_LIMIT_SCRIPT
 from shared import channels
 from shared.config import Settings
 from shared.errors import (
+    EngineError,
     ModelNotFound,
     Overloaded,
     Unavailable,
@@ -303,9 +304,13 @@ class Gateway:
         if not await self.loadable(model):
             raise Unavailable(f"no worker is serving model '{model}' right now", param="model")
         try:
-            await self._redis.sadd(channels.LOAD_REQUESTS, model)  # type: ignore[misc]
+            failed = await self._redis.get(channels.load_failed(model))
+            if failed is None:
+                await self._redis.sadd(channels.LOAD_REQUESTS, model)  # type: ignore[misc]
         except _REDIS_ERRORS as exc:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
+        if failed is not None:
+            raise EngineError(f"model '{model}' failed to load ({failed.decode()}); the server log has details")
 
     async def set_keep_alive(self, model: str, seconds: float) -> None:
         """The latest request's keep_alive decides how long an on-demand model stays loaded after it."""

@@ -63,6 +63,15 @@ def keep_alive(model: str) -> str:
     return f"{PREFIX}:keep_alive:{model}"
 
 
+def load_failed(model: str) -> str:
+    """Why an on-demand worker for `model` died (set by the model manager, TTL LOAD_FAILED_TTL_S): while it is set
+    the API fails requests for the model at once instead of asking for a worker that would die again."""
+    return f"{PREFIX}:load_failed:{model}"
+
+
+LOAD_FAILED_TTL_S = 30
+
+
 def expires(model: str) -> str:
     """When an on-demand model's worker will exit if no request comes (epoch seconds; -1: never). Written by it."""
     return f"{PREFIX}:expires:{model}"

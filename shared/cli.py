@@ -140,9 +140,12 @@ class Supervisor:
                     if code is None or self._stopping:
                         continue
                     if name in self._on_demand:
-                        log.info("%s exited with status %s (unloaded)", name, code)
                         del self._children[name]
                         self._on_demand.discard(name)
+                        if code == 0:
+                            log.info("%s exited (unloaded)", name)
+                        else:
+                            self._load_failed(name.removeprefix("worker:"), code)
                         continue
                     if name == "api":
                         log.error("the API exited with status %s; stopping", code)
@@ -180,6 +183,16 @@ class Supervisor:
             log.info("loading %s on demand", name)
             self._on_demand.add(key)
             self._spawn(key, ["worker", "--model", name])
+
+    def _load_failed(self, model: str, code: int) -> None:
+        """Not restarted: the API fails the model's requests for a while rather than load it again and again."""
+        log.error("the on-demand worker for %s exited with status %s", model, code)
+        try:
+            self._redis.set(
+                channels.load_failed(model), f"worker exited with status {code}", ex=channels.LOAD_FAILED_TTL_S
+            )
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cannot record the failed load of %s: %s", model, exc)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True

@@ -307,6 +307,19 @@ def test_create_refuses_what_herd_does_not_do(client: ollama.Client, srv: HerdSe
         client.delete(MODEL)  # configured models stay
 
 
+def test_a_model_that_fails_to_load_fails_its_requests(client: ollama.Client, srv: HerdServer, gguf: bytes) -> None:
+    """A truncated GGUF passes the header check but not llama.cpp: the request fails instead of waiting forever."""
+    broken = gguf[: 4 << 20]
+    digest = "sha256:" + hashlib.sha256(broken).hexdigest()
+    assert httpx.post(f"{srv.base_url}/api/blobs/{digest}", content=broken).status_code == 201
+    client.create(model="broken", files={"model.gguf": digest})
+    with pytest.raises(ollama.ResponseError, match="failed to load") as err:
+        client.chat(model="broken", messages=[{"role": "user", "content": "Hi"}])
+    assert err.value.status_code == 500
+    assert "broken:latest" not in {m.model for m in client.ps().models}
+    client.delete("broken")
+
+
 def test_blob_upload_with_a_wrong_digest_is_refused(srv: HerdServer, models_dir: Path) -> None:
     before = snapshot(models_dir / "blobs")
     resp = httpx.post(f"{srv.base_url}/api/blobs/sha256:{'2' * 64}", content=b"something else")
