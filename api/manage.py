@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 
 from api import modelfile
+from api.sandbox import check_gguf
 from shared.errors import InvalidRequest, ModelNotFound
-from shared.gguf import GGUFError, read_info
 from shared.names import canonical_name, parse_digest
 from shared.store import Manifest, ModelStore
 from shared.wire import ollama as wire
@@ -77,10 +77,7 @@ def _refuse_unsupported(body: wire.CreateRequest) -> None:
 def _check_gguf(store: ModelStore, digest: str) -> None:
     if not store.has_blob(digest):
         raise InvalidRequest(f"blob {digest} not found; upload it first with POST /api/blobs/{digest}", param="files")
-    try:
-        read_info(store.blob_path(digest))
-    except (GGUFError, OSError) as exc:
-        raise InvalidRequest(f"blob {digest} is not a GGUF model: {exc}", param="files") from None
+    check_gguf(store.blob_path(digest), f"blob {digest}")
 
 
 def create(store: ModelStore, body: wire.CreateRequest) -> list[wire.ProgressResponse]:

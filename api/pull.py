@@ -32,9 +32,9 @@ import httpcore
 import httpx
 import msgspec
 
+from api.sandbox import check_gguf
 from shared.config import Settings
 from shared.errors import ErrorKind, InvalidRequest, ModelNotFound, ServiceError
-from shared.gguf import GGUFError, read_info
 from shared.names import canonical_name, parse_digest, split_tag
 from shared.store import Manifest, ModelStore, sha256_file
 from shared.wire.ollama import ProgressResponse
@@ -320,10 +320,10 @@ class Puller:
             partial.unlink(missing_ok=True)  # a resume would only repeat the mismatch
             raise PullError(f"digest mismatch for {source.filename}: expected sha256:{source.sha256}, got {digest}")
         try:
-            read_info(partial)
-        except (GGUFError, OSError) as exc:
+            check_gguf(partial, source.filename)
+        except InvalidRequest:
             partial.unlink(missing_ok=True)
-            raise InvalidRequest(f"{source.filename} is not a GGUF model: {exc}") from exc
+            raise
         self._store.commit_blob(partial, digest)
         return digest
 

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from api.app import open_store
 from api.manage import receive_blob
 from api.modelfile import parse as parse_modelfile
 from api.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
+from api.sandbox import check_gguf
 from shared.config import load_settings
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.keepalive import parse_keep_alive
@@ -254,3 +256,23 @@ TEMPLATE {{ .System }} {{ .Prompt }}
                 'SYSTEM """open', "FROM @sha256:../../x", "WHAT is this"):  # fmt: skip
         with pytest.raises(InvalidRequest):
             parse_modelfile(bad)
+
+
+def _nested_arrays(depth: int) -> bytes:
+    """A GGUF header whose one metadata value is an array of an array of ... `depth` deep."""
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"a" + struct.pack("<I", 9)
+    return head + struct.pack("<IQ", 9, 1) * depth + struct.pack("<IQ", 4, 0)
+
+
+def test_gguf_headers_are_checked_in_a_limited_child(tmp_path: Path, model_path: str) -> None:
+    check_gguf(Path(model_path), "the bundled model")
+    bomb = tmp_path / "deep.gguf"
+    bomb.write_bytes(_nested_arrays(200_000))  # exhausts the stack of whoever parses it
+    with pytest.raises(InvalidRequest, match="not a GGUF model"):
+        check_gguf(bomb, "deep.gguf")
+    liar = tmp_path / "liar.gguf"
+    liar.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 40) + b"a")
+    with pytest.raises(InvalidRequest, match="past the end"):
+        check_gguf(liar, "liar.gguf")
+    with pytest.raises(InvalidRequest):
+        check_gguf(Path(__file__), "a python file")
