@@ -5,11 +5,15 @@ route; rate-limit headers and 429s; and neither a secret nor a prompt ever reach
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,10 +30,11 @@ from joserfc.jwk import KeySet, RSAKey
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import MODEL, HerdServer, free_port
-from tests.test_metrics import scrape, value
+from tests.test_metrics import LINE, value
 from tests.test_tracing import Collected, receiver  # noqa: F401  (the OTLP receiver fixture)
 
 AUDIENCE = "herd-test"
+ISSUER = "http://herd.test"
 SECRET_SENTINEL = "SENTINELSECRET" + secrets.token_hex(4)
 PROMPT_SENTINEL = "SENTINELPROMPT" + secrets.token_hex(4)
 KEYS = {  # name -> (secret, scopes)
@@ -37,6 +42,7 @@ KEYS = {  # name -> (secret, scopes)
     "infer": (f"sk-infer-{SECRET_SENTINEL}", "inference"),
     "limited": (f"sk-limited-{SECRET_SENTINEL}", "models:read,inference"),
     "tokens": (f"sk-tokens-{SECRET_SENTINEL}", "inference"),
+    "prometheus": (f"sk-prom-{SECRET_SENTINEL}", "metrics"),
 }
 CLIENT_ID, CLIENT_SECRET = "svc", f"cs-{SECRET_SENTINEL}"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": f"Say hi. {PROMPT_SENTINEL}"}], "max_tokens": 4}
@@ -131,15 +137,7 @@ def auth_server(
         redis_port,
         db=7,
         log_path=tmp_path_factory.mktemp("auth") / "serve.log",
-        HERD_AUTH_OIDC_DISCOVERY_URL=f"{idp.issuer}/.well-known/openid-configuration",
-        HERD_AUTH_AUDIENCE=AUDIENCE,
-        HERD_AUTH_JWKS_MIN_REFRESH_S="2",
-        HERD_AUTH_JWKS_TTL_S="2",
-        HERD_API_KEYS=key_entries(),
-        HERD_AUTH_CLIENTS=f"{CLIENT_ID}={hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()}:inference,models:read",
-        HERD_RATE_LIMIT_RPM="1000",
-        HERD_RATE_LIMIT_TPM="1000000",
-        HERD_RATE_LIMITS="key:limited=4/1000000;key:tokens=1000/100",
+        **auth_env(idp),
         HERD_LOG_LEVEL="debug",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
         OTEL_BSP_SCHEDULE_DELAY="100",
@@ -148,8 +146,39 @@ def auth_server(
     srv.stop()
 
 
+def auth_env(idp: Idp) -> dict[str, str]:
+    """The auth settings of the test server (and of a second API replica beside it)."""
+    return {
+        "HERD_AUTH_OIDC_DISCOVERY_URL": f"{idp.issuer}/.well-known/openid-configuration",
+        "HERD_AUTH_AUDIENCE": AUDIENCE,
+        "HERD_AUTH_JWKS_MIN_REFRESH_S": "2",
+        "HERD_AUTH_JWKS_TTL_S": "2",
+        "HERD_API_KEYS": key_entries(),
+        "HERD_AUTH_CLIENTS": f"{CLIENT_ID}={hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()}:inference,models:read",
+        "HERD_ISSUER_URL": ISSUER,  # every replica names itself the same
+        "HERD_ISSUER_KEY_ROTATION_S": "4",
+        "HERD_RATE_LIMIT_RPM": "1000",
+        "HERD_RATE_LIMIT_TPM": "1000000",
+        "HERD_RATE_LIMITS": "key:limited=4/1000000;key:tokens=1000/100",
+        "HERD_METRICS_SCOPE": "metrics",
+    }
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def scrape(server: HerdServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics as the scraper with the `metrics` scope sees it (HERD_METRICS_SCOPE protects it here)."""
+    resp = httpx.get(f"{server.base_url}/metrics", headers=bearer(KEYS["prometheus"][0]))
+    assert resp.status_code == 200
+    samples = {}
+    for line in resp.text.splitlines():
+        match = LINE.match(line)
+        if match and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+            samples[(match["name"], labels)] = float(match["value"])
+    return samples
 
 
 def chat(server: HerdServer, headers: dict[str, str], body: dict[str, object] | None = None) -> httpx.Response:
@@ -253,9 +282,13 @@ def test_insufficient_scope_is_403(auth_server: HerdServer, idp: Idp) -> None:
 
 def test_open_routes_and_closed_unknown_paths(auth_server: HerdServer) -> None:
     base = auth_server.base_url
-    for path in ("/healthz", "/readyz", "/", "/api/version", "/metrics", "/.well-known/jwks.json"):
+    for path in ("/healthz", "/readyz", "/", "/api/version", "/.well-known/jwks.json"):
         assert httpx.get(f"{base}{path}").status_code == 200, path
     assert httpx.head(f"{base}/").status_code == 200
+    # /metrics is protected here (HERD_METRICS_SCOPE=metrics): the scraper's key opens it, no other does.
+    assert_refused(httpx.get(f"{base}/metrics"), 401, None)
+    assert_refused(httpx.get(f"{base}/metrics", headers=bearer(KEYS["infer"][0])), 403, "insufficient_scope")
+    assert ("herd_model_workers", frozenset({("model", MODEL)})) in scrape(auth_server)
     for method, path in (
         ("GET", "/v1/models"),
         ("GET", "/v1/queue"),
@@ -374,6 +407,62 @@ def test_builtin_issuer_client_credentials_end_to_end(auth_server: HerdServer) -
     assert resp.json()["scope"] == "models:read"
     assert httpx.get(f"{base}/v1/models", headers=bearer(narrow)).status_code == 200
     assert_refused(chat(auth_server, bearer(narrow)), 403, "insufficient_scope")
+
+
+def client_token(base_url: str, **form: str) -> str:
+    data = {"grant_type": "client_credentials", **form}
+    resp = httpx.post(f"{base_url}/oauth/token", data=data, auth=(CLIENT_ID, CLIENT_SECRET))
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["access_token"])
+
+
+def kid_of(token: str) -> str:
+    return str(json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))["kid"])
+
+
+def test_issuer_keys_rotate_and_are_shared_by_replicas(
+    auth_server: HerdServer, idp: Idp, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = auth_server.base_url
+    first = client_token(base)
+    second = first
+    for _ in range(40):  # the key rotates every 4 s here
+        if kid_of(second) != kid_of(first):
+            break
+        time.sleep(0.5)
+        second = client_token(base)
+    assert kid_of(second) != kid_of(first)
+    published = {k["kid"] for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]}
+    assert {kid_of(first), kid_of(second)} <= published  # the old key stays until its tokens expire
+    for token in (first, second):
+        assert httpx.get(f"{base}/v1/models", headers=bearer(token)).status_code == 200
+
+    # A second API replica on the same Redis signs with the same current key and accepts the first one's tokens.
+    port = free_port()
+    log = (tmp_path_factory.mktemp("replica") / "api.log").open("wb")
+    env = {**os.environ, **auth_env(idp), "HERD_REDIS_URL": auth_server.redis_url}
+    replica = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        other = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{other}/healthz").status_code == 200:
+                    break
+            time.sleep(0.2)
+        for token in (first, second):
+            assert httpx.get(f"{other}/v1/models", headers=bearer(token)).status_code == 200
+        minted = client_token(other)
+        assert kid_of(minted) in {k["kid"] for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]}
+        assert httpx.get(f"{base}/v1/models", headers=bearer(minted)).status_code == 200
+    finally:
+        replica.terminate()
+        replica.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.parametrize(

@@ -3,18 +3,24 @@ the token-bucket script against the real Redis."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 import redis
+from joserfc.jwk import ECKey, KeySet
 
 from api.access import CLOSED, OPEN, required
 from api.principal import SCOPE_BATCH, SCOPE_INFERENCE, SCOPE_MODELS_ADMIN, SCOPE_MODELS_READ
 from api.ratelimit import SCRIPT, Bucket, duration, estimate, headers
+from api.security import Security
+from api.tokens import JwksKeys
 from shared import credentials
 from shared.config import load_settings
+from shared.errors import Unauthenticated, Unavailable
 from shared.inference import ChatMessage, EmbeddingRequest, GenerationRequest
 
 
@@ -179,3 +185,53 @@ def test_every_route_of_the_app_is_in_the_scope_table() -> None:
                 unlisted.append(f"{method} {route.path}")
     assert not unlisted
     assert {r.path for r in app.routes} >= {"/oauth/token", "/.well-known/jwks.json", "/v1/chat/completions"}
+
+
+class _FakeIdp:
+    """A JWKS served through httpx.MockTransport: counts fetches, can go down."""
+
+    def __init__(self) -> None:
+        self.key = ECKey.generate_key("P-256", parameters={"kid": "a", "alg": "ES256", "use": "sig"})
+        self.fetches = 0
+        self.down = False
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.fetches += 1
+        if self.down:
+            return httpx.Response(503)
+        return httpx.Response(200, json=KeySet([self.key]).as_dict(private=False))
+
+
+async def test_jwks_cache_limits_refreshes_and_survives_an_outage() -> None:
+    idp = _FakeIdp()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(idp.handle)) as http:
+        keys = JwksKeys(http, "http://idp/jwks", "", ttl_s=3600, min_refresh_s=3600)
+        assert (await keys.key("a")).kid == "a"
+        for i in range(50):  # a spray of unknown kids: refused, and no fetch at all within the interval
+            with pytest.raises(Unauthenticated):
+                await keys.key(f"spray-{i}")
+        assert idp.fetches == 1
+        idp.down = True
+        keys._attempted_at = float("-inf")  # the interval has passed: the next unknown kid may fetch (and fails)
+        with pytest.raises(Unauthenticated):
+            await keys.key("unknown")
+        assert idp.fetches == 2
+        assert (await keys.key("a")).kid == "a"  # the cached key still works while the IdP is down
+
+
+async def test_jwks_cold_start_with_the_idp_down_is_503_not_401() -> None:
+    idp = _FakeIdp()
+    idp.down = True
+    async with httpx.AsyncClient(transport=httpx.MockTransport(idp.handle)) as http:
+        keys = JwksKeys(http, "http://idp/jwks", "", ttl_s=3600, min_refresh_s=3600)
+        for _ in range(5):
+            with pytest.raises(Unavailable):
+                await keys.key("a")
+        assert idp.fetches == 1
+
+
+def test_auth_off_says_so_at_startup(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="herd.api.auth"):
+        security = Security(load_settings({"HERD_MODELS": "m=/x.gguf"}), lambda: None)  # type: ignore[arg-type,return-value]
+    assert not security.enabled and not security.middleware  # nothing on the hot path
+    assert "AUTHENTICATION IS OFF" in caplog.text
