@@ -106,6 +106,7 @@ class Meter:
         self.buckets: dict[str, Bucket] = {}
         self.reserved = 0
         self.used = 0
+        self.closed = False  # settled: a task outliving the request (it inherited this context) is not charged
 
     def _specs(self, requests: int, tokens: int, need: float) -> list[tuple[str, str, int, float, int]]:
         specs = []
@@ -127,7 +128,7 @@ class Meter:
             self._refuse(gateway)
 
     async def reserve(self, gateway: Gateway, request: GenerationRequest | EmbeddingRequest) -> None:
-        if not self.tpm:
+        if not self.tpm or self.closed:
             return
         tokens = estimate(request)
         if not await self._take(gateway, self._specs(0, tokens, 1.0)):
@@ -136,6 +137,7 @@ class Meter:
 
     async def settle(self, gateway: Gateway) -> None:
         """Give back what was reserved and not used (or charge what was used beyond it)."""
+        self.closed = True
         if self.tpm and self.reserved != self.used:
             await self._take(gateway, self._specs(0, self.used - self.reserved, _ALWAYS))
             self.reserved = self.used

@@ -273,9 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
     logs.setup(settings.log_level, settings.log_format)
     if args.command in ("serve", "api"):
-        try:
+        try:  # a mistake in the auth settings stops the start with one line, not a traceback from the API
             settings.auth_enabled()
-        except ValueError as exc:
+            settings.limits_for()
+            credentials.load(settings.api_keys, settings.api_keys_file, "HERD_API_KEYS")
+            credentials.load(settings.auth_clients, settings.auth_clients_file, "HERD_AUTH_CLIENTS")
+            if settings.auth_jwks_url and not settings.auth_issuer:
+                raise ValueError("HERD_AUTH_JWKS_URL needs HERD_AUTH_ISSUER (the exact `iss` of the tokens)")
+        except (ValueError, OSError) as exc:
             sys.exit(f"herd {args.command}: {exc}")
     if args.command == "serve":
         sys.exit(serve(settings))

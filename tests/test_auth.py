@@ -247,6 +247,7 @@ BAD_TOKENS = {
     "embedded-jwk": _embedded_jwk,
     "crit-header": _crit_header,
     "wrong-api-key": lambda idp: f"sk-nope-{SECRET_SENTINEL}",
+    "oversized": lambda idp: idp.token(padding="x" * 9000),
 }
 
 
@@ -552,6 +553,29 @@ def test_token_rate_limit_counts_real_usage(auth_server: HerdServer) -> None:
     ):
         olla.generate(model=MODEL, prompt="Hi", options={"num_predict": 2})
     assert refused.value.status_code == 429
+
+
+def test_latency_histograms_follow_a_streamed_generation(auth_server: HerdServer) -> None:
+    infer, _ = KEYS["infer"]
+    before = scrape(auth_server)
+    with httpx.stream(
+        "POST",
+        f"{auth_server.base_url}/v1/completions",
+        json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "stream": True},
+        headers=bearer(infer),
+        timeout=60,
+    ) as resp:
+        chunks = [line for line in resp.iter_lines() if line.startswith("data: {")]
+    after = scrape(auth_server)
+
+    def delta(name: str) -> float:
+        return value(after, name, model=MODEL) - value(before, name, model=MODEL)
+
+    assert delta("herd_queue_wait_seconds_count") == 1
+    assert delta("herd_time_to_first_token_seconds_count") == 1
+    # Every generated token after the first has its gap recorded (the chunks carry one token each, or more).
+    assert 1 <= delta("herd_inter_token_latency_seconds_count") <= 7
+    assert len(chunks) >= 2
 
 
 # --- what must never leak -----------------------------------------------------------------------------------------
