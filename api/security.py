@@ -51,8 +51,9 @@ class Security:
         if s.auth_jwks_url or s.auth_oidc_discovery_url:
             if s.auth_jwks_url and not s.auth_issuer:
                 raise ValueError("HERD_AUTH_JWKS_URL needs HERD_AUTH_ISSUER (the exact `iss` of the tokens)")
-            # No redirects: a JWKS is fetched from exactly the configured address.
-            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+            # No redirects: a JWKS is fetched from exactly the configured address (through HTTPS_PROXY and with
+            # SSL_CERT_FILE when set, as a corporate IdP may need).
+            self._http = httpx.AsyncClient(follow_redirects=False)
             external = JwksKeys(
                 self._http, s.auth_jwks_url, s.auth_oidc_discovery_url, s.auth_jwks_ttl_s, s.auth_jwks_min_refresh_s
             )

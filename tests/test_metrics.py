@@ -8,7 +8,8 @@ import httpx
 
 from tests.conftest import MODEL, HerdServer
 
-LINE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+# Label values may hold braces themselves (route templates such as /v1/models/{model_id}).
+LINE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 
 
 def scrape(server: HerdServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
