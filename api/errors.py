@@ -23,6 +23,7 @@ TABLE: dict[ErrorKind, Rule] = {
     ErrorKind.INVALID_REQUEST: Rule(400, "invalid_request_error", None),
     ErrorKind.CONTEXT_LENGTH_EXCEEDED: Rule(400, "invalid_request_error", "context_length_exceeded"),
     ErrorKind.MODEL_NOT_FOUND: Rule(404, "invalid_request_error", "model_not_found"),
+    ErrorKind.NOT_FOUND: Rule(404, "invalid_request_error", "not_found"),
     ErrorKind.OVERLOADED: Rule(503, "server_error", "overloaded", transient=True),
     ErrorKind.UNAVAILABLE: Rule(503, "server_error", "unavailable", transient=True),
     ErrorKind.WORKER_LOST: Rule(503, "server_error", "worker_lost", transient=True),

@@ -51,6 +51,52 @@ def worker(worker_id: str) -> str:
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
+
+def batch_queue(model: str) -> str:
+    """arq-format sorted set of one model's batch-line jobs. Low priority: a worker moves ids from here into
+    queue(model) only while no interactive job waits and it has slots to spare (see workers/bus.py)."""
+    return f"{PREFIX}:batchq:{model}"
+
+
+def file(file_id: str) -> str:
+    """A stored file's metadata (owner + FileObject, JSON); the bytes live in the files directory. No TTL."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def files_of(owner: str) -> str:
+    """Sorted set of an owner's file ids, scored by creation time (ms): listing and its cursor. No TTL."""
+    return f"{PREFIX}:files:{owner}"
+
+
+def batch(batch_id: str) -> str:
+    """A batch's record (owner + Batch object, JSON). Updated with WATCH/MULTI. No TTL."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batches_of(owner: str) -> str:
+    """Sorted set of an owner's batch ids, scored by creation time (ms). No TTL."""
+    return f"{PREFIX}:batches:{owner}"
+
+
+# Set of batch ids not yet in a final state: every API replica scans it for batches nobody drives.
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"
+
+
+def batch_lease(batch_id: str) -> str:
+    """Who drives a batch: an API process's token, PX batch_lease_ms, renewed while it lives."""
+    return f"{PREFIX}:batch-lease:{batch_id}"
+
+
+def batch_inflight(batch_id: str) -> str:
+    """Hash line number -> request id of a batch's lines in flight, so a new driver can cancel an old one's."""
+    return f"{PREFIX}:batch-inflight:{batch_id}"
+
+
+def batch_idempotency(owner: str, key: str) -> str:
+    """Idempotency-Key of a POST /v1/batches -> the batch it created. TTL: 24 h (the SDKs retry within minutes)."""
+    return f"{PREFIX}:batch-idem:{owner}:{key}"
+
+
 # arq keeps its own keys: arq:job:{id}, arq:in-progress:{id}, arq:result:{id}, arq:abort (see arq.constants).
 
 # A set of model names the API wants loaded (a request is waiting for a model no worker holds); the model manager

@@ -114,6 +114,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             f"refusing to serve {self.host} without authentication: configure API keys, an identity provider or "
             "issuer clients (README, Auth), or set HERD_AUTH=off to run open on purpose"
         )
+    files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
+    files_max_bytes: int = 512 * 1024 * 1024  # one upload (Litestar's own default would be 10 MB)
+    batch_max_lines: int = 50_000
+    batch_inflight: int = 16  # lines one batch keeps queued or running: enough to fill every worker's slots
+    batch_reserved_slots: int = 1  # slots a worker keeps free of batch lines, so interactive requests start at once
+    batch_lease_ms: int = 15_000  # a batch whose driver (an API process) stopped renewing is taken over after this
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:
@@ -129,6 +135,15 @@ def models_dir(settings: Settings, env: Mapping[str, str] | None = None) -> Path
     env = os.environ if env is None else env
     data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "herd" / "models"
+
+
+def files_path(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """HERD_FILES_DIR (uploads and batch results), else the user's data directory (XDG) like models_dir."""
+    if settings.files_dir:
+        return Path(settings.files_dir)
+    env = os.environ if env is None else env
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "herd" / "files"
 
 
 def bundled_model_path() -> str:

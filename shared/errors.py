@@ -7,6 +7,7 @@ ServiceError
 ├── Forbidden               a good credential without the scope the route needs (kind: forbidden)
 ├── RateLimited             the caller's requests or tokens per minute ran out (kind: rate_limited)
 ├── ModelNotFound           no such model                                   (kind: model_not_found)
+├── NotFound                no such file or batch (or not the caller's)     (kind: not_found)
 ├── Overloaded              the model's queue is full                       (kind: overloaded)
 ├── Unavailable             no live worker / Redis unreachable / queue wait too long (kind: unavailable)
 ├── WorkerLost              the worker died while serving the request       (kind: worker_lost)
@@ -23,6 +24,7 @@ class ErrorKind(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     MODEL_NOT_FOUND = "model_not_found"
+    NOT_FOUND = "not_found"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     WORKER_LOST = "worker_lost"
@@ -80,6 +82,12 @@ class ModelNotFound(ServiceError):
     kind = ErrorKind.MODEL_NOT_FOUND
 
 
+class NotFound(ServiceError):
+    """Also what another caller gets for an object that exists but is not theirs: its existence is not revealed."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
 class Overloaded(ServiceError):
     kind = ErrorKind.OVERLOADED
 
@@ -110,6 +118,7 @@ _BY_KIND: dict[ErrorKind, type[ServiceError]] = {
         InvalidRequest,
         ContextLengthExceeded,
         ModelNotFound,
+        NotFound,
         Overloaded,
         Unavailable,
         WorkerLost,
