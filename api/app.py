@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.types import Message, Scope
 
+from api.batches.runner import BatchRunner
 from api.catalog import Catalog
 from api.errors import (
     TABLE,
@@ -27,14 +28,16 @@ from api.errors import (
     openai_body,
     openai_headers,
 )
+from api.filestore import FileStore
 from api.gateway import Gateway
 from api.ids import add_request_id
 from api.metrics import Metrics
-from api.routes import health, models, oauth, ollama, openai, queue
+from api.records import Records
+from api.routes import batches, files, health, models, oauth, ollama, openai, queue
 from api.security import Security
 from api.tracing import server_spans
 from shared import tracing
-from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, models_dir
+from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
 from shared.errors import EngineError, ServiceError, Unauthenticated
 from shared.store import ModelStore
 from shared.wire import ollama as ollama_wire
@@ -152,9 +155,15 @@ def create_app(settings: Settings) -> Litestar:
         app.state.store = store
         app.state.catalog = Catalog(_locate(settings, store))
         app.state.started_at = time.time()
+        app.state.records = Records(redis)
+        app.state.files = FileStore(files_path(settings))
+        app.state.files.ensure()
+        app.state.batch_runner = BatchRunner(gateway, app.state.records, app.state.files, settings)
+        app.state.batch_runner.start()
         try:
             yield
         finally:
+            await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once
             await security.close()
             await gateway.close()
             await redis.aclose()
@@ -168,6 +177,8 @@ def create_app(settings: Settings) -> Litestar:
             *queue.ROUTES,
             *ollama.ROUTES,
             *models.ROUTES,
+            *files.ROUTES,
+            *batches.ROUTES,
             *(oauth.ROUTES if security.issuer is not None else []),
         ],
         lifespan=[lifespan],

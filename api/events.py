@@ -34,13 +34,20 @@ class EventStream:
     """One request's events, in order. A gap, a dead worker or a lost Redis becomes an exception, never a hang."""
 
     def __init__(
-        self, gateway: Gateway, request: AnyRequest, queue: asyncio.Queue[bytes], span: Span | None = None
+        self,
+        gateway: Gateway,
+        request: AnyRequest,
+        queue: asyncio.Queue[bytes],
+        span: Span | None = None,
+        wait_timeout_s: float | None = None,
     ) -> None:
         self._gateway = gateway
         self.request = request
         self._queue = queue
         self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
         self._opened_at = time.monotonic()
+        # How long the request may wait for a worker before it is given up (interactive: queue_wait_timeout_s).
+        self.wait_timeout_s = gateway.settings.queue_wait_timeout_s if wait_timeout_s is None else wait_timeout_s
         self._first_token = True
         self._last_token = 0.0
         self._meter = METER.get()  # the caller's token budget, when rate limits are on

@@ -251,14 +251,17 @@ class Gateway:
             known.update(dict.fromkeys(worker.models, worker.n_ctx))
         return known
 
-    async def open(self, request: AnyRequest) -> EventStream:
-        """Admit, subscribe, then enqueue; returns once a worker admitted the request."""
+    async def open(self, request: AnyRequest, low_priority: bool = False) -> EventStream:
+        """Admit, subscribe, then enqueue; returns once a worker admitted the request.
+
+        low_priority (batch lines): the job goes to the model's batch queue, which workers take from only when no
+        interactive job waits; the interactive queue's bound does not apply (the batch driver bounds its lines)."""
         await self._check_model(request.model)
         meter = METER.get()
         if meter is not None:  # the caller's tokens per minute: an estimate now, settled when the request ends
             await meter.reserve(self, request)
         if self._tracer is None:
-            return await self._open(request, None)
+            return await self._open(request, None, low_priority)
         span = get_current_span()  # the HTTP server span
         operation = (
             "embeddings" if isinstance(request, EmbeddingRequest) else "chat" if request.messages else "text_completion"
@@ -268,9 +271,10 @@ class Gateway:
         )
         with self._tracer.start_as_current_span("herd.enqueue") as enqueue:
             # The worker's spans join this trace through the context the job carries.
-            return await self._open(msgspec.structs.replace(request, traceparent=traceparent_of(enqueue)), span)
+            traced = msgspec.structs.replace(request, traceparent=traceparent_of(enqueue))
+            return await self._open(traced, span, low_priority)
 
-    async def _open(self, request: AnyRequest, span: Span | None) -> EventStream:
+    async def _open(self, request: AnyRequest, span: Span | None, low_priority: bool) -> EventStream:
         channel = channels.events(request.id)
         # The subscription and the queue-depth check (which also stores the request) go to Redis side by side.
         subscribed, depth = await asyncio.gather(
@@ -279,11 +283,13 @@ class Gateway:
         if isinstance(subscribed, BaseException) or isinstance(depth, BaseException):
             await self._demux.unsubscribe(channel)
             raise subscribed if isinstance(subscribed, BaseException) else depth  # type: ignore[misc]
-        stream = EventStream(self, request, subscribed, span)
+        # A batch line may wait behind interactive traffic for as long as its batch's window allows.
+        wait_s = self.settings.request_ttl_s if low_priority else self.settings.queue_wait_timeout_s
+        stream = EventStream(self, request, subscribed, span, wait_timeout_s=wait_s)
         try:
-            if depth >= self.settings.queue_max:
+            if depth >= self.settings.queue_max and not low_priority:
                 raise Overloaded(f"the queue for model '{request.model}' is full ({depth} requests); retry shortly")
-            await self._enqueue(request)
+            await self._enqueue(request, low_priority)
             await stream.start()
         except BaseException:
             await self.release(stream)
@@ -349,17 +355,18 @@ class Gateway:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         return int(depth)
 
-    async def _enqueue(self, request: AnyRequest) -> None:
+    async def _enqueue(self, request: AnyRequest, low_priority: bool = False) -> None:
         try:
             # The job carries only the id (arq logs job arguments); the worker reads the request from its key.
             job = await self._redis.enqueue_job(
                 "embed" if isinstance(request, EmbeddingRequest) else "generate",
                 request.id,
                 _job_id=request.id,
-                _queue_name=channels.queue(request.model),
-                _expires=self.settings.queue_wait_timeout_s,
+                _queue_name=channels.batch_queue(request.model) if low_priority else channels.queue(request.model),
+                _expires=self.settings.request_ttl_s if low_priority else self.settings.queue_wait_timeout_s,
             )
-            await self._redis.publish(channels.announce(request.model), request.id.encode())
+            if not low_priority:  # batch lines wait for a worker's poll: they are in no hurry
+                await self._redis.publish(channels.announce(request.model), request.id.encode())
         except _REDIS_ERRORS as exc:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         if job is None:
@@ -381,7 +388,7 @@ class Gateway:
                 await self.load(request.model)  # again: the worker may have been on its way out when we asked
         except _REDIS_ERRORS as exc:
             raise Unavailable("lost the connection to Redis") from exc
-        if time.time() - request.enqueued_at > self.settings.queue_wait_timeout_s:
+        if time.time() - request.enqueued_at > stream.wait_timeout_s:
             raise Unavailable("the request waited too long in the queue")
 
     async def release(self, stream: EventStream) -> None:

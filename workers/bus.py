@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import msgspec
 import redis.exceptions
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
@@ -26,6 +27,20 @@ R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 REDIS_ERRORS = _REDIS_ERRORS
 
+# KEYS: interactive queue, batch queue. ARGV: how many to move, now (ms), arq's in-progress key prefix.
+# Batch lines move only while every job in the interactive queue is already running (arq keeps running jobs in
+# the queue with an in-progress key): a waiting interactive request always goes first. Atomic, so two workers
+# polling at once cannot both see the queue empty and overfill it.
+_PROMOTE = """
+local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+for _, id in ipairs(jobs) do
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 then return 0 end
+end
+local moved = redis.call('ZPOPMIN', KEYS[2], ARGV[1])
+for i = 1, #moved, 2 do redis.call('ZADD', KEYS[1], ARGV[2], moved[i]) end
+return #moved / 2
+"""
+
 
 class WorkerBus:
     def __init__(self, settings: Settings, redis: Redis, worker_id: str) -> None:
@@ -37,6 +52,7 @@ class WorkerBus:
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: list[asyncio.Task[None]] = []
+        self._promote = redis.register_script(_PROMOTE)
 
     # ---- requests ----------------------------------------------------------------------------------
 
@@ -53,6 +69,16 @@ class WorkerBus:
         if raw is None or cancelled:
             return None
         return msgspec.msgpack.decode(raw, type=kind)
+
+    async def promote_batch_lines(self, model: str, n: int) -> int:
+        """Move up to n batch-line jobs into the model's interactive queue, if no interactive job waits there."""
+        keys = [channels.queue(model), channels.batch_queue(model)]
+        try:
+            moved = await self._promote(keys, [n, int(time.time() * 1000), in_progress_key_prefix])
+        except _REDIS_ERRORS as exc:
+            log.warning("could not take batch lines: %s", exc)
+            return 0
+        return int(moved)
 
     # ---- events ------------------------------------------------------------------------------------
 

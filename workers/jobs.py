@@ -51,8 +51,10 @@ class HerdWorker(Worker):
     """arq's worker, but event-driven: it starts a job the moment the API announces it, and polls the queue the
     moment a slot frees, instead of waiting for the next poll (arq's poll stays on as a slow fallback)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, model: str = "", reserved_slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._model = model
+        self._reserved_slots = reserved_slots
         self._polling = False
         self._poll_again = False
         self._shortcuts: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
@@ -77,6 +79,17 @@ class HerdWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self.poll_soon()  # a slot is free: the oldest queued job should not wait for the next poll
+
+    async def _poll_iteration(self) -> None:
+        await self._take_batch_lines()
+        await super()._poll_iteration()
+
+    async def _take_batch_lines(self) -> None:
+        """Batch lines fill the slots interactive traffic leaves free, less a reserve kept for the next request."""
+        free = self.max_jobs - self.job_counter - self._reserved_slots
+        bus: WorkerBus | None = self.ctx.get("bus")
+        if free > 0 and self.allow_pick_jobs and bus is not None:
+            await bus.promote_batch_lines(self._model, free)
 
     def poll_soon(self) -> None:
         if self._polling:
@@ -194,6 +207,8 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
     functions: list[Function] = [func(generate, name="generate", max_tries=1), func(embed, name="embed", max_tries=1)]
     worker = HerdWorker(
         functions=functions,
+        model=model.name,
+        reserved_slots=min(settings.batch_reserved_slots, settings.max_seqs - 1),
         queue_name=channels.queue(model.name),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,

@@ -1,0 +1,1 @@
+"""The OpenAI Batch API's engine: input validation, running lines through the gateway, driving batches."""
