@@ -36,12 +36,13 @@ def free_port() -> int:
 class HerdServer:
     """A `herd serve` child process with its own Redis database; stopped with SIGTERM like a user would."""
 
-    def __init__(self, redis_port: int, db: int, log_path: Path, **env: str) -> None:
+    def __init__(self, redis_port: int, db: int, log_path: Path, flush: bool = True, **env: str) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.redis_url = f"redis://127.0.0.1:{redis_port}/{db}"
         self.redis = redis.Redis(host="127.0.0.1", port=redis_port, db=db)
-        self.redis.flushdb()
+        if flush:  # flush=False: a restart that finds what an earlier server left in Redis
+            self.redis.flushdb()
         self.log_path = log_path
         full_env = {**os.environ, "HERD_REDIS_URL": self.redis_url, "HERD_LOG_LEVEL": "info", **env}
         self._log = log_path.open("wb")
