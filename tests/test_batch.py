@@ -22,7 +22,7 @@ FINAL = {"completed", "failed", "cancelled", "expired"}
 def herd(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
     files = tmp_path_factory.mktemp("files")
     srv = HerdServer(
-        redis_port, db=7, log_path=tmp_path_factory.mktemp("batch") / "serve.log", HERD_FILES_DIR=str(files)
+        redis_port, db=4, log_path=tmp_path_factory.mktemp("batch") / "serve.log", HERD_FILES_DIR=str(files)
     )
     yield srv
     srv.stop()
@@ -194,7 +194,7 @@ def test_batch_refuses_unknown_files_and_endpoints(client: openai.OpenAI) -> Non
 def test_cancel_mid_run_keeps_partial_output_and_interactive_requests_go_first(
     client: openai.OpenAI, herd: HerdServer
 ) -> None:
-    rows = [chat_line(f"c{i}", f"Write a long story about the number {i}.", max_tokens=48) for i in range(40)]
+    rows = [chat_line(f"c{i}", f"Write a long story about the number {i}.", max_tokens=32) for i in range(30)]
     source = client.files.create(file=("cancel.jsonl", jsonl(rows)), purpose="batch")
     created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait_until(client, created.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 1)
@@ -210,7 +210,7 @@ def test_cancel_mid_run_keeps_partial_output_and_interactive_requests_go_first(
     assert batch.status == "cancelled" and batch.cancelled_at, batch
     assert batch.request_counts is not None
     done = batch.request_counts.completed
-    assert 1 <= done < 40 and batch.request_counts.failed == 0
+    assert 1 <= done < 30 and batch.request_counts.failed == 0
     outputs = results(client, batch.output_file_id)
     ids = [str(o["custom_id"]) for o in outputs]
     assert len(ids) == len(set(ids)) == done  # partial output kept, each line once
@@ -222,7 +222,7 @@ def test_cancel_mid_run_keeps_partial_output_and_interactive_requests_go_first(
 def test_sigkill_of_a_worker_mid_batch_still_runs_every_line_exactly_once(
     client: openai.OpenAI, herd: HerdServer
 ) -> None:
-    rows = [chat_line(f"k{i}", f"Tell me about the colour number {i}.", max_tokens=40) for i in range(24)]
+    rows = [chat_line(f"k{i}", f"Tell me about the colour number {i}.", max_tokens=16) for i in range(16)]
     source = client.files.create(file=("kill.jsonl", jsonl(rows)), purpose="batch")
     created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait_until(client, created.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 2)
@@ -231,14 +231,14 @@ def test_sigkill_of_a_worker_mid_batch_still_runs_every_line_exactly_once(
     os.kill(worker.pid, signal.SIGKILL)
     at_kill = client.batches.retrieve(created.id)
     assert at_kill.status == "in_progress" and at_kill.request_counts is not None
-    assert at_kill.request_counts.completed < 24
+    assert at_kill.request_counts.completed < 16
     batch = wait_until(client, created.id, lambda b: b.status in FINAL)
     assert batch.status == "completed", batch
     assert batch.request_counts is not None
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (24, 0)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (16, 0)
     outputs = results(client, batch.output_file_id)
     ids = sorted(str(o["custom_id"]) for o in outputs)
-    assert ids == sorted(f"k{i}" for i in range(24))  # every line, none twice
+    assert ids == sorted(f"k{i}" for i in range(16))  # every line, none twice
     assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in outputs)  # type: ignore[index]
     assert "running it again" in herd.log_path.read_text()  # lines of the dead worker really were re-run
 
@@ -249,10 +249,10 @@ def test_api_restart_mid_batch_loses_no_line_and_runs_none_twice(
     files = tmp_path_factory.mktemp("restart-files")
     logs = tmp_path_factory.mktemp("restart")
     env = {"HERD_FILES_DIR": str(files), "HERD_BATCH_LEASE_MS": "4000"}
-    first = HerdServer(redis_port, db=8, log_path=logs / "first.log", **env)
+    first = HerdServer(redis_port, db=5, log_path=logs / "first.log", **env)
     try:
         with openai.OpenAI(base_url=f"{first.base_url}/v1", api_key="unused", timeout=120, max_retries=0) as c:
-            rows = [chat_line(f"r{i}", f"Describe city number {i}.", max_tokens=40) for i in range(20)]
+            rows = [chat_line(f"r{i}", f"Describe city number {i}.", max_tokens=24) for i in range(12)]
             source = c.files.create(file=("restart.jsonl", jsonl(rows)), purpose="batch")
             created = c.batches.create(
                 input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -260,16 +260,16 @@ def test_api_restart_mid_batch_loses_no_line_and_runs_none_twice(
             wait_until(c, created.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 2)
     finally:
         first.stop()
-    second = HerdServer(redis_port, db=8, log_path=logs / "second.log", flush=False, **env)
+    second = HerdServer(redis_port, db=5, log_path=logs / "second.log", flush=False, **env)
     try:
         with openai.OpenAI(base_url=f"{second.base_url}/v1", api_key="unused", timeout=120, max_retries=0) as c:
             mid = c.batches.retrieve(created.id)
-            assert mid.request_counts is not None and mid.request_counts.completed < 20, mid
+            assert mid.request_counts is not None and mid.request_counts.completed < 12, mid
             batch = wait_until(c, created.id, lambda b: b.status in FINAL)
             assert batch.status == "completed", batch
             assert batch.request_counts is not None
-            assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
+            assert (batch.request_counts.completed, batch.request_counts.failed) == (12, 0)
             ids = sorted(str(o["custom_id"]) for o in results(c, batch.output_file_id))
-            assert ids == sorted(f"r{i}" for i in range(20))
+            assert ids == sorted(f"r{i}" for i in range(12))
     finally:
         second.stop()

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -50,6 +50,10 @@ def _now() -> int:
 
 def _replace(**changes: object) -> Callable[[Batch], Batch]:
     return lambda b: msgspec.structs.replace(b, **changes)
+
+
+async def _first(*futures: asyncio.Future[Any]) -> None:
+    await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
 
 
 def result_file_ids(batch_id: str) -> tuple[str, str]:
@@ -149,15 +153,18 @@ class BatchDriver:
 
         try:
             for line in todo:
-                await slots.acquire()
+                # A cancel must not wait for a slot to free: race the two.
+                slot = asyncio.ensure_future(slots.acquire())
+                await _first(slot, stop)
+                if not slot.done():
+                    slot.cancel()
                 if stop.done() or broken:
                     break
                 task = asyncio.create_task(self._line(batch, line))
                 running.add(task)
                 task.add_done_callback(finished)
             while running and not stop.done() and not broken:
-                waits: list[asyncio.Future[object]] = [*running, stop]  # type: ignore[list-item]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                await _first(*running, stop)
             outcome: Outcome = stop.result() if stop.done() else "completed"
             for task in list(running):
                 task.cancel()
