@@ -78,6 +78,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_rpm: int = 0  # requests per minute per principal (0: no limit); counted in Redis across replicas
     rate_limit_tpm: int = 0  # tokens (prompt + completion) per minute per principal (0: no limit)
     rate_limits: str = ""  # per-principal overrides: `<subject>=<rpm>/<tpm>` entries separated by `;`
+    files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
+    files_max_bytes: int = 512 * 1024 * 1024  # one upload (Litestar's own default would be 10 MB)
+    batch_max_lines: int = 50_000
+    batch_inflight: int = 16  # lines one batch keeps queued or running: enough to fill every worker's slots
+    batch_reserved_slots: int = 1  # slots a worker keeps free of batch lines, so interactive requests start at once
+    batch_lease_ms: int = 15_000  # a batch whose driver (an API process) stopped renewing is taken over after this
 
     def limits_for(self) -> dict[str, tuple[int, int]]:
         """The per-subject overrides of HERD_RATE_LIMITS, e.g. `key:batch=600/100000;client:svc=60/20000`."""
@@ -114,12 +120,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             f"refusing to serve {self.host} without authentication: configure API keys, an identity provider or "
             "issuer clients (README, Auth), or set HERD_AUTH=off to run open on purpose"
         )
-    files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
-    files_max_bytes: int = 512 * 1024 * 1024  # one upload (Litestar's own default would be 10 MB)
-    batch_max_lines: int = 50_000
-    batch_inflight: int = 16  # lines one batch keeps queued or running: enough to fill every worker's slots
-    batch_reserved_slots: int = 1  # slots a worker keeps free of batch lines, so interactive requests start at once
-    batch_lease_ms: int = 15_000  # a batch whose driver (an API process) stopped renewing is taken over after this
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:

@@ -3,6 +3,7 @@ a worker SIGKILLed mid-batch, and an API restart mid-batch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,13 +17,21 @@ from openai.types import Batch
 from tests.conftest import MODEL, HerdServer
 
 FINAL = {"completed", "failed", "cancelled", "expired"}
+# Two callers (API keys, so auth is on): what alice creates, bob must not see.
+ALICE, BOB = "sk-alice-batch-test", "sk-bob-batch-test"
+KEYS = {"alice": (ALICE, "batch,inference"), "bob": (BOB, "batch,inference")}
 
 
 @pytest.fixture(scope="module")
 def herd(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
     files = tmp_path_factory.mktemp("files")
+    keys = ";".join(f"{n}={hashlib.sha256(k.encode()).hexdigest()}:{sc}" for n, (k, sc) in KEYS.items())
     srv = HerdServer(
-        redis_port, db=4, log_path=tmp_path_factory.mktemp("batch") / "serve.log", HERD_FILES_DIR=str(files)
+        redis_port,
+        db=4,
+        log_path=tmp_path_factory.mktemp("batch") / "serve.log",
+        HERD_FILES_DIR=str(files),
+        HERD_API_KEYS=keys,
     )
     yield srv
     srv.stop()
@@ -30,7 +39,13 @@ def herd(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def client(herd: HerdServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{herd.base_url}/v1", api_key="unused", timeout=120, max_retries=0) as c:
+    with openai.OpenAI(base_url=f"{herd.base_url}/v1", api_key=ALICE, timeout=120, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bob(herd: HerdServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{herd.base_url}/v1", api_key=BOB, timeout=120, max_retries=0) as c:
         yield c
 
 
@@ -273,3 +288,25 @@ def test_api_restart_mid_batch_loses_no_line_and_runs_none_twice(
             assert ids == sorted(f"r{i}" for i in range(12))
     finally:
         second.stop()
+
+
+def test_another_caller_gets_404_for_files_and_batches(client: openai.OpenAI, bob: openai.OpenAI) -> None:
+    source = client.files.create(file=("mine.jsonl", jsonl([chat_line("a", "hi", max_tokens=2)])), purpose="batch")
+    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    for call in (
+        lambda: bob.files.retrieve(source.id),
+        lambda: bob.files.content(source.id),
+        lambda: bob.files.delete(source.id),
+        lambda: bob.batches.retrieve(created.id),
+        lambda: bob.batches.cancel(created.id),
+        lambda: bob.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert source.id not in [f.id for f in bob.files.list()]
+    assert created.id not in [b.id for b in bob.batches.list()]
+    batch = wait_until(client, created.id, lambda b: b.status in FINAL)
+    assert batch.status == "completed", batch
+    with pytest.raises(openai.NotFoundError):
+        bob.files.content(str(batch.output_file_id))  # the results belong to alice too
+    assert client.files.content(source.id).content  # and alice still has everything
