@@ -283,6 +283,9 @@ class Puller:
             try:
                 if response.status_code == 416 and have and have == source.size:
                     return  # the partial file is already whole; verification decides
+                if response.status_code == 416:
+                    out.truncate(0)  # longer than the file is now: the next pull starts over
+                    raise PullError(f"downloading {source.filename}: the source changed; pull again")
                 if response.status_code not in (200, 206):
                     raise PullError(f"downloading {source.filename}: the server answered {response.status_code}")
                 if response.status_code == 200:
