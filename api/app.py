@@ -30,6 +30,7 @@ from api.errors import (
 )
 from api.filestore import FileStore
 from api.gateway import Gateway
+from api.grammar import GrammarCache
 from api.ids import add_request_id
 from api.metrics import Metrics
 from api.records import Records
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.metrics = metrics
         app.state.store = store
         app.state.catalog = Catalog(_locate(settings, store))
+        app.state.grammars = GrammarCache()
         app.state.started_at = time.time()
         app.state.records = Records(redis)
         app.state.files = FileStore(files_path(settings))

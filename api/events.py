@@ -57,6 +57,7 @@ class EventStream:
         self.worker_id: str | None = None
         self.prompt_tokens = 0
         self.finished = False
+        self._choices_left = request.n if isinstance(request, GenerationRequest) else 1
 
     async def next(self) -> StreamEvent:
         while True:
@@ -79,7 +80,10 @@ class EventStream:
             elif isinstance(event, Failed):
                 self.finished = True
                 raise from_kind(event.kind, event.message, event.param)
-            elif isinstance(event, Finished | Embedded):
+            elif isinstance(event, Finished):
+                self._choices_left -= 1
+                self.finished = self._choices_left <= 0
+            elif isinstance(event, Embedded):
                 self.finished = True
             if isinstance(event, TokenDelta) and self._meter is not None:
                 self._charge(event.tokens)
@@ -127,8 +131,13 @@ class EventStream:
                     }
                 )
             if metrics is not None:
+                first = event.index == 0  # every choice's usage has the prompt: count it once
                 metrics.observe_generation(
-                    model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, since_enqueue
+                    model,
+                    usage.prompt_tokens if first else 0,
+                    usage.cached_tokens if first else 0,
+                    usage.completion_tokens,
+                    since_enqueue,
                 )
         elif isinstance(event, Embedded):
             self._charge(event.prompt_tokens - self._charged)

@@ -12,10 +12,35 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
+class ToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A function call the assistant made earlier in the conversation; `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: Role
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+class Tool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A function the model may call, shown to it in the prompt; `parameters` is its JSON schema as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = "{}"
+
+
+class Grammar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A GBNF grammar (compiled in the API) the output must follow; with `triggers`, only from the first trigger on."""
+
+    gbnf: str
+    triggers: tuple[str, ...] = ()
 
 
 class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -30,6 +55,7 @@ class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -42,6 +68,11 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     sampling: SamplingParams = SamplingParams()
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: up to the context
     stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()  # described to the model in the prompt (chat only)
+    grammar: Grammar | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None  # None: off; else how many alternatives
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] = 1  # choices, forked from one prefill of the prompt
+    suffix: str | None = None  # fill in the middle between prompt and suffix (models with infill tokens)
     # Ollama's /api/generate `context`: token ids of an earlier exchange, put before the prompt as they are.
     context_tokens: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
     fit_context: bool = False  # a max_tokens beyond the context's room is cut to it (Ollama) instead of refused
@@ -79,17 +110,30 @@ class Started(msgspec.Struct, frozen=True, tag="started"):
     prompt_tokens: int
 
 
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """A generated token's bytes and log-probability, with the most likely alternatives at its position."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
 class TokenDelta(msgspec.Struct, frozen=True, tag="delta"):
     seq: int
     text: str
     tokens: int  # how many generated tokens this text covers (it may be 0 while a stop string is pending)
+    index: int = 0  # which choice (n > 1)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token generated since the last delta, when asked for
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finished"):
+    """One choice ended; `usage` has the whole prompt and this choice's completion (the API counts the prompt once)."""
+
     seq: int
     finish_reason: FinishReason
     usage: Usage
     tokens: tuple[int, ...] = ()  # prompt + generated token ids, only when the request set return_tokens
+    index: int = 0
 
 
 class Embedded(msgspec.Struct, frozen=True, tag="embedded"):

@@ -27,6 +27,7 @@ from shared.inference import (
     Started,
     StreamEvent,
     TokenDelta,
+    TokenLogprob,
     Usage,
 )
 from workers.embedder import EmbedJob
@@ -42,9 +43,20 @@ Emit = Callable[[list[tuple[str, StreamEvent]], list[RequestStats]], None]
 
 
 @dataclass(slots=True)
+class _Family:
+    """What the choices of one request share: its event numbering and the future that ends when all are done."""
+
+    done: asyncio.Future[None]
+    event_seq: int = 0
+    live: int = 1  # choices not yet finished (the forks join when the prompt is prefilled)
+    fork_slots: list[int] = field(default_factory=list)  # reserved at admission for choices 1..n-1
+
+
+@dataclass(slots=True)
 class _Seq:
     req: GenerationRequest
-    done: asyncio.Future[None]
+    family: _Family
+    index: int = 0  # the choice
     seq_id: int = -1
     prompt: list[int] = field(default_factory=list)
     n_prefilled: int = 0
@@ -56,14 +68,14 @@ class _Seq:
     text: TextStream | None = None
     next_token: int = -1  # sampled, not yet in the KV cache
     generated: int = 0
-    event_seq: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
     admitted_ns: int = 0
     admitted_wall_ns: int = 0
     first_token_ns: int = 0
 
     def next_seq(self) -> int:
-        self.event_seq += 1
-        return self.event_seq - 1
+        self.family.event_seq += 1
+        return self.family.event_seq - 1
 
 
 @dataclass(slots=True)
@@ -121,10 +133,10 @@ class Batcher:
     async def run(self, request: GenerationRequest) -> None:
         """Generate `request` to its end (events go out through `emit`); cancelling this awaitable cancels it."""
         assert self._loop is not None
-        seq = _Seq(req=request, done=self._loop.create_future())
+        seq = _Seq(req=request, family=_Family(done=self._loop.create_future()))
         self._inbox.put(seq)
         try:
-            await asyncio.shield(seq.done)
+            await asyncio.shield(seq.family.done)
         except asyncio.CancelledError:
             self.cancel(request.id)
             raise
@@ -205,14 +217,24 @@ class Batcher:
             self._finish(seq, "cancelled")
 
     def _admit(self) -> None:
-        while self._waiting and self._slots.free:
+        # n > 1 takes its n slots at once, so its forks never wait; later requests wait behind it (no overtaking).
+        while self._waiting and self._slots.free >= min(self._waiting[0].req.n, self._engine.max_seqs):
             seq = self._waiting.pop(0)
             try:
+                if seq.req.n > self._engine.max_seqs:
+                    raise InvalidRequest(
+                        f"n={seq.req.n} is more than the {self._engine.max_seqs} sequences a worker runs at once",
+                        param="n",
+                    )
                 self._prepare(seq)
-                seq.sampler = self._engine.new_sampler(seq.req.sampling)
+                seq.sampler = self._engine.new_sampler(seq.req.sampling, seq.req.grammar)
             except Exception as exc:
                 self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
                 continue
+            for _ in range(seq.req.n - 1):
+                slot = self._slots.take([])[0]
+                self._engine.drop(slot)  # its cached prompt is given up: the fork's copy replaces it
+                seq.family.fork_slots.append(slot)
             seq.seq_id, reused, held = self._slots.take(seq.prompt)
             if reused < held:
                 self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
@@ -226,10 +248,12 @@ class Batcher:
     def _prepare(self, seq: _Seq) -> None:
         req, engine = seq.req, self._engine
         if req.messages is not None:
-            text, add_special = self._template.render(req.messages), engine.add_bos
+            text, add_special = self._template.render(req.messages, req.tools), engine.add_bos
         else:
             text, add_special = req.prompt or "", True
-        if req.context_tokens:
+        if req.suffix is not None:
+            seq.prompt = self._infill(text, req.suffix)
+        elif req.context_tokens:
             if max(req.context_tokens) >= engine.n_vocab:
                 raise InvalidRequest("context holds token ids this model does not have", param="context")
             # The earlier exchange already begins the text (with its BOS, if any): the new part adds none.
@@ -251,6 +275,18 @@ class Batcher:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
+
+    def _infill(self, prefix: str, suffix: str) -> list[int]:
+        engine = self._engine
+        fim = engine.infill_tokens()
+        if fim is None:
+            raise InvalidRequest(
+                "this model has no fill-in-the-middle tokens, so 'suffix' is not supported", param="suffix"
+            )
+        pre, suf, mid = fim
+        bos = [engine.bos_id] if engine.add_bos and engine.bos_id >= 0 else []
+        body = engine.tokenize(prefix, add_special=False)
+        return [*bos, pre, *body, suf, *engine.tokenize(suffix, add_special=False), mid]
 
     def _embed_step(self) -> None:
         """One micro-batch of the oldest embedding request (a long list of inputs takes turns with decoding)."""
@@ -301,7 +337,7 @@ class Batcher:
         for index, seq in enumerate(decoding):
             seq.kv_len += 1
             assert seq.sampler is not None
-            self._on_token(seq, self._engine.sample(seq.sampler, index))
+            self._on_token(seq, self._engine.sample(seq.sampler, index), index)
 
     def _prefill(self, seq: _Seq) -> int:
         """One aligned chunk of `seq`'s prompt; samples its first token when the prompt is done."""
@@ -312,11 +348,30 @@ class Batcher:
         self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
         seq.n_prefilled = seq.kv_len = end
         if last:
-            assert seq.sampler is not None
-            self._on_token(seq, self._engine.sample(seq.sampler, n - 1))
+            forks = self._fork(seq)  # before the first sample: every choice draws from the prompt's logits
+            for choice in (seq, *forks):
+                assert choice.sampler is not None
+                self._on_token(choice, self._engine.sample(choice.sampler, n - 1), n - 1)
         return n
 
-    def _on_token(self, seq: _Seq, token: int) -> None:
+    def _fork(self, seq: _Seq) -> list[_Seq]:
+        """Choices 1..n-1 of `seq`'s request: copies of its prefilled KV cells in the slots reserved for them."""
+        family, forks = seq.family, list[_Seq]()
+        for slot in family.fork_slots:
+            self._engine.fork(seq.seq_id, slot)
+            fork = _Seq(req=seq.req, family=family, index=len(forks) + 1, seq_id=slot, prompt=seq.prompt)
+            fork.n_prefilled = fork.kv_len = len(seq.prompt)
+            fork.max_tokens = seq.max_tokens
+            fork.sampler = self._engine.new_sampler(seq.req.sampling, seq.req.grammar, seed_offset=fork.index)
+            fork.text = TextStream(seq.req.stop)
+            fork.admitted_ns, fork.admitted_wall_ns = seq.admitted_ns, seq.admitted_wall_ns
+            forks.append(fork)
+        family.fork_slots = []
+        family.live += len(forks)
+        self._active.extend(forks)
+        return forks
+
+    def _on_token(self, seq: _Seq, token: int, batch_index: int) -> None:
         if not seq.first_token_ns:
             seq.first_token_ns = time.perf_counter_ns()
         if self._engine.is_eog(token):
@@ -325,10 +380,12 @@ class Batcher:
         seq.generated += 1
         seq.out.append(token)
         self.counters.tokens_generated += 1
+        if seq.req.logprobs is not None:
+            seq.logprobs.append(self._engine.logprobs(batch_index, token, seq.req.logprobs))
         assert seq.text is not None
         text = seq.text.feed(self._engine.piece(token))
         if text:
-            self._events.append((seq.req.id, TokenDelta(seq.next_seq(), text, 1)))
+            self._delta(seq, text, 1)
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= seq.max_tokens:
@@ -341,7 +398,7 @@ class Batcher:
         if reason != "cancelled":
             rest = seq.text.flush()
             if rest:
-                self._events.append((seq.req.id, TokenDelta(seq.next_seq(), rest, 0)))
+                self._delta(seq, rest, 0)
             now = time.perf_counter_ns()
             first = seq.first_token_ns or now
             usage = Usage(
@@ -357,7 +414,7 @@ class Batcher:
                 timeline = (seq.admitted_wall_ns, wall + first, wall + now)
                 record_generation(self._tracer, seq.req, self._worker_id, reason, usage, timeline)
             tokens = (*seq.prompt, *seq.out) if seq.req.return_tokens else ()
-            self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage, tokens)))
+            self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage, tokens, seq.index)))
             self.counters.requests_done += 1
         else:
             self.counters.requests_cancelled += 1
@@ -365,6 +422,11 @@ class Batcher:
             RequestStats(seq.req.id, self._worker_id, reason, len(seq.prompt), seq.generated, time.time())
         )
         self._release(seq)
+
+    def _delta(self, seq: _Seq, text: str, tokens: int) -> None:
+        logprobs = tuple(seq.logprobs)
+        seq.logprobs.clear()
+        self._events.append((seq.req.id, TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs)))
 
     def _fail(self, seq: _Seq, exc: ServiceError, admitted: bool = True) -> None:
         self._events.append((seq.req.id, Failed(seq.next_seq(), exc.kind, exc.message, exc.param)))
@@ -381,12 +443,17 @@ class Batcher:
             held = []
             self._engine.drop(seq.seq_id)
         self._slots.give_back(seq.seq_id, held)
+        for slot in seq.family.fork_slots:  # reserved for forks that never came (the prompt failed or was cancelled)
+            self._slots.give_back(slot, [])
+        seq.family.fork_slots = []
         if seq.sampler is not None:
             self._engine.free_sampler(seq.sampler)
         self._resolve(seq)
 
     def _resolve(self, seq: _Seq) -> None:
-        self._resolved.append(seq.done)
+        seq.family.live -= 1
+        if seq.family.live == 0:
+            self._resolved.append(seq.family.done)
 
     def _flush(self) -> None:
         """Hand this step's events to the event loop, then wake the jobs that ended (in that order)."""

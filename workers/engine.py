@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy.typing as npt
 
 from shared.config import ModelConfig
 from shared.errors import EngineError, InvalidRequest
-from shared.inference import SamplingParams
+from shared.inference import Grammar, SamplingParams, TokenLogprob
 
 log = logging.getLogger("herd.worker.engine")
 
@@ -32,12 +33,16 @@ def _usable_cpus() -> int:
 
 
 class Sampler:
-    """A llama.cpp sampler chain owned by one sequence; plain greedy needs no chain at all."""
+    """A llama.cpp sampler chain owned by one sequence (plain greedy needs none), and its grammar if it has one."""
 
-    __slots__ = ("handle",)
+    __slots__ = ("grammar", "handle")
 
-    def __init__(self, handle: object | None) -> None:
+    def __init__(self, handle: object | None, grammar: object | None = None) -> None:
         self.handle = handle  # None: argmax over the logits
+        self.grammar = grammar  # kept out of the chain: checked against the token drawn first (see Engine.sample)
+
+
+_CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
 
 class Engine:
@@ -116,14 +121,27 @@ class Engine:
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
 
-    def new_sampler(self, params: SamplingParams) -> Sampler:
-        """A per-sequence sampler chain: an opaque handle for sample() and free_sampler()."""
+    def new_sampler(self, params: SamplingParams, grammar: Grammar | None = None, seed_offset: int = 0) -> Sampler:
+        """A per-sequence sampler chain: an opaque handle for sample() and free_sampler().
+
+        `seed_offset` gives each choice of an n > 1 request its own random stream from the one seed.
+        """
+        constraint = None
+        if grammar is not None:
+            constraint = self._grammar_sampler(grammar)
+            if not constraint:
+                raise InvalidRequest("llama.cpp could not parse the grammar for this request", param="response_format")
         penalties = params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
-        if params.temperature <= 0.0 and not penalties:
+        if params.temperature <= 0.0 and not penalties and not params.logit_bias:
             # Greedy: an argmax over a view of the logits is 4x cheaper than the chain (which copies the vocabulary).
-            return Sampler(None)
+            return Sampler(None, constraint)
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = L.llama_sampler_chain_add
+        if params.logit_bias:
+            biases = (L.llama_logit_bias * len(params.logit_bias))(
+                *(L.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            add(chain, L.llama_sampler_init_logit_bias(self.n_vocab, len(params.logit_bias), biases))
         if penalties:
             add(
                 chain,
@@ -145,20 +163,94 @@ class Engine:
             if params.min_p > 0.0:
                 add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
             add(chain, L.llama_sampler_init_temp(params.temperature))
-            seed = L.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            seed = L.LLAMA_DEFAULT_SEED if params.seed is None else (params.seed + seed_offset) & 0xFFFFFFFF
             add(chain, L.llama_sampler_init_dist(seed))
-        return Sampler(chain)
+        return Sampler(chain, constraint)
+
+    def _grammar_sampler(self, grammar: Grammar) -> Any:
+        if not grammar.triggers:
+            return L.llama_sampler_init_grammar(self._vocab, grammar.gbnf.encode(), b"root")
+        # Lazy: free text until a trigger appears; the grammar then applies from the trigger (capture group 1) on.
+        patterns = [f"[\\s\\S]*?({re.escape(t)}[\\s\\S]*)".encode() for t in grammar.triggers]
+        c_patterns = (ctypes.c_char_p * len(patterns))(*patterns)
+        no_tokens = (L.llama_token * 1)()
+        return L.llama_sampler_init_grammar_lazy_patterns(
+            self._vocab, grammar.gbnf.encode(), b"root", c_patterns, len(patterns), no_tokens, 0
+        )
 
     def sample(self, sampler: Sampler, batch_index: int) -> int:
-        """Sample from the logits at `batch_index` of the last decode; the chain also records the token."""
-        if sampler.handle is None:
-            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+        """Sample from the logits at `batch_index` of the last decode; the chain (and grammar) record the token."""
+        if sampler.grammar is None:
+            if sampler.handle is None:
+                logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+                return int(logits.argmax())
+            return int(L.llama_sampler_sample(sampler.handle, self._ctx, batch_index))
+        # A grammar judged over the whole vocabulary costs far more than a decode step; so draw as if
+        # unconstrained, ask the grammar about that one token, and only when it refuses draw again with the grammar
+        # applied to every candidate (llama.cpp's own server samples the same way).
+        token = self._draw(sampler, batch_index, constrained=False)
+        if not self._allows(sampler.grammar, token):
+            token = self._draw(sampler, batch_index, constrained=True)
+        if sampler.handle is not None:
+            L.llama_sampler_accept(sampler.handle, token)
+        L.llama_sampler_accept(sampler.grammar, token)
+        return token
+
+    def _draw(self, sampler: Sampler, batch_index: int, constrained: bool) -> int:
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+        if not constrained and sampler.handle is None:
             return int(logits.argmax())
-        return int(L.llama_sampler_sample(sampler.handle, self._ctx, batch_index))
+        candidates = np.empty(self.n_vocab, dtype=_CANDIDATE)
+        candidates["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = L.llama_token_data_array(
+            data=candidates.ctypes.data_as(L.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False
+        )
+        if constrained:
+            L.llama_sampler_apply(sampler.grammar, ctypes.byref(array))
+        if sampler.handle is None:
+            return int(candidates["id"][int(candidates["logit"][: array.size].argmax())])
+        L.llama_sampler_apply(sampler.handle, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    def _allows(self, grammar: object, token: int) -> bool:
+        single = L.llama_token_data(id=token, logit=0.0, p=0.0)
+        array = L.llama_token_data_array(data=ctypes.pointer(single), size=1, selected=-1, sorted=False)
+        L.llama_sampler_apply(grammar, ctypes.byref(array))
+        return bool(np.isfinite(single.logit))
+
+    def logprobs(self, batch_index: int, token: int, top: int) -> TokenLogprob:
+        """The model's log-probability of `token` at `batch_index` of the last decode, and the `top` likeliest."""
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        alternatives: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(logits[best])[::-1]]
+            alternatives = tuple((self.piece(int(t)), float(logits[t]) - lse) for t in best)
+        return TokenLogprob(self.piece(token), float(logits[token]) - lse, alternatives)
+
+    def fork(self, source: int, target: int) -> None:
+        """Make sequence `target` hold a copy of `source`'s KV cells (n > 1 choices share one prefill)."""
+        L.llama_memory_seq_rm(self._mem, target, -1, -1)
+        L.llama_memory_seq_cp(self._mem, source, target, -1, -1)
+
+    def infill_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle prefix, suffix and middle tokens, or None when the model has none."""
+        pre, suf, mid = (
+            L.llama_vocab_fim_pre(self._vocab),
+            L.llama_vocab_fim_suf(self._vocab),
+            L.llama_vocab_fim_mid(self._vocab),
+        )
+        return (int(pre), int(suf), int(mid)) if min(pre, suf, mid) >= 0 else None
 
     def free_sampler(self, sampler: Sampler) -> None:
         if sampler.handle is not None:
             L.llama_sampler_free(sampler.handle)
+        if sampler.grammar is not None:
+            L.llama_sampler_free(sampler.grammar)
 
     def decode(
         self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], logits: Sequence[bool]

@@ -68,6 +68,7 @@ async def close_shielded(*streams: EventStream) -> None:
 
 
 async def collect(stream: EventStream) -> tuple[str, Finished]:
+    """The text and end of a one-choice request."""
     parts: list[str] = []
     async for event in stream.deltas():
         if isinstance(event, TokenDelta):
@@ -78,17 +79,18 @@ async def collect(stream: EventStream) -> tuple[str, Finished]:
 
 
 async def merged(streams: list[EventStream]) -> AsyncIterator[tuple[int, TokenDelta | Finished]]:
-    """Interleave the events of several streams (one per choice), tagged with the choice index."""
+    """Interleave the events of several streams (one per prompt), tagged with the stream's index."""
     if len(streams) == 1:
         async for event in streams[0].deltas():
             yield 0, event
         return
-    queue: asyncio.Queue[tuple[int, TokenDelta | Finished] | BaseException] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, TokenDelta | Finished] | BaseException | None] = asyncio.Queue()
 
     async def pump(index: int, stream: EventStream) -> None:
         try:
             async for event in stream.deltas():
                 queue.put_nowait((index, event))
+            queue.put_nowait(None)
         except Exception as exc:  # handed to the consumer, which re-raises it
             queue.put_nowait(exc)
 
@@ -99,8 +101,9 @@ async def merged(streams: list[EventStream]) -> AsyncIterator[tuple[int, TokenDe
             item = await queue.get()
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item[1], Finished):
+            if item is None:
                 remaining -= 1
+                continue
             yield item
     finally:
         for task in tasks:

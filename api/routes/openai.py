@@ -3,59 +3,63 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
 from api.events import EventStream
-from api.routes.common import close_shielded, collect, decode, gateway, merged, request_id, unless_gone
+from api.grammar import GrammarCache
+from api.routes.common import close_shielded, decode, gateway, merged, request_id, unless_gone
 from api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
 from api.translate import openai as translate
+from api.translate.openai_chat import ChatAssembler
+from api.translate.openai_text import CompletionAssembler
 from shared.errors import ModelNotFound, ServiceError
-from shared.inference import Finished, Usage
+from shared.inference import Finished, TokenDelta
 from shared.wire import openai as wire
 
 AnyRequest = Request[object, object, State]
 
 
+def grammars(state: State) -> GrammarCache:
+    cache = state.grammars
+    assert isinstance(cache, GrammarCache)
+    return cache
+
+
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest, state: State) -> Response[wire.ChatCompletion] | Stream:
     body = await decode(request, wire.ChatCompletionRequest)
-    req = translate.chat_request(body, request_id(request))
+    req = translate.chat_request(body, request_id(request), grammars(state))
     stream = await unless_gone(request, gateway(state).open(req))
-    created = int(time.time())
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    tools = bool(req.tools) and req.grammar is not None
+    chat = ChatAssembler(req.id, body.model, int(time.time()), req.n, tools, bool(body.logprobs), include_usage)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        frames = _chat_frames(stream, body.model, created, include_usage)
-        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        return Stream(_chat_frames(stream, chat, include_usage), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
-        text, end = await unless_gone(request, collect(stream))
+        await unless_gone(request, _drain(stream, chat.feed))
     finally:
         await close_shielded(stream)
-    return Response(translate.chat_completion(req.id, body.model, created, text, end.finish_reason, end.usage))
+    return Response(chat.completion())
 
 
-async def _chat_frames(stream: EventStream, model: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
-    rid = stream.request.id
+async def _drain(stream: EventStream, feed: Callable[[int, TokenDelta | Finished], object]) -> None:
+    async for event in stream.deltas():
+        feed(event.index, event)
+
+
+async def _chat_frames(stream: EventStream, chat: ChatAssembler, include_usage: bool) -> AsyncIterator[bytes]:
     try:
-        yield sse(
-            translate.chat_chunk(
-                rid, model, created, wire.ChoiceDelta(role="assistant", content=""), None, include_usage
-            )
-        )
-        async for _, event in merged([stream]):
-            if isinstance(event, Finished):
-                yield sse(
-                    translate.chat_chunk(rid, model, created, wire.ChoiceDelta(), event.finish_reason, include_usage)
-                )
-                if include_usage:
-                    yield sse(translate.chat_usage_chunk(rid, model, created, event.usage))
-            elif event.text:
-                yield sse(
-                    translate.chat_chunk(rid, model, created, wire.ChoiceDelta(content=event.text), None, include_usage)
-                )
+        for chunk in chat.opening():
+            yield sse(chunk)
+        async for event in stream.deltas():
+            for chunk in chat.feed(event.index, event):
+                yield sse(chunk)
+        if include_usage:
+            yield sse(chat.usage_chunk())
         yield SSE_DONE
     except ServiceError as exc:
         yield sse_error(exc)
@@ -75,39 +79,44 @@ async def completions(request: AnyRequest, state: State) -> Response[wire.Comple
     except BaseException:
         await close_shielded(*streams)
         raise
-    created = int(time.time())
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    prompts = [r.prompt or "" for r in reqs]
+    text = CompletionAssembler(
+        reqs[0].id,
+        body.model,
+        int(time.time()),
+        prompts,
+        reqs[0].n,
+        body.logprobs is not None,
+        bool(body.echo),
+        include_usage,
+    )
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        frames = _completion_frames(streams, body.model, created, include_usage)
+        frames = _completion_frames(streams, text, include_usage)
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
     try:
-        results = [await unless_gone(request, collect(s)) for s in streams]
+        await unless_gone(request, _drain_all(streams, text))
     finally:
         await close_shielded(*streams)
-    choices = [
-        wire.CompletionChoice(index=i, text=text, finish_reason=end.finish_reason)
-        for i, (text, end) in enumerate(results)
-    ]
-    return Response(translate.completion(reqs[0].id, body.model, created, choices, [end.usage for _, end in results]))
+    return Response(text.completion())
+
+
+async def _drain_all(streams: list[EventStream], text: CompletionAssembler) -> None:
+    async for index, event in merged(streams):
+        text.feed(index, event)
 
 
 async def _completion_frames(
-    streams: list[EventStream], model: str, created: int, include_usage: bool
+    streams: list[EventStream], text: CompletionAssembler, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    rid = streams[0].request.id
-    usages: list[Usage] = []
     try:
+        for chunk in text.opening():
+            yield sse(chunk)
         async for index, event in merged(streams):
-            if isinstance(event, Finished):
-                usages.append(event.usage)
-                choice = wire.CompletionChoice(index=index, text="", finish_reason=event.finish_reason)
-            elif event.text:
-                choice = wire.CompletionChoice(index=index, text=event.text, finish_reason=None)
-            else:
-                continue
-            yield sse(translate.completion_chunk(rid, model, created, [choice], include_usage))
+            for chunk in text.feed(index, event):
+                yield sse(chunk)
         if include_usage:
-            yield sse(translate.completion_chunk(rid, model, created, [], include_usage, usages))
+            yield sse(text.usage_chunk())
         yield SSE_DONE
     except ServiceError as exc:
         yield sse_error(exc)

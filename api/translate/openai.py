@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import numpy as np
-from msgspec import UNSET
 
+from api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
 from shared.errors import InvalidRequest
-from shared.inference import ChatMessage, Embedded, EmbeddingRequest, GenerationRequest, SamplingParams, Usage
+from shared.inference import (
+    ChatMessage,
+    Embedded,
+    EmbeddingRequest,
+    GenerationRequest,
+    Grammar,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    Usage,
+)
 from shared.wire import openai as wire
 
 
@@ -19,29 +30,31 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
-def _sampling(
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-    presence_penalty: float | None,
-    frequency_penalty: float | None,
-) -> SamplingParams:
+def _sampling(body: wire.ChatCompletionRequest | wire.CompletionRequest) -> SamplingParams:
     # OpenAI's defaults: temperature 1, top_p 1. top_p 0 means "only the most likely token": greedy.
-    temp = 1.0 if temperature is None else temperature
+    temp = 1.0 if body.temperature is None else body.temperature
+    top_p = body.top_p
     if top_p == 0.0:
         temp, top_p = 0.0, 1.0
     return SamplingParams(
         temperature=temp,
         top_p=1.0 if top_p is None else top_p,
-        seed=seed,
-        presence_penalty=presence_penalty or 0.0,
-        frequency_penalty=frequency_penalty or 0.0,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(body.logit_bias),
     )
 
 
-def _n(n: int | None) -> None:
-    if n is not None and n != 1:
-        raise InvalidRequest("n > 1 is not supported yet; send n=1 or omit it", param="n")
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    if not bias:
+        return ()
+    out = []
+    for key, value in bias.items():
+        if not key.isdigit():
+            raise InvalidRequest(f"logit_bias keys must be token ids; got {key!r}", param="logit_bias")
+        out.append((int(key), float(value)))
+    return tuple(out)
 
 
 def _content(message: wire.ChatCompletionMessageParam, index: int) -> str:
@@ -60,28 +73,87 @@ def _content(message: wire.ChatCompletionMessageParam, index: int) -> str:
     return "".join(texts)
 
 
-def chat_request(body: wire.ChatCompletionRequest, request_id: str) -> GenerationRequest:
-    _n(body.n)
-    messages = tuple(ChatMessage(role=m.role, content=_content(m, i), name=m.name) for i, m in enumerate(body.messages))
+def _message(m: wire.ChatCompletionMessageParam, i: int) -> ChatMessage:
+    if m.role == "tool" and not m.tool_call_id:
+        raise InvalidRequest("a tool message needs the tool_call_id it answers", param=f"messages[{i}].tool_call_id")
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+    return ChatMessage(role=m.role, content=_content(m, i), name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)
+
+
+def _tools(body: wire.ChatCompletionRequest, grammars: GrammarCache) -> tuple[tuple[Tool, ...], Grammar | None]:
+    """The tools shown to the model and the grammar that enforces tool_choice (none without tools)."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice is not None and choice != "none":
+            raise InvalidRequest("tool_choice is only allowed when tools are given", param="tool_choice")
+        return (), None
+    if choice == "none":
+        return (), None  # the model is not to call tools: it does not see them
+    tools = body.tools
+    if isinstance(choice, wire.ChatCompletionNamedToolChoice):
+        tools = [t for t in body.tools if t.function.name == choice.function.name]
+        if not tools:
+            raise InvalidRequest(
+                f"tool_choice names '{choice.function.name}', which is not among the tools", param="tool_choice"
+            )
+    # Several calls in one turn only when asked for outright: small models given the choice repeat a call until
+    # max_tokens (llama-server, too, defaults parallel_tool_calls to false).
+    parallel = body.parallel_tool_calls is True and not isinstance(choice, wire.ChatCompletionNamedToolChoice)
+    specs = [ToolSpec(t.function.name, t.function.parameters or {}) for t in tools]
+    key = json.dumps(["tools", parallel, [[s.name, s.parameters] for s in specs]], sort_keys=True)
+    gbnf = grammars.get_or_compile(key, lambda: tool_grammar(specs, parallel, "tools"))
+    # auto: the model may answer in text; the grammar takes over once it opens a call.
+    triggers = (TOOL_OPEN,) if choice in (None, "auto") else ()
+    shown = tuple(
+        Tool(t.function.name, t.function.description or "", json.dumps(t.function.parameters or {})) for t in body.tools
+    )
+    return shown, Grammar(gbnf, triggers)
+
+
+def _response_format(fmt: wire.ResponseFormat | None, grammars: GrammarCache) -> Grammar | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Grammar(JSON_OBJECT_GRAMMAR)
+    if fmt.json_schema is None or fmt.json_schema.schema is None:
+        raise InvalidRequest(
+            "response_format json_schema needs json_schema.schema", param="response_format.json_schema"
+        )
+    schema = fmt.json_schema.schema
+    key = json.dumps(["schema", schema], sort_keys=True)
+    return Grammar(grammars.get_or_compile(key, lambda: schema_grammar(schema, "response_format.json_schema.schema")))
+
+
+def chat_request(body: wire.ChatCompletionRequest, request_id: str, grammars: GrammarCache) -> GenerationRequest:
+    messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
+    tools, grammar = _tools(body, grammars)
+    if grammar is None or grammar.triggers:
+        # A forced tool call wins over response_format; with `auto` the text before a call follows no schema.
+        grammar = _response_format(body.response_format, grammars) or grammar
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
     return GenerationRequest(
         id=request_id,
         model=body.model,
         messages=messages,
-        sampling=_sampling(body.temperature, body.top_p, body.seed, body.presence_penalty, body.frequency_penalty),
+        sampling=_sampling(body),
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         stop=_stop(body.stop),
+        tools=tools,
+        grammar=grammar,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        n=body.n or 1,
         enqueued_at=time.time(),
     )
 
 
 def completion_requests(body: wire.CompletionRequest, request_id: str) -> list[GenerationRequest]:
-    """One GenerationRequest per prompt (a list prompt gives one choice per entry)."""
-    _n(body.n)
-    for field in ("echo", "suffix", "best_of", "logprobs"):
-        if getattr(body, field) not in (None, False, 1 if field == "best_of" else None):
-            raise InvalidRequest(f"'{field}' is not supported yet", param=field)
+    """One GenerationRequest per prompt (a list prompt gives n choices per entry)."""
+    n = body.n or 1
+    if body.best_of not in (None, 1, n):
+        raise InvalidRequest("best_of other than n is not supported; omit it", param="best_of")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    sampling = _sampling(body.temperature, body.top_p, body.seed, body.presence_penalty, body.frequency_penalty)
+    sampling = _sampling(body)
     return [
         GenerationRequest(
             id=request_id if i == 0 else f"{request_id}-{i}",
@@ -90,6 +162,9 @@ def completion_requests(body: wire.CompletionRequest, request_id: str) -> list[G
             sampling=sampling,
             max_tokens=16 if body.max_tokens is None else body.max_tokens,  # OpenAI's default for /v1/completions
             stop=_stop(body.stop),
+            logprobs=body.logprobs,
+            n=n,
+            suffix=body.suffix,
             enqueued_at=time.time(),
         )
         for i, prompt in enumerate(prompts)
@@ -104,64 +179,6 @@ def usage(items: list[Usage]) -> wire.CompletionUsage:
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in items)),
-    )
-
-
-def chat_completion(
-    request_id: str, model: str, created: int, text: str, finish_reason: str, used: Usage
-) -> wire.ChatCompletion:
-    return wire.ChatCompletion(
-        id=f"chatcmpl-{request_id}",
-        created=created,
-        model=model,
-        choices=[wire.Choice(index=0, message=wire.ChatCompletionMessage(content=text), finish_reason=finish_reason)],
-        usage=usage([used]),
-    )
-
-
-def chat_chunk(
-    request_id: str,
-    model: str,
-    created: int,
-    delta: wire.ChoiceDelta,
-    finish_reason: str | None = None,
-    with_usage: bool = False,
-) -> wire.ChatCompletionChunk:
-    return wire.ChatCompletionChunk(
-        id=f"chatcmpl-{request_id}",
-        created=created,
-        model=model,
-        choices=[wire.ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-        usage=None if with_usage else UNSET,
-    )
-
-
-def chat_usage_chunk(request_id: str, model: str, created: int, used: Usage) -> wire.ChatCompletionChunk:
-    return wire.ChatCompletionChunk(
-        id=f"chatcmpl-{request_id}", created=created, model=model, choices=[], usage=usage([used])
-    )
-
-
-def completion(
-    request_id: str, model: str, created: int, choices: list[wire.CompletionChoice], used: list[Usage]
-) -> wire.Completion:
-    return wire.Completion(id=f"cmpl-{request_id}", created=created, model=model, choices=choices, usage=usage(used))
-
-
-def completion_chunk(
-    request_id: str,
-    model: str,
-    created: int,
-    choices: list[wire.CompletionChoice],
-    with_usage: bool = False,
-    used: list[Usage] | None = None,
-) -> wire.Completion:
-    return wire.Completion(
-        id=f"cmpl-{request_id}",
-        created=created,
-        model=model,
-        choices=choices,
-        usage=usage(used) if used is not None else (None if with_usage else UNSET),
     )
 
 
