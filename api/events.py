@@ -52,6 +52,7 @@ class EventStream:
         self._last_token = 0.0
         self._meter = METER.get()  # the caller's token budget, when rate limits are on
         self._charged = 0
+        self._completed = 0  # completion tokens of the choices that finished
         self._decoder: msgspec.msgpack.Decoder[StreamEvent] = msgspec.msgpack.Decoder(StreamEvent)
         self._expected_seq = 0
         self.worker_id: str | None = None
@@ -120,7 +121,9 @@ class EventStream:
                 metrics.observe_first_token(model, since_enqueue)
         elif isinstance(event, Finished):
             usage = event.usage
-            self._charge(usage.prompt_tokens + usage.completion_tokens - self._charged)
+            self._completed += usage.completion_tokens  # each choice's own; the prompt is in every one
+            if self.finished:
+                self._charge(usage.prompt_tokens + self._completed - self._charged)
             if span is not None:
                 span.set_attributes(
                     {
