@@ -157,12 +157,14 @@ class WorkerBus:
     # ---- on-demand models: keep_alive and expiry -----------------------------------------------------
 
     async def idle_state(self, model: str) -> tuple[str | None, int]:
-        """The latest request's keep_alive for `model` (None: no request said) and how many jobs its queue holds."""
+        """The latest request's keep_alive for `model` (None: no request said) and how many jobs wait for it
+        (interactive and batch lines)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(channels.keep_alive(model))
             pipe.zcard(channels.queue(model))
-            raw, depth = await pipe.execute()
-        return (raw.decode() if raw else None), int(depth)
+            pipe.zcard(channels.batch_queue(model))
+            raw, depth, batch_depth = await pipe.execute()
+        return (raw.decode() if raw else None), int(depth) + int(batch_depth)
 
     async def set_expiry(self, model: str, expires_at: float | None) -> None:
         """When this worker will exit if no request comes (None: never); refreshed while it lives, gone after."""
