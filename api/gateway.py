@@ -154,6 +154,7 @@ class Gateway:
         self._workers: list[WorkerStatus] = []
         self._workers_at = 0.0
         self._worker_decoder = msgspec.json.Decoder(WorkerStatus)
+        self._quota_script = redis.register_script(RATE_LIMIT_SCRIPT)  # EVALSHA: the script is sent once
 
     async def start(self) -> None:
         self._demux.start()
@@ -401,8 +402,7 @@ class Gateway:
         """Run the rate-limit script over (key, capacity, need, cost) buckets: all taken, or none; their levels."""
         args = [str(v) for _, cap, need, cost in buckets for v in (cap, need, cost)]
         try:
-            keys = [b[0] for b in buckets]
-            ok, *levels = await self._redis.eval(RATE_LIMIT_SCRIPT, len(buckets), *keys, *args)  # type: ignore[misc]
+            ok, *levels = await self._quota_script(keys=[b[0] for b in buckets], args=args)
         except _REDIS_ERRORS as exc:
             raise Unavailable("the API cannot reach Redis; try again shortly") from exc
         return bool(ok), [float(level) for level in levels]

@@ -64,6 +64,11 @@ class Security:
             keys_store = SigningKeys(gateway, s.issuer_key_rotation_s, s.issuer_token_ttl_s)
             self.issuer = Issuer(url, s.auth_audience, s.issuer_token_ttl_s, clients, keys_store)
             issuers[url] = keys_store
+        if not (keys or clients or external):
+            log.warning(
+                "authentication is on but no API keys, identity provider or clients are configured: "
+                "every request except the open routes will be refused"
+            )
         validator = None
         if issuers or external is not None:
             algorithms = [a.strip() for a in s.auth_algorithms.split(",") if a.strip()]
