@@ -11,7 +11,7 @@ import time
 import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from opentelemetry.trace import Span, Tracer, get_current_span
 from redis.asyncio.client import PubSub
 
@@ -383,6 +383,7 @@ class Gateway:
                 worker_id = raw.decode() if raw else None
             if worker_id is not None:
                 if not await self._redis.exists(channels.worker(worker_id)):
+                    await self._forget_job(request)
                     raise WorkerLost("the worker serving this request stopped; no more output will come")
                 return
             if not any(request.model in w.models for w in await self.workers()):
@@ -391,6 +392,15 @@ class Gateway:
             raise Unavailable("lost the connection to Redis") from exc
         if time.time() - request.enqueued_at > stream.wait_timeout_s:
             raise Unavailable("the request waited too long in the queue")
+
+    async def _forget_job(self, request: AnyRequest) -> None:
+        """A dead worker's job would stay in the queue, counted as running, until arq's in-progress key expires
+        (job_timeout, an hour): take it out now. Its request already started, so it can never run again."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(channels.queue(request.model), request.id)
+            pipe.zrem(channels.batch_queue(request.model), request.id)
+            pipe.delete(in_progress_key_prefix + request.id, job_key_prefix + request.id)
+            await pipe.execute()
 
     async def release(self, stream: EventStream) -> None:
         """Unsubscribe; if the request did not finish, tell its worker (or the queue) to drop it."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import redis
 from openai.types import Batch
 
 from tests.conftest import MODEL, HerdServer
@@ -234,6 +235,31 @@ def test_cancel_mid_run_keeps_partial_output_and_interactive_requests_go_first(
     assert herd.redis.zcard(f"herd:batchq:{MODEL}") == 0  # no line left waiting
 
 
+def test_expiry_mid_run_keeps_results_and_reports_the_rest_as_expired(client: openai.OpenAI, herd: HerdServer) -> None:
+    rows = [chat_line(f"x{i}", f"Write a poem about the number {i}.", max_tokens=24) for i in range(24)]
+    source = client.files.create(file=("expire.jsonl", jsonl(rows)), purpose="batch")
+    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_until(client, created.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 1)
+
+    def window_closed(pipe: redis.client.Pipeline) -> None:  # the 24 hours are over (WATCHed like the server's own)
+        record = json.loads(pipe.get(f"herd:batch:{created.id}"))  # type: ignore[arg-type]
+        record["batch"]["expires_at"] = int(time.time()) - 1
+        pipe.multi()
+        pipe.set(f"herd:batch:{created.id}", json.dumps(record))
+
+    herd.redis.transaction(window_closed, f"herd:batch:{created.id}")
+    batch = wait_until(client, created.id, lambda b: b.status in FINAL)
+    assert batch.status == "expired" and batch.expired_at, batch
+    assert batch.request_counts is not None
+    done, failed = batch.request_counts.completed, batch.request_counts.failed
+    assert done >= 1 and failed >= 1 and done + failed == 24
+    outputs = results(client, batch.output_file_id)
+    errors = results(client, batch.error_file_id)
+    assert len(outputs) == done and len(errors) == failed
+    assert sorted(str(o["custom_id"]) for o in outputs + errors) == sorted(f"x{i}" for i in range(24))
+    assert all(e["response"] is None and e["error"]["code"] == "batch_expired" for e in errors)  # type: ignore[index]
+
+
 def test_sigkill_of_a_worker_mid_batch_still_runs_every_line_exactly_once(
     client: openai.OpenAI, herd: HerdServer
 ) -> None:
@@ -256,6 +282,8 @@ def test_sigkill_of_a_worker_mid_batch_still_runs_every_line_exactly_once(
     assert ids == sorted(f"k{i}" for i in range(16))  # every line, none twice
     assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in outputs)  # type: ignore[index]
     assert "running it again" in herd.log_path.read_text()  # lines of the dead worker really were re-run
+    # The dead worker's jobs were taken out of the queue, not left counted as running for arq's hour-long timeout.
+    assert herd.redis.zcard(f"herd:queue:{MODEL}") == 0
 
 
 def test_api_restart_mid_batch_loses_no_line_and_runs_none_twice(

@@ -143,7 +143,7 @@ class BatchDriver:
         broken: list[BaseException] = []
         slots = asyncio.Semaphore(self._settings.batch_inflight)
         stop: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        watcher = asyncio.create_task(self._watch(batch, stop))
+        watcher = asyncio.create_task(self._watch(stop))
 
         def finished(task: asyncio.Task[None]) -> None:
             running.discard(task)
@@ -187,7 +187,7 @@ class BatchDriver:
                 task.cancel()
             writer.cancel()
 
-    async def _watch(self, batch: Batch, stop: asyncio.Future[Outcome]) -> None:
+    async def _watch(self, stop: asyncio.Future[Outcome]) -> None:
         """Cancel requests (made by the route) and the end of the completion window end the run early."""
         while not stop.done():
             await asyncio.sleep(1.0)
@@ -197,7 +197,7 @@ class BatchDriver:
                 continue
             if current is None or current.batch.status == "cancelling":
                 stop.set_result("cancelled")
-            elif batch.expires_at is not None and _now() >= batch.expires_at:
+            elif current.batch.expires_at is not None and _now() >= current.batch.expires_at:
                 stop.set_result("expired")
 
     async def _line(self, batch: Batch, line: Line) -> None:
