@@ -160,7 +160,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.records = Records(redis)
         app.state.files = FileStore(files_path(settings))
         app.state.files.ensure()
-        app.state.batch_runner = BatchRunner(gateway, app.state.records, app.state.files, settings)
+        app.state.batch_runner = BatchRunner(gateway, app.state.grammars, app.state.records, app.state.files, settings)
         app.state.batch_runner.start()
         try:
             yield

@@ -21,6 +21,7 @@ from api.batches.validate import Line, parse_input
 from api.errors import TABLE, openai_body
 from api.filestore import FileStore, ResultLog
 from api.gateway import Gateway
+from api.grammar import GrammarCache
 from api.records import Records
 from shared.config import Settings
 from shared.errors import EngineError, Overloaded, ServiceError, StreamBroken, Unavailable, WorkerLost
@@ -63,9 +64,18 @@ def result_file_ids(batch_id: str) -> tuple[str, str]:
 
 
 class BatchDriver:
-    def __init__(self, batch_id: str, gateway: Gateway, records: Records, store: FileStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        gateway: Gateway,
+        grammars: GrammarCache,
+        records: Records,
+        store: FileStore,
+        settings: Settings,
+    ) -> None:
         self.batch_id = batch_id
         self._gateway = gateway
+        self._grammars = grammars
         self._records = records
         self._store = store
         self._settings = settings
@@ -206,7 +216,7 @@ class BatchDriver:
             request_id = secrets.token_hex(12)
             await self._records.set_inflight(self.batch_id, line.number, request_id)
             try:
-                body = await run_line(self._gateway, batch.endpoint, line.body, request_id)
+                body = await run_line(self._gateway, self._grammars, batch.endpoint, line.body, request_id)
             except (WorkerLost, StreamBroken) as exc:
                 crashes += 1
                 if crashes < MAX_CRASHES:

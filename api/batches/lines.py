@@ -1,66 +1,78 @@
 """One batch line through the same path as an interactive request: decode the body into the endpoint's wire type,
-translate, run on the workers (low priority), and build the response body the endpoint would have sent."""
+translate, run on the workers (low priority), and assemble the response body the endpoint would have sent."""
 
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import msgspec
 
 from api.errors import from_validation
 from api.events import EventStream
 from api.gateway import Gateway
-from api.routes.common import close_shielded, collect
+from api.grammar import GrammarCache
+from api.routes.common import close_shielded, merged
 from api.translate import openai as translate
+from api.translate.openai_chat import ChatAssembler
+from api.translate.openai_text import CompletionAssembler
 from shared.errors import InvalidRequest
 from shared.wire import openai as wire
 
+T = TypeVar("T")
 
-def _decode(body: bytes, type_: type[msgspec.Struct]) -> msgspec.Struct:
+
+def _decode(body: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_validation(exc) from exc
 
 
-async def run_line(gateway: Gateway, endpoint: str, body: bytes, request_id: str) -> bytes:
+def _no_stream(stream: bool | None) -> None:
+    if stream:
+        raise InvalidRequest("stream is not supported in a batch request", param="stream")
+
+
+async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body: bytes, request_id: str) -> bytes:
     """The JSON response body of a successful line; a failure raises its ServiceError (as the route would)."""
     created = int(time.time())
     streams: list[EventStream] = []
     try:
         if endpoint == "/v1/chat/completions":
-            chat = _decode(body, wire.ChatCompletionRequest)
-            assert isinstance(chat, wire.ChatCompletionRequest)
-            _no_stream(chat.stream)
-            req = translate.chat_request(chat, request_id)
+            chat_body = _decode(body, wire.ChatCompletionRequest)
+            _no_stream(chat_body.stream)
+            req = translate.chat_request(chat_body, request_id, grammars)
             streams.append(await gateway.open(req, low_priority=True))
-            text, end = await collect(streams[0])
-            answer = translate.chat_completion(req.id, chat.model, created, text, end.finish_reason, end.usage)
-            return msgspec.json.encode(answer)
+            tools = bool(req.tools) and req.grammar is not None
+            chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, bool(chat_body.logprobs), False)
+            async for event in streams[0].deltas():
+                chat.feed(event.index, event)
+            return msgspec.json.encode(chat.completion())
         if endpoint == "/v1/completions":
-            completion = _decode(body, wire.CompletionRequest)
-            assert isinstance(completion, wire.CompletionRequest)
-            _no_stream(completion.stream)
-            reqs = translate.completion_requests(completion, request_id)
-            for req in reqs:
-                streams.append(await gateway.open(req, low_priority=True))
-            results = [await collect(s) for s in streams]
-            choices = [
-                wire.CompletionChoice(index=i, text=text, finish_reason=end.finish_reason)
-                for i, (text, end) in enumerate(results)
-            ]
-            usages = [end.usage for _, end in results]
-            return msgspec.json.encode(translate.completion(reqs[0].id, completion.model, created, choices, usages))
-        embedding = _decode(body, wire.EmbeddingCreateParams)
-        assert isinstance(embedding, wire.EmbeddingCreateParams)
-        emb_req = translate.embedding_request(embedding, request_id)
+            text_body = _decode(body, wire.CompletionRequest)
+            _no_stream(text_body.stream)
+            reqs = translate.completion_requests(text_body, request_id)
+            for one in reqs:
+                streams.append(await gateway.open(one, low_priority=True))
+            text = CompletionAssembler(
+                reqs[0].id,
+                text_body.model,
+                created,
+                [r.prompt or "" for r in reqs],
+                reqs[0].n,
+                text_body.logprobs is not None,
+                bool(text_body.echo),
+                False,
+            )
+            async for index, event in merged(streams):
+                text.feed(index, event)
+            return msgspec.json.encode(text.completion())
+        embedding_body = _decode(body, wire.EmbeddingCreateParams)
+        emb_req = translate.embedding_request(embedding_body, request_id)
         streams.append(await gateway.open(emb_req, low_priority=True))
         result = await streams[0].embedded()
-        return msgspec.json.encode(translate.embedding_response(embedding.model, result, embedding.encoding_format))
+        answer = translate.embedding_response(embedding_body.model, result, embedding_body.encoding_format)
+        return msgspec.json.encode(answer)
     finally:
         await close_shielded(*streams)  # a line cancelled mid-run still tells its worker to stop
-
-
-def _no_stream(stream: bool | None) -> None:
-    if stream:
-        raise InvalidRequest("stream is not supported in a batch request", param="stream")

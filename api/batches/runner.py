@@ -14,6 +14,7 @@ import secrets
 from api.batches.driver import BatchDriver
 from api.filestore import FileStore
 from api.gateway import Gateway
+from api.grammar import GrammarCache
 from api.records import Records
 from shared.config import Settings
 from shared.errors import ServiceError
@@ -22,8 +23,11 @@ log = logging.getLogger("herd.api.batch")
 
 
 class BatchRunner:
-    def __init__(self, gateway: Gateway, records: Records, store: FileStore, settings: Settings) -> None:
+    def __init__(
+        self, gateway: Gateway, grammars: GrammarCache, records: Records, store: FileStore, settings: Settings
+    ) -> None:
         self._gateway = gateway
+        self._grammars = grammars
         self._records = records
         self._store = store
         self._settings = settings
@@ -79,7 +83,7 @@ class BatchRunner:
         self._drivers[batch_id] = asyncio.create_task(self._drive(batch_id), name=f"herd-batch-{batch_id}")
 
     async def _drive(self, batch_id: str) -> None:
-        driver = BatchDriver(batch_id, self._gateway, self._records, self._store, self._settings)
+        driver = BatchDriver(batch_id, self._gateway, self._grammars, self._records, self._store, self._settings)
         try:
             await driver.run()
         except asyncio.CancelledError:
