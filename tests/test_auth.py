@@ -43,6 +43,8 @@ KEYS = {  # name -> (secret, scopes)
     "limited": (f"sk-limited-{SECRET_SENTINEL}", "models:read,inference"),
     "tokens": (f"sk-tokens-{SECRET_SENTINEL}", "inference"),
     "prometheus": (f"sk-prom-{SECRET_SENTINEL}", "metrics"),
+    "batch-a": (f"sk-batch-a-{SECRET_SENTINEL}", "batch"),
+    "batch-b": (f"sk-batch-b-{SECRET_SENTINEL}", "batch"),
 }
 CLIENT_ID, CLIENT_SECRET = "svc", f"cs-{SECRET_SENTINEL}"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": f"Say hi. {PROMPT_SENTINEL}"}], "max_tokens": 4}
@@ -138,6 +140,7 @@ def auth_server(
         db=7,
         log_path=tmp_path_factory.mktemp("auth") / "serve.log",
         **auth_env(idp),
+        HERD_FILES_DIR=str(tmp_path_factory.mktemp("files")),
         HERD_LOG_LEVEL="debug",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
         OTEL_BSP_SCHEDULE_DELAY="100",
@@ -367,6 +370,28 @@ def test_jwks_kid_spray_rotation_and_idp_outage(auth_server: HerdServer, idp: Id
         assert chat(auth_server, bearer(idp.token(new))).status_code == 200
     finally:
         idp.down = False
+
+
+def test_files_belong_to_the_principal_that_uploaded_them(auth_server: HerdServer) -> None:
+    """The auth middleware's principal is what the Files API owns objects by: another key sees nothing."""
+    line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": MODEL}}
+    base = f"{auth_server.base_url}/v1"
+    with (
+        openai.OpenAI(base_url=base, api_key=KEYS["batch-a"][0], max_retries=0) as owner,
+        openai.OpenAI(base_url=base, api_key=KEYS["batch-b"][0], max_retries=0) as other,
+        openai.OpenAI(base_url=base, api_key=KEYS["infer"][0], max_retries=0) as no_batch,
+    ):
+        uploaded = owner.files.create(file=("in.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+        assert owner.files.retrieve(uploaded.id).id == uploaded.id
+        with pytest.raises(openai.NotFoundError):
+            other.files.retrieve(uploaded.id)
+        with pytest.raises(openai.NotFoundError):
+            other.files.delete(uploaded.id)
+        assert uploaded.id not in [f.id for f in other.files.list()]
+        assert uploaded.id in [f.id for f in owner.files.list()]
+        with pytest.raises(openai.PermissionDeniedError):
+            no_batch.files.list()
+        assert owner.files.delete(uploaded.id).deleted
 
 
 # --- the built-in issuer ------------------------------------------------------------------------------------------
