@@ -289,6 +289,17 @@ def test_copy_and_delete_collect_only_unreferenced_blobs(client: ollama.Client, 
     assert err.value.status_code == 404
 
 
+def test_deleting_a_loaded_model_unloads_it(client: ollama.Client) -> None:
+    client.create(model="doomed", from_=MODEL)  # the bundled file by reference: nothing uploaded
+    client.generate(model="doomed", prompt="Hi", options={"num_predict": 1}, keep_alive="10m")
+    assert "doomed:latest" in {m.model for m in client.ps().models}
+    client.delete("doomed")
+    assert wait_for(lambda: "doomed:latest" not in {m.model for m in client.ps().models})
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="doomed", prompt="Hi")
+    assert err.value.status_code == 404
+
+
 def test_create_refuses_what_herd_does_not_do(client: ollama.Client, srv: HerdServer) -> None:
     with pytest.raises(ollama.ResponseError, match="quantize is unsupported") as err:
         client.create(model="q", from_=MODEL, quantize="q4_K_M")
