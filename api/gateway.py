@@ -252,8 +252,9 @@ class Gateway:
             known.update(dict.fromkeys(worker.models, worker.n_ctx))
         return known
 
-    async def open(self, request: AnyRequest, low_priority: bool = False) -> EventStream:
-        """Admit, subscribe, then enqueue; returns once a worker admitted the request.
+    async def open(self, request: AnyRequest, low_priority: bool = False, wait: bool = True) -> EventStream:
+        """Admit, subscribe, then enqueue; returns once a worker admitted the request (without `wait`: once queued;
+        the caller then awaits `stream.start()` itself).
 
         low_priority (batch lines): the job goes to the model's batch queue, which workers take from only when no
         interactive job waits; the interactive queue's bound does not apply (the batch driver bounds its lines)."""
@@ -262,7 +263,7 @@ class Gateway:
         if meter is not None:  # the caller's tokens per minute: an estimate now, settled when the request ends
             await meter.reserve(self, request)
         if self._tracer is None:
-            return await self._open(request, None, low_priority)
+            return await self._open(request, None, low_priority, wait)
         span = get_current_span()  # the HTTP server span
         operation = (
             "embeddings" if isinstance(request, EmbeddingRequest) else "chat" if request.messages else "text_completion"
@@ -273,9 +274,9 @@ class Gateway:
         with self._tracer.start_as_current_span("herd.enqueue") as enqueue:
             # The worker's spans join this trace through the context the job carries.
             traced = msgspec.structs.replace(request, traceparent=traceparent_of(enqueue))
-            return await self._open(traced, span, low_priority)
+            return await self._open(traced, span, low_priority, wait)
 
-    async def _open(self, request: AnyRequest, span: Span | None, low_priority: bool) -> EventStream:
+    async def _open(self, request: AnyRequest, span: Span | None, low_priority: bool, wait: bool) -> EventStream:
         channel = channels.events(request.id)
         # The subscription and the queue-depth check (which also stores the request) go to Redis side by side.
         subscribed, depth = await asyncio.gather(
@@ -291,7 +292,8 @@ class Gateway:
             if depth >= self.settings.queue_max and not low_priority:
                 raise Overloaded(f"the queue for model '{request.model}' is full ({depth} requests); retry shortly")
             await self._enqueue(request, low_priority)
-            await stream.start()
+            if wait:
+                await stream.start()
         except BaseException:
             await self.release(stream)
             raise

@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_ttl_s: float = 3.0
     drain_timeout_s: int = 30  # on SIGTERM a worker takes no new jobs and lets running ones finish this long
     queue_wait_timeout_s: float = 300.0  # a request that waits longer in the queue gets a 503
+    # A stream still queued after this long gets its 200 and SSE keep-alive comments every sse_keepalive_s until a
+    # worker takes it (so proxies and clients with idle timeouts hold on); errors after that are in-band frames.
+    sse_commit_after_s: float = 10.0
+    sse_keepalive_s: float = 15.0
     request_ttl_s: int = 3600  # how long request records and stats live in Redis
     max_tokens_cap: int = 32768
     log_level: str = "info"

@@ -17,7 +17,7 @@ from api.events import EventStream
 from api.gateway import Gateway
 from api.ids import request_id_of
 from shared.errors import Cancelled
-from shared.inference import Finished, TokenDelta
+from shared.inference import Finished, GenerationRequest, TokenDelta
 
 T = TypeVar("T")
 
@@ -108,3 +108,53 @@ async def merged(streams: list[EventStream]) -> AsyncIterator[tuple[int, TokenDe
     finally:
         for task in tasks:
             task.cancel()
+
+
+SSE_KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: both OpenAI SDKs skip it
+
+
+async def open_streaming(
+    request: Request[object, object, State], state: State, reqs: list[GenerationRequest]
+) -> tuple[list[EventStream], asyncio.Future[object] | None]:
+    """Queue `reqs` for one streamed response. Returns once workers admitted them all (a refusal is still a real
+    status), or, when that takes longer than sse_commit_after_s, with the admission pending: the response then
+    opens at once and keeps the connection alive with comments while it waits (see keep_alive)."""
+    gw = gateway(state)
+    streams: list[EventStream] = []
+    try:
+        for req in reqs:
+            streams.append(await unless_gone(request, gw.open(req, wait=False)))
+    except BaseException:
+        await close_shielded(*streams)
+        raise
+    admitted: asyncio.Future[object] = asyncio.ensure_future(_start_all(streams))
+    try:
+        await unless_gone(request, asyncio.wait({admitted}, timeout=gw.settings.sse_commit_after_s))
+        if admitted.done():
+            admitted.result()
+            return streams, None
+    except BaseException:
+        admitted.cancel()
+        await close_shielded(*streams)
+        raise
+    return streams, admitted
+
+
+async def _start_all(streams: list[EventStream]) -> None:
+    for stream in streams:
+        await stream.start()
+
+
+async def keep_alive(pending: asyncio.Future[object] | None, every: float) -> AsyncIterator[bytes]:
+    """Comments every `every` seconds until the pending admission ends; its error (if any) is raised here."""
+    if pending is None:
+        return
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if done:
+                pending.result()
+                return
+            yield SSE_KEEPALIVE
+    finally:
+        pending.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -11,7 +12,16 @@ from litestar.response import Stream
 
 from api.events import EventStream
 from api.grammar import GrammarCache
-from api.routes.common import close_shielded, decode, gateway, merged, request_id, unless_gone
+from api.routes.common import (
+    close_shielded,
+    decode,
+    gateway,
+    keep_alive,
+    merged,
+    open_streaming,
+    request_id,
+    unless_gone,
+)
 from api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
 from api.translate import openai as translate
 from api.translate.openai_chat import ChatAssembler
@@ -21,6 +31,7 @@ from shared.inference import Finished, TokenDelta
 from shared.wire import openai as wire
 
 AnyRequest = Request[object, object, State]
+Pending = asyncio.Future[object] | None  # a streamed request's admission, when the response opened before it
 
 
 def grammars(state: State) -> GrammarCache:
@@ -33,12 +44,14 @@ def grammars(state: State) -> GrammarCache:
 async def chat_completions(request: AnyRequest, state: State) -> Response[wire.ChatCompletion] | Stream:
     body = await decode(request, wire.ChatCompletionRequest)
     req = translate.chat_request(body, request_id(request), grammars(state))
-    stream = await unless_gone(request, gateway(state).open(req))
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     tools = bool(req.tools) and req.grammar is not None
     chat = ChatAssembler(req.id, body.model, int(time.time()), req.n, tools, bool(body.logprobs), include_usage)
     if body.stream:
-        return Stream(_chat_frames(stream, chat, include_usage), media_type="text/event-stream", headers=SSE_HEADERS)
+        [stream], pending = await open_streaming(request, state, [req])
+        frames = _chat_frames(stream, chat, include_usage, pending, state.gateway.settings.sse_keepalive_s)
+        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    stream = await unless_gone(request, gateway(state).open(req))
     try:
         await unless_gone(request, _drain(stream, chat.feed))
     finally:
@@ -51,8 +64,12 @@ async def _drain(stream: EventStream, feed: Callable[[int, TokenDelta | Finished
         feed(event.index, event)
 
 
-async def _chat_frames(stream: EventStream, chat: ChatAssembler, include_usage: bool) -> AsyncIterator[bytes]:
+async def _chat_frames(
+    stream: EventStream, chat: ChatAssembler, include_usage: bool, pending: Pending, every: float
+) -> AsyncIterator[bytes]:
     try:
+        async for comment in keep_alive(pending, every):
+            yield comment
         for chunk in chat.opening():
             yield sse(chunk)
         async for event in stream.deltas():
@@ -72,13 +89,6 @@ async def _chat_frames(stream: EventStream, chat: ChatAssembler, include_usage: 
 async def completions(request: AnyRequest, state: State) -> Response[wire.Completion] | Stream:
     body = await decode(request, wire.CompletionRequest)
     reqs = translate.completion_requests(body, request_id(request))
-    streams: list[EventStream] = []
-    try:
-        for req in reqs:
-            streams.append(await unless_gone(request, gateway(state).open(req)))
-    except BaseException:
-        await close_shielded(*streams)
-        raise
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     prompts = [r.prompt or "" for r in reqs]
     text = CompletionAssembler(
@@ -92,8 +102,16 @@ async def completions(request: AnyRequest, state: State) -> Response[wire.Comple
         include_usage,
     )
     if body.stream:
-        frames = _completion_frames(streams, text, include_usage)
+        streams, pending = await open_streaming(request, state, reqs)
+        frames = _completion_frames(streams, text, include_usage, pending, state.gateway.settings.sse_keepalive_s)
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    streams = list[EventStream]()
+    try:
+        for req in reqs:
+            streams.append(await unless_gone(request, gateway(state).open(req)))
+    except BaseException:
+        await close_shielded(*streams)
+        raise
     try:
         await unless_gone(request, _drain_all(streams, text))
     finally:
@@ -107,9 +125,11 @@ async def _drain_all(streams: list[EventStream], text: CompletionAssembler) -> N
 
 
 async def _completion_frames(
-    streams: list[EventStream], text: CompletionAssembler, include_usage: bool
+    streams: list[EventStream], text: CompletionAssembler, include_usage: bool, pending: Pending, every: float
 ) -> AsyncIterator[bytes]:
     try:
+        async for comment in keep_alive(pending, every):
+            yield comment
         for chunk in text.opening():
             yield sse(chunk)
         async for index, event in merged(streams):
