@@ -9,6 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -149,9 +150,15 @@ async def test_records_ownership_and_idempotent_create(redis_port: int) -> None:
         other = await records.create_batch("bob", batch("batch_3"), "key")  # keys are per owner
         assert (first.id, again.id, other.id) == ("batch_1", "batch_1", "batch_3")
         assert [b.id for b in (await records.batches("alice", 10, None))[0]] == ["batch_1"]
+        for n in (4, 5):  # newer batches list first; `after` is the last id of the page before (the SDK's cursor)
+            await records.create_batch("alice", msgspec.structs.replace(batch(f"batch_{n}"), created_at=n), None)
+        page, more = await records.batches("alice", 2, None)
+        assert ([b.id for b in page], more) == (["batch_5", "batch_4"], True)
+        page, more = await records.batches("alice", 2, "batch_4")
+        assert ([b.id for b in page], more) == (["batch_1"], False)
         with pytest.raises(NotFound):
             await records.batch("bob", "batch_1")
-        assert await records.active_batches() == ["batch_1", "batch_3"]
+        assert await records.active_batches() == ["batch_1", "batch_3", "batch_4", "batch_5"]
         assert await records.acquire("batch_1", "me", 5000)
         assert not await records.acquire("batch_1", "you", 5000)
         assert not await records.renew("batch_1", "you", 5000)
