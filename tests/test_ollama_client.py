@@ -275,11 +275,12 @@ def test_bad_field_type_is_400(server: HerdServer, client: ollama.Client) -> Non
     ("path", "body", "message"),
     [
         ("/api/generate", {"prompt": "hi"}, "model is required"),
-        ("/api/generate", {"model": MODEL, "prompt": "hi", "suffix": "end"}, "suffix is not supported by this model"),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "suffix": "end"}, "'suffix' is not supported"),
         ("/api/generate", {"model": MODEL, "prompt": "hi", "template": "{{ if .System }}x{{ end }}"}, "template"),
         ("/api/generate", {"model": MODEL, "prompt": "hi", "context": [10**9]}, "context"),
         ("/api/chat", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-        ("/api/chat", {"model": MODEL, "messages": MESSAGES, "format": "json"}, "format"),
+        ("/api/chat", {"model": MODEL, "messages": MESSAGES, "format": "yaml"}, "invalid format"),
+        ("/api/chat", {"model": MODEL, "messages": MESSAGES, "format": {"type": "string", "pattern": "a"}}, "pattern"),
         ("/api/chat", {"model": MODEL, "messages": MESSAGES, "think": True}, "does not support thinking"),
     ],
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from api.grammar import GrammarCache
 from api.streaming import ndjson, ndjson_error
 from api.translate import ollama as translate
 from shared.errors import InvalidRequest, WorkerLost
@@ -22,7 +23,7 @@ def generate(**fields: object) -> wire.GenerateRequest:
 
 
 def test_options_default_to_ollamas_values() -> None:
-    req = translate.generate_request(generate(), "m", 2048, "r1")
+    req = translate.generate_request(generate(), "m", 2048, "r1", GrammarCache())
     s = req.sampling
     assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.8, 40, 0.9, 0.0)
     assert (s.repeat_penalty, s.repeat_last_n, s.seed) == (1.1, 64, None)
@@ -31,29 +32,31 @@ def test_options_default_to_ollamas_values() -> None:
 
 @pytest.mark.parametrize(("num_predict", "max_tokens"), [(None, None), (-1, None), (-2, None), (0, None), (7, 7)])
 def test_num_predict(num_predict: int | None, max_tokens: int | None) -> None:
-    req = translate.generate_request(generate(options={"num_predict": num_predict}), "m", 2048, "r1")
+    req = translate.generate_request(generate(options={"num_predict": num_predict}), "m", 2048, "r1", GrammarCache())
     assert req.max_tokens == max_tokens
 
 
 def test_option_edge_values_mean_what_they_mean_in_ollama() -> None:
     options = {"temperature": -1, "top_k": -5, "repeat_last_n": -1, "seed": -1, "stop": "END", "min_p": 3}
-    s = translate.generate_request(generate(options=options), "m", 4096, "r1")
+    s = translate.generate_request(generate(options=options), "m", 4096, "r1", GrammarCache())
     assert (s.sampling.temperature, s.sampling.top_k, s.sampling.repeat_last_n) == (0.0, 0, 4096)
     assert (s.sampling.seed, s.sampling.min_p, s.stop) == (None, 1.0, ("END",))
-    greedy = translate.generate_request(generate(options={"top_p": 0}), "m", 2048, "r1").sampling
+    greedy = translate.generate_request(generate(options={"top_p": 0}), "m", 2048, "r1", GrammarCache()).sampling
     assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
 
 
 def test_unknown_options_and_fields_are_ignored() -> None:
     body = generate(options={"mirostat": 2, "penalize_newline": True, "num_ctx": 8192}, shift=True, truncate=False)
-    assert translate.generate_request(body, "m", 2048, "r1").sampling.temperature == 0.8
+    assert translate.generate_request(body, "m", 2048, "r1", GrammarCache()).sampling.temperature == 0.8
 
 
 def test_generate_becomes_chat_messages_unless_raw() -> None:
-    req = translate.generate_request(generate(system="Be brief.", context=[1, 2]), "m", 2048, "r1")
+    req = translate.generate_request(generate(system="Be brief.", context=[1, 2]), "m", 2048, "r1", GrammarCache())
     assert [(m.role, m.content) for m in req.messages or ()] == [("system", "Be brief."), ("user", "hi")]
     assert (req.prompt, req.context_tokens, req.return_tokens) == (None, (1, 2), True)
-    raw = translate.generate_request(generate(system="ignored", context=[1, 2], raw=True), "m", 2048, "r1")
+    raw = translate.generate_request(
+        generate(system="ignored", context=[1, 2], raw=True), "m", 2048, "r1", GrammarCache()
+    )
     assert (raw.prompt, raw.messages, raw.context_tokens, raw.return_tokens) == ("hi", None, (), False)
 
 
@@ -77,9 +80,13 @@ def test_other_templates_are_refused(template: str) -> None:
 
 
 def test_unsupported_fields_are_400s() -> None:
-    for fields, param in (({"suffix": "x"}, "suffix"), ({"format": "json"}, "format"), ({"think": "high"}, "think")):
+    for fields, param in (
+        ({"format": "yaml"}, "format"),
+        ({"format": {"type": "nope"}}, "format.type"),
+        ({"think": "high"}, "think"),
+    ):
         with pytest.raises(InvalidRequest) as info:
-            translate.generate_request(generate(**fields), "m", 2048, "r1")
+            translate.generate_request(generate(**fields), "m", 2048, "r1", GrammarCache())
         assert info.value.param == param
 
 

@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from api.errors import from_validation
 from api.events import EventStream
 from api.gateway import Gateway
+from api.grammar import GrammarCache
 from api.ids import request_id_of
 from shared.errors import Cancelled
 from shared.inference import Finished, GenerationRequest, TokenDelta
@@ -26,6 +27,12 @@ def gateway(state: State) -> Gateway:
     gw = state.gateway
     assert isinstance(gw, Gateway)
     return gw
+
+
+def grammars(state: State) -> GrammarCache:
+    cache = state.grammars
+    assert isinstance(cache, GrammarCache)
+    return cache
 
 
 def request_id(request: Request[object, object, State]) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import msgspec
 from litestar import MediaType, Request, Response, get, head, post
@@ -14,10 +13,11 @@ from litestar.response import Stream
 
 from api.catalog import Catalog
 from api.events import EventStream
-from api.routes.common import close_shielded, collect, decode, gateway, request_id, unless_gone
+from api.routes.common import close_shielded, decode, gateway, grammars, request_id, unless_gone
 from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from api.translate import ollama as translate
 from api.translate import store as translate_store
+from api.translate.ollama_reply import OllamaReply, Reply
 from shared.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
 from shared.inference import Embedded, EmbeddingRequest, Finished
 from shared.keepalive import parse_keep_alive
@@ -25,7 +25,6 @@ from shared.store import Manifest, ModelStore
 from shared.wire import ollama as wire
 
 AnyRequest = Request[object, object, State]
-Reply = TypeVar("Reply", wire.ChatResponse, wire.GenerateResponse)
 
 # The Ollama API level herd speaks. Clients gate features on this number; herd's own version would read as an
 # ancient Ollama.
@@ -81,7 +80,7 @@ async def _resolve(state: State, name: str) -> tuple[str, int]:
 
 
 @post("/api/chat", status_code=200)
-async def chat(request: AnyRequest, state: State) -> Response[wire.ChatResponse] | Stream:
+async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     started = time.perf_counter_ns()
     body = await decode(request, wire.ChatRequest)
     served, n_ctx = await _resolve(state, body.model)
@@ -90,17 +89,15 @@ async def chat(request: AnyRequest, state: State) -> Response[wire.ChatResponse]
         reason = await unless_gone(request, _load(state, served, keep_alive))
         return Response(msgspec.structs.replace(translate.chat_loaded(body.model), done_reason=reason))
     body = translate_store.chat_defaults(body, await _manifest(state, served))
-    req = translate.chat_request(body, served, n_ctx, request_id(request))
+    req = translate.chat_request(body, served, n_ctx, request_id(request), grammars(state))
     stream = await unless_gone(request, gateway(state).open(req))
-
-    def done(text: str, end: Finished) -> wire.ChatResponse:
-        return translate.chat_done(body.model, text, end, time.perf_counter_ns() - started)
-
-    return await _reply(request, stream, body.stream, lambda text: translate.chat_chunk(body.model, text), done)
+    tools = bool(req.tools) and req.grammar is not None
+    reply = OllamaReply("chat", body.model, tools, req.logprobs is not None)
+    return await _reply(request, stream, body.stream, reply, started)
 
 
 @post("/api/generate", status_code=200)
-async def generate(request: AnyRequest, state: State) -> Response[wire.GenerateResponse] | Stream:
+async def generate(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     started = time.perf_counter_ns()
     body = await decode(request, wire.GenerateRequest)
     served, n_ctx = await _resolve(state, body.model)
@@ -109,41 +106,43 @@ async def generate(request: AnyRequest, state: State) -> Response[wire.GenerateR
         reason = await unless_gone(request, _load(state, served, keep_alive))
         return Response(msgspec.structs.replace(translate.generate_loaded(body.model), done_reason=reason))
     body = translate_store.generate_defaults(body, await _manifest(state, served))
-    req = translate.generate_request(body, served, n_ctx, request_id(request))
+    req = translate.generate_request(body, served, n_ctx, request_id(request), grammars(state))
     stream = await unless_gone(request, gateway(state).open(req))
-
-    def done(text: str, end: Finished) -> wire.GenerateResponse:
-        return translate.generate_done(body.model, text, end, time.perf_counter_ns() - started)
-
-    return await _reply(request, stream, body.stream, lambda text: translate.generate_chunk(body.model, text), done)
+    reply = OllamaReply("generate", body.model, False, req.logprobs is not None)
+    return await _reply(request, stream, body.stream, reply, started)
 
 
 async def _reply(
-    request: AnyRequest,
-    stream: EventStream,
-    streaming: bool | None,
-    chunk: Callable[[str], Reply],
-    done: Callable[[str, Finished], Reply],
+    request: AnyRequest, stream: EventStream, streaming: bool | None, reply: OllamaReply, started_ns: int
 ) -> Response[Reply] | Stream:
-    """NDJSON lines unless `stream` is false (Ollama streams by default); else one object with the whole text."""
+    """NDJSON lines unless `stream` is false (Ollama streams by default); else one object with the whole answer."""
     if streaming is not False:
-        return Stream(_lines(stream, chunk, done), media_type=NDJSON_MEDIA_TYPE, headers=NDJSON_HEADERS)
+        return Stream(_lines(stream, reply, started_ns), media_type=NDJSON_MEDIA_TYPE, headers=NDJSON_HEADERS)
     try:
-        text, end = await unless_gone(request, collect(stream))
+        end = await unless_gone(request, _drain(stream, reply))
     finally:
         await close_shielded(stream)
-    return Response(done(text, end))
+    return Response(reply.whole(end, time.perf_counter_ns() - started_ns))
 
 
-async def _lines(
-    stream: EventStream, chunk: Callable[[str], Reply], done: Callable[[str, Finished], Reply]
-) -> AsyncIterator[bytes]:
+async def _drain(stream: EventStream, reply: OllamaReply) -> Finished:
+    async for event in stream.deltas():
+        if isinstance(event, Finished):
+            return event
+        reply.feed(event)
+    raise AssertionError("a stream ends with Finished or raises")
+
+
+async def _lines(stream: EventStream, reply: OllamaReply, started_ns: int) -> AsyncIterator[bytes]:
     try:
         async for event in stream.deltas():
-            if isinstance(event, Finished):
-                yield ndjson(done("", event))
-            elif event.text:
-                yield ndjson(chunk(event.text))
+            lines = (
+                reply.finish(event, time.perf_counter_ns() - started_ns)
+                if isinstance(event, Finished)
+                else reply.feed(event)
+            )
+            for line in lines:
+                yield ndjson(line)
     except ServiceError as exc:
         yield ndjson_error(exc)
     finally:

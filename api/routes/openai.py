@@ -11,11 +11,11 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from api.events import EventStream
-from api.grammar import GrammarCache
 from api.routes.common import (
     close_shielded,
     decode,
     gateway,
+    grammars,
     keep_alive,
     merged,
     open_streaming,
@@ -32,12 +32,6 @@ from shared.wire import openai as wire
 
 AnyRequest = Request[object, object, State]
 Pending = asyncio.Future[object] | None  # a streamed request's admission, when the response opened before it
-
-
-def grammars(state: State) -> GrammarCache:
-    cache = state.grammars
-    assert isinstance(cache, GrammarCache)
-    return cache
 
 
 @post("/v1/chat/completions", status_code=200)

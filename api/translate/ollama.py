@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime
@@ -11,9 +12,20 @@ import numpy as np
 from msgspec.structs import replace
 
 from api.catalog import ModelFile
+from api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
 from shared.errors import InvalidRequest
 from shared.gguf import human_number
-from shared.inference import ChatMessage, Embedded, EmbeddingRequest, Finished, GenerationRequest, SamplingParams
+from shared.inference import (
+    ChatMessage,
+    Embedded,
+    EmbeddingRequest,
+    Finished,
+    GenerationRequest,
+    Grammar,
+    SamplingParams,
+    Tool,
+    ToolCall,
+)
 from shared.wire import ollama as wire
 
 # Ollama's defaults for the options a request leaves out (api/types.go DefaultOptions).
@@ -88,40 +100,85 @@ def _options(options: wire.Options | None, n_ctx: int) -> tuple[SamplingParams, 
     return sampling, max_tokens, stop
 
 
-def _refuse_unsupported(
-    model: str, format_: wire.Format | None, think: bool | str | None, logprobs: bool | None
-) -> None:
-    if format_ not in (None, ""):
-        raise InvalidRequest("format (structured output) is not supported yet", param="format")
+def _refuse_unsupported(model: str, think: bool | str | None) -> None:
     if think not in (None, False, ""):
         raise InvalidRequest(f'"{model}" does not support thinking', param="think")
-    if logprobs:
-        raise InvalidRequest("logprobs are not supported yet", param="logprobs")
 
 
-def chat_request(body: wire.ChatRequest, model: str, n_ctx: int, request_id: str) -> GenerationRequest:
+def _format(format_: wire.Format | None, grammars: GrammarCache) -> Grammar | None:
+    """`format`: "json", or a JSON schema (compiled here, a 400 when it is bad, as for OpenAI's response_format)."""
+    if format_ in (None, ""):
+        return None
+    if format_ == "json":
+        return Grammar(JSON_OBJECT_GRAMMAR)
+    if isinstance(format_, str):
+        raise InvalidRequest(f'invalid format: expected "json" or a JSON schema, got {format_!r}', param="format")
+    key = json.dumps(["schema", format_], sort_keys=True)
+    return Grammar(grammars.get_or_compile(key, lambda: schema_grammar(format_, "format")))
+
+
+def _logprobs(flag: bool | None, top: int | None) -> int | None:
+    return (top or 0) if flag else None
+
+
+def _tools(
+    tools: list[wire.Tool] | None, choice: str | None, grammars: GrammarCache
+) -> tuple[tuple[Tool, ...], Grammar | None]:
+    """As in Ollama the model may call a tool (the grammar takes over once it opens a call); herd's `tool_choice`
+    extension can also require a call or rule one out."""
+    if not tools or choice == "none":
+        return (), None
+    specs = [ToolSpec(t.function.name, t.function.parameters or {}) for t in tools]
+    key = json.dumps(["tools", False, [[s.name, s.parameters] for s in specs]], sort_keys=True)
+    gbnf = grammars.get_or_compile(key, lambda: tool_grammar(specs, False, "tools"))
+    shown = tuple(
+        Tool(t.function.name, t.function.description or "", json.dumps(t.function.parameters or {})) for t in tools
+    )
+    return shown, Grammar(gbnf, () if choice == "required" else (TOOL_OPEN,))
+
+
+def _message(m: wire.Message, i: int) -> ChatMessage:
+    if m.images:
+        raise InvalidRequest("this model does not support images", param=f"messages[{i}].images")
+    calls = tuple(
+        ToolCall(
+            c.id if isinstance(c.id, str) else f"call_{i}_{j}",
+            c.function.name,
+            json.dumps(c.function.arguments),
+        )
+        for j, c in enumerate(m.tool_calls or ())
+    )
+    call_id = m.tool_call_id if isinstance(m.tool_call_id, str) else None
+    return ChatMessage(role=m.role, content=m.content or "", tool_calls=calls, tool_call_id=call_id)
+
+
+def chat_request(
+    body: wire.ChatRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache
+) -> GenerationRequest:
     """`model` is the resolved served name; `body.messages` is not empty (an empty list only loads the model)."""
-    _refuse_unsupported(body.model, body.format, body.think, body.logprobs)
-    if body.tools:
-        raise InvalidRequest(f'"{body.model}" does not support tools', param="tools")
-    for i, m in enumerate(body.messages):
-        if m.images:
-            raise InvalidRequest("this model does not support images", param=f"messages[{i}].images")
+    _refuse_unsupported(body.model, body.think)
     sampling, max_tokens, stop = _options(body.options, n_ctx)
-    # keep_alive is accepted and ignored: a worker keeps its models loaded for as long as it runs.
+    tools, grammar = _tools(body.tools, body.tool_choice, grammars)
+    # A format constrains the whole answer; with tools too, the format wins (as in Ollama, which then cannot call).
+    grammar = _format(body.format, grammars) or grammar
     return GenerationRequest(
         id=request_id,
         model=model,
-        messages=tuple(ChatMessage(role=m.role, content=m.content or "") for m in body.messages),
+        messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
         sampling=sampling,
         max_tokens=max_tokens,
         stop=stop,
+        tools=tools,
+        grammar=grammar,
+        logprobs=_logprobs(body.logprobs, body.top_logprobs),
         fit_context=True,  # Ollama generates until the context is full rather than refusing a large num_predict
         enqueued_at=time.time(),
     )
 
 
-def generate_request(body: wire.GenerateRequest, model: str, n_ctx: int, request_id: str) -> GenerationRequest:
+def generate_request(
+    body: wire.GenerateRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache
+) -> GenerationRequest:
     """`/api/generate` with a non-empty prompt (an empty one only loads the model).
 
     Not raw: `system` and `prompt` become chat messages so the model's own chat template applies, and the prompt
@@ -129,9 +186,7 @@ def generate_request(body: wire.GenerateRequest, model: str, n_ctx: int, request
     very tokens (Ollama detokenizes and retokenizes it; the tokens are the same or better). Raw: the prompt goes
     to the model as-is, and, as in Ollama, `system`, `template` and `context` play no part.
     """
-    _refuse_unsupported(body.model, body.format, body.think, body.logprobs)
-    if body.suffix:
-        raise InvalidRequest("suffix is not supported by this model", param="suffix")
+    _refuse_unsupported(body.model, body.think)
     if body.images:
         raise InvalidRequest("this model does not support images", param="images")
     sampling, max_tokens, stop = _options(body.options, n_ctx)
@@ -141,10 +196,13 @@ def generate_request(body: wire.GenerateRequest, model: str, n_ctx: int, request
         sampling=sampling,
         max_tokens=max_tokens,
         stop=stop,
+        grammar=_format(body.format, grammars),
+        logprobs=_logprobs(body.logprobs, body.top_logprobs),
+        suffix=body.suffix or None,  # the worker refuses it for a model without fill-in-the-middle tokens
         fit_context=True,
         enqueued_at=time.time(),
     )
-    if body.raw:
+    if body.raw or body.suffix:  # fill in the middle works on the text as given, like raw
         return replace(base, prompt=body.prompt)
     context = tuple(body.context or ())
     if any(t < 0 for t in context):

@@ -58,6 +58,19 @@ class Message(msgspec.Struct):
 
 
 Format = str | dict[str, Any]
+
+
+class ToolFunction(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(msgspec.Struct):
+    function: ToolFunction
+    type: str = "function"
+
+
 KeepAlive = str | float
 
 
@@ -68,9 +81,12 @@ class ChatRequest(msgspec.Struct):
     format: Format | None = None
     options: Options | None = None
     keep_alive: KeepAlive | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    # herd's extension (Ollama has none): OpenAI's tool_choice words; "required" makes the model call a tool.
+    tool_choice: Literal["auto", "required", "none"] | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
 class GenerateRequest(msgspec.Struct):
@@ -88,6 +104,20 @@ class GenerateRequest(msgspec.Struct):
     keep_alive: KeepAlive | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+
+
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class Logprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob] | UnsetType = UNSET
 
 
 class ChatResponse(msgspec.Struct, omit_defaults=True):
@@ -102,6 +132,7 @@ class ChatResponse(msgspec.Struct, omit_defaults=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    logprobs: list[Logprob] | UnsetType = UNSET
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -118,6 +149,7 @@ class GenerateResponse(msgspec.Struct, omit_defaults=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    logprobs: list[Logprob] | UnsetType = UNSET
 
 
 class ModelDetails(msgspec.Struct):
