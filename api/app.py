@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from arq.connections import ArqRedis
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -37,7 +36,7 @@ from api.records import Records
 from api.routes import batches, files, health, models, oauth, ollama, openai, queue
 from api.security import Security
 from api.tracing import server_spans
-from shared import tracing
+from shared import redisconn, tracing
 from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
 from shared.errors import EngineError, ServiceError, Unauthenticated
 from shared.store import ModelStore
@@ -145,7 +144,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
+        redis = redisconn.async_client(settings, socket_connect_timeout=2, health_check_interval=10)
         store = await asyncio.to_thread(open_store, settings)
         gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics, store)
         await gateway.start()

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import msgspec
 import redis
 
-from shared import channels, credentials, logs
+from shared import channels, credentials, logs, redisconn
 from shared.config import Settings, load_settings, models_dir
 from shared.errors import InvalidRequest
 from shared.names import canonical_name
@@ -113,7 +114,8 @@ class Supervisor:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._on_demand: set[str] = set()  # workers of store models: started when asked, not restarted on exit
         self._stopping = False
-        self._redis = redis.Redis.from_url(env.get("HERD_REDIS_URL", settings.redis_url), socket_timeout=2)
+        url = env.get("HERD_REDIS_URL", settings.redis_url)  # a private redis-server's, when serve started one
+        self._redis = redisconn.sync_client(msgspec.structs.replace(settings, redis_url=url), socket_timeout=2)
         self._store = ModelStore(models_dir(settings))
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -214,7 +216,11 @@ def serve(settings: Settings) -> int:
     env = dict(os.environ)
     redis_proc: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="herd-redis-") as workdir:
-        if not _redis_answers(settings.redis_url):
+        # A TLS or Sentinel setup is never replaced by a private redis-server: it is what the user asked for.
+        external = settings.redis_sentinels or settings.redis_tls or urlparse(settings.redis_url).scheme != "redis"
+        if external or _redis_answers(settings.redis_url):
+            _check_redis("serve", settings)
+        else:
             if shutil.which("redis-server") is None:
                 sys.exit(
                     f"herd serve: no Redis answers at {settings.redis_url} and redis-server is not installed.\n"
@@ -224,6 +230,7 @@ def serve(settings: Settings) -> int:
             redis_proc, url = _private_redis(Path(workdir))
             log.info("no Redis at %s; started a private redis-server at %s", settings.redis_url, url)
             env["HERD_REDIS_URL"] = url
+            env.pop("HERD_REDIS_USERNAME", None), env.pop("HERD_REDIS_PASSWORD", None)  # it has no users
         env["HERD_HOST"], env["HERD_PORT"] = settings.host, str(settings.port)
         log.info(
             "herd serving %s on http://%s:%d", ", ".join(m.name for m in settings.models), settings.host, settings.port
@@ -234,6 +241,18 @@ def serve(settings: Settings) -> int:
             if redis_proc is not None:
                 redis_proc.terminate()
                 redis_proc.wait(timeout=10)
+
+
+def _check_redis(command: str, settings: Settings, wait_s: float = 0.0) -> None:
+    """Stop the start with one clear line when the Redis settings cannot work (refused password, bad TLS files)."""
+    try:
+        redisconn.check(settings, wait_s)
+    except redisconn.RedisSettingsError as exc:
+        sys.exit(f"herd {command}: {exc}")
+    except ConnectionError as exc:  # not fatal: the parts reconnect, and /readyz says not ready meanwhile
+        if command == "worker":
+            sys.exit(f"herd worker: {exc}")
+        log.warning("%s", exc)
 
 
 def _key(name: str, scopes: str, from_stdin: bool) -> None:
@@ -285,8 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         sys.exit(serve(settings))
     elif args.command == "api":
+        _check_redis("api", settings)
         run_api(settings)
     else:
+        _check_redis("worker", settings, wait_s=10.0)  # arq used to retry its first connection like this
         run_worker(settings, args.model)
 
 

@@ -26,7 +26,18 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; with sentinels only its db/user/password count
+    # Redis connection details (shared/redisconn.py), for the API, the workers and `herd serve` alike.
+    redis_username: str = ""  # an ACL user (wins over the URL's)
+    redis_password: str = ""  # wins over the URL's, so it can come from a secret
+    redis_tls: bool = False  # TLS even with a redis:// URL
+    redis_tls_ca_file: str = ""  # CA bundle that signed the server's certificate (default: the system's)
+    redis_tls_cert_file: str = ""  # client certificate, for servers that require one (tls-auth-clients)
+    redis_tls_key_file: str = ""
+    redis_tls_verify: bool = True  # check the server's certificate and host name
+    redis_sentinels: str = ""  # comma-separated HOST:PORT of Redis Sentinels; the master is asked of them
+    redis_sentinel_service: str = ""  # the master's name the sentinels monitor (e.g. mymaster)
+    redis_sentinel_password: str = ""  # the sentinels' own password, if they have one
     host: str = "127.0.0.1"
     port: int = 8080
     models: tuple[ModelConfig, ...] = ()

@@ -12,10 +12,9 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Function, Worker, func
 
-from shared import channels, tracing
+from shared import channels, redisconn, tracing
 from shared.config import ModelConfig, Settings
 from shared.errors import ServiceError
 from shared.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
@@ -210,7 +209,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         model=model.name,
         reserved_slots=min(settings.batch_reserved_slots, settings.max_seqs - 1),
         queue_name=channels.queue(model.name),
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_pool=redisconn.async_client(settings, socket_connect_timeout=2),  # TLS, ACL user, Sentinel
         on_startup=startup,
         on_shutdown=shutdown,
         max_jobs=settings.max_seqs,  # jobs beyond the batch's slots stay visible in the Redis queue
