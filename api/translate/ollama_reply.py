@@ -11,6 +11,7 @@ import secrets
 from typing import Literal
 
 from api.translate import ollama as translate
+from api.translate.logprobs import rows
 from api.translate.tools import CallEnd, Content, Piece, ToolCallParser
 from shared.inference import Finished, TokenDelta, TokenLogprob
 from shared.wire import ollama as wire
@@ -19,18 +20,7 @@ Reply = wire.ChatResponse | wire.GenerateResponse
 
 
 def _logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.Logprob]:
-    return [
-        wire.Logprob(
-            token=item.piece.decode("utf-8", "replace"),
-            logprob=item.logprob,
-            bytes=list(item.piece),
-            top_logprobs=[
-                wire.TopLogprob(token=piece.decode("utf-8", "replace"), logprob=lp, bytes=list(piece))
-                for piece, lp in item.top
-            ],
-        )
-        for item in items
-    ]
+    return [wire.Logprob(*head, top_logprobs=[wire.TopLogprob(*alt) for alt in top]) for head, top in rows(items)]
 
 
 class OllamaReply:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from msgspec import UNSET
 
+from api.translate.logprobs import rows
 from api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
 from shared.inference import Finished, TokenDelta, TokenLogprob, Usage
 from shared.wire import openai as wire
@@ -19,16 +20,8 @@ from shared.wire import openai as wire
 
 def token_logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.ChatCompletionTokenLogprob]:
     return [
-        wire.ChatCompletionTokenLogprob(
-            token=item.piece.decode("utf-8", "replace"),
-            logprob=item.logprob,
-            bytes=list(item.piece),
-            top_logprobs=[
-                wire.TopLogprob(token=piece.decode("utf-8", "replace"), logprob=lp, bytes=list(piece))
-                for piece, lp in item.top
-            ],
-        )
-        for item in items
+        wire.ChatCompletionTokenLogprob(*head, top_logprobs=[wire.TopLogprob(*alt) for alt in top])
+        for head, top in rows(items)
     ]
 
 
