@@ -50,6 +50,7 @@ class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
     top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
     min_p: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    typical_p: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0  # locally typical sampling; 1 is off
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -43,6 +43,9 @@ def test_option_edge_values_mean_what_they_mean_in_ollama() -> None:
     assert (s.sampling.seed, s.sampling.min_p, s.stop) == (None, 1.0, ("END",))
     greedy = translate.generate_request(generate(options={"top_p": 0}), "m", 2048, "r1", GrammarCache()).sampling
     assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
+    typical = translate.generate_request(generate(options={"typical_p": 0.5}), "m", 2048, "r1", GrammarCache())
+    assert typical.sampling.typical_p == 0.5
+    assert greedy.typical_p == 1.0  # Ollama's default: off
 
 
 def test_unknown_options_and_fields_are_ignored() -> None:

@@ -162,6 +162,8 @@ class Engine:
                 add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
                 add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
+            if params.typical_p < 1.0:
+                add(chain, L.llama_sampler_init_typical(params.typical_p, 1))
             add(chain, L.llama_sampler_init_temp(params.temperature))
             seed = L.LLAMA_DEFAULT_SEED if params.seed is None else (params.seed + seed_offset) & 0xFFFFFFFF
             add(chain, L.llama_sampler_init_dist(seed))

@@ -88,6 +88,7 @@ def _options(options: wire.Options | None, n_ctx: int) -> tuple[SamplingParams, 
         top_p=min(top_p, 1.0),
         top_k=max(0, int(_or(o.top_k, TOP_K))),  # <= 0 turns top-k off, as in llama.cpp
         min_p=min(max(_or(o.min_p, MIN_P), 0.0), 1.0),
+        typical_p=min(max(_or(o.typical_p, 1.0), 0.0), 1.0),  # 1 (Ollama's default) turns it off
         seed=o.seed if o.seed is not None and o.seed >= 0 else None,  # Ollama's -1: a random seed
         presence_penalty=_or(o.presence_penalty, 0.0),
         frequency_penalty=_or(o.frequency_penalty, 0.0),

@@ -29,9 +29,9 @@ class Options(msgspec.Struct):
     repeat_last_n: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    # Accepted and ignored for now: typical_p has no sampler in the chain; num_ctx is fixed per worker at load time;
-    # num_keep only matters for context shifting, which herd does not do (a prompt that does not fit is refused).
     typical_p: float | None = None
+    # Accepted and ignored: num_ctx is fixed per worker at load time; num_keep only matters for context shifting,
+    # which herd does not do (a prompt that does not fit is refused).
     num_ctx: int | None = None
     num_keep: int | None = None
 
