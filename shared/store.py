@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from shared.config import ModelConfig, Settings
+from shared.config import ModelConfig, Settings, model_options
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.names import canonical_name, parse_digest
 
@@ -94,14 +94,17 @@ class ModelStore:
         return Path(manifest.external) if manifest.external else self.blob_path(manifest.model)
 
     def model_config(self, manifest: Manifest, settings: Settings) -> ModelConfig:
-        """What a worker loads for a store model; a `num_ctx` parameter sets its context, as in a Modelfile."""
-        n_ctx = manifest.parameters.get("num_ctx")
-        return ModelConfig(
-            name=manifest.name,
-            path=str(self.model_path(manifest)),
-            n_ctx=n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else settings.n_ctx,
-            n_gpu_layers=settings.n_gpu_layers,
-        )
+        """What a worker loads for a store model; `num_ctx`, `num_gpu` and `main_gpu` parameters (Modelfile names)
+        win over the HERD_* defaults."""
+        fields = {**model_options(settings), "name": manifest.name, "path": str(self.model_path(manifest))}
+        n_ctx, num_gpu, main_gpu = (manifest.parameters.get(k) for k in ("num_ctx", "num_gpu", "main_gpu"))
+        if isinstance(n_ctx, int) and n_ctx > 0:
+            fields["n_ctx"] = n_ctx
+        if isinstance(num_gpu, int) and num_gpu >= 0:  # Ollama's name for the layers offloaded
+            fields["n_gpu_layers"] = num_gpu
+        if isinstance(main_gpu, int) and main_gpu >= 0:
+            fields["main_gpu"] = main_gpu
+        return msgspec.convert(fields, ModelConfig, strict=False)
 
     # ---- blobs ----------------------------------------------------------------------------------------------------
 

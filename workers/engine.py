@@ -55,6 +55,12 @@ class Engine:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = model.n_gpu_layers
         mp.main_gpu = model.main_gpu
+        if model.tensor_split:
+            if len(model.tensor_split) > L.LLAMA_MAX_DEVICES:
+                raise EngineError(f"tensor_split of '{model.name}' names more than {L.LLAMA_MAX_DEVICES} devices")
+            # An attribute, not a local: llama.cpp reads the array through the pointer while the model loads.
+            self._tensor_split = (ctypes.c_float * L.LLAMA_MAX_DEVICES)(*model.tensor_split)
+            mp.tensor_split = self._tensor_split
         self._model = L.llama_model_load_from_file(model.path.encode(), mp)
         if not self._model:
             raise EngineError(f"llama.cpp could not load the model file for '{model.name}'")
@@ -74,6 +80,10 @@ class Engine:
         cp.kv_unified = False
         cp.no_perf = True
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        if model.type_k:  # KvCacheType names are ggml's: q8_0 -> GGML_TYPE_Q8_0
+            cp.type_k = getattr(L, f"GGML_TYPE_{model.type_k.upper()}")
+        if model.type_v:
+            cp.type_v = getattr(L, f"GGML_TYPE_{model.type_v.upper()}")
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
             raise EngineError(f"llama.cpp could not create a context for '{model.name}'")
