@@ -40,7 +40,7 @@ import pytest
 import redis
 import yaml
 
-from shared.config import Settings
+from shared.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "herd"
@@ -629,6 +629,11 @@ def test_full_values_wire_every_option() -> None:
     assert env_value(gpu, "HERD_MAX_SEQS") == "32"
     assert env_value(gpu, "HERD_LOG_LEVEL") == "debug"  # the global config still applies
     assert env_value(gpu, "HERD_MODELS") == "llama3.1:8b=/models/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf"
+    # The GPU settings reach herd as the worker's model configuration, read the way the worker reads them.
+    literal = {k: v["value"] for k, v in env_of(gpu).items() if k.startswith("HERD_") and "value" in v}
+    (model,) = load_settings(literal).models
+    assert (model.n_gpu_layers, model.main_gpu, model.flash_attn) == (999, 1, True)
+    assert (model.tensor_split, model.type_k, model.type_v, model.n_ctx) == ((3.0, 1.0), "q8_0", "q8_0", 8192)
     assert gpu_pod["terminationGracePeriodSeconds"] == 120
     assert gpu_pod["runtimeClassName"] == "nvidia"
     assert gpu_pod["tolerations"][0]["key"] == "nvidia.com/gpu"

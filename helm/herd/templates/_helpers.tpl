@@ -164,13 +164,22 @@ Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears
   "prefillChunk" "HERD_PREFILL_CHUNK"
   "prefillBudget" "HERD_PREFILL_BUDGET"
   "nThreads" "HERD_N_THREADS"
-  "nGpuLayers" "HERD_N_GPU_LAYERS" }}
-{{- $text := list "logLevel" "heartbeatIntervalS" "heartbeatTtlS" "queueWaitTimeoutS" }}
+  "nGpuLayers" "HERD_N_GPU_LAYERS"
+  "mainGpu" "HERD_MAIN_GPU"
+  "flashAttn" "HERD_FLASH_ATTN"
+  "tensorSplit" "HERD_TENSOR_SPLIT"
+  "typeK" "HERD_TYPE_K"
+  "typeV" "HERD_TYPE_V" }}
+{{- $text := list "logLevel" "heartbeatIntervalS" "heartbeatTtlS" "queueWaitTimeoutS" "typeK" "typeV" "flashAttn" }}
 {{- range $key := keys . | sortAlpha }}
 {{- $value := get $ $key }}
 - name: {{ get $names $key }}
+  {{- if eq $key "tensorSplit" }}
+  value: {{ join "," $value | quote }}
+  {{- else }}
   {{- /* integers as integers: a large float64 would otherwise print as 1e+06 */}}
   value: {{ (has $key $text | ternary $value (int64 $value)) | toString | quote }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
