@@ -696,6 +696,24 @@ def test_external_redis() -> None:
         assert pod_spec(d)["serviceAccountName"] == "herd-existing"
     worker = deployments["herd-worker-tinyllama"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "shared-models"}} in pod_spec(worker)["volumes"]
+    # TLS files, ACL user, password and Sentinel reach both the API and the workers, and read back as herd reads them.
+    for d in deployments.values():
+        c = pod_spec(d)["containers"][0]
+        env = env_of(c)
+        assert env["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "managed-redis", "key": "password"}
+        assert env["HERD_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "sentinel-password"
+        assert {"name": "redis-tls", "secret": {"secretName": "managed-redis-tls"}} in pod_spec(d)["volumes"]
+        assert {"name": "redis-tls", "mountPath": "/etc/herd/redis-tls", "readOnly": True} in c["volumeMounts"]
+        literal = {k: v["value"] for k, v in env.items() if k.startswith("HERD_") and "value" in v}
+        settings = load_settings({**literal, "HERD_MODELS": "m=/m.gguf"})
+        assert (settings.redis_username, settings.redis_tls, settings.redis_tls_verify) == ("herd-app", True, True)
+        assert settings.redis_tls_ca_file == "/etc/herd/redis-tls/ca.crt"
+        assert (settings.redis_tls_cert_file, settings.redis_tls_key_file) == (
+            "/etc/herd/redis-tls/tls.crt",
+            "/etc/herd/redis-tls/tls.key",
+        )
+        assert settings.redis_sentinels == "sentinel-0.example.internal:26379,sentinel-1.example.internal:26379"
+        assert settings.redis_sentinel_service == "herd-primary"
     api = deployments["herd-api"]
     assert {
         "name": "auth",
@@ -733,6 +751,9 @@ def test_references_resolve() -> None:
             (values.get("auth") or {}).get("apiKeysSecret"),
             (values.get("keda") or {}).get("passwordSecret", {}).get("name"),
             (values.get("models") or {}).get("download", {}).get("tokenSecret", {}).get("name"),
+            (values.get("externalRedis") or {}).get("tls", {}).get("secret"),
+            (values.get("externalRedis") or {}).get("passwordSecret", {}).get("name"),
+            (values.get("externalRedis") or {}).get("sentinel", {}).get("passwordSecret", {}).get("name"),
         } - {None, ""}
         secrets = set(by_kind(docs, "Secret")) | external
         configmaps = set(by_kind(docs, "ConfigMap"))

@@ -146,6 +146,67 @@ Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears
       name: {{ include "herd.secretName" . }}
       key: redis-url
       {{- end }}
+{{- with .Values.externalRedis }}
+{{- if .username }}
+- name: HERD_REDIS_USERNAME
+  value: {{ .username | quote }}
+{{- end }}
+{{- if .passwordSecret.name }}
+- name: HERD_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .passwordSecret.name }}
+      key: {{ .passwordSecret.key }}
+{{- end }}
+{{- if .tls.enabled }}
+- name: HERD_REDIS_TLS
+  value: "true"
+- name: HERD_REDIS_TLS_VERIFY
+  value: {{ .tls.verify | toString | quote }}
+{{- if .tls.secret }}
+{{- if .tls.caKey }}
+- name: HERD_REDIS_TLS_CA_FILE
+  value: {{ printf "/etc/herd/redis-tls/%s" .tls.caKey | quote }}
+{{- end }}
+{{- if .tls.certKey }}
+- name: HERD_REDIS_TLS_CERT_FILE
+  value: {{ printf "/etc/herd/redis-tls/%s" .tls.certKey | quote }}
+- name: HERD_REDIS_TLS_KEY_FILE
+  value: {{ printf "/etc/herd/redis-tls/%s" .tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .sentinel.hosts }}
+- name: HERD_REDIS_SENTINELS
+  value: {{ join "," .sentinel.hosts | quote }}
+- name: HERD_REDIS_SENTINEL_SERVICE
+  value: {{ .sentinel.service | quote }}
+{{- if .sentinel.passwordSecret.name }}
+- name: HERD_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .sentinel.passwordSecret.name }}
+      key: {{ .sentinel.passwordSecret.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The external Redis's TLS files (CA, client certificate), mounted where HERD_REDIS_TLS_*_FILE point. */}}
+{{- define "herd.redisTlsMount" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.enabled .Values.externalRedis.tls.secret }}
+- name: redis-tls
+  mountPath: /etc/herd/redis-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "herd.redisTlsVolume" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.enabled .Values.externalRedis.tls.secret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.externalRedis.tls.secret }}
 {{- end }}
 {{- end }}
 
