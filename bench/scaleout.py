@@ -1,0 +1,311 @@
+"""Scale-out benchmark (a script, not a test): throughput with 1, 2 and 3 worker processes, and what Redis costs.
+
+For each N in --workers (default 1 2 3) the script starts a private redis-server, one `herd api` and N
+`herd worker` processes for the bundled SmolLM2 model (HERD_N_THREADS=--threads each), sends --requests
+non-streaming completions (max_tokens --max-tokens, temperature 0) with --concurrency in flight, and reports
+requests/s, completion tokens/s, how the requests spread over the workers (from herd:stats), and the Redis
+commands processed per request and per generated token (INFO stats, before and after).
+
+Then it measures the private Redis itself: redis-benchmark (when installed) for the commands herd uses most
+(SET, GET, ZADD, ZPOPMIN, PUBLISH), and a Python loop doing one herd request's Redis round trips the way the API
+and a worker do them (redis-py asyncio, --loop-clients connections). From those numbers it prints how many
+requests per second, and so how many GPU workers, one Redis could serve.
+
+This machine has 2 cores shared with other work: more workers cannot add throughput here (they split the same
+cores), and any other busy process skews every figure. Do not run it while tests run; run it twice and compare.
+
+Usage (from the repo root): .venv/bin/python bench/scaleout.py [--workers 1 2 3] [--requests 48] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+MODEL = "smollm2:135m"
+PROMPT = "Write a short story about a lighthouse keeper:"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            if client.ping():
+                client.close()
+                return proc, port
+        except redis.RedisError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_fleet(
+    n_workers: int, redis_port: int, threads: int, workdir: Path
+) -> tuple[list[subprocess.Popen[bytes]], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HERD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "HERD_N_THREADS": str(threads),
+        "HERD_MODELS_DIR": str(workdir / "models"),
+        "HERD_FILES_DIR": str(workdir / "files"),
+        "HERD_LOG_LEVEL": "warning",
+    }
+    procs = []
+    for i, args in enumerate([["api", "--port", str(port)], *[["worker"]] * n_workers]):
+        with (workdir / f"proc{i}.log").open("wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, stdout=log, stderr=log))
+    base = f"http://127.0.0.1:{port}"
+    client = redis.Redis(port=redis_port)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a herd process exited; logs in {workdir}")
+        if len(list(client.scan_iter(match="herd:worker:*"))) == n_workers:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    client.close()
+                    return procs, base
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    raise RuntimeError("the fleet did not get ready")
+
+
+async def load(base: str, requests: int, concurrency: int, max_tokens: int) -> tuple[float, list[str], int]:
+    """(wall seconds, request ids, completion tokens) of `requests` completions, `concurrency` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    ids: list[str] = []
+    tokens = 0
+
+    async def one(http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        async with gate:
+            body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+            resp = await http.post("/v1/completions", json=body)
+            resp.raise_for_status()
+            ids.append(resp.headers["x-request-id"])
+            tokens += resp.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(http) for _ in range(requests)))
+        return time.perf_counter() - started, ids, tokens
+
+
+def commands_processed(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    redis_proc, redis_port = start_redis(workdir)
+    client = redis.Redis(port=redis_port)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs, base = start_fleet(n, redis_port, args.threads, workdir)
+        asyncio.run(load(base, args.concurrency, args.concurrency, 8))  # warm-up: first prefill, connections
+        time.sleep(1.5)  # a heartbeat period, so idle-time commands are counted the same way below
+        before, t0 = commands_processed(client), time.perf_counter()
+        wall, ids, tokens = asyncio.run(load(base, args.requests, args.concurrency, args.max_tokens))
+        elapsed = time.perf_counter() - t0
+        commands = commands_processed(client) - before
+        # Heartbeats, arq's polls and health checks run whether or not requests come: measure that rate alone.
+        idle_before = commands_processed(client)
+        time.sleep(3)
+        idle_rate = (commands_processed(client) - idle_before - 1) / 3
+        spread = Counter()
+        for rid in ids:
+            raw = client.get(f"herd:stats:{rid}")
+            spread[json.loads(raw)["worker_id"] if raw else "?"] += 1
+        per_request = max(0.0, commands - idle_rate * elapsed) / len(ids)
+        return {
+            "workers": n,
+            "requests": len(ids),
+            "wall_s": round(wall, 2),
+            "requests_per_s": round(len(ids) / wall, 2),
+            "tokens_per_s": round(tokens / wall, 1),
+            "spread": sorted(spread.values(), reverse=True),
+            "redis_commands": commands,
+            "redis_commands_idle_per_s": round(idle_rate, 1),
+            "redis_commands_per_request": round(per_request, 1),
+            "redis_commands_per_token": round(per_request * len(ids) / max(tokens, 1), 2),
+        }
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        client.close()
+        stop(redis_proc, 10)
+
+
+def redis_benchmark(port: int) -> dict[str, float]:
+    """redis-benchmark's requests/s for single commands (50 clients), without and with pipelining (-P 16)."""
+    if shutil.which("redis-benchmark") is None:
+        return {}
+    found: dict[str, float] = {}
+    for pipeline in ("1", "16"):
+        out = subprocess.run(
+            ["redis-benchmark", "-p", str(port), "-q", "-n", "100000", "-P", pipeline, "-t", "set,get,zadd,zpopmin"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        out += subprocess.run(
+            [
+                "redis-benchmark",
+                "-p",
+                str(port),
+                "-q",
+                "-n",
+                "100000",
+                "-P",
+                pipeline,
+                "PUBLISH",
+                "herd:events:x",
+                "tok",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in out.replace("\r", "\n").splitlines():
+            match = re.match(r"\s*(\S+).*?: ([0-9.]+) requests per second", line)
+            if match:
+                found[f"{match.group(1).upper()} P{pipeline}"] = float(match.group(2))
+    return found
+
+
+async def herd_like_loop(port: int, clients: int, seconds: float) -> float:
+    """Requests/s of a loop doing one request's Redis round trips as herd does them (tokens left out):
+    API: store + queue depth (pipeline), enqueue (SET job + ZADD), announce (PUBLISH); worker: claim (pipeline
+    SET NX + GET + EXISTS), in-progress SET, end: stats SET + DEL job + ZREM + DEL in-progress."""
+    import redis.asyncio
+
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def run(i: int) -> None:
+        nonlocal done
+        r = redis.asyncio.Redis(port=port)
+        n = 0
+        while time.perf_counter() < stop_at:
+            rid = f"{i}-{n}"
+            n += 1
+            async with r.pipeline(transaction=False) as p:
+                p.set(f"herd:request:{rid}", b"x" * 600, ex=3600)
+                p.zcard("herd:queue:m")
+                await p.execute()
+            async with r.pipeline(transaction=True) as p:
+                p.psetex(f"arq:job:{rid}", 300000, b"j" * 120)
+                p.zadd("herd:queue:m", {rid: time.time() * 1000})
+                await p.execute()
+            await r.publish("herd:announce:m", rid)
+            async with r.pipeline(transaction=False) as p:
+                p.set(f"herd:started:{rid}", b"w", nx=True, ex=3600)
+                p.get(f"herd:request:{rid}")
+                p.exists(f"herd:cancelled:{rid}")
+                await p.execute()
+            await r.set(f"arq:in-progress:{rid}", b"1", px=300000)
+            async with r.pipeline(transaction=False) as p:
+                p.set(f"herd:stats:{rid}", b"s" * 150, ex=3600)
+                p.delete(f"arq:job:{rid}", f"arq:in-progress:{rid}")
+                p.zrem("herd:queue:m", rid)
+                await p.execute()
+            done += 1
+        await r.aclose()
+
+    await asyncio.gather(*(run(i) for i in range(clients)))
+    return done / seconds
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--requests", type=int, default=48)
+    p.add_argument("--concurrency", type=int, default=12)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="HERD_N_THREADS of each worker")
+    p.add_argument("--loop-clients", type=int, default=16)
+    p.add_argument("--loop-seconds", type=float, default=5.0)
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "fleet": [], "redis": {}}
+    with tempfile.TemporaryDirectory(prefix="herd-scaleout-") as tmp:
+        for n in args.workers:
+            workdir = Path(tmp) / f"n{n}"
+            workdir.mkdir()
+            row = measure_fleet(n, args, workdir)
+            report["fleet"].append(row)
+            print(
+                f"{n} worker(s): {row['requests_per_s']:6.2f} req/s {row['tokens_per_s']:7.1f} tok/s "
+                f"spread {row['spread']}  Redis: {row['redis_commands_per_request']} cmds/request, "
+                f"{row['redis_commands_per_token']} cmds/token, {row['redis_commands_idle_per_s']} cmds/s idle",
+                flush=True,
+            )
+        redis_proc, port = start_redis(Path(tmp))
+        try:
+            bench = redis_benchmark(port)
+            loop_rps = asyncio.run(herd_like_loop(port, args.loop_clients, args.loop_seconds))
+        finally:
+            stop(redis_proc, 10)
+    report["redis"] = {"redis_benchmark_rps": bench, "herd_like_requests_per_s": round(loop_rps, 1)}
+    for name, rps in bench.items():
+        print(f"redis-benchmark {name:14s} {rps:10.0f} ops/s")
+    print(f"herd-like request loop ({args.loop_clients} clients, Python): {loop_rps:.0f} requests/s of Redis work")
+    per_token = max((r["redis_commands_per_token"] for r in report["fleet"]), default=0.0)
+    per_request = max((r["redis_commands_per_request"] for r in report["fleet"]), default=0.0)
+    publish = bench.get("PUBLISH P1")
+    if publish and per_request:
+        print(
+            f"one Redis core at {publish:.0f} single commands/s and {per_request} commands per request "
+            f"({per_token} per token) sustains about {publish / per_request:.0f} requests/s or "
+            f"{publish / max(per_token, 0.01):.0f} streamed tokens/s before Redis is the limit"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
