@@ -255,6 +255,39 @@ def _check_redis(command: str, settings: Settings, wait_s: float = 0.0) -> None:
         log.warning("%s", exc)
 
 
+def pull(settings: Settings, models: list[str]) -> int:
+    """`herd pull`: the API's /api/pull code run once, into the model store (a Kubernetes init step fills the
+    models volume this way before the workers start). Exit status 1 on the first failure."""
+    import asyncio
+
+    from api.pull import Puller, resolve_name
+    from shared.errors import ServiceError
+
+    store = ModelStore(models_dir(settings))
+    try:
+        store.open()  # creates the store's directories on a fresh volume
+    except OSError as exc:
+        print(f"herd pull: cannot open the model store at {models_dir(settings)}: {exc}", file=sys.stderr)
+        return 1
+
+    async def one(model: str) -> None:
+        name, _ = resolve_name(model, settings)
+        shown = ""
+        async for step in Puller(store, settings, model).run():
+            line = step.status if not step.total else f"{step.status} {100 * step.completed // step.total}%"
+            if line != shown:  # progress only when the percentage moves
+                print(f"{name}: {line}", flush=True)
+                shown = line
+
+    for model in models:
+        try:
+            asyncio.run(one(model))
+        except ServiceError as exc:
+            print(f"herd pull {model}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _key(name: str, scopes: str, from_stdin: bool) -> None:
     secret = sys.stdin.readline().strip() if from_stdin else credentials.new_secret()
     if not secret:
@@ -274,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+    pl = sub.add_parser("pull", help="download models into the model store (hf.co/... names, allowed https URLs)")
+    pl.add_argument("models", nargs="+", help="what /api/pull accepts, e.g. hf.co/OWNER/REPO:Q4_K_M")
     w = sub.add_parser("worker", help="a worker process for one model")
     w.add_argument("--model", help="model name (default: the first configured)")
     k = sub.add_parser(
@@ -301,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError("HERD_AUTH_JWKS_URL needs HERD_AUTH_ISSUER (the exact `iss` of the tokens)")
         except (ValueError, OSError) as exc:
             sys.exit(f"herd {args.command}: {exc}")
+    if args.command == "pull":
+        sys.exit(pull(settings, args.models))
     if args.command == "serve":
         sys.exit(serve(settings))
     elif args.command == "api":
