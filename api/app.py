@@ -34,6 +34,7 @@ from api.ids import add_request_id
 from api.metrics import Metrics
 from api.records import Records
 from api.routes import batches, files, health, models, oauth, ollama, openai, queue
+from api.routes.common import MODEL_LABEL
 from api.security import Security
 from api.tracing import server_spans
 from shared import redisconn, tracing
@@ -140,7 +141,8 @@ def create_app(settings: Settings) -> Litestar:
     async def count_response(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
             route = scope.get("path_template", "unmatched")  # the template: one series per route, not per id
-            metrics.observe_response(str(route), str(scope.get("method", "")), int(message["status"]))
+            model = str(scope.get("state", {}).get(MODEL_LABEL, ""))
+            metrics.observe_response(str(route), str(scope.get("method", "")), int(message["status"]), model)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -60,8 +60,9 @@ class Metrics:
         self.queue_wait = Histogram()
         self.rate_limited: dict[Labels, int] = defaultdict(int)
 
-    def observe_response(self, route: str, method: str, status: int) -> None:
-        self.responses[(("route", route), ("method", method), ("status", str(status)))] += 1
+    def observe_response(self, route: str, method: str, status: int, model: str) -> None:
+        """`model` is the served model of an admitted request, else "" (never a client's unchecked string)."""
+        self.responses[(("route", route), ("method", method), ("status", str(status)), ("model", model))] += 1
 
     def observe_generation(self, model: str, prompt: int, cached: int, completion: int, e2e_s: float) -> None:
         self.tokens[(("model", model), ("kind", "prompt"))] += prompt
@@ -92,7 +93,7 @@ class Metrics:
         family(
             "herd_http_responses_total",
             "counter",
-            "HTTP responses of this API process by route template, method and status.",
+            "HTTP responses of this API process by route template, method, status and model (admitted requests).",
             [f"herd_http_responses_total{_labels(k)} {v}" for k, v in sorted(self.responses.items())],
         )
         family(

@@ -43,9 +43,9 @@ def test_counters_follow_known_traffic(server: HerdServer) -> None:
     assert missing.status_code == 404
     after = scrape(server)
 
-    ok = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
+    ok = {"route": "/v1/chat/completions", "method": "POST", "status": "200", "model": MODEL}
     assert value(after, "herd_http_responses_total", **ok) - value(before, "herd_http_responses_total", **ok) == 2
-    not_found = {**ok, "status": "404"}
+    not_found = {**ok, "status": "404", "model": ""}  # an unknown model is not a label value
     assert (
         value(after, "herd_http_responses_total", **not_found) - value(before, "herd_http_responses_total", **not_found)
         == 1

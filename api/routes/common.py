@@ -13,7 +13,7 @@ from litestar import Request
 from litestar.datastructures import State
 
 from api.errors import from_validation
-from api.events import EventStream
+from api.events import AnyRequest, EventStream
 from api.gateway import Gateway
 from api.grammar import GrammarCache
 from api.ids import request_id_of
@@ -44,6 +44,16 @@ async def decode(request: Request[object, object, State], type_: type[T]) -> T:
         return msgspec.json.decode(await request.body(), type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_validation(exc) from exc
+
+
+MODEL_LABEL = "herd_model"  # scope["state"] key: the model an admitted request is for (the metrics' label)
+
+
+async def admit(request: Request[object, object, State], state: State, req: AnyRequest) -> EventStream:
+    """Queue `req` and wait until a worker admitted it (or the client left); the response is counted per model."""
+    stream = await unless_gone(request, gateway(state).open(req))
+    request.scope.setdefault("state", {})[MODEL_LABEL] = req.model
+    return stream
 
 
 async def _disconnected(request: Request[object, object, State]) -> None:
@@ -131,6 +141,7 @@ async def open_streaming(
     try:
         for req in reqs:
             streams.append(await unless_gone(request, gw.open(req, wait=False)))
+            request.scope.setdefault("state", {})[MODEL_LABEL] = req.model
     except BaseException:
         await close_shielded(*streams)
         raise

@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from api.catalog import Catalog
 from api.events import EventStream
-from api.routes.common import close_shielded, decode, gateway, grammars, request_id, unless_gone
+from api.routes.common import admit, close_shielded, decode, gateway, grammars, request_id, unless_gone
 from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from api.translate import ollama as translate
 from api.translate import store as translate_store
@@ -90,7 +90,7 @@ async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
         return Response(msgspec.structs.replace(translate.chat_loaded(body.model), done_reason=reason))
     body = translate_store.chat_defaults(body, await _manifest(state, served))
     req = translate.chat_request(body, served, n_ctx, request_id(request), grammars(state))
-    stream = await unless_gone(request, gateway(state).open(req))
+    stream = await admit(request, state, req)
     tools = bool(req.tools) and req.grammar is not None
     reply = OllamaReply("chat", body.model, tools, req.logprobs is not None)
     return await _reply(request, stream, body.stream, reply, started)
@@ -107,7 +107,7 @@ async def generate(request: AnyRequest, state: State) -> Response[Reply] | Strea
         return Response(msgspec.structs.replace(translate.generate_loaded(body.model), done_reason=reason))
     body = translate_store.generate_defaults(body, await _manifest(state, served))
     req = translate.generate_request(body, served, n_ctx, request_id(request), grammars(state))
-    stream = await unless_gone(request, gateway(state).open(req))
+    stream = await admit(request, state, req)
     reply = OllamaReply("generate", body.model, False, req.logprobs is not None)
     return await _reply(request, stream, body.stream, reply, started)
 
@@ -177,7 +177,7 @@ async def embeddings(request: AnyRequest, state: State) -> wire.EmbeddingsRespon
 
 
 async def _embedded(request: AnyRequest, state: State, req: EmbeddingRequest) -> tuple[Embedded, int]:
-    stream = await unless_gone(request, gateway(state).open(req))
+    stream = await admit(request, state, req)
     queued_ns = int((time.time() - req.enqueued_at) * 1e9)  # until a worker took it: Ollama's load_duration
     try:
         return await unless_gone(request, stream.embedded()), queued_ns

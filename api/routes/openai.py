@@ -12,6 +12,7 @@ from litestar.response import Stream
 
 from api.events import EventStream
 from api.routes.common import (
+    admit,
     close_shielded,
     decode,
     gateway,
@@ -45,7 +46,7 @@ async def chat_completions(request: AnyRequest, state: State) -> Response[wire.C
         [stream], pending = await open_streaming(request, state, [req])
         frames = _chat_frames(stream, chat, include_usage, pending, state.gateway.settings.sse_keepalive_s)
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    stream = await unless_gone(request, gateway(state).open(req))
+    stream = await admit(request, state, req)
     try:
         await unless_gone(request, _drain(stream, chat.feed))
     finally:
@@ -102,7 +103,7 @@ async def completions(request: AnyRequest, state: State) -> Response[wire.Comple
     streams = list[EventStream]()
     try:
         for req in reqs:
-            streams.append(await unless_gone(request, gateway(state).open(req)))
+            streams.append(await admit(request, state, req))
     except BaseException:
         await close_shielded(*streams)
         raise
@@ -143,7 +144,7 @@ async def _completion_frames(
 async def embeddings(request: AnyRequest, state: State) -> wire.CreateEmbeddingResponse:
     body = await decode(request, wire.EmbeddingCreateParams)
     req = translate.embedding_request(body, request_id(request))
-    stream = await unless_gone(request, gateway(state).open(req))
+    stream = await admit(request, state, req)
     try:
         result = await unless_gone(request, stream.embedded())
     finally:
