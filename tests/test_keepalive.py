@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,21 +29,19 @@ def busy_server(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def occupy(server: HerdServer) -> threading.Thread:
-    """A long request holding the only sequence; returns once a worker runs it."""
+    """A long request holding the only sequence; returns once its first token arrived (so a worker runs it)."""
+    running = threading.Event()
 
     def run() -> None:
-        httpx.post(
-            f"{server.base_url}/v1/completions",
-            json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 160, "temperature": 0},
-            timeout=600,
-        )
+        body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 160, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=600) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    running.set()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not any(w.slots_busy for w in server.workers()):
-        assert time.monotonic() < deadline, "the long request never started"
-        time.sleep(0.05)
+    assert running.wait(timeout=300), "the long request never started"
     return thread
 
 
