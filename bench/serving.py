@@ -101,6 +101,7 @@ class StreamResult:
     decode_s: float = 0.0  # first non-empty text chunk -> last non-empty text chunk
     total_s: float = 0.0
     error: str = ""
+    usage: dict[str, Any] = field(default_factory=dict)  # the final usage chunk as sent (extension fields too)
 
     @property
     def decode_tps(self) -> float | None:
@@ -292,6 +293,7 @@ async def stream_completion(
                 usage = chunk.get("usage")
                 if usage and usage.get("completion_tokens") is not None:
                     result.usage_tokens = int(usage["completion_tokens"])
+                    result.usage = usage
                     result.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
                 for choice in chunk.get("choices") or ():
                     if choice.get("text"):

@@ -1,0 +1,281 @@
+"""The rest of issue 5's table, side by side in one run: queued streams, prefix cache, speculative decoding.
+
+Rows (temperature 0, fixed max_tokens, the same prompts for every system; the helpers come from bench/serving.py):
+
+queued    ``--queued`` (32) simultaneous streams over 8 slots: herd (max_seqs 8) vs ``llama-server -np 8``;
+          TTFT p99 and aggregate tok/s (needs ``--llama-server``).
+prefix    pairs of requests sharing one ~1,000-token system prompt (each pair its own prompt, so the first is
+          cold): the second request's TTFT / the first's, median over the pairs, for herd and (with
+          ``cache_prompt: true``) llama-server -np 8.
+lookup    input-grounded prompts (repeat / edit / extract from a given text), one stream at a time: herd with
+          prompt-lookup speculation (HERD_SPECULATE=<model>=lookup) vs herd without; decode tok/s and acceptance.
+draft     target = the bundled Q4_1 model converted to F16 by this script (llama.cpp's quantize API, allowing
+          requantization: it dequantizes), draft = the Q4_1 file: herd with HERD_SPECULATE=<model>=draft:<path>
+          vs herd without, on the story prompts of bench/serving.py; decode tok/s and acceptance rate.
+
+Usage (repo root)::
+
+    .venv/bin/python bench/rows.py --llama-server /path/to/llama-server [--rows queued,prefix,lookup,draft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving as S
+
+SYSTEM_FACTS = (
+    "the reading room opens at {h} in the morning",
+    "maps from shelf {h} may not leave the building",
+    "visitors who bring tea must use the green cups from cabinet {h}",
+    "the archivist on duty signs every loan slip with ink number {h}",
+    "lost umbrellas are kept for {h} days in the cellar",
+)
+GROUNDED_TEXT = (
+    "The old harbour town of Vell lies at the mouth of a slow brown river. Every morning the fishing boats leave "
+    "before dawn and return at noon with herring, cod and sometimes a lost crab pot. The market opens when the "
+    "church bell rings twelve times. Mara sells bread from a blue cart, her brother Tomas mends nets on the quay, "
+    "and the harbour master writes the name of every ship in a red book that nobody else may touch. In winter the "
+    "river freezes near the bridge, and the children skate from the mill to the lighthouse and back again."
+)
+GROUNDED_TASKS = (
+    "Repeat the following text exactly, word for word:\n\n{t}",
+    "Rewrite the following text, replacing the name Mara with Lena and keeping everything else the same:\n\n{t}",
+    "Copy every sentence of the following text that mentions the harbour or the river:\n\n{t}",
+    "Here is a text:\n\n{t}\n\nNow write the same text again, unchanged.",
+)
+
+
+def chat(user: str, system: str | None = None) -> str:
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def system_prompt(pair: int) -> str:
+    """A ~1,000-token house rulebook, different for every pair (its first line says which)."""
+    rules = [f"Rulebook {pair} of the Vell town library."]
+    for i in range(1, 81):
+        rules.append(f"Rule {i}: " + SYSTEM_FACTS[(i + pair) % len(SYSTEM_FACTS)].format(h=(i * 7 + pair) % 97) + ".")
+    return " ".join(rules)
+
+
+async def gather_streams(url: str, bodies: list[dict[str, Any]], limit_s: float) -> tuple[list[S.StreamResult], float]:
+    limits = httpx.Limits(max_connections=len(bodies) + 2, max_keepalive_connections=len(bodies) + 2)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(limit_s), limits=limits, trust_env=False) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(S.stream_completion(client, url, b, limit_s) for b in bodies))
+        return list(results), time.perf_counter() - t0
+
+
+async def sequential(url: str, bodies: list[dict[str, Any]], limit_s: float) -> list[S.StreamResult]:
+    """One stream at a time."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(limit_s), trust_env=False) as client:
+        return [await S.stream_completion(client, url, body, limit_s) for body in bodies]
+
+
+def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Namespace, extra: dict[str, Any]) -> dict:
+    url = f"{base}/v1/completions"
+    res: dict[str, Any] = {"system": name}
+    warm = asyncio.run(gather_streams(url, [S.request_body(model, S.PROMPTS[0], 8, extra)], args.timeout))
+    if not warm[0][0].ok:
+        raise RuntimeError(f"warm-up failed: {warm[0][0].error}")
+    if "queued" in rows:
+        bodies = [
+            S.request_body(model, S.PROMPTS[i % len(S.PROMPTS)], args.max_tokens, extra) for i in range(args.queued)
+        ]
+        streams, wall = asyncio.run(gather_streams(url, bodies, args.timeout))
+        ok = [s for s in streams if s.ok]
+        ttfts = [s.ttft_s * 1000 for s in ok if s.ttft_s is not None]
+        res["queued"] = {
+            "streams": len(streams),
+            "errors": len(streams) - len(ok),
+            "ttft_p50_ms": S.percentile(ttfts, 50),
+            "ttft_p99_ms": S.percentile(ttfts, 99),
+            "aggregate_tps": sum(s.tokens for s in ok) / wall,
+        }
+    if "prefix" in rows:
+        cache = {} if name == "herd" else {"cache_prompt": True}
+        firsts, seconds, cached = [], [], 0
+        for pair in range(args.pairs):
+            sysp = system_prompt(pair)
+            bodies = [
+                S.request_body(model, chat(q, sysp), 16, {**extra, **cache})
+                for q in ("What time does the reading room open?", "Where are lost umbrellas kept?")
+            ]
+            a = asyncio.run(gather_streams(url, bodies[:1], args.timeout))[0][0]
+            b = asyncio.run(gather_streams(url, bodies[1:], args.timeout))[0][0]
+            if a.ttft_s and b.ttft_s:
+                firsts.append(a.ttft_s * 1000)
+                seconds.append(b.ttft_s * 1000)
+                cached += b.cached_tokens
+        res["prefix"] = {
+            "first_ttft_ms": statistics.median(firsts) if firsts else None,
+            "second_ttft_ms": statistics.median(seconds) if seconds else None,
+            "ratio": statistics.median(s / f for f, s in zip(firsts, seconds, strict=True)) if firsts else None,
+            "cached_tokens_second": cached / max(len(seconds), 1),
+        }
+    for row, prompts in (("lookup", [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]), ("draft", S.PROMPTS)):
+        if row not in rows:
+            continue
+        bodies = [S.request_body(model, p, args.max_tokens, extra) for p in prompts[: args.spec_prompts]]
+        streams = asyncio.run(sequential(url, bodies, args.timeout))
+        tps = [t for t in (r.decode_tps for r in streams) if t is not None]
+        drafted = sum(int((r.usage.get("speculation") or {}).get("drafted_tokens") or 0) for r in streams)
+        accepted = sum(int((r.usage.get("speculation") or {}).get("accepted_tokens") or 0) for r in streams)
+        res[row] = {
+            "decode_tps_median": statistics.median(tps) if tps else None,
+            "tokens": sum(r.tokens for r in streams),
+            "drafted": drafted,
+            "accepted": accepted,
+            "acceptance": accepted / drafted if drafted else None,
+        }
+    return res
+
+
+def run_herd(name: str, args: argparse.Namespace, rows: set[str], log_dir: Path, env: dict[str, str]) -> dict:
+    S.flush_redis(args.herd_redis_url)
+    port = S.free_port()
+    full_env = {**os.environ, "HERD_REDIS_URL": args.herd_redis_url, **env}
+    cmd = [args.herd, "serve", "--host", S.HOST, "--port", str(port)]
+    base = f"http://{S.HOST}:{port}"
+    with S.managed_server(name, cmd, full_env, f"{base}/readyz", args.ready_timeout, log_dir):
+        model = env.get("HERD_MODELS", S.HERD_MODEL).split("=")[0]
+        result = measure("herd", base, model, rows, args, {})
+        result["system"] = name
+        return result
+
+
+def run_llama(args: argparse.Namespace, rows: set[str], log_dir: Path) -> dict:
+    port = S.free_port()
+    model = S.default_model_path()
+    cmd = [args.llama_server, "-m", model, "-c", str(2048 * 8), "-np", "8", "-t", str(args.threads)]
+    cmd += ["--host", S.HOST, "--port", str(port)]
+    if S.llama_server_supports(args.llama_server, "--no-webui"):
+        cmd.append("--no-webui")
+    base = f"http://{S.HOST}:{port}"
+    with S.managed_server("llama-server -np 8", cmd, dict(os.environ), f"{base}/health", args.ready_timeout, log_dir):
+        return measure("llama-server -np 8", base, Path(model).name, rows, args, {"cache_prompt": False})
+
+
+def make_f16(path: Path) -> None:
+    """The bundled Q4_1 model dequantized to F16 (llama.cpp's quantize API with allow_requantize)."""
+    import llama_cpp as L
+
+    params = L.llama_model_quantize_default_params()
+    params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    params.nthread = 2
+    rc = L.llama_model_quantize(S.default_model_path().encode(), str(path).encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc})")
+
+
+def run_f16(f16: Path, args: argparse.Namespace, log_dir: Path, env: dict[str, str]) -> dict:
+    make_f16(f16)
+    return run_herd("herd f16", args, {"draft"}, log_dir, env)
+
+
+def fmt(v: float | None, spec: str = ".1f") -> str:
+    return S.fmt(v, spec)
+
+
+def report(results: dict[str, dict]) -> None:
+    def get(system: str, row: str, key: str) -> float | None:
+        value: float | None = (results.get(system) or {}).get(row, {}).get(key)
+        return value
+
+    print()
+    for system, res in results.items():
+        for row in ("queued", "prefix", "lookup", "draft"):
+            if row in res:
+                print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={fmt(v, '.2f')}" for k, v in res[row].items()))
+    print()
+    herd, llama, lk, f16, f16d = "herd", "llama-server -np 8", "herd+lookup", "herd f16", "herd f16+draft"
+    tps, p99, agg = "decode_tps_median", "ttft_p99_ms", "aggregate_tps"
+    lines = [
+        ("queued: herd TTFT p99 / llama-server", S.ratio(get(herd, "queued", p99), get(llama, "queued", p99)), "< 1"),
+        ("queued: herd aggr tok/s / llama-server", S.ratio(get(herd, "queued", agg), get(llama, "queued", agg)), "> 1"),
+        ("prefix: herd 2nd TTFT / 1st TTFT", get(herd, "prefix", "ratio"), "<= 0.2"),
+        ("prefix: llama-server 2nd TTFT / 1st TTFT", get(llama, "prefix", "ratio"), ""),
+        ("lookup: +lookup decode tok/s / herd", S.ratio(get(lk, "lookup", tps), get(herd, "lookup", tps)), ">= 1.5"),
+        ("lookup: acceptance rate", get(lk, "lookup", "acceptance"), ""),
+        ("draft: f16+draft tok/s / f16", S.ratio(get(f16d, "draft", tps), get(f16, "draft", tps)), "> 1.0"),
+        ("draft: acceptance rate", get(f16d, "draft", "acceptance"), ""),
+    ]  # fmt: skip
+    for label, value, target in lines:
+        print(f"{label:<48} {fmt(value, '.3f'):>8}   {('target ' + target) if target else ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--rows", default="queued,prefix,lookup,draft")
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--queued", type=int, default=32)
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--spec-prompts", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
+    p.add_argument("--herd-redis-url", default=S.HERD_REDIS_URL)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--ready-timeout", type=float, default=180.0)
+    p.add_argument("--quiet-wait", type=float, default=120.0)
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args(argv)
+    rows = set(args.rows.split(","))
+    print(f"rows: {sorted(rows)}; max_tokens={args.max_tokens} temperature=0; load avg {os.getloadavg()}")
+    lock = S.acquire_run_lock(1800.0)
+    results: dict[str, dict] = {}
+    with lock, tempfile.TemporaryDirectory(prefix="herd-rows-") as tmp:
+        log_dir = Path(tmp)
+        model_name = S.HERD_MODEL
+        steps: list[tuple[str, Callable[[], dict]]] = []
+        base_rows = rows & {"queued", "prefix", "lookup"}
+        if base_rows:
+            steps.append(("herd", lambda: run_herd("herd", args, base_rows, log_dir, {})))
+        if "lookup" in rows:
+            env = {"HERD_SPECULATE": f"{model_name}=lookup"}
+            steps.append(("herd+lookup", lambda: run_herd("herd+lookup", args, {"lookup"}, log_dir, env)))
+        if "draft" in rows:
+            f16 = log_dir / "smollm2-135m-f16.gguf"
+            models = {"HERD_MODELS": f"smol-f16={f16}"}
+            spec = {**models, "HERD_SPECULATE": f"smol-f16=draft:{S.default_model_path()}"}
+            steps.append(
+                ("herd f16", lambda: (make_f16(f16), run_herd("herd f16", args, {"draft"}, log_dir, models))[1])
+            )
+            steps.append(("herd f16+draft", lambda: run_herd("herd f16+draft", args, {"draft"}, log_dir, spec)))
+        if args.llama_server and rows & {"queued", "prefix"}:
+            steps.append(("llama-server -np 8", lambda: run_llama(args, rows & {"queued", "prefix"}, log_dir)))
+        for name, step in steps:
+            print(f"running {name} ...", flush=True)
+            load = S.wait_for_quiet(S.NOISY_CORES, args.quiet_wait)
+            if load is not None and load >= S.NOISY_CORES:
+                print(f"  WARNING: {load:.2f} cores busy with other processes; measuring anyway", flush=True)
+            t0 = time.perf_counter()
+            try:
+                results[name] = step()
+                results[name]["loadavg_after"] = os.getloadavg()[0]
+            except (RuntimeError, OSError, httpx.HTTPError) as exc:
+                print(f"  FAILED: {exc}", flush=True)
+            print(f"  done in {time.perf_counter() - t0:.1f} s", flush=True)
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
