@@ -147,6 +147,8 @@ class Metrics:
             ("herd_worker_tokens_generated_total", "counter", "Tokens a worker generated.", "tokens_generated"),
             ("herd_worker_requests_total", "counter", "Generations a worker finished.", "requests_done"),
             ("herd_worker_requests_cancelled_total", "counter", "Generations cancelled.", "requests_cancelled"),
+            ("herd_worker_tokens_drafted_total", "counter", "Tokens speculative decoding drafted.", "tokens_drafted"),
+            ("herd_worker_tokens_accepted_total", "counter", "Drafted tokens the model accepted.", "tokens_accepted"),
         ):
             rows = [
                 f"{name}{_labels((('worker', w.worker_id), ('model', ','.join(w.models))))} {getattr(w, attr)}"

@@ -32,10 +32,16 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tensor_split: tuple[float, ...] = ()  # share of the layers per GPU, e.g. (3, 1); (): by free memory
     type_k: KvCacheType = ""  # K cache type: q8_0 halves the cache's memory for a little quality
     type_v: KvCacheType = ""  # V cache type; a quantized V cache needs flash_attn
+    # Speculative decoding (off unless set; HERD_SPECULATE): "lookup" drafts from n-gram matches in the prompt and
+    # output so far, "draft" from draft_path, a smaller GGUF with the same vocabulary. Greedy sequences only.
+    speculate: Literal["", "lookup", "draft"] = ""
+    draft_path: str = ""
+    spec_k: int = 8  # the most tokens drafted per sequence and step (adaptive below that)
 
 
 # What HERD_MODELS entries may set after `?` (and the HERD_* defaults that apply to every model).
 MODEL_OPTIONS = ("n_ctx", "n_gpu_layers", "main_gpu", "flash_attn", "tensor_split", "type_k", "type_v")
+ENTRY_OPTIONS = ("speculate", "draft_path", "spec_k")  # per model only (HERD_SPECULATE sets them by name too)
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -213,16 +219,33 @@ def _parse_models(value: str, defaults: dict[str, object]) -> tuple[ModelConfig,
             raise ValueError(f"HERD_MODELS entry {item!r} is not NAME=PATH[?option=value&...]")
         fields: dict[str, object] = {**defaults, "name": name, "path": path}
         for key, raw in parse_qsl(query, keep_blank_values=True):
-            if key not in MODEL_OPTIONS:
-                raise ValueError(
-                    f"HERD_MODELS entry {name!r}: unknown option {key!r} (known: {', '.join(MODEL_OPTIONS)})"
-                )
+            if key not in MODEL_OPTIONS + ENTRY_OPTIONS:
+                known = ", ".join(MODEL_OPTIONS + ENTRY_OPTIONS)
+                raise ValueError(f"HERD_MODELS entry {name!r}: unknown option {key!r} (known: {known})")
             fields[key] = _floats(raw) if key == "tensor_split" else raw
         try:
             models.append(msgspec.convert(fields, ModelConfig, strict=False))
         except msgspec.ValidationError as exc:
             raise ValueError(f"HERD_MODELS entry {name!r}: {exc}") from exc
     return tuple(models)
+
+
+def _with_speculation(models: tuple[ModelConfig, ...], value: str) -> tuple[ModelConfig, ...]:
+    """HERD_SPECULATE: `NAME=lookup` or `NAME=draft:/path/to/draft.gguf` entries separated by `;`."""
+    chosen: dict[str, tuple[str, str]] = {}
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        name, _, how = item.partition("=")
+        kind, _, path = how.partition(":")
+        if kind not in ("lookup", "draft") or (kind == "draft") != bool(path) or not name:
+            raise ValueError(f"HERD_SPECULATE entry {item!r} is not NAME=lookup or NAME=draft:PATH")
+        chosen[name.strip()] = (kind, path)
+    unknown = set(chosen) - {m.name for m in models}
+    if unknown:
+        raise ValueError(f"HERD_SPECULATE names models that are not configured: {', '.join(sorted(unknown))}")
+    return tuple(
+        msgspec.structs.replace(m, speculate=chosen[m.name][0], draft_path=chosen[m.name][1]) if m.name in chosen else m
+        for m in models
+    )
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -246,4 +269,4 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             models = (msgspec.convert(bundled, ModelConfig, strict=False),)
         except msgspec.ValidationError as exc:
             raise ValueError(f"model settings: {exc}") from exc
-    return msgspec.structs.replace(settings, models=models)
+    return msgspec.structs.replace(settings, models=_with_speculation(models, env.get("HERD_SPECULATE", "")))

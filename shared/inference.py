@@ -101,6 +101,9 @@ class Usage(msgspec.Struct, frozen=True):
     prompt_eval_ns: int = 0
     eval_ns: int = 0
     queue_ns: int = 0
+    speculative: bool = False  # the worker drafted for this sequence (speculative decoding was on for it)
+    drafted_tokens: int = 0  # tokens proposed by the draft model or prompt lookup
+    accepted_tokens: int = 0  # of those, tokens the model confirmed (each saved one decode step)
 
 
 class Started(msgspec.Struct, frozen=True, tag="started"):
@@ -170,6 +173,8 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     pid: int
     host: str
     heartbeat_at: float
+    tokens_drafted: int = 0  # speculative decoding: tokens proposed, and the ones the model confirmed
+    tokens_accepted: int = 0
 
 
 class RequestStats(msgspec.Struct, frozen=True):

@@ -34,6 +34,7 @@ from workers.embedder import EmbedJob
 from workers.engine import Engine, Sampler
 from workers.slots import Slots
 from workers.spans import record_generation
+from workers.speculate import Speculator, adapt
 from workers.template import ChatTemplate
 from workers.textstream import TextStream
 
@@ -72,6 +73,9 @@ class _Seq:
     admitted_ns: int = 0
     admitted_wall_ns: int = 0
     first_token_ns: int = 0
+    spec_k: int = 0  # tokens to draft next step (adaptive); 0: this sequence does not speculate
+    drafted: int = 0
+    accepted: int = 0
 
     def next_seq(self) -> int:
         self.family.event_seq += 1
@@ -83,6 +87,8 @@ class Counters:
     tokens_generated: int = 0
     requests_done: int = 0
     requests_cancelled: int = 0
+    tokens_drafted: int = 0
+    tokens_accepted: int = 0
 
 
 class Batcher:
@@ -95,8 +101,10 @@ class Batcher:
         prefill_chunk: int,
         prefill_budget: int,
         tracer: Tracer | None = None,
+        speculator: Speculator | None = None,
     ) -> None:
         self._engine = engine
+        self._spec = speculator
         self._tracer = tracer
         self._prefill_chunk = min(prefill_chunk, engine.n_batch)
         self._prefill_budget = max(prefill_budget, 1)
@@ -239,6 +247,7 @@ class Batcher:
             if reused < held:
                 self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
             seq.n_prefilled = seq.kv_len = seq.cached = reused
+            self._speculate(seq)
             seq.text = TextStream(seq.req.stop)
             seq.admitted_ns = time.perf_counter_ns()
             seq.admitted_wall_ns = time.time_ns()
@@ -327,7 +336,10 @@ class Batcher:
                 break
         if not decoding:
             return
-        decoding.sort(key=_by_seq_id)  # llama.cpp keeps consecutive sequence ids in one micro-batch
+        decoding.sort(key=_by_seq_id)
+        if self._spec is not None:
+            self._step_speculative(decoding, self._spec)
+            return  # llama.cpp keeps consecutive sequence ids in one micro-batch
         self._engine.decode(
             [seq.next_token for seq in decoding],
             [seq.kv_len for seq in decoding],
@@ -338,6 +350,53 @@ class Batcher:
             seq.kv_len += 1
             assert seq.sampler is not None
             self._on_token(seq, self._engine.sample(seq.sampler, index), index)
+
+    def _speculate(self, seq: _Seq) -> None:
+        """Greedy sequences of a model with speculation draft (see workers/speculate.py for why only those)."""
+        if self._spec is None or seq.sampler is None:
+            return
+        if seq.sampler.handle is None and seq.sampler.grammar is None and seq.req.logprobs is None:
+            seq.spec_k = max(1, self._spec.k_max // 2)
+            self._spec.reset(seq.seq_id)
+
+    def _step_speculative(self, decoding: list[_Seq], spec: Speculator) -> None:
+        """One decode for every sequence's next token and its draft; each keeps what the model agrees with."""
+        drafting = [seq for seq in decoding if seq.spec_k > 0]
+        proposed = spec.propose([(s.seq_id, s.prompt + s.out, s.spec_k) for s in drafting])
+        drafts = {s.seq_id: d for s, d in zip(drafting, proposed, strict=True)}
+        tokens: list[int] = []
+        positions: list[int] = []
+        ids: list[int] = []
+        plan: list[tuple[_Seq, int, list[int]]] = []
+        for seq in decoding:
+            room = min(seq.max_tokens - seq.generated, self._engine.n_ctx_seq - seq.kv_len) - 1
+            draft = drafts.get(seq.seq_id, [])[: max(room, 0)]
+            plan.append((seq, len(tokens), draft))
+            tokens += [seq.next_token, *draft]
+            positions += range(seq.kv_len, seq.kv_len + 1 + len(draft))
+            ids += [seq.seq_id] * (1 + len(draft))
+        self._engine.decode(tokens, positions, ids, [True] * len(tokens))
+        for seq, start, draft in plan:
+            assert seq.sampler is not None
+            base, accepted = seq.kv_len, 0
+            emitted = [self._engine.sample(seq.sampler, start)]
+            while accepted < len(draft) and emitted[-1] == draft[accepted]:
+                accepted += 1
+                emitted.append(self._engine.sample(seq.sampler, start + accepted))
+            if seq.spec_k > 0:
+                self._engine.trim(seq.seq_id, base + 1 + accepted)  # the rejected draft's cells
+                spec.verified(seq.seq_id, len(seq.prompt) + len(seq.out), accepted)
+                seq.drafted += len(draft)
+                seq.accepted += accepted
+                self.counters.tokens_drafted += len(draft)
+                self.counters.tokens_accepted += accepted
+                seq.spec_k = adapt(seq.spec_k, len(draft), accepted, spec.k_max)
+            for i, token in enumerate(emitted):
+                seq.kv_len = base + 1 + i
+                seq.next_token = -1
+                self._on_token(seq, token, start + i)
+                if seq.next_token < 0:  # finished
+                    break
 
     def _prefill(self, seq: _Seq) -> int:
         """One aligned chunk of `seq`'s prompt; samples its first token when the prompt is done."""
@@ -364,6 +423,7 @@ class Batcher:
             fork.max_tokens = seq.max_tokens
             fork.sampler = self._engine.new_sampler(seq.req.sampling, seq.req.grammar, seed_offset=fork.index)
             fork.text = TextStream(seq.req.stop)
+            self._speculate(fork)
             fork.admitted_ns, fork.admitted_wall_ns = seq.admitted_ns, seq.admitted_wall_ns
             forks.append(fork)
         family.fork_slots = []
@@ -408,6 +468,9 @@ class Batcher:
                 prompt_eval_ns=first - seq.admitted_ns,
                 eval_ns=now - first,
                 queue_ns=max(0, int((time.time() - seq.req.enqueued_at) * 1e9) - (now - seq.admitted_ns)),
+                speculative=seq.spec_k > 0,
+                drafted_tokens=seq.drafted,
+                accepted_tokens=seq.accepted,
             )
             if self._tracer is not None:
                 wall = seq.admitted_wall_ns - seq.admitted_ns  # perf_counter -> wall clock
@@ -439,6 +502,7 @@ class Batcher:
         self._active.remove(seq)
         if keep_cache:
             held = (seq.prompt + seq.out)[: seq.kv_len]
+            self._engine.trim(seq.seq_id, seq.kv_len)  # a draft's cells beyond it, if it stopped mid-draft
         else:
             held = []
             self._engine.drop(seq.seq_id)

@@ -22,6 +22,7 @@ from shared.keepalive import parse_keep_alive
 from workers.batcher import Batcher
 from workers.bus import REDIS_ERRORS, WorkerBus, new_worker_id
 from workers.engine import Engine
+from workers.speculate import Speculator
 
 log = logging.getLogger("herd.worker")
 
@@ -118,6 +119,9 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
     async def startup(ctx: dict[str, Any]) -> None:
         started = time.monotonic()
         engine = await asyncio.to_thread(Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads)
+        speculator = None
+        if model.speculate:
+            speculator = await asyncio.to_thread(Speculator, model, engine, settings.n_threads)
         bus = WorkerBus(settings, ctx["redis"], worker_id)
         provider = tracing.setup("worker")
         batcher = Batcher(
@@ -128,6 +132,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
             settings.prefill_chunk,
             settings.prefill_budget,
             tracing.tracer(provider, "herd.worker"),
+            speculator,
         )
         batcher.start()
 
@@ -148,13 +153,21 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
+                tokens_drafted=c.tokens_drafted,
+                tokens_accepted=c.tokens_accepted,
                 pid=os.getpid(),
                 host=socket.gethostname(),
                 heartbeat_at=time.time(),
             )
 
         bus.start(model.name, on_message, status)
-        ctx.update(engine=engine, bus=bus, batcher=batcher, watchdog=asyncio.create_task(watchdog(batcher)))
+        ctx.update(
+            engine=engine,
+            speculator=speculator,
+            bus=bus,
+            batcher=batcher,
+            watchdog=asyncio.create_task(watchdog(batcher)),
+        )
         ctx["tracing"] = provider
         if on_demand:
             ctx["idle"] = asyncio.create_task(idle_exit(bus))
@@ -199,6 +212,8 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         if "batcher" in ctx:
             await ctx["batcher"].stop()
             await ctx["bus"].stop()
+            if ctx["speculator"] is not None:
+                ctx["speculator"].close()
             ctx["engine"].close()
         if ctx.get("tracing") is not None:
             ctx["tracing"].shutdown()  # flushes the spans still queued

@@ -265,7 +265,7 @@ def chat_chunk(model: str, text: str) -> wire.ChatResponse:
 def _final(end: Finished, total_ns: int) -> dict[str, Any]:
     """The fields Ollama puts on the last line of a chat and of a generate, from the worker's measurements."""
     u = end.usage
-    return {
+    final: dict[str, Any] = {
         "done": True,
         "done_reason": _reason(end),
         "total_duration": total_ns,
@@ -275,6 +275,9 @@ def _final(end: Finished, total_ns: int) -> dict[str, Any]:
         "eval_count": u.completion_tokens,
         "eval_duration": u.eval_ns,
     }
+    if u.speculative:  # herd's extension: speculative decoding's drafted and accepted tokens
+        final.update(draft_count=u.drafted_tokens, draft_accepted_count=u.accepted_tokens)
+    return final
 
 
 def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:

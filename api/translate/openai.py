@@ -179,7 +179,15 @@ def usage(items: list[Usage]) -> wire.CompletionUsage:
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in items)),
+        speculation=speculation(items),
     )
+
+
+def speculation(items: list[Usage]) -> wire.SpeculationUsage | None:
+    """The extension field: drafted and accepted tokens over the choices, when any of them speculated."""
+    if not any(u.speculative for u in items):
+        return None
+    return wire.SpeculationUsage(sum(u.drafted_tokens for u in items), sum(u.accepted_tokens for u in items))
 
 
 def embedding_request(body: wire.EmbeddingCreateParams, request_id: str) -> EmbeddingRequest:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from msgspec import UNSET
 
 from api.translate.logprobs import rows
+from api.translate.openai import speculation
 from api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
 from shared.inference import Finished, TokenDelta, TokenLogprob, Usage
 from shared.wire import openai as wire
@@ -130,6 +131,7 @@ class ChatAssembler:
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=cached),
+            speculation=speculation(usages),
         )
 
     def usage_chunk(self) -> wire.ChatCompletionChunk:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from msgspec import UNSET
 
-from api.translate.openai import usage
+from api.translate.openai import speculation, usage
 from shared.inference import Finished, TokenDelta, TokenLogprob, Usage
 from shared.wire import openai as wire
 
@@ -107,6 +107,7 @@ class CompletionAssembler:
         used = [c.usage for c in self._choices if c.usage is not None]
         prompts = [c.usage.prompt_tokens for c in self._choices[:: self._n] if c.usage is not None]
         whole = usage([Usage(prompt_tokens=0, completion_tokens=u.completion_tokens) for u in used])
+        whole.speculation = speculation(used)
         whole.prompt_tokens = sum(prompts)
         whole.total_tokens = whole.prompt_tokens + whole.completion_tokens
         whole.prompt_tokens_details.cached_tokens = sum(

@@ -133,6 +133,8 @@ class ChatResponse(msgspec.Struct, omit_defaults=True):
     eval_count: int = 0
     eval_duration: int = 0
     logprobs: list[Logprob] | UnsetType = UNSET
+    draft_count: int | UnsetType = UNSET  # herd extension: speculative decoding's drafted tokens
+    draft_accepted_count: int | UnsetType = UNSET  # and the ones the model accepted
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -150,6 +152,8 @@ class GenerateResponse(msgspec.Struct, omit_defaults=True):
     eval_count: int = 0
     eval_duration: int = 0
     logprobs: list[Logprob] | UnsetType = UNSET
+    draft_count: int | UnsetType = UNSET  # herd extension: speculative decoding's drafted tokens
+    draft_accepted_count: int | UnsetType = UNSET  # and the ones the model accepted
 
 
 class ModelDetails(msgspec.Struct):

@@ -127,11 +127,19 @@ class PromptTokensDetails(msgspec.Struct):
     cached_tokens: int = 0
 
 
+class SpeculationUsage(msgspec.Struct):
+    """herd's extension: speculative decoding's drafted tokens and the ones the model accepted."""
+
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+
 class CompletionUsage(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
+    speculation: SpeculationUsage | None = None  # herd extension, set when the model speculates
 
 
 class ChatCompletionMessage(msgspec.Struct):
