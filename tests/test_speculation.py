@@ -7,6 +7,7 @@ proves the draft path's bookkeeping (catch-up, per-position drafting, trimming),
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,7 +53,7 @@ def chat(client: openai.OpenAI, question: str, **extra: Any) -> tuple[str, dict[
 
 def workload(server: HerdServer) -> dict[str, Any]:
     """Every question sequentially, then all of them 8 at a time (so drafts of several sequences share a decode)."""
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=600) as client:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=900) as client:
         sequential = [chat(client, q, temperature=0) for q in QUESTIONS]
         with ThreadPoolExecutor(8) as pool:
             concurrent = list(pool.map(lambda q: chat(client, q, temperature=0), QUESTIONS))
@@ -61,26 +62,33 @@ def workload(server: HerdServer) -> dict[str, Any]:
     return {"sequential": sequential, "concurrent": concurrent, "sampled": sampled, "metrics": metrics}
 
 
+MODES = {
+    "plain": {},
+    "lookup": {"HERD_SPECULATE": f"{MODEL}=lookup"},
+    "draft": {"HERD_SPECULATE": f"{MODEL}=draft:{bundled_model_path()}"},
+}
+
+
 @pytest.fixture(scope="module")
-def results(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The same workload on three servers in turn (one at a time): plain, prompt lookup, draft model."""
+def results(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
+    """The same workload on one server per mode, started when a test first asks for it (one server at a time)."""
     tmp = tmp_path_factory.mktemp("spec")
-    out: dict[str, dict[str, Any]] = {}
-    for name, env in (
-        ("plain", {}),
-        ("lookup", {"HERD_SPECULATE": f"{MODEL}=lookup"}),
-        ("draft", {"HERD_SPECULATE": f"{MODEL}=draft:{bundled_model_path()}"}),
-    ):
-        srv = HerdServer(redis_port, db=15, log_path=tmp / f"{name}.log", **env)
-        try:
-            out[name] = workload(srv)
-            with ollama.Client(host=srv.base_url, timeout=600) as client:
-                out[name]["ollama"] = client.generate(
-                    model=MODEL, prompt=QUESTIONS[0], options={"temperature": 0, "num_predict": 32}
-                )
-        finally:
-            srv.stop()
-    return out
+    done: dict[str, dict[str, Any]] = {}
+
+    def get(mode: str) -> dict[str, Any]:
+        if mode not in done:
+            srv = HerdServer(redis_port, 15, tmp / f"{mode}.log", True, **MODES[mode])
+            try:
+                done[mode] = workload(srv)
+                with ollama.Client(host=srv.base_url, timeout=900) as client:
+                    done[mode]["ollama"] = client.generate(
+                        model=MODEL, prompt=QUESTIONS[0], options={"temperature": 0, "num_predict": 32}
+                    )
+            finally:
+                srv.stop()
+        return done[mode]
+
+    return get
 
 
 def differing(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> list[tuple[int, str, str]]:
@@ -88,16 +96,16 @@ def differing(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> list[tuple[
 
 
 @pytest.mark.parametrize("mode", ["lookup", "draft"])
-def test_greedy_output_is_unchanged(results: dict[str, dict[str, Any]], mode: str) -> None:
-    plain, spec = results["plain"], results[mode]
+def test_greedy_output_is_unchanged(results: Callable[[str], dict[str, Any]], mode: str) -> None:
+    plain, spec = results("plain"), results(mode)
     for run in ("sequential", "concurrent"):
         assert differing(plain[run], spec[run]) == [], run
     assert plain["ollama"].response == spec["ollama"].response
 
 
 @pytest.mark.parametrize("mode", ["lookup", "draft"])
-def test_usage_reports_drafted_and_accepted(results: dict[str, dict[str, Any]], mode: str) -> None:
-    plain, spec = results["plain"], results[mode]
+def test_usage_reports_drafted_and_accepted(results: Callable[[str], dict[str, Any]], mode: str) -> None:
+    plain, spec = results("plain"), results(mode)
     assert all(s is None for _, s in plain["sequential"]), "no speculation field unless the model speculates"
     stats = [s for _, s in spec["sequential"] + spec["concurrent"]]
     assert all(s is not None and 0 <= s["accepted_tokens"] <= s["drafted_tokens"] for s in stats), stats
