@@ -50,7 +50,7 @@ def test_float_format_token_ids_and_dimensions(server: HerdServer, sdk: openai.O
     by_text = vectors(sdk.embeddings.create(model=MODEL, input=SENTENCES[0], encoding_format="float"))
     by_ids = vectors(sdk.embeddings.create(model=MODEL, input=[ids]))
     np.testing.assert_allclose(by_text, by_ids, atol=1e-4)
-    raw = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": MODEL, "input": "hi"}).json()
+    raw = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": MODEL, "input": "hi"}, timeout=60).json()
     assert isinstance(raw["data"][0]["embedding"], list), "float is the default without encoding_format"
     short = vectors(sdk.embeddings.create(model=MODEL, input=SENTENCES[0], dimensions=64))
     assert short.shape == (1, 64)
