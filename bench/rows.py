@@ -67,7 +67,7 @@ def chat(user: str, system: str | None = None) -> str:
 def system_prompt(pair: int) -> str:
     """A ~1,000-token house rulebook, different for every pair (its first line says which)."""
     rules = [f"Rulebook {pair} of the Vell town library."]
-    for i in range(1, 81):
+    for i in range(1, 51):
         rules.append(f"Rule {i}: " + SYSTEM_FACTS[(i + pair) % len(SYSTEM_FACTS)].format(h=(i * 7 + pair) % 97) + ".")
     return " ".join(rules)
 
@@ -172,8 +172,12 @@ def run_llama(args: argparse.Namespace, rows: set[str], log_dir: Path) -> dict:
 
 def make_f16(path: Path) -> None:
     """The bundled Q4_1 model dequantized to F16 (llama.cpp's quantize API with allow_requantize)."""
+    import ctypes
+
     import llama_cpp as L
 
+    quiet = L.llama_log_callback(lambda level, text, user_data: None)  # its per-tensor lines are noise here
+    L.llama_log_set(quiet, ctypes.c_void_p(0))
     params = L.llama_model_quantize_default_params()
     params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
     params.allow_requantize = True
