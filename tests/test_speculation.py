@@ -82,8 +82,18 @@ def results(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callab
                 done[mode] = workload(srv)
                 with ollama.Client(host=srv.base_url, timeout=900) as client:
                     done[mode]["ollama"] = client.generate(
-                        model=MODEL, prompt=QUESTIONS[0], options={"temperature": 0, "num_predict": 32}
+                        model=MODEL,
+                        prompt=QUESTIONS[0],
+                        options={"temperature": 0, "repeat_penalty": 1.0, "num_predict": 32},
                     )
+                # The ollama client's models drop fields they do not know: read the extension off the wire.
+                body = {
+                    "model": MODEL,
+                    "prompt": QUESTIONS[0],
+                    "stream": False,
+                    "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 32},
+                }
+                done[mode]["ollama_raw"] = httpx.post(f"{srv.base_url}/api/generate", json=body, timeout=900).json()
             finally:
                 srv.stop()
         return done[mode]
@@ -113,12 +123,14 @@ def test_usage_reports_drafted_and_accepted(results: Callable[[str], dict[str, A
     repeat = spec["sequential"][0][1]
     assert repeat["accepted_tokens"] >= MAX_TOKENS // 2, repeat
     assert spec["sampled"][1] is None, "a sampled request does not speculate"
-    final = spec["ollama"]
-    assert final["draft_count"] >= final["draft_accepted_count"] > 0
-    assert "draft_count" not in plain["ollama"].model_dump(exclude_unset=True)
-    drafted = sum(s["drafted_tokens"] for s in stats) + final["draft_count"]
+    final = spec["ollama_raw"]
+    assert final["draft_count"] >= final["draft_accepted_count"] > 0, final
+    assert "draft_count" not in plain["ollama_raw"]
+    assert final["response"] == spec["ollama"].response == plain["ollama_raw"]["response"]
+    drafted = sum(s["drafted_tokens"] for s in stats)
     line = next(x for x in spec["metrics"].splitlines() if x.startswith("herd_worker_tokens_drafted_total{"))
-    assert float(line.rsplit(" ", 1)[1]) >= drafted
+    # /metrics shows the worker's last heartbeat (once a second), which may not count the latest requests yet
+    assert 0 < float(line.rsplit(" ", 1)[1]) <= drafted, line
 
 
 def test_prompt_lookup_units() -> None:
