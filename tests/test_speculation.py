@@ -77,7 +77,7 @@ def results(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callab
 
     def get(mode: str) -> dict[str, Any]:
         if mode not in done:
-            srv = HerdServer(redis_port, 15, tmp / f"{mode}.log", True, **MODES[mode])
+            srv = HerdServer(redis_port, 2, tmp / f"{mode}.log", True, **MODES[mode])
             try:
                 done[mode] = workload(srv)
                 with ollama.Client(host=srv.base_url, timeout=900) as client:
