@@ -390,6 +390,8 @@ def test_a_killed_pull_leaves_no_model_and_resumes(
 ) -> None:
     if PULLED in {m.model for m in client.list().models}:
         client.delete(PULLED)
+    # A worker that served it (an earlier test loaded it) keeps it listed until it has unloaded.
+    assert wait_for(lambda: PULLED not in {m.model for m in client.list().models}, timeout=30)
     assert not (models_dir / "blobs" / f"sha256-{hub.sha}").exists()
     hub.throttle, hub.ranges[:] = 0.05, []
     try:
@@ -398,11 +400,13 @@ def test_a_killed_pull_leaves_no_model_and_resumes(
             for line in resp.iter_lines():
                 if json.loads(line).get("completed"):
                     break  # hang up mid-download
+        # The hub stays slow until these checks are done: the server notices the hang-up only at its next write,
+        # and at full speed a quiet machine finished the download before that.
+        assert wait_for(lambda: any((models_dir / "tmp").glob("*.partial")), timeout=30)
+        assert PULLED not in {m.model for m in client.list().models}
+        assert not (models_dir / "blobs" / f"sha256-{hub.sha}").exists()
     finally:
         hub.throttle = 0.0
-    assert wait_for(lambda: any((models_dir / "tmp").glob("*.partial")), timeout=30)
-    assert PULLED not in {m.model for m in client.list().models}
-    assert not (models_dir / "blobs" / f"sha256-{hub.sha}").exists()
     # The server notices the hang-up at its next write; until then the first pull still holds the file.
     assert wait_for(lambda: pull_once(client) != "busy")
     assert PULLED in {m.model for m in client.list().models}
