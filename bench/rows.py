@@ -163,8 +163,7 @@ def run_llama(args: argparse.Namespace, rows: set[str], log_dir: Path) -> dict:
     model = S.default_model_path()
     cmd = [args.llama_server, "-m", model, "-c", str(2048 * 8), "-np", "8", "-t", str(args.threads)]
     cmd += ["--host", S.HOST, "--port", str(port)]
-    if S.llama_server_supports(args.llama_server, "--no-webui"):
-        cmd.append("--no-webui")
+    cmd += S.llama_server_flags(args.llama_server)
     base = f"http://{S.HOST}:{port}"
     with S.managed_server("llama-server -np 8", cmd, dict(os.environ), f"{base}/health", args.ready_timeout, log_dir):
         return measure("llama-server -np 8", base, Path(model).name, rows, args, {"cache_prompt": False})

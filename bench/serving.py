@@ -369,10 +369,25 @@ async def measure_http(
 
 def measure_inprocess(model_path: str, args: argparse.Namespace) -> list[Run]:
     """llama-cpp-python's high-level API in this process, one request at a time, cold prefill each time."""
+    import llama_cpp.llama_cpp as low
     from llama_cpp import Llama
 
+    from workers.engine import extra_buffers
+
     t0 = time.perf_counter()
-    llm: Any = Llama(model_path=model_path, n_ctx=2048, n_threads=args.threads, verbose=False)
+    defaults = low.llama_model_default_params
+    if not extra_buffers("auto"):  # the same weight layout as herd's (no AMX where herd's "auto" turns it off)
+
+        def params() -> Any:
+            p = defaults()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = params
+    try:
+        llm: Any = Llama(model_path=model_path, n_ctx=2048, n_threads=args.threads, verbose=False)
+    finally:
+        low.llama_model_default_params = defaults
     print(f"  model loaded in {time.perf_counter() - t0:.2f} s", flush=True)
     try:
         for _ in llm.create_completion(PROMPTS[0], max_tokens=8, temperature=0, stream=True):  # warm-up
@@ -479,6 +494,16 @@ def llama_server_supports(binary: str, flag: str) -> bool:
     return flag in out.stdout + out.stderr
 
 
+def llama_server_flags(binary: str) -> list[str]:
+    """Flags every llama-server run gets: no web UI, and herd's CPU weight layout (HERD_CPU_REPACK=auto)."""
+    from workers.engine import extra_buffers
+
+    flags = ["--no-webui"] if llama_server_supports(binary, "--no-webui") else []
+    if not extra_buffers("auto") and llama_server_supports(binary, "--no-repack"):
+        flags.append("--no-repack")
+    return flags
+
+
 def run_herd(args: argparse.Namespace, log_dir: Path) -> list[Run]:
     flush_redis(args.herd_redis_url)
     port = free_port()
@@ -508,8 +533,7 @@ def run_llama_server(args: argparse.Namespace, model_path: str, n_parallel: int,
         "--port",
         str(port),
     ]
-    if llama_server_supports(args.llama_server, "--no-webui"):
-        cmd.append("--no-webui")
+    cmd += llama_server_flags(args.llama_server)
     base = f"http://{HOST}:{port}"
     name = f"llama-server -np {n_parallel}"
     extra: dict[str, Any] = {} if args.llama_server_cache_prompt else {"cache_prompt": False}

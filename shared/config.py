@@ -32,15 +32,18 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tensor_split: tuple[float, ...] = ()  # share of the layers per GPU, e.g. (3, 1); (): by free memory
     type_k: KvCacheType = ""  # K cache type: q8_0 halves the cache's memory for a little quality
     type_v: KvCacheType = ""  # V cache type; a quantized V cache needs flash_attn
+    # llama.cpp's extra CPU weight layouts (repacked Q4_0/Q4_K/IQ4_NL, AMX tiles). "auto": on unless the CPU has
+    # AMX, whose matmul kernel in this llama.cpp crashed (SIGSEGV) on a Sapphire Rapids VM with the bundled Q4_1.
+    cpu_repack: Literal["auto", "on", "off"] = "auto"
     # Speculative decoding (off unless set; HERD_SPECULATE): "lookup" drafts from n-gram matches in the prompt and
-    # output so far, "draft" from draft_path, a smaller GGUF with the same vocabulary. Greedy sequences only.
+    # output so far, "draft" from draft_path, a smaller GGUF with the same vocabulary (any sampler; see speculate.py).
     speculate: Literal["", "lookup", "draft"] = ""
     draft_path: str = ""
     spec_k: int = 8  # the most tokens drafted per sequence and step (adaptive below that)
 
 
 # What HERD_MODELS entries may set after `?` (and the HERD_* defaults that apply to every model).
-MODEL_OPTIONS = ("n_ctx", "n_gpu_layers", "main_gpu", "flash_attn", "tensor_split", "type_k", "type_v")
+MODEL_OPTIONS = ("n_ctx", "n_gpu_layers", "main_gpu", "flash_attn", "tensor_split", "type_k", "type_v", "cpu_repack")
 ENTRY_OPTIONS = ("speculate", "draft_path", "spec_k")  # per model only (HERD_SPECULATE sets them by name too)
 
 
@@ -65,6 +68,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prefill_chunk: int = 64  # prompts are prefilled in aligned chunks of this many tokens, one decode call each
     prefill_budget: int = 64  # prompt tokens prefilled per step while other sequences wait for their next token
     n_threads: int = 0  # 0: all cores
+    speculate: str = ""  # HERD_SPECULATE: speculative decoding per model name (configured or store models)
     queue_max: int = 64  # jobs waiting per model before the API answers 503
     retry_after_s: int = 2
     heartbeat_interval_s: float = 1.0
@@ -87,6 +91,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tensor_split: str = ""  # e.g. "3,1" (in a HERD_MODELS entry: tensor_split=3:1)
     type_k: KvCacheType = ""
     type_v: KvCacheType = ""
+    cpu_repack: Literal["auto", "on", "off"] = "auto"
     keep_alive: str = "5m"  # how long an on-demand model stays loaded after its last request (Ollama's default)
     blob_max_bytes: int = 64 * 1024**3  # the largest upload or download accepted into the store
     hf_endpoint: str = ""  # base URL of a Hugging Face style hub for `hf.co/owner/repo[:quant]` pulls; empty: off
@@ -230,18 +235,21 @@ def _parse_models(value: str, defaults: dict[str, object]) -> tuple[ModelConfig,
     return tuple(models)
 
 
-def _with_speculation(models: tuple[ModelConfig, ...], value: str) -> tuple[ModelConfig, ...]:
+def parse_speculation(value: str) -> dict[str, tuple[Literal["lookup", "draft"], str]]:
     """HERD_SPECULATE: `NAME=lookup` or `NAME=draft:/path/to/draft.gguf` entries separated by `;`."""
-    chosen: dict[str, tuple[str, str]] = {}
+    chosen: dict[str, tuple[Literal["lookup", "draft"], str]] = {}
     for item in filter(None, (part.strip() for part in value.split(";"))):
         name, _, how = item.partition("=")
         kind, _, path = how.partition(":")
-        if kind not in ("lookup", "draft") or (kind == "draft") != bool(path) or not name:
+        if kind not in ("lookup", "draft") or (kind == "draft") != bool(path) or not name.strip():
             raise ValueError(f"HERD_SPECULATE entry {item!r} is not NAME=lookup or NAME=draft:PATH")
-        chosen[name.strip()] = (kind, path)
-    unknown = set(chosen) - {m.name for m in models}
-    if unknown:
-        raise ValueError(f"HERD_SPECULATE names models that are not configured: {', '.join(sorted(unknown))}")
+        chosen[name.strip()] = ("lookup" if kind == "lookup" else "draft", path)
+    return chosen
+
+
+def _with_speculation(models: tuple[ModelConfig, ...], value: str) -> tuple[ModelConfig, ...]:
+    """The configured models with HERD_SPECULATE applied (its other names are store models', see ModelStore)."""
+    chosen = parse_speculation(value)
     return tuple(
         msgspec.structs.replace(m, speculate=chosen[m.name][0], draft_path=chosen[m.name][1]) if m.name in chosen else m
         for m in models
@@ -269,4 +277,4 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             models = (msgspec.convert(bundled, ModelConfig, strict=False),)
         except msgspec.ValidationError as exc:
             raise ValueError(f"model settings: {exc}") from exc
-    return msgspec.structs.replace(settings, models=_with_speculation(models, env.get("HERD_SPECULATE", "")))
+    return msgspec.structs.replace(settings, models=_with_speculation(models, settings.speculate))

@@ -32,6 +32,17 @@ def _usable_cpus() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
+def extra_buffers(setting: str) -> bool:
+    """Whether llama.cpp may lay CPU weights out in its extra buffer types (see ModelConfig.cpu_repack)."""
+    if setting != "auto":
+        return setting == "on"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return not any(" amx_tile" in line for line in f if line.startswith("flags"))
+    except OSError:
+        return True
+
+
 class Sampler:
     """A llama.cpp sampler chain owned by one sequence (plain greedy needs none), and its grammar if it has one."""
 
@@ -55,6 +66,7 @@ class Engine:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = model.n_gpu_layers
         mp.main_gpu = model.main_gpu
+        mp.use_extra_bufts = extra_buffers(model.cpu_repack)
         if model.tensor_split:
             if len(model.tensor_split) > L.LLAMA_MAX_DEVICES:
                 raise EngineError(f"tensor_split of '{model.name}' names more than {L.LLAMA_MAX_DEVICES} devices")
