@@ -9,13 +9,15 @@ prefix    pairs of requests sharing one ~1,000-token system prompt (each pair it
           ``cache_prompt: true``) llama-server -np 8.
 lookup    input-grounded prompts (repeat / edit / extract from a given text), one stream at a time: herd with
           prompt-lookup speculation (HERD_SPECULATE=<model>=lookup) vs herd without; decode tok/s and acceptance.
+lookup16  the same on the F16 conversion below (where verifying extra tokens is cheap on a CPU: F16 decode is
+          bound by memory, Q4_1 decode by arithmetic); herd f16 with and without prompt lookup.
 draft     target = the bundled Q4_1 model converted to F16 by this script (llama.cpp's quantize API, allowing
           requantization: it dequantizes), draft = the Q4_1 file: herd with HERD_SPECULATE=<model>=draft:<path>
           vs herd without, on the story prompts of bench/serving.py; decode tok/s and acceptance rate.
 
 Usage (repo root)::
 
-    .venv/bin/python bench/rows.py --llama-server /path/to/llama-server [--rows queued,prefix,lookup,draft]
+    .venv/bin/python bench/rows.py --llama-server /path/to/llama-server [--rows queued,prefix,lookup,lookup16,draft]
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Nam
             "ratio": statistics.median(s / f for f, s in zip(firsts, seconds, strict=True)) if firsts else None,
             "cached_tokens_second": cached / max(len(seconds), 1),
         }
-    for row, prompts in (("lookup", [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]), ("draft", S.PROMPTS)):
+    grounded = [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]
+    for row, prompts in (("lookup", grounded), ("lookup16", grounded), ("draft", S.PROMPTS)):
         if row not in rows:
             continue
         bodies = [S.request_body(model, p, args.max_tokens, extra) for p in prompts[: args.spec_prompts]]
@@ -186,11 +189,6 @@ def make_f16(path: Path) -> None:
         raise RuntimeError(f"llama_model_quantize failed ({rc})")
 
 
-def run_f16(f16: Path, args: argparse.Namespace, log_dir: Path, env: dict[str, str]) -> dict:
-    make_f16(f16)
-    return run_herd("herd f16", args, {"draft"}, log_dir, env)
-
-
 def fmt(v: float | None, spec: str = ".1f") -> str:
     return S.fmt(v, spec)
 
@@ -202,11 +200,12 @@ def report(results: dict[str, dict]) -> None:
 
     print()
     for system, res in results.items():
-        for row in ("queued", "prefix", "lookup", "draft"):
+        for row in ("queued", "prefix", "lookup", "lookup16", "draft"):
             if row in res:
                 print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={fmt(v, '.2f')}" for k, v in res[row].items()))
     print()
     herd, llama, lk, f16, f16d = "herd", "llama-server -np 8", "herd+lookup", "herd f16", "herd f16+draft"
+    f16l = "herd f16+lookup"
     tps, p99, agg = "decode_tps_median", "ttft_p99_ms", "aggregate_tps"
     lines = [
         ("queued: herd TTFT p99 / llama-server", S.ratio(get(herd, "queued", p99), get(llama, "queued", p99)), "< 1"),
@@ -215,6 +214,8 @@ def report(results: dict[str, dict]) -> None:
         ("prefix: llama-server 2nd TTFT / 1st TTFT", get(llama, "prefix", "ratio"), ""),
         ("lookup: +lookup decode tok/s / herd", S.ratio(get(lk, "lookup", tps), get(herd, "lookup", tps)), ">= 1.5"),
         ("lookup: acceptance rate", get(lk, "lookup", "acceptance"), ""),
+        ("lookup16: f16+lookup tok/s / f16", S.ratio(get(f16l, "lookup16", tps), get(f16, "lookup16", tps)), ">= 1.5"),
+        ("lookup16: acceptance rate", get(f16l, "lookup16", "acceptance"), ""),
         ("draft: f16+draft tok/s / f16", S.ratio(get(f16d, "draft", tps), get(f16, "draft", tps)), "> 1.0"),
         ("draft: acceptance rate", get(f16d, "draft", "acceptance"), ""),
     ]  # fmt: skip
@@ -225,7 +226,7 @@ def report(results: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llama-server", metavar="PATH")
-    p.add_argument("--rows", default="queued,prefix,lookup,draft")
+    p.add_argument("--rows", default="queued,prefix,lookup,lookup16,draft")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--queued", type=int, default=32)
     p.add_argument("--pairs", type=int, default=3)
@@ -252,13 +253,18 @@ def main(argv: list[str] | None = None) -> int:
         if "lookup" in rows:
             env = {"HERD_SPECULATE": f"{model_name}=lookup"}
             steps.append(("herd+lookup", lambda: run_herd("herd+lookup", args, {"lookup"}, log_dir, env)))
-        if "draft" in rows:
+        f16_rows = rows & {"lookup16", "draft"}
+        if f16_rows:
             f16 = log_dir / "smollm2-135m-f16.gguf"
             models = {"HERD_MODELS": f"smol-f16={f16}"}
-            spec = {**models, "HERD_SPECULATE": f"smol-f16=draft:{S.default_model_path()}"}
             steps.append(
-                ("herd f16", lambda: (make_f16(f16), run_herd("herd f16", args, {"draft"}, log_dir, models))[1])
+                ("herd f16", lambda: (make_f16(f16), run_herd("herd f16", args, f16_rows, log_dir, models))[1])
             )
+        if "lookup16" in rows:
+            look = {**models, "HERD_SPECULATE": "smol-f16=lookup"}
+            steps.append(("herd f16+lookup", lambda: run_herd("herd f16+lookup", args, {"lookup16"}, log_dir, look)))
+        if "draft" in rows:
+            spec = {**models, "HERD_SPECULATE": f"smol-f16=draft:{S.default_model_path()}"}
             steps.append(("herd f16+draft", lambda: run_herd("herd f16+draft", args, {"draft"}, log_dir, spec)))
         if args.llama_server and rows & {"queued", "prefix"}:
             steps.append(("llama-server -np 8", lambda: run_llama(args, rows & {"queued", "prefix"}, log_dir)))

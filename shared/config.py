@@ -39,12 +39,24 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # output so far, "draft" from draft_path, a smaller GGUF with the same vocabulary (any sampler; see speculate.py).
     speculate: Literal["", "lookup", "draft"] = ""
     draft_path: str = ""
-    spec_k: int = 8  # the most tokens drafted per sequence and step (adaptive below that)
+    spec_k: int = 8  # the most tokens drafted per sequence and step (planned below that, see speculate.py)
+    spec_min: int = 0  # draft at least this many whenever there is a draft, paying or not (llama-server's draft-min)
 
 
 # What HERD_MODELS entries may set after `?` (and the HERD_* defaults that apply to every model).
-MODEL_OPTIONS = ("n_ctx", "n_gpu_layers", "main_gpu", "flash_attn", "tensor_split", "type_k", "type_v", "cpu_repack")
-ENTRY_OPTIONS = ("speculate", "draft_path", "spec_k")  # per model only (HERD_SPECULATE sets them by name too)
+MODEL_OPTIONS = (
+    "n_ctx",
+    "n_gpu_layers",
+    "main_gpu",
+    "flash_attn",
+    "tensor_split",
+    "type_k",
+    "type_v",
+    "cpu_repack",
+    "spec_k",
+    "spec_min",
+)
+ENTRY_OPTIONS = ("speculate", "draft_path")  # per model only (HERD_SPECULATE sets them by name too)
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,6 +104,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     type_k: KvCacheType = ""
     type_v: KvCacheType = ""
     cpu_repack: Literal["auto", "on", "off"] = "auto"
+    spec_k: int = 8  # speculative decoding: the most and the fewest tokens a sequence drafts per step (speculate.py)
+    spec_min: int = 0
     keep_alive: str = "5m"  # how long an on-demand model stays loaded after its last request (Ollama's default)
     blob_max_bytes: int = 64 * 1024**3  # the largest upload or download accepted into the store
     hf_endpoint: str = ""  # base URL of a Hugging Face style hub for `hf.co/owner/repo[:quant]` pulls; empty: off

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from shared.config import ModelConfig, Settings, model_options
+from shared.config import ModelConfig, Settings, model_options, parse_speculation
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.names import canonical_name, parse_digest
 
@@ -50,6 +50,12 @@ class Manifest(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 _decoder = msgspec.json.Decoder(Manifest)
+
+
+def _blobs(manifest: Manifest) -> list[str]:
+    """The store blobs a manifest uses: its GGUF unless that is an external file, and its draft model's."""
+    model = [] if manifest.external else [manifest.model]
+    return model + ([manifest.draft] if manifest.draft else [])
 
 
 def sha256_file(path: Path | str) -> str:
@@ -95,8 +101,14 @@ class ModelStore:
 
     def model_config(self, manifest: Manifest, settings: Settings) -> ModelConfig:
         """What a worker loads for a store model; `num_ctx`, `num_gpu` and `main_gpu` parameters (Modelfile names)
-        win over the HERD_* defaults."""
+        win over the HERD_* defaults. A manifest with a draft model speculates with it unless HERD_SPECULATE names
+        the model (by its full `name:tag`), which wins."""
         fields = {**model_options(settings), "name": manifest.name, "path": str(self.model_path(manifest))}
+        chosen = parse_speculation(settings.speculate).get(manifest.name)
+        if chosen is None and manifest.draft:
+            chosen = ("draft", str(self.blob_path(manifest.draft)))
+        if chosen is not None:
+            fields["speculate"], fields["draft_path"] = chosen
         n_ctx, num_gpu, main_gpu = (manifest.parameters.get(k) for k in ("num_ctx", "num_gpu", "main_gpu"))
         if isinstance(n_ctx, int) and n_ctx > 0:
             fields["n_ctx"] = n_ctx
@@ -137,7 +149,7 @@ class ModelStore:
         """Remove blobs no manifest references that are older than `older_than_s`: an upload waits that long for
         its create, and a process killed between a blob's rename and its manifest's leaves nothing for longer."""
         with self._lock:
-            used = {d for m in self.all().values() if not m.external for d in (m.model, m.draft) if d}
+            used = {d for m in self.all().values() for d in _blobs(m)}
             removed, cutoff = [], time.time() - older_than_s
             for entry in self.blobs.iterdir():
                 digest = "sha256:" + entry.name.removeprefix("sha256-")
@@ -183,8 +195,8 @@ class ModelStore:
         name = canonical_name(manifest.name)
         if name != manifest.name:
             raise ValueError(f"manifest names are canonical: {manifest.name!r}")
-        for digest in filter(None, (manifest.model, manifest.draft)):
-            if not manifest.external and not self.has_blob(digest):
+        for digest in _blobs(manifest):
+            if not self.has_blob(digest):
                 raise InvalidRequest(f"blob {digest} not found; upload it first", param="files")
         temp = self.temp_file("manifest-")
         temp.write_bytes(msgspec.json.encode(manifest))
@@ -208,10 +220,10 @@ class ModelStore:
             self._manifest_path(canonical).unlink()
             self._cache = None
             remaining = self.all().values()
-            used = {d for m in remaining if not m.external for d in (m.model, m.draft) if d}
+            used = {d for m in remaining for d in _blobs(m)}
             removed = []
-            for digest in filter(None, (found.model, found.draft)):
-                if found.external or digest in used:
+            for digest in _blobs(found):
+                if digest in used:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     self.blob_path(digest).unlink()

@@ -134,6 +134,7 @@ def srv(redis_port: int, hub: Hub, models_dir: Path, tmp_path_factory: pytest.Te
         "HERD_PULL_ALLOW_PRIVATE": "true",  # the hub is on loopback
         "HERD_PULL_ALLOW": f"{hub.url}/cdn/",
         "HERD_MAX_SEQS": "2",
+        "HERD_SPEC_MIN": "2",  # only the model with a draft speculates; a model drafting for itself never pays
     }
     server = HerdServer(redis_port, db=14, log_path=tmp_path_factory.mktemp("store") / "serve.log", **env)
     yield server
@@ -298,6 +299,24 @@ def test_deleting_a_loaded_model_unloads_it(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.generate(model="doomed", prompt="Hi")
     assert err.value.status_code == 404
+
+
+def test_a_draft_model_in_the_manifest_speculates(client: ollama.Client, srv: HerdServer, model_path: str) -> None:
+    """A second GGUF named draft*.gguf makes the model speculate; Ollama's default sampling (repeat_penalty 1.1)
+    drafts like any other."""
+    digest = client.create_blob(model_path)  # the only GGUF with this vocabulary here: the model drafts for itself
+    client.create(model="drafted", from_=MODEL, files={"draft.gguf": digest})
+    body = {
+        "model": "drafted",
+        "prompt": "Repeat exactly: one two three four five six seven eight nine ten.",
+        "stream": False,
+        "keep_alive": 0,
+        "options": {"temperature": 0, "num_predict": 24},
+    }
+    final = httpx.post(f"{srv.base_url}/api/generate", json=body, timeout=600).json()
+    assert final["done"] and final["draft_count"] >= final["draft_accepted_count"] > 0, final
+    client.delete("drafted")
+    assert wait_for(lambda: "drafted:latest" not in {m.model for m in client.ps().models})
 
 
 def test_create_refuses_what_herd_does_not_do(client: ollama.Client, srv: HerdServer) -> None:

@@ -1,5 +1,7 @@
-"""Speculative decoding (HERD_SPECULATE): greedy output with it equals greedy output without it, across concurrent
-requests, for prompt lookup and for a draft model; drafted/accepted counts reach usage, Ollama and /metrics.
+"""Speculative decoding (HERD_SPECULATE): output with it equals output without it, across concurrent requests, for
+prompt lookup and for a draft model: greedy, and sampled with a seed (the acceptance rule draws each token from the
+model's own sampler, so the same seed draws the same tokens), with penalties, a grammar or logprobs; drafted and
+accepted counts reach usage, Ollama and /metrics.
 
 The draft-model server uses the bundled model as its own draft (the only GGUF with this vocabulary here): that
 proves the draft path's bookkeeping (catch-up, per-position drafting, trimming), not a speed-up.
@@ -18,7 +20,7 @@ import pytest
 
 from shared.config import bundled_model_path
 from tests.conftest import MODEL, HerdServer
-from workers.speculate import adapt, prompt_lookup
+from workers.speculate import Acceptance, plan, prompt_lookup
 
 TEXT = (
     "The old harbour town of Vell lies at the mouth of a slow brown river. Every morning the fishing boats leave "
@@ -40,6 +42,17 @@ QUESTIONS = (
     "What is two plus two? Answer, then repeat the answer ten times.",
 )
 MAX_TOKENS = 64
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "story",
+        "schema": {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "words": {"type": "array", "items": {"type": "string"}}},
+            "required": ["title", "words"],
+        },
+    },
+}
 
 
 def chat(client: openai.OpenAI, question: str, **extra: Any) -> tuple[str, dict[str, Any] | None]:
@@ -57,15 +70,25 @@ def workload(server: HerdServer) -> dict[str, Any]:
         sequential = [chat(client, q, temperature=0) for q in QUESTIONS]
         with ThreadPoolExecutor(8) as pool:
             concurrent = list(pool.map(lambda q: chat(client, q, temperature=0), QUESTIONS))
-        sampled = chat(client, QUESTIONS[0], temperature=0.8, seed=1)
+        with ThreadPoolExecutor(4) as pool:
+            sampled = list(pool.map(lambda i: chat(client, QUESTIONS[i], temperature=0.8, seed=i), range(4)))
+        shaped = [
+            chat(client, QUESTIONS[1], temperature=1.0, top_p=0.9, frequency_penalty=0.5, seed=7),
+            chat(client, QUESTIONS[2], temperature=0, logprobs=True, top_logprobs=2),
+            chat(client, QUESTIONS[4], temperature=0.7, seed=3, response_format=SCHEMA),
+        ]
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
-    return {"sequential": sequential, "concurrent": concurrent, "sampled": sampled, "metrics": metrics}
+    return {"sequential": sequential, "concurrent": concurrent, "sampled": sampled + shaped, "metrics": metrics}
 
 
 MODES = {
     "plain": {},
     "lookup": {"HERD_SPECULATE": f"{MODEL}=lookup"},
-    "draft": {"HERD_SPECULATE": f"{MODEL}=draft:{bundled_model_path()}"},
+    # The model drafting for itself never pays, so the planner would not draft: spec_min makes it (4 per step).
+    "draft": {
+        "HERD_MODELS": f"{MODEL}={bundled_model_path()}?spec_min=4",
+        "HERD_SPECULATE": f"{MODEL}=draft:{bundled_model_path()}",
+    },
 }
 
 
@@ -84,14 +107,14 @@ def results(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callab
                     done[mode]["ollama"] = client.generate(
                         model=MODEL,
                         prompt=QUESTIONS[0],
-                        options={"temperature": 0, "repeat_penalty": 1.0, "num_predict": 32},
+                        options={"temperature": 0, "num_predict": 32},  # Ollama's default repeat_penalty 1.1
                     )
                 # The ollama client's models drop fields they do not know: read the extension off the wire.
                 body = {
                     "model": MODEL,
                     "prompt": QUESTIONS[0],
                     "stream": False,
-                    "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 32},
+                    "options": {"temperature": 0, "num_predict": 32},
                 }
                 done[mode]["ollama_raw"] = httpx.post(f"{srv.base_url}/api/generate", json=body, timeout=900).json()
             finally:
@@ -106,10 +129,11 @@ def differing(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> list[tuple[
 
 
 @pytest.mark.parametrize("mode", ["lookup", "draft"])
-def test_greedy_output_is_unchanged(results: Callable[[str], dict[str, Any]], mode: str) -> None:
+def test_output_is_unchanged(results: Callable[[str], dict[str, Any]], mode: str) -> None:
     plain, spec = results("plain"), results(mode)
-    for run in ("sequential", "concurrent"):
+    for run in ("sequential", "concurrent", "sampled"):
         assert differing(plain[run], spec[run]) == [], run
+    assert len({text for text, _ in plain["sampled"][:4]}) == 4  # sampled, not one fixed answer
     assert plain["ollama"].response == spec["ollama"].response
 
 
@@ -122,12 +146,14 @@ def test_usage_reports_drafted_and_accepted(results: Callable[[str], dict[str, A
     # The repeat prompt is what speculation is for: most of its tokens come from accepted drafts.
     repeat = spec["sequential"][0][1]
     assert repeat["accepted_tokens"] >= MAX_TOKENS // 2, repeat
-    assert spec["sampled"][1] is None, "a sampled request does not speculate"
+    sampled = [s for _, s in spec["sampled"]]
+    assert all(s is not None and 0 <= s["accepted_tokens"] <= s["drafted_tokens"] for s in sampled), sampled
+    assert sum(s["accepted_tokens"] for s in sampled) > 0, sampled
     final = spec["ollama_raw"]
     assert final["draft_count"] >= final["draft_accepted_count"] > 0, final
     assert "draft_count" not in plain["ollama_raw"]
     assert final["response"] == spec["ollama"].response == plain["ollama_raw"]["response"]
-    drafted = sum(s["drafted_tokens"] for s in stats)
+    drafted = sum(s["drafted_tokens"] for s in stats + sampled)
     line = next(x for x in spec["metrics"].splitlines() if x.startswith("herd_worker_tokens_drafted_total{"))
     # /metrics shows the worker's last heartbeat (once a second), which may not count the latest requests yet
     assert 0 < float(line.rsplit(" ", 1)[1]) <= drafted, line
@@ -138,5 +164,40 @@ def test_prompt_lookup_units() -> None:
     assert prompt_lookup(context, 2) == [4, 5]  # "2 3" occurred before, followed by 4 5
     assert prompt_lookup([*context, 4, 5], 3) == [9, 9, 2]  # the longest match (3 4 5) wins
     assert prompt_lookup([7, 8, 9], 4) == []
-    assert adapt(4, 4, 4, 8) == 6 and adapt(7, 4, 4, 8) == 8
-    assert adapt(4, 4, 1, 8) == 3 and adapt(1, 1, 0, 8) == 1 and adapt(5, 0, 0, 8) == 5
+
+
+def test_plan_drafts_what_pays_for_itself() -> None:
+    def free(n: int) -> float:
+        return 1.0
+
+    def linear(n: int) -> float:
+        return float(n)
+
+    def cpu(n: int) -> float:  # a verify token costs a fifth of a one-token step
+        return 1.0 + 0.2 * (n - 1)
+
+    assert plan([0.9, 0.5], [8, 3], free, None, 100) == [8, 3]  # extra tokens free: draft all there is
+    assert plan([0.9, 0.5], [8, 3], linear, None, 100) == [0, 0]  # each token costs a step: never worth it
+    assert plan([0.9, 0.5], [8, 3], free, None, 6) == [4, 0]  # the decode holds at most 6 tokens
+    likely, unlikely = plan([0.9, 0.1], [8, 8], cpu, None, 100)
+    assert likely >= 3 and unlikely == 0, (likely, unlikely)
+    # A draft model whose decodes cost as much as the target's never pays; a cheap one does.
+    assert plan([0.9], [8], cpu, lambda m: 1.0 * m, 100) == [0]
+    assert plan([0.9], [8], cpu, lambda m: 0.02 * m, 100)[0] >= 3
+    assert plan([0.0, 0.9], [0, 8], free, None, 100) == [0, 8]  # no rate or no room: no draft
+    assert plan([0.9, 0.5], [8, 1], linear, None, 100, at_least=2) == [2, 1]  # spec_min: drafts even when it costs
+
+
+def test_acceptance_follows_recent_drafts() -> None:
+    a = Acceptance()
+    prior = a.rate
+    for _ in range(10):
+        a.record(4, 4)
+    assert a.rate > 0.9
+    for _ in range(10):
+        a.record(4, 0)
+    assert a.rate < 0.3
+    low = a.rate
+    for _ in range(50):
+        a.record(0, 0)  # steps without a draft: back toward the prior, so drafting is tried again
+    assert low < a.rate < prior + 1e-9

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from api.app import open_store
@@ -122,6 +123,39 @@ def test_store_manifests_and_collection(tmp_path: Path) -> None:
         store.delete("a")
     with pytest.raises(InvalidRequest):  # a manifest never points at a blob that is not there
         store.put(Manifest(name="c:latest", model=f"sha256:{HEX}", size=1, modified_at=time.time()))
+
+
+def test_store_models_speculate_from_their_manifest_or_herd_speculate(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models").open()
+    model, draft = _blob(store, b"model"), _blob(store, b"draft")
+    plain = Manifest(name="plain:latest", model=model, size=5, modified_at=time.time())
+    drafted = Manifest(name="drafted:v1", model=model, size=5, modified_at=time.time(), draft=draft)
+    settings = load_settings({})
+    assert store.model_config(plain, settings).speculate == ""
+    config = store.model_config(drafted, settings)
+    assert (config.speculate, config.draft_path) == ("draft", str(store.blob_path(draft)))
+    # HERD_SPECULATE names store models by name:tag, and wins over the manifest's draft.
+    settings = load_settings({"HERD_SPECULATE": "plain:latest=lookup;drafted:v1=lookup"})
+    assert store.model_config(plain, settings).speculate == "lookup"
+    assert (store.model_config(drafted, settings).speculate, store.model_config(drafted, settings).draft_path) == (
+        "lookup",
+        "",
+    )
+    with pytest.raises(ValueError, match="HERD_SPECULATE entry"):
+        load_settings({"HERD_SPECULATE": "plain:latest=draft"})
+
+
+def test_a_draft_blob_of_a_model_over_an_external_file_is_kept_then_collected(tmp_path: Path) -> None:
+    """A model made `from` the bundled model (an external file) with an uploaded draft: the draft is a store blob."""
+    store = ModelStore(tmp_path / "models").open()
+    external = tmp_path / "bundled.gguf"
+    external.write_bytes(b"bundled")
+    base = store.register_file("base:1", external, "bundled")
+    draft = _blob(store, b"draft")
+    store.put(msgspec.structs.replace(base, name="drafted:latest", draft=draft))
+    assert store.collect_blobs(0) == [] and store.has_blob(draft)  # in use: never collected
+    assert store.delete("drafted") == [draft]  # its own blob goes with it; the external file stays
+    assert not store.has_blob(draft) and external.exists()
 
 
 def test_store_start_removes_stale_temp_and_orphan_blobs(tmp_path: Path) -> None:

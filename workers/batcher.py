@@ -34,7 +34,7 @@ from workers.embedder import EmbedJob
 from workers.engine import Engine, Sampler
 from workers.slots import Slots
 from workers.spans import record_generation
-from workers.speculate import Speculator, adapt
+from workers.speculate import Acceptance, Speculator
 from workers.template import ChatTemplate
 from workers.textstream import TextStream
 
@@ -73,7 +73,7 @@ class _Seq:
     admitted_ns: int = 0
     admitted_wall_ns: int = 0
     first_token_ns: int = 0
-    spec_k: int = 0  # tokens to draft next step (adaptive); 0: this sequence does not speculate
+    acceptance: Acceptance | None = None  # its drafts' recent acceptance; None: this sequence does not speculate
     drafted: int = 0
     accepted: int = 0
 
@@ -352,45 +352,47 @@ class Batcher:
             self._on_token(seq, self._engine.sample(seq.sampler, index), index)
 
     def _speculate(self, seq: _Seq) -> None:
-        """Greedy sequences of a model with speculation draft (see workers/speculate.py for why only those)."""
-        if self._spec is None or seq.sampler is None:
-            return
-        if seq.sampler.handle is None and seq.sampler.grammar is None and seq.req.logprobs is None:
-            seq.spec_k = max(1, self._spec.k_max // 2)
+        """Every sequence of a model with speculation drafts (workers/speculate.py says why any sampler may)."""
+        if self._spec is not None:
+            seq.acceptance = Acceptance()
             self._spec.reset(seq.seq_id)
 
     def _step_speculative(self, decoding: list[_Seq], spec: Speculator) -> None:
         """One decode for every sequence's next token and its draft; each keeps what the model agrees with."""
-        drafting = [seq for seq in decoding if seq.spec_k > 0]
-        proposed = spec.propose([(s.seq_id, s.prompt + s.out, s.spec_k) for s in drafting])
-        drafts = {s.seq_id: d for s, d in zip(drafting, proposed, strict=True)}
+        items = []
+        for seq in decoding:
+            room = min(seq.max_tokens - seq.generated, self._engine.n_ctx_seq - seq.kv_len) - 1
+            rate = seq.acceptance.rate if seq.acceptance is not None else 0.0
+            items.append((seq.seq_id, seq.prompt + seq.out, max(room, 0), rate))
+        drafts = spec.drafts(items)
         tokens: list[int] = []
         positions: list[int] = []
         ids: list[int] = []
         plan: list[tuple[_Seq, int, list[int]]] = []
-        for seq in decoding:
-            room = min(seq.max_tokens - seq.generated, self._engine.n_ctx_seq - seq.kv_len) - 1
-            draft = drafts.get(seq.seq_id, [])[: max(room, 0)]
+        for seq, draft in zip(decoding, drafts, strict=True):
             plan.append((seq, len(tokens), draft))
             tokens += [seq.next_token, *draft]
             positions += range(seq.kv_len, seq.kv_len + 1 + len(draft))
             ids += [seq.seq_id] * (1 + len(draft))
+        started = time.perf_counter()
         self._engine.decode(tokens, positions, ids, [True] * len(tokens))
+        spec.cost.observe(len(tokens), time.perf_counter() - started)
         for seq, start, draft in plan:
             assert seq.sampler is not None
             base, accepted = seq.kv_len, 0
+            # Draw each position's token from the model's own sampler; a draft token stands while the draws agree.
             emitted = [self._engine.sample(seq.sampler, start)]
             while accepted < len(draft) and emitted[-1] == draft[accepted]:
                 accepted += 1
                 emitted.append(self._engine.sample(seq.sampler, start + accepted))
-            if seq.spec_k > 0:
+            if seq.acceptance is not None:
                 self._engine.trim(seq.seq_id, base + 1 + accepted)  # the rejected draft's cells
                 spec.verified(seq.seq_id, len(seq.prompt) + len(seq.out), accepted)
                 seq.drafted += len(draft)
                 seq.accepted += accepted
                 self.counters.tokens_drafted += len(draft)
                 self.counters.tokens_accepted += accepted
-                seq.spec_k = adapt(seq.spec_k, len(draft), accepted, spec.k_max)
+                seq.acceptance.record(len(draft), accepted)
             for i, token in enumerate(emitted):
                 seq.kv_len = base + 1 + i
                 seq.next_token = -1
@@ -468,7 +470,7 @@ class Batcher:
                 prompt_eval_ns=first - seq.admitted_ns,
                 eval_ns=now - first,
                 queue_ns=max(0, int((time.time() - seq.req.enqueued_at) * 1e9) - (now - seq.admitted_ns)),
-                speculative=seq.spec_k > 0,
+                speculative=seq.acceptance is not None,
                 drafted_tokens=seq.drafted,
                 accepted_tokens=seq.accepted,
             )
