@@ -32,7 +32,7 @@ Figures, per system and concurrency:
   decode tok/s     per stream, (tokens - 1) / (time of last text chunk - time of first), median over streams;
   aggregate tok/s  total tokens / wall time of the round(s).
 Then the ratios: herd c1 decode tok/s / llama-server -np 1 (target >= 0.95), herd c8 aggregate tok/s /
-llama-server -np 8 (target >= 1.0), herd TTFT p50 - in-process TTFT p50 at c1 (target <= 5 ms).
+llama-server -np 8 (target >= 1.2, issue 5), herd TTFT p50 - in-process TTFT p50 at c1 (target <= 5 ms).
 
 Usage (from the repo root, with the project's venv)::
 
@@ -635,8 +635,8 @@ def print_ratios(ratios: dict[str, float | None], concurrency: int, summaries: l
         f"{verdict(c1, 0.95, True, ('herd', 1), ('llama-server -np 1', 1))}"
     )
     print(
-        f"herd c{concurrency} aggregate tok/s / llama-server -np 8     {fmt(cn, '.3f'):>8}   target >= 1.0   "
-        f"{verdict(cn, 1.0, True, ('herd', concurrency), ('llama-server -np 8', concurrency))}"
+        f"herd c{concurrency} aggregate tok/s / llama-server -np 8     {fmt(cn, '.3f'):>8}   target >= 1.2   "
+        f"{verdict(cn, 1.2, True, ('herd', concurrency), ('llama-server -np 8', concurrency))}"
     )
     print(
         f"herd TTFT p50 - in-process TTFT p50 (c1, ms)     {fmt(dt, '.1f'):>8}   target <= 5 ms  "
