@@ -83,7 +83,9 @@ def workload(server: HerdServer) -> dict[str, Any]:
 
 MODES = {
     "plain": {},
-    "lookup": {"HERD_SPECULATE": f"{MODEL}=lookup"},
+    # spec_min: draft whenever there is a match, so the checks below do not depend on this CPU's decode costs
+    # (the planner's choices have unit tests of their own, at the end).
+    "lookup": {"HERD_SPECULATE": f"{MODEL}=lookup", "HERD_SPEC_MIN": "2"},
     # The model drafting for itself never pays, so the planner would not draft: spec_min makes it (4 per step).
     "draft": {
         "HERD_MODELS": f"{MODEL}={bundled_model_path()}?spec_min=4",
@@ -196,7 +198,7 @@ def test_acceptance_follows_recent_drafts() -> None:
     assert a.rate > 0.9
     for _ in range(10):
         a.record(4, 0)
-    assert a.rate < 0.3
+    assert a.rate < 0.45  # below what a draft needs where a verified token costs more than half a step
     low = a.rate
     for _ in range(50):
         a.record(0, 0)  # steps without a draft: back toward the prior, so drafting is tried again

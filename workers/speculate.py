@@ -33,7 +33,9 @@ from workers.engine import Engine, Sampler
 
 MAX_NGRAM = 3
 MIN_NGRAM = 2  # a single-token match drafts mostly noise: each rejected token still costs a decode slot
-PRIOR_HITS, PRIOR_MISSES = 1.0, 0.5  # what a sequence is assumed to accept before it has drafted
+# What a sequence is assumed to accept before it has drafted: optimistic, so that it drafts and finds out (a few
+# rejections outweigh it; evidence fades while it does not draft, so it tries again now and then).
+PRIOR_HITS, PRIOR_MISSES = 2.0, 0.25
 DECAY = 0.7  # weight of the older evidence after each verified draft (the text changes: a list, then prose)
 IDLE_DECAY = 0.97  # per step without a draft, the evidence fades back toward the prior (so drafting is retried)
 COST_WEIGHT = 0.2  # weight of a new timing in a decode cost's running average
