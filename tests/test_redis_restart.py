@@ -9,7 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from arq.constants import health_check_key_suffix
 
+from shared.channels import queue
 from tests.conftest import MODEL, HerdServer, free_port, redis_answers
 
 STREAM = {"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 1500, "stream": True}
@@ -77,3 +80,13 @@ def test_redis_outage_mid_stream_is_an_error_frame_then_recovery(outage: tuple[P
         herd.wait_ready(timeout=60)
         again = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
         assert again.status_code == 200, again.text
+    # The worker's queue poll survived the outage. arq's own loop ends on a Redis error, and a job whose
+    # announcement was lost while Redis came back would then wait forever. Each poll refreshes arq's health-check
+    # key (every 5 s, for 6 s); a finished job polls once, so past those 6 s only a live loop keeps it there.
+    time.sleep(8)
+    key = f"{queue(MODEL)}{health_check_key_suffix}"
+    with redis.Redis(port=redis_server.port) as restarted:
+        deadline = time.monotonic() + 10
+        while not restarted.exists(key):
+            assert time.monotonic() < deadline, "the worker's queue poll did not come back after the outage"
+            time.sleep(0.5)

@@ -81,8 +81,13 @@ class HerdWorker(Worker):
         self.poll_soon()  # a slot is free: the oldest queued job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
-        await self._take_batch_lines()
-        await super()._poll_iteration()
+        # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
+        # jobs only when announced, and a job announced while Redis was coming back would wait forever.
+        try:
+            await self._take_batch_lines()
+            await super()._poll_iteration()
+        except REDIS_ERRORS as exc:
+            log.warning("polling the queue failed: %s", exc)
 
     async def _take_batch_lines(self) -> None:
         """Batch lines fill the slots interactive traffic leaves free, less a reserve kept for the next request."""
