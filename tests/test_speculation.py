@@ -9,6 +9,7 @@ proves the draft path's bookkeeping (catch-up, per-position drafting, trimming),
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from shared.config import bundled_model_path
 from tests.conftest import MODEL, HerdServer
-from workers.speculate import Acceptance, plan, prompt_lookup
+from workers.speculate import Acceptance, NgramIndex, plan, prompt_lookup
 
 TEXT = (
     "The old harbour town of Vell lies at the mouth of a slow brown river. Every morning the fishing boats leave "
@@ -166,6 +167,17 @@ def test_prompt_lookup_units() -> None:
     assert prompt_lookup(context, 2) == [4, 5]  # "2 3" occurred before, followed by 4 5
     assert prompt_lookup([*context, 4, 5], 3) == [9, 9, 2]  # the longest match (3 4 5) wins
     assert prompt_lookup([7, 8, 9], 4) == []
+
+
+def test_ngram_index_answers_as_the_scan_while_the_context_grows() -> None:
+    rng = random.Random(5)
+    for _ in range(50):
+        context = [rng.randrange(6) for _ in range(rng.randrange(1, 12))]  # a small alphabet: many repeats
+        index = NgramIndex()
+        while len(context) < 120:
+            k = rng.randrange(1, 6)
+            assert index.draft(context, k) == prompt_lookup(context, k), context
+            context += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]  # a step emits 1 to 3 tokens
 
 
 def test_plan_drafts_what_pays_for_itself() -> None:

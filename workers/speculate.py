@@ -23,7 +23,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -54,6 +54,29 @@ def prompt_lookup(context: list[int], k: int) -> list[int]:
                 if follow:
                     return follow
     return []
+
+
+@dataclass(slots=True)
+class NgramIndex:
+    """Prompt lookup for one growing context without a scan per step: where each n-gram last started, indexed as
+    the context grows (a few dict writes per new token), so a lookup answers as prompt_lookup would."""
+
+    starts: dict[tuple[int, ...], int] = field(default_factory=dict)
+    indexed: int = 0  # the n-grams ending before this position are in `starts`
+
+    def draft(self, context: list[int], k: int) -> list[int]:
+        end = len(context)
+        # The n-gram ending at the last token is the pattern itself: only those ending before it may match.
+        for last in range(self.indexed, end - 1):
+            for n in range(MIN_NGRAM, MAX_NGRAM + 1):
+                if last + 1 >= n:
+                    self.starts[tuple(context[last + 1 - n : last + 1])] = last + 1 - n
+        self.indexed = max(self.indexed, end - 1)
+        for n in range(min(MAX_NGRAM, end - 1), MIN_NGRAM - 1, -1):
+            start = self.starts.get(tuple(context[end - n :]))
+            if start is not None:
+                return context[start + n : start + n + k]
+        return []
 
 
 @dataclass(slots=True)
@@ -175,6 +198,7 @@ class Speculator:
         self.max_tokens = min(target.n_batch, target.max_seqs * (1 + self.k_max))  # tokens in one verify decode
         self._draft: Engine | None = None
         self._held: dict[int, int] = {}  # seq id -> tokens of that sequence whose KV cells the draft model holds
+        self._lookup: dict[int, NgramIndex] = {}  # seq id -> its context's n-grams (prompt lookup)
         self._draft_cost: DecodeCost | None = None
         if model.speculate == "draft":
             cfg = msgspec.structs.replace(
@@ -189,7 +213,8 @@ class Speculator:
         self._greedy = Sampler(None)
 
     def reset(self, seq_id: int) -> None:
-        """A sequence starts in this slot: the draft model's cells there belong to an earlier one."""
+        """A sequence starts in this slot: what the speculator holds there belongs to an earlier one."""
+        self._lookup[seq_id] = NgramIndex()
         if self._draft is not None:
             self._draft.drop(seq_id)
             self._held[seq_id] = 0
@@ -199,7 +224,10 @@ class Speculator:
         item per sequence in the verify decode; the context's last token is the one not yet decoded."""
         rates = [rate for _, _, _, rate in items]
         if self._draft is None or self._draft_cost is None:
-            found = [prompt_lookup(context, min(limit, self.k_max)) for _, context, limit, _ in items]
+            found = [
+                self._lookup.setdefault(seq_id, NgramIndex()).draft(context, min(limit, self.k_max))
+                for seq_id, context, limit, _ in items
+            ]
             lengths = plan(rates, [len(d) for d in found], self.cost, None, self.max_tokens, at_least=self.k_min)
             return [d[:k] for d, k in zip(found, lengths, strict=True)]
         limits = [min(limit, self.k_max) for _, _, limit, _ in items]
