@@ -184,8 +184,23 @@ def test_helm_lint_strict(values_name: str, kube_version: str) -> None:
         ({"config": {"maxSeqs": 0}}, "/config/maxSeqs"),
         ({"redis": {"auth": {"password": "has@and/in:it"}}}, "/redis/auth/password"),
         ({"api": {"replica": 3}}, "replica"),  # a misspelt key is an error, not silently ignored
+        # HERD_SPECULATE that herd would refuse at start (parse_speculation): caught at install instead
+        ({"config": {"speculate": "llama3.1:8b=draft"}}, "/config/speculate"),
+        (
+            {"workers": [{"name": "w", "model": {"name": "smollm2:135m"}, "config": {"cpuRepack": "yes"}}]},
+            "/workers/0/config/cpuRepack",
+        ),
     ],
-    ids=["replicas-many", "worker-replicas-many", "worker-name", "max-seqs-zero", "password-chars", "unknown-key"],
+    ids=[
+        "replicas-many",
+        "worker-replicas-many",
+        "worker-name",
+        "max-seqs-zero",
+        "password-chars",
+        "unknown-key",
+        "speculate-draft-without-path",
+        "worker-cpu-repack",
+    ],
 )
 def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], expected: str) -> None:
     with pytest.raises(helm_python.HelmValuesError) as raised:
@@ -521,6 +536,9 @@ def test_defaults_deploy_api_one_bundled_worker_and_redis() -> None:
     for probe in ("startupProbe", "livenessProbe"):
         assert worker[probe]["exec"]["command"] == ["python", "/opt/herd/scripts/worker_alive.py"]
     assert {"name": "models", "emptyDir": {}} in worker_pod["volumes"]
+    # The chart's default settings are herd's own (speculation off, CPU repacking auto, ...).
+    literal = {k: v["value"] for k, v in env_of(worker).items() if k.startswith("HERD_") and "value" in v}
+    assert load_settings(literal) == load_settings({"HERD_REDIS_URL": literal["HERD_REDIS_URL"]})
 
     # the Redis password: generated (lookup() finds no Secret offline), URL-safe, used through $(REDIS_PASSWORD)
     secret = by_kind(docs, "Secret")["herd"]
@@ -634,6 +652,24 @@ def test_full_values_wire_every_option() -> None:
     (model,) = load_settings(literal).models
     assert (model.n_gpu_layers, model.main_gpu, model.flash_attn) == (999, 1, True)
     assert (model.tensor_split, model.type_k, model.type_v, model.n_ctx) == ((3.0, 1.0), "q8_0", "q8_0", 8192)
+    # speculation with a draft model; the group's specMin 0 wins over the global 2
+    assert (model.speculate, model.spec_k, model.spec_min, model.cpu_repack) == ("draft", 12, 0, "auto")
+    assert env_value(gpu, "HERD_SPEC_MIN") == "0"
+    # the worker opens the draft file itself: it must be on the models volume its container mounts
+    assert model.draft_path == "/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
+    assert any(model.draft_path.startswith(f"{m['mountPath']}/") for m in gpu["volumeMounts"] if m["name"] == "models")
+    # a group without its own: the global settings, its model named in the global HERD_SPECULATE
+    qwen = container(deployments["prod-herd-worker-qwen"], "worker")
+    literal = {k: v["value"] for k, v in env_of(qwen).items() if k.startswith("HERD_") and "value" in v}
+    (model,) = load_settings(literal).models
+    assert (model.name, model.speculate, model.draft_path) == ("qwen2.5:0.5b", "lookup", "")
+    assert (model.spec_k, model.spec_min, model.cpu_repack) == (6, 2, "off")
+    # the API gets the global HERD_SPECULATE too, and must be able to start with it
+    literal = {k: v["value"] for k, v in env_of(api).items() if k.startswith("HERD_") and "value" in v}
+    assert {m.name: m.speculate for m in load_settings(literal).models} == {
+        "llama3.1:8b": "lookup",
+        "qwen2.5:0.5b": "lookup",
+    }
     assert gpu_pod["terminationGracePeriodSeconds"] == 120
     assert gpu_pod["runtimeClassName"] == "nvidia"
     assert gpu_pod["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -230,8 +230,12 @@ Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears
   "flashAttn" "HERD_FLASH_ATTN"
   "tensorSplit" "HERD_TENSOR_SPLIT"
   "typeK" "HERD_TYPE_K"
-  "typeV" "HERD_TYPE_V" }}
-{{- $text := list "logLevel" "heartbeatIntervalS" "heartbeatTtlS" "queueWaitTimeoutS" "typeK" "typeV" "flashAttn" }}
+  "typeV" "HERD_TYPE_V"
+  "cpuRepack" "HERD_CPU_REPACK"
+  "speculate" "HERD_SPECULATE"
+  "specK" "HERD_SPEC_K"
+  "specMin" "HERD_SPEC_MIN" }}
+{{- $text := list "logLevel" "heartbeatIntervalS" "heartbeatTtlS" "queueWaitTimeoutS" "typeK" "typeV" "flashAttn" "cpuRepack" "speculate" }}
 {{- range $key := keys . | sortAlpha }}
 {{- $value := get $ $key }}
 - name: {{ get $names $key }}
