@@ -163,9 +163,11 @@ def test_usage_reports_drafted_and_accepted(results: Callable[[str], dict[str, A
 
 
 def test_prompt_lookup_units() -> None:
-    context = [1, 2, 3, 4, 5, 9, 9, 2, 3]
-    assert prompt_lookup(context, 2) == [4, 5]  # "2 3" occurred before, followed by 4 5
-    assert prompt_lookup([*context, 4, 5], 3) == [9, 9, 2]  # the longest match (3 4 5) wins
+    context = [1, 2, 3, 4, 5, 9, 9, 1, 2, 3]
+    assert prompt_lookup(context, 2) == [4, 5]  # "1 2 3" occurred before, followed by 4 5
+    # "1 2 3" last occurred before 9 5, but "7 1 2 3" before 8 0: the longest match wins
+    assert prompt_lookup([7, 1, 2, 3, 8, 0, 1, 2, 3, 9, 5, 7, 1, 2, 3], 2) == [8, 0]
+    assert prompt_lookup([1, 2, 5, 1, 2], 4) == []  # two tokens are too short a match
     assert prompt_lookup([7, 8, 9], 4) == []
 
 

@@ -31,8 +31,12 @@ from shared.config import ModelConfig
 from shared.errors import EngineError
 from workers.engine import Engine, Sampler
 
-MAX_NGRAM = 3
-MIN_NGRAM = 2  # a single-token match drafts mostly noise: each rejected token still costs a decode slot
+# The longest match up to MAX_NGRAM tokens wins (a long match finds the place in the text being copied); shorter
+# matches than MIN_NGRAM draft mostly noise, and each rejected token still costs a decode slot. Replayed on the
+# grounded prompts of bench/rows.py (the model's own greedy output), 3..8 accepted 87 % of 4-token drafts where
+# 2..3 accepted 78 %.
+MAX_NGRAM = 8
+MIN_NGRAM = 3
 # What a sequence is assumed to accept before it has drafted: optimistic, so that it drafts and finds out (a few
 # rejections outweigh it; evidence fades while it does not draft, so it tries again now and then).
 PRIOR_HITS, PRIOR_MISSES = 2.0, 0.25
