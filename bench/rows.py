@@ -8,12 +8,17 @@ prefix    pairs of requests sharing one ~1,000-token system prompt (each pair it
           cold): the second request's TTFT / the first's, median over the pairs, for herd and (with
           ``cache_prompt: true``) llama-server -np 8.
 lookup    input-grounded prompts (repeat / edit / extract from a given text), one stream at a time: herd with
-          prompt-lookup speculation (HERD_SPECULATE=<model>=lookup) vs herd without; decode tok/s and acceptance.
+          prompt-lookup speculation (a model entry with ``?speculate=lookup``) vs herd without; decode tok/s and
+          acceptance.
 lookup16  the same on the F16 conversion below (where verifying extra tokens is cheap on a CPU: F16 decode is
           bound by memory, Q4_1 decode by arithmetic); herd f16 with and without prompt lookup.
 draft     target = the bundled Q4_1 model converted to F16 by this script (llama.cpp's quantize API, allowing
-          requantization: it dequantizes), draft = the Q4_1 file: herd with HERD_SPECULATE=<model>=draft:<path>
-          vs herd without, on the story prompts of bench/serving.py; decode tok/s and acceptance rate.
+          requantization: it dequantizes), draft = the Q4_1 file (``?speculate=draft&draft_path=...``) vs herd
+          without, on the story prompts of bench/serving.py; decode tok/s and acceptance rate.
+
+The speculation rows compare in pairs, because this machine drifts by 10-40 % within minutes: one herd serves the
+same file under two names, with and without speculation, and each prompt goes to both back to back (the order
+alternating), ``--spec-repeats`` times; the row's ratio is the median of the per-pair ratios.
 
 Usage (repo root)::
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -129,23 +135,61 @@ def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Nam
             "ratio": statistics.median(s / f for f, s in zip(firsts, seconds, strict=True)) if firsts else None,
             "cached_tokens_second": cached / max(len(seconds), 1),
         }
-    grounded = [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]
-    for row, prompts in (("lookup", grounded), ("lookup16", grounded), ("draft", S.PROMPTS)):
-        if row not in rows:
-            continue
-        bodies = [S.request_body(model, p, args.max_tokens, extra) for p in prompts[: args.spec_prompts]]
-        streams = asyncio.run(sequential(url, bodies, args.timeout))
-        tps = [t for t in (r.decode_tps for r in streams) if t is not None]
-        drafted = sum(int((r.usage.get("speculation") or {}).get("drafted_tokens") or 0) for r in streams)
-        accepted = sum(int((r.usage.get("speculation") or {}).get("accepted_tokens") or 0) for r in streams)
-        res[row] = {
-            "decode_tps_median": statistics.median(tps) if tps else None,
-            "tokens": sum(r.tokens for r in streams),
-            "drafted": drafted,
-            "accepted": accepted,
-            "acceptance": accepted / drafted if drafted else None,
-        }
     return res
+
+
+def measure_pairs(base: str, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Each prompt to model `plain` and to model `spec` back to back (alternating which goes first)."""
+    url = f"{base}/v1/completions"
+    deadline = time.monotonic() + args.ready_timeout
+    for model in ("plain", "spec"):  # /readyz answers once one worker is up: wait for the other's too
+        while not (warm := asyncio.run(gather_streams(url, [S.request_body(model, prompts[0], 8, {})], 60.0)))[0][0].ok:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm-up of {model} failed: {warm[0][0].error}")
+            time.sleep(0.5)
+    tps: dict[str, list[float]] = {"plain": [], "spec": []}
+    ratios: list[float] = []
+    drafted = accepted = 0
+    for rep in range(args.spec_repeats):
+        for i, prompt in enumerate(prompts):
+            order = ("plain", "spec") if (rep + i) % 2 == 0 else ("spec", "plain")
+            pair: dict[str, float] = {}
+            for model in order:
+                body = S.request_body(model, prompt, args.max_tokens, {})
+                stream = asyncio.run(sequential(url, [body], args.timeout))[0]
+                if not stream.ok or stream.decode_tps is None:
+                    raise RuntimeError(f"{model}: {stream.error}")
+                pair[model] = stream.decode_tps
+                spec = stream.usage.get("speculation") or {}
+                drafted += int(spec.get("drafted_tokens") or 0)
+                accepted += int(spec.get("accepted_tokens") or 0)
+            for model, value in pair.items():
+                tps[model].append(value)
+            ratios.append(pair["spec"] / pair["plain"])
+    return {
+        "plain_tps_median": statistics.median(tps["plain"]),
+        "spec_tps_median": statistics.median(tps["spec"]),
+        "pairs": len(ratios),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "drafted": drafted,
+        "accepted": accepted,
+        "acceptance": accepted / drafted if drafted else None,
+    }
+
+
+def run_pairs(
+    row: str, args: argparse.Namespace, path: str, spec: str, prompts: list[str], log_dir: Path
+) -> dict[str, Any]:
+    """Row `row` from one herd serving `path` as `plain` and, with the model options `spec`, as `spec`."""
+    S.flush_redis(args.herd_redis_url)
+    port = S.free_port()
+    env = {**os.environ, "HERD_REDIS_URL": args.herd_redis_url, "HERD_MODELS": f"plain={path},spec={path}?{spec}"}
+    cmd = [args.herd, "serve", "--host", S.HOST, "--port", str(port)]
+    base = f"http://{S.HOST}:{port}"
+    with S.managed_server(f"herd {row}", cmd, env, f"{base}/readyz", args.ready_timeout, log_dir):
+        return {row: measure_pairs(base, prompts[: args.spec_prompts], args)}
 
 
 def run_herd(name: str, args: argparse.Namespace, rows: set[str], log_dir: Path, env: dict[str, str]) -> dict:
@@ -172,7 +216,7 @@ def run_llama(args: argparse.Namespace, rows: set[str], log_dir: Path) -> dict:
         return measure("llama-server -np 8", base, Path(model).name, rows, args, {"cache_prompt": False})
 
 
-def make_f16(path: Path) -> None:
+def make_f16(path: Path) -> dict[str, Any]:
     """The bundled Q4_1 model dequantized to F16 (llama.cpp's quantize API with allow_requantize)."""
     import ctypes
 
@@ -187,6 +231,7 @@ def make_f16(path: Path) -> None:
     rc = L.llama_model_quantize(S.default_model_path().encode(), str(path).encode(), params)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed ({rc})")
+    return {}
 
 
 def fmt(v: float | None, spec: str = ".1f") -> str:
@@ -204,20 +249,19 @@ def report(results: dict[str, dict]) -> None:
             if row in res:
                 print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={fmt(v, '.2f')}" for k, v in res[row].items()))
     print()
-    herd, llama, lk, f16, f16d = "herd", "llama-server -np 8", "herd+lookup", "herd f16", "herd f16+draft"
-    f16l = "herd f16+lookup"
-    tps, p99, agg = "decode_tps_median", "ttft_p99_ms", "aggregate_tps"
+    herd, llama = "herd", "llama-server -np 8"
+    p99, agg, ratio, acc = "ttft_p99_ms", "aggregate_tps", "ratio_median", "acceptance"
     lines = [
         ("queued: herd TTFT p99 / llama-server", S.ratio(get(herd, "queued", p99), get(llama, "queued", p99)), "< 1"),
         ("queued: herd aggr tok/s / llama-server", S.ratio(get(herd, "queued", agg), get(llama, "queued", agg)), "> 1"),
         ("prefix: herd 2nd TTFT / 1st TTFT", get(herd, "prefix", "ratio"), "<= 0.2"),
         ("prefix: llama-server 2nd TTFT / 1st TTFT", get(llama, "prefix", "ratio"), ""),
-        ("lookup: +lookup decode tok/s / herd", S.ratio(get(lk, "lookup", tps), get(herd, "lookup", tps)), ">= 1.5"),
-        ("lookup: acceptance rate", get(lk, "lookup", "acceptance"), ""),
-        ("lookup16: f16+lookup tok/s / f16", S.ratio(get(f16l, "lookup16", tps), get(f16, "lookup16", tps)), ">= 1.5"),
-        ("lookup16: acceptance rate", get(f16l, "lookup16", "acceptance"), ""),
-        ("draft: f16+draft tok/s / f16", S.ratio(get(f16d, "draft", tps), get(f16, "draft", tps)), "> 1.0"),
-        ("draft: acceptance rate", get(f16d, "draft", "acceptance"), ""),
+        ("lookup: +lookup decode tok/s / without (pairs)", get("lookup", "lookup", ratio), ">= 1.5"),
+        ("lookup: acceptance rate", get("lookup", "lookup", acc), ""),
+        ("lookup16: f16+lookup tok/s / f16 (pairs)", get("lookup16", "lookup16", ratio), ">= 1.5"),
+        ("lookup16: acceptance rate", get("lookup16", "lookup16", acc), ""),
+        ("draft: f16+draft tok/s / f16 (pairs)", get("draft", "draft", ratio), "> 1.0"),
+        ("draft: acceptance rate", get("draft", "draft", acc), ""),
     ]  # fmt: skip
     for label, value, target in lines:
         print(f"{label:<48} {fmt(value, '.3f'):>8}   {('target ' + target) if target else ''}")
@@ -231,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queued", type=int, default=32)
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--spec-prompts", type=int, default=4)
+    p.add_argument("--spec-repeats", type=int, default=2, help="pairs per prompt in the speculation rows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
     p.add_argument("--herd-redis-url", default=S.HERD_REDIS_URL)
@@ -245,28 +290,23 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     with lock, tempfile.TemporaryDirectory(prefix="herd-rows-") as tmp:
         log_dir = Path(tmp)
-        model_name = S.HERD_MODEL
         steps: list[tuple[str, Callable[[], dict]]] = []
-        base_rows = rows & {"queued", "prefix", "lookup"}
+        base_rows = rows & {"queued", "prefix"}
         if base_rows:
             steps.append(("herd", lambda: run_herd("herd", args, base_rows, log_dir, {})))
-        if "lookup" in rows:
-            env = {"HERD_SPECULATE": f"{model_name}=lookup"}
-            steps.append(("herd+lookup", lambda: run_herd("herd+lookup", args, {"lookup"}, log_dir, env)))
-        f16_rows = rows & {"lookup16", "draft"}
-        if f16_rows:
-            f16 = log_dir / "smollm2-135m-f16.gguf"
-            models = {"HERD_MODELS": f"smol-f16={f16}"}
-            steps.append(
-                ("herd f16", lambda: (make_f16(f16), run_herd("herd f16", args, f16_rows, log_dir, models))[1])
-            )
-        if "lookup16" in rows:
-            look = {**models, "HERD_SPECULATE": "smol-f16=lookup"}
-            steps.append(("herd f16+lookup", lambda: run_herd("herd f16+lookup", args, {"lookup16"}, log_dir, look)))
-        if "draft" in rows:
-            spec = {**models, "HERD_SPECULATE": f"smol-f16=draft:{S.default_model_path()}"}
-            steps.append(("herd f16+draft", lambda: run_herd("herd f16+draft", args, {"draft"}, log_dir, spec)))
-        if args.llama_server and rows & {"queued", "prefix"}:
+        q4, f16 = S.default_model_path(), str(log_dir / "smollm2-135m-f16.gguf")
+        grounded = [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]
+        stories = list(S.PROMPTS)
+        if rows & {"lookup16", "draft"}:
+            steps.append(("f16 conversion", functools.partial(make_f16, Path(f16))))
+        for row, path, spec, prompts in (
+            ("lookup", q4, "speculate=lookup", grounded),
+            ("lookup16", f16, "speculate=lookup", grounded),
+            ("draft", f16, f"speculate=draft&draft_path={q4}", stories),
+        ):
+            if row in rows:
+                steps.append((row, functools.partial(run_pairs, row, args, path, spec, prompts, log_dir)))
+        if args.llama_server and base_rows:
             steps.append(("llama-server -np 8", lambda: run_llama(args, rows & {"queued", "prefix"}, log_dir)))
         for name, step in steps:
             print(f"running {name} ...", flush=True)
