@@ -7,6 +7,7 @@ through the `emit` callback (a list of (request_id, event) per decode step, so a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -124,19 +125,19 @@ class Batcher:
         self._resolved: list[asyncio.Future[None]] = []
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._running: concurrent.futures.Future[None] | None = None
 
     # ---- event-loop side -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, engine_thread: concurrent.futures.ThreadPoolExecutor) -> None:
+        """Run the decode loop on `engine_thread`, the one thread that does llama.cpp's work (see workers/jobs.py)."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="herd-engine", daemon=True)
-        self._thread.start()
+        self._running = engine_thread.submit(self._run)
 
     async def stop(self) -> None:
         self._inbox.put(None)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._running is not None:
+            await asyncio.wait([asyncio.wrap_future(self._running)])
 
     async def run(self, request: GenerationRequest) -> None:
         """Generate `request` to its end (events go out through `emit`); cancelling this awaitable cancels it."""
@@ -166,7 +167,7 @@ class Batcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._running is not None and not self._running.done()
 
     @property
     def busy(self) -> int:
