@@ -44,6 +44,7 @@ DECAY = 0.7  # weight of the older evidence after each verified draft (the text 
 IDLE_DECAY = 0.97  # per step without a draft, the evidence fades back toward the prior (so drafting is retried)
 COST_WEIGHT = 0.2  # weight of a new timing in a decode cost's running average
 CATCH_UP = 64  # a draft model's cost per token when it catches up is taken from a decode of this many
+CALIBRATION_ROUNDS = 4
 
 
 def prompt_lookup(context: list[int], k: int) -> list[int]:
@@ -110,9 +111,16 @@ class DecodeCost:
         self._seconds = [0.0] * (n_max + 1)
         points = sorted({n for n in (1, 2, 3, 4, 6, 8, 16, 32) if n < n_max} | {n_max})
         self._time(engine, seq_id, points[-1])  # the first decodes pay for allocations: not part of the cost
+        # Rounds over all the sizes, keeping each size's fastest: other work on the machine (another model loading,
+        # say) only ever adds time, and a round it disturbs does not skew one size against the others. A skewed
+        # table would stick: sizes the planner then never uses are never timed again.
+        best = dict.fromkeys(points, float("inf"))
+        for _ in range(CALIBRATION_ROUNDS):
+            for n in points:
+                best[n] = min(best[n], self._time(engine, seq_id, n))
         timed, floor = [(0, 0.0)], 0.0
         for n in points:
-            floor = max(floor, min(self._time(engine, seq_id, n) for _ in range(2)))  # more tokens never cost less
+            floor = max(floor, best[n])  # more tokens never cost less
             timed.append((n, floor))
         for (n0, t0), (n1, t1) in itertools.pairwise(timed):
             for n in range(n0 + 1, n1 + 1):  # linear between the timed points
