@@ -9,14 +9,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Request, Response
-from litestar.datastructures import State
-from litestar.exceptions import HTTPException
-from litestar.types import Message, Scope
-
-from api.batches.runner import BatchRunner
-from api.catalog import Catalog
-from api.errors import (
+from herd import redisconn, tracing
+from herd.api.auth.security import Security
+from herd.api.batches.runner import BatchRunner
+from herd.api.errors import (
     TABLE,
     OAuthError,
     is_oauth_path,
@@ -27,22 +23,25 @@ from api.errors import (
     openai_body,
     openai_headers,
 )
-from api.filestore import FileStore
-from api.gateway import Gateway
-from api.grammar import GrammarCache
-from api.ids import add_request_id
-from api.metrics import Metrics
-from api.records import Records
-from api.routes import batches, files, health, models, oauth, ollama, openai, queue
-from api.routes.common import MODEL_LABEL
-from api.security import Security
-from api.tracing import server_spans
-from shared import redisconn, tracing
-from shared.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
-from shared.errors import EngineError, ServiceError, Unauthenticated
-from shared.store import ModelStore
-from shared.wire import ollama as ollama_wire
-from shared.wire.openai import ErrorDetail, ErrorResponse
+from herd.api.files.filestore import FileStore
+from herd.api.files.records import Records
+from herd.api.gateway import Gateway
+from herd.api.grammar import GrammarCache
+from herd.api.ids import add_request_id
+from herd.api.metrics import Metrics
+from herd.api.models.catalog import Catalog
+from herd.api.models.store import ModelStore
+from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue
+from herd.api.routes.common import MODEL_LABEL
+from herd.api.tracing import server_spans
+from herd.api.wire import ollama as ollama_wire
+from herd.api.wire.openai import ErrorDetail, ErrorResponse
+from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
+from herd.errors import EngineError, ServiceError, Unauthenticated
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.types import Message, Scope
 
 log = logging.getLogger("herd.api")
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 
 import msgspec
-
-from shared.errors import ErrorKind, Forbidden, InvalidRequest, ServiceError, Unauthenticated
-from shared.wire import ollama
-from shared.wire.openai import ErrorDetail, ErrorResponse
+from herd.api.wire import ollama
+from herd.api.wire.openai import ErrorDetail, ErrorResponse
+from herd.errors import ErrorKind, Forbidden, InvalidRequest, ServiceError, Unauthenticated
 
 
 class Rule(msgspec.Struct, frozen=True):

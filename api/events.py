@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
-from opentelemetry.trace import Span
-
-from api.ratelimit import METER
-from shared.errors import StreamBroken, Unavailable, from_kind
-from shared.inference import (
+from herd.api.auth.ratelimit import METER
+from herd.errors import StreamBroken, Unavailable, from_kind
+from herd.inference import (
     Embedded,
     EmbeddingRequest,
     Failed,
@@ -22,9 +20,10 @@ from shared.inference import (
     StreamEvent,
     TokenDelta,
 )
+from opentelemetry.trace import Span
 
 if TYPE_CHECKING:
-    from api.gateway import Gateway
+    from herd.api.gateway import Gateway
 
 AnyRequest = GenerationRequest | EmbeddingRequest
 LOST = b""  # put on a request's queue when the pub/sub connection dropped: events may have been missed

@@ -12,26 +12,25 @@ import msgspec
 import redis.exceptions
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
-from opentelemetry.trace import Span, Tracer, get_current_span
-from redis.asyncio.client import PubSub
-
-from api.events import LOST, AnyRequest, EventStream
-from api.metrics import Metrics
-from api.ratelimit import METER
-from api.ratelimit import SCRIPT as RATE_LIMIT_SCRIPT
-from shared import channels
-from shared.config import Settings
-from shared.errors import (
+from herd import channels
+from herd.api.auth.ratelimit import METER
+from herd.api.auth.ratelimit import SCRIPT as RATE_LIMIT_SCRIPT
+from herd.api.events import LOST, AnyRequest, EventStream
+from herd.api.metrics import Metrics
+from herd.api.models.store import ModelStore
+from herd.api.wire.herd import ModelQueue, QueueStatus, RequestPosition
+from herd.config import Settings
+from herd.errors import (
     EngineError,
     ModelNotFound,
     Overloaded,
     Unavailable,
     WorkerLost,
 )
-from shared.inference import EmbeddingRequest, WorkerStatus
-from shared.store import ModelStore
-from shared.tracing import traceparent_of
-from shared.wire.herd import ModelQueue, QueueStatus, RequestPosition
+from herd.inference import EmbeddingRequest, WorkerStatus
+from herd.tracing import traceparent_of
+from opentelemetry.trace import Span, Tracer, get_current_span
+from redis.asyncio.client import PubSub
 
 log = logging.getLogger("herd.api.gateway")
 

@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from shared.errors import InvalidRequest
+from herd.errors import InvalidRequest
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_DEPTH = 32

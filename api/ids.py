@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 
+from herd.logs import REQUEST_ID
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
-
-from shared.logs import REQUEST_ID
 
 
 def request_id_of(scope: Scope) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from shared.inference import WorkerStatus
-from shared.wire.herd import QueueStatus
+from herd.api.wire.herd import QueueStatus
+from herd.inference import WorkerStatus
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 Labels = tuple[tuple[str, str], ...]

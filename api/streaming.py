@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
-from api.errors import ollama_body, openai_body
-from shared.errors import ServiceError
+from herd.api.errors import ollama_body, openai_body
+from herd.errors import ServiceError
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from herd.tracing import context_from
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.trace import SpanKind, Tracer
-
-from shared.tracing import context_from
 
 
 def server_spans(tracer: Tracer) -> Callable[[ASGIApp], ASGIApp]:

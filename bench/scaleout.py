@@ -92,7 +92,7 @@ def start_fleet(
     procs = []
     for i, args in enumerate([["api", "--port", str(port)], *[["worker"]] * n_workers]):
         with (workdir / f"proc{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, stdout=log, stderr=log))
+            procs.append(subprocess.Popen([sys.executable, "-m", "herd", *args], env=env, stdout=log, stderr=log))
     base = f"http://127.0.0.1:{port}"
     client = redis.Redis(port=redis_port)
     deadline = time.monotonic() + 180

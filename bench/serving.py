@@ -164,7 +164,7 @@ def free_port() -> int:
 
 
 def default_model_path() -> str:
-    from shared.config import bundled_model_path
+    from herd.config import bundled_model_path
 
     return bundled_model_path()
 
@@ -370,9 +370,8 @@ async def measure_http(
 def measure_inprocess(model_path: str, args: argparse.Namespace) -> list[Run]:
     """llama-cpp-python's high-level API in this process, one request at a time, cold prefill each time."""
     import llama_cpp.llama_cpp as low
+    from herd.workers.engine import extra_buffers
     from llama_cpp import Llama
-
-    from workers.engine import extra_buffers
 
     t0 = time.perf_counter()
     defaults = low.llama_model_default_params
@@ -496,7 +495,7 @@ def llama_server_supports(binary: str, flag: str) -> bool:
 
 def llama_server_flags(binary: str) -> list[str]:
     """Flags every llama-server run gets: no web UI, and herd's CPU weight layout (HERD_CPU_REPACK=auto)."""
-    from workers.engine import extra_buffers
+    from herd.workers.engine import extra_buffers
 
     flags = ["--no-webui"] if llama_server_supports(binary, "--no-webui") else []
     if not extra_buffers("auto") and llama_server_supports(binary, "--no-repack"):

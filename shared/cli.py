@@ -17,20 +17,19 @@ from urllib.parse import urlparse
 
 import msgspec
 import redis
-
-from shared import channels, credentials, logs, redisconn
-from shared.config import Settings, load_settings, models_dir
-from shared.errors import InvalidRequest
-from shared.names import canonical_name
-from shared.store import ModelStore
+from herd import channels, logs, redisconn
+from herd.api.auth import credentials
+from herd.api.models.names import canonical_name
+from herd.api.models.store import ModelStore
+from herd.config import Settings, load_settings, models_dir
+from herd.errors import InvalidRequest
 
 log = logging.getLogger("herd")
 
 
 def run_api(settings: Settings) -> None:
     import uvicorn
-
-    from api.app import create_app
+    from herd.api.app import create_app
 
     uvicorn.run(
         create_app(settings),
@@ -45,7 +44,7 @@ def run_api(settings: Settings) -> None:
 
 def run_worker(settings: Settings, model_name: str | None) -> None:
     """A configured model's worker runs until stopped; a store model's exits once idle past its keep_alive."""
-    from workers.jobs import build_worker
+    from herd.workers.jobs import build_worker
 
     model = settings.model(model_name) if model_name else settings.models[0]
     if model is not None:
@@ -119,7 +118,7 @@ class Supervisor:
         self._store = ModelStore(models_dir(settings))
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        self._children[name] = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=self._env)
+        self._children[name] = subprocess.Popen([sys.executable, "-m", "herd", *args], env=self._env)
 
     def _commands(self) -> dict[str, list[str]]:
         s = self._settings
@@ -260,8 +259,8 @@ def pull(settings: Settings, models: list[str]) -> int:
     models volume this way before the workers start). Exit status 1 on the first failure."""
     import asyncio
 
-    from api.pull import Puller, resolve_name
-    from shared.errors import ServiceError
+    from herd.api.models.pull import Puller, resolve_name
+    from herd.errors import ServiceError
 
     store = ModelStore(models_dir(settings))
     try:

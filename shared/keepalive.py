@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from shared.errors import InvalidRequest
+from herd.errors import InvalidRequest
 
 FOREVER = math.inf
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -21,8 +21,7 @@ import redis.asyncio.sentinel
 import redis.exceptions
 import redis.sentinel
 from arq.connections import ArqRedis
-
-from shared.config import Settings
+from herd.config import Settings
 
 # Errors no retry can fix: the operator has to change a setting.
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, ssl.SSLError)

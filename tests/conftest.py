@@ -19,9 +19,8 @@ import httpx
 import msgspec
 import pytest
 import redis
-
-from shared.config import bundled_model_path
-from shared.inference import RequestStats, WorkerStatus
+from herd.config import bundled_model_path
+from herd.inference import RequestStats, WorkerStatus
 
 MODEL = "smollm2:135m"
 
@@ -47,7 +46,7 @@ class HerdServer:
         full_env = {**os.environ, "HERD_REDIS_URL": self.redis_url, "HERD_LOG_LEVEL": "info", **env}
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "herd", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -465,10 +465,10 @@ def test_issuer_keys_rotate_and_are_shared_by_replicas(
 
     # A second API replica on the same Redis signs with the same current key and accepts the first one's tokens.
     port = free_port()
-    log = (tmp_path_factory.mktemp("replica") / "api.log").open("wb")
+    log = (tmp_path_factory.mktemp("replica") / "herd.api.log").open("wb")
     env = {**os.environ, **auth_env(idp), "HERD_REDIS_URL": auth_server.redis_url}
     replica = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "herd", "api", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -11,17 +11,16 @@ import sys
 import httpx
 import pytest
 import redis
+from herd.api.auth import credentials
+from herd.api.auth.access import CLOSED, OPEN, required
+from herd.api.auth.principal import SCOPE_BATCH, SCOPE_INFERENCE, SCOPE_MODELS_ADMIN, SCOPE_MODELS_READ
+from herd.api.auth.ratelimit import SCRIPT, Bucket, duration, estimate, headers
+from herd.api.auth.security import Security
+from herd.api.auth.tokens import JwksKeys
+from herd.config import load_settings
+from herd.errors import Unauthenticated, Unavailable
+from herd.inference import ChatMessage, EmbeddingRequest, GenerationRequest
 from joserfc.jwk import ECKey, KeySet
-
-from api.access import CLOSED, OPEN, required
-from api.principal import SCOPE_BATCH, SCOPE_INFERENCE, SCOPE_MODELS_ADMIN, SCOPE_MODELS_READ
-from api.ratelimit import SCRIPT, Bucket, duration, estimate, headers
-from api.security import Security
-from api.tokens import JwksKeys
-from shared import credentials
-from shared.config import load_settings
-from shared.errors import Unauthenticated, Unavailable
-from shared.inference import ChatMessage, EmbeddingRequest, GenerationRequest
 
 
 @pytest.mark.parametrize(
@@ -94,7 +93,7 @@ def test_credential_entries() -> None:
 
 def test_key_command_prints_a_usable_entry() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "key", "ci", "--scopes", "inference"], capture_output=True, text=True
+        [sys.executable, "-m", "herd", "key", "ci", "--scopes", "inference"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     secret_line, entry = out.stdout.strip().splitlines()
@@ -102,7 +101,7 @@ def test_key_command_prints_a_usable_entry() -> None:
     (cred,) = credentials.parse(entry, "test")
     assert cred.digest == credentials.digest(secret) and cred.scopes == {"inference"}
     hashed = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "key", "ci", "--stdin"], input="abc\n", capture_output=True, text=True
+        [sys.executable, "-m", "herd", "key", "ci", "--stdin"], input="abc\n", capture_output=True, text=True
     )
     assert hashed.stdout.strip() == credentials.entry("ci", "abc", ["inference", "models:read"])
 
@@ -120,7 +119,7 @@ def test_auth_is_off_only_on_loopback_or_by_setting() -> None:
 def test_api_refuses_to_start_open_on_a_network() -> None:
     env = {"HERD_MODELS": "m=/x.gguf", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "api", "--host", "0.0.0.0"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "herd", "api", "--host", "0.0.0.0"], capture_output=True, text=True, env=env
     )
     assert out.returncode != 0 and "HERD_AUTH=off" in out.stderr
 
@@ -169,9 +168,8 @@ def test_bucket_script_on_redis(redis_port: int) -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Litestar's, about other routes' parameter styles
 def test_every_route_of_the_app_is_in_the_scope_table() -> None:
     """A route someone adds without a rule would be closed to everyone: this names it instead."""
+    from herd.api.app import create_app
     from litestar.routes import HTTPRoute
-
-    from api.app import create_app
 
     clients = f"svc={credentials.digest('s')}:inference"
     app = create_app(load_settings({"HERD_MODELS": "m=/x.gguf", "HERD_AUTH_CLIENTS": clients}))

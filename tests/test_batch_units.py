@@ -11,14 +11,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from herd.api.batches.validate import parse_input
+from herd.api.files.filestore import ResultLog
+from herd.api.files.multipart import boundary_of, read_form
+from herd.api.files.records import Records
+from herd.api.wire.batch import Batch, FileObject
+from herd.errors import InvalidRequest, NotFound
 from redis.asyncio import Redis
-
-from api.batches.validate import parse_input
-from api.filestore import ResultLog
-from api.multipart import boundary_of, read_form
-from api.records import Records
-from shared.errors import InvalidRequest, NotFound
-from shared.wire.batch import Batch, FileObject
 
 BOUNDARY = b"----herdtestboundary"
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import llama_cpp
 import redis
-
-from shared.config import load_settings
-from shared.inference import GenerationRequest
-from workers.jobs import build_worker
+from herd.config import load_settings
+from herd.inference import GenerationRequest
+from herd.workers.jobs import build_worker
 
 DB = 15
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from herd.config import ModelConfig, load_settings
 
-from shared.config import ModelConfig, load_settings
 from tests.conftest import HerdServer
 
 

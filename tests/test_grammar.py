@@ -9,11 +9,10 @@ from typing import Any, Literal
 import llama_cpp as L
 import pydantic
 import pytest
-
-from api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar, tool_grammar
-from api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser, parse_all
-from shared.config import bundled_model_path
-from shared.errors import InvalidRequest
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser, parse_all
+from herd.config import bundled_model_path
+from herd.errors import InvalidRequest
 
 
 @pytest.fixture(scope="module")

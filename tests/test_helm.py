@@ -39,8 +39,7 @@ import kubernetes_validate.utils as kv
 import pytest
 import redis
 import yaml
-
-from shared.config import Settings, load_settings
+from herd.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "herd"
@@ -713,7 +712,7 @@ def test_keda_scales_each_group_on_its_model_queue() -> None:
 
 
 def test_queue_key_matches_herd() -> None:
-    from shared import channels
+    from herd import channels
 
     assert channels.queue("m:1") == "herd:queue:m:1"
     assert channels.WORKER_PATTERN == "herd:worker:*"

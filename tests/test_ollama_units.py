@@ -8,14 +8,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
-from api.grammar import GrammarCache
-from api.streaming import ndjson, ndjson_error
-from api.translate import ollama as translate
-from shared.errors import InvalidRequest, WorkerLost
-from shared.gguf import GGUFError, human_number, read_info
-from shared.inference import Finished, Usage
-from shared.wire import ollama as wire
+from herd.api.grammar import GrammarCache
+from herd.api.models.gguf import GGUFError, human_number, read_info
+from herd.api.streaming import ndjson, ndjson_error
+from herd.api.translate import ollama as translate
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest, WorkerLost
+from herd.inference import Finished, Usage
 
 
 def generate(**fields: object) -> wire.GenerateRequest:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from shared.config import load_settings
-from shared.store import ModelStore
+from herd.api.models.store import ModelStore
+from herd.config import load_settings
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -48,7 +47,7 @@ def herd_pull(models_dir: Path, base: str, *models: str) -> subprocess.Completed
         "HERD_PULL_ALLOW_PRIVATE": "true",  # the file server is on loopback
     }
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "pull", *models], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "herd", "pull", *models], env=env, capture_output=True, text=True, timeout=300
     )
 
 

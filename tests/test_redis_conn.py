@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from herd import redisconn
+from herd.config import Settings
 
-from shared import redisconn
-from shared.config import Settings
 from tests.conftest import free_port
 
 USER, PASSWORD = "herd-app", "s3cret-for-tests"
@@ -121,7 +121,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
 def herd(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child has its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "herd", *args],
             env={**os.environ, "HERD_LOG_FORMAT": "text", **env},
             stdout=out,
             stderr=subprocess.STDOUT,

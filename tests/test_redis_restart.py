@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis
 from arq.constants import health_check_key_suffix
+from herd.channels import queue
 
-from shared.channels import queue
 from tests.conftest import MODEL, HerdServer, free_port, redis_answers
 
 STREAM = {"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 1500, "stream": True}

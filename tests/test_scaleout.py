@@ -21,8 +21,8 @@ import msgspec
 import openai
 import pytest
 import redis
+from herd.inference import RequestStats, WorkerStatus
 
-from shared.inference import RequestStats, WorkerStatus
 from tests.conftest import free_port
 
 A, B = "scale-a", "scale-b"
@@ -58,7 +58,7 @@ class Fleet:
         log = (self.workdir / f"{name}.log").open("wb")
         self.logs.append(log)
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "herd", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
 
     def log_tail(self) -> str:

@@ -18,10 +18,10 @@ import httpx
 import ollama
 import openai
 import pytest
+from herd.config import bundled_model_path
+from herd.workers.speculate import Acceptance, NgramIndex, plan, prompt_lookup
 
-from shared.config import bundled_model_path
 from tests.conftest import MODEL, HerdServer
-from workers.speculate import Acceptance, NgramIndex, plan, prompt_lookup
 
 TEXT = (
     "The old harbour town of Vell lies at the mouth of a slow brown river. Every morning the fishing boats leave "

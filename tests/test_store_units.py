@@ -14,17 +14,16 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-
-from api.app import open_store
-from api.manage import receive_blob
-from api.modelfile import parse as parse_modelfile
-from api.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
-from api.sandbox import check_gguf
-from shared.config import load_settings
-from shared.errors import InvalidRequest, ModelNotFound, Unavailable
-from shared.keepalive import parse_keep_alive
-from shared.names import canonical_name, parse_digest
-from shared.store import Manifest, ModelStore
+from herd.api.app import open_store
+from herd.api.models.manage import receive_blob
+from herd.api.models.modelfile import parse as parse_modelfile
+from herd.api.models.names import canonical_name, parse_digest
+from herd.api.models.pull import _PublicOnly, _Sibling, pick_file, public_addresses, pull_client, resolve_name
+from herd.api.models.sandbox import check_gguf
+from herd.api.models.store import Manifest, ModelStore
+from herd.config import load_settings
+from herd.errors import InvalidRequest, ModelNotFound, Unavailable
+from herd.keepalive import parse_keep_alive
 
 HEX = "ab" * 32
 

@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from herd import channels
+from herd.api.events import EventStream
+from herd.config import load_settings
+from herd.errors import StreamBroken
+from herd.inference import Finished, GenerationRequest, Started, TokenDelta, Usage
+from herd.workers.bus import WorkerBus
 from redis.asyncio import Redis
-
-from api.events import EventStream
-from shared import channels
-from shared.config import load_settings
-from shared.errors import StreamBroken
-from shared.inference import Finished, GenerationRequest, Started, TokenDelta, Usage
-from workers.bus import WorkerBus
 
 REQUEST = GenerationRequest(id="req-1", model="m", prompt="hi")
 

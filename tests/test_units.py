@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from shared.errors import InvalidRequest
-from shared.inference import ChatMessage
-from workers.template import ChatTemplate
-from workers.textstream import TextStream
+from herd.errors import InvalidRequest
+from herd.inference import ChatMessage
+from herd.workers.template import ChatTemplate
+from herd.workers.textstream import TextStream
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> str:

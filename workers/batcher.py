@@ -15,10 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from opentelemetry.trace import Tracer
-
-from shared.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
-from shared.inference import (
+from herd.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
+from herd.inference import (
     EmbeddingRequest,
     Failed,
     Finished,
@@ -31,13 +29,14 @@ from shared.inference import (
     TokenLogprob,
     Usage,
 )
-from workers.embedder import EmbedJob
-from workers.engine import Engine, Sampler
-from workers.slots import Slots
-from workers.spans import record_generation
-from workers.speculate import Acceptance, Speculator
-from workers.template import ChatTemplate
-from workers.textstream import TextStream
+from herd.workers.embedder import EmbedJob
+from herd.workers.engine import Engine, Sampler
+from herd.workers.slots import Slots
+from herd.workers.spans import record_generation
+from herd.workers.speculate import Acceptance, Speculator
+from herd.workers.template import ChatTemplate
+from herd.workers.textstream import TextStream
+from opentelemetry.trace import Tracer
 
 log = logging.getLogger("herd.worker.batcher")
 

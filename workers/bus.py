@@ -14,12 +14,11 @@ from typing import TypeVar
 import msgspec
 import redis.exceptions
 from arq.constants import in_progress_key_prefix
+from herd import channels
+from herd.config import Settings
+from herd.inference import EmbeddingRequest, GenerationRequest, RequestStats, StreamEvent, WorkerStatus
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-
-from shared import channels
-from shared.config import Settings
-from shared.inference import EmbeddingRequest, GenerationRequest, RequestStats, StreamEvent, WorkerStatus
 
 log = logging.getLogger("herd.worker.bus")
 

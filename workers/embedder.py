@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
-from shared.errors import ContextLengthExceeded, InvalidRequest
-from shared.inference import Embedded, EmbeddingRequest
-from workers.engine import Engine
+from herd.errors import ContextLengthExceeded, InvalidRequest
+from herd.inference import Embedded, EmbeddingRequest
+from herd.workers.engine import Engine
 
 
 @dataclass(slots=True)

@@ -15,10 +15,9 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 import numpy.typing as npt
-
-from shared.config import ModelConfig
-from shared.errors import EngineError, InvalidRequest
-from shared.inference import Grammar, SamplingParams, TokenLogprob
+from herd.config import ModelConfig
+from herd.errors import EngineError, InvalidRequest
+from herd.inference import Grammar, SamplingParams, TokenLogprob
 
 log = logging.getLogger("herd.worker.engine")
 

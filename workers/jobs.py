@@ -14,16 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from arq.worker import Function, Worker, func
-
-from shared import channels, redisconn, tracing
-from shared.config import ModelConfig, Settings
-from shared.errors import ServiceError
-from shared.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
-from shared.keepalive import parse_keep_alive
-from workers.batcher import Batcher
-from workers.bus import REDIS_ERRORS, WorkerBus, new_worker_id
-from workers.engine import Engine
-from workers.speculate import Speculator
+from herd import channels, redisconn, tracing
+from herd.config import ModelConfig, Settings
+from herd.errors import ServiceError
+from herd.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
+from herd.keepalive import parse_keep_alive
+from herd.workers.batcher import Batcher
+from herd.workers.bus import REDIS_ERRORS, WorkerBus, new_worker_id
+from herd.workers.engine import Engine
+from herd.workers.speculate import Speculator
 
 log = logging.getLogger("herd.worker")
 

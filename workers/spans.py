@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from herd.inference import GenerationRequest, Usage
+from herd.tracing import context_from
 from opentelemetry.trace import Tracer
 from opentelemetry.util.types import Attributes
-
-from shared.inference import GenerationRequest, Usage
-from shared.tracing import context_from
 
 
 def record_generation(

@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
-
-from shared.config import ModelConfig
-from shared.errors import EngineError
-from workers.engine import Engine, Sampler
+from herd.config import ModelConfig
+from herd.errors import EngineError
+from herd.workers.engine import Engine, Sampler
 
 # The longest match up to MAX_NGRAM tokens wins (a long match finds the place in the text being copied); shorter
 # matches than MIN_NGRAM draft mostly noise, and each rejected token still costs a decode slot. Replayed on the

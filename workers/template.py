@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jinja2
+from herd.errors import InvalidRequest
+from herd.inference import ChatMessage, Tool
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from shared.errors import InvalidRequest
-from shared.inference import ChatMessage, Tool
 
 # Tool calls are written the way Hermes, Qwen and SmolLM3 models write them; the API's tool grammar and parser
 # use the same tags (api/grammar.py, api/translate/tools.py).

@@ -15,17 +15,14 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-
-from api.batches.lines import run_line
-from api.batches.validate import Line, parse_input
-from api.errors import TABLE, openai_body
-from api.filestore import FileStore, ResultLog
-from api.gateway import Gateway
-from api.grammar import GrammarCache
-from api.records import Records
-from shared.config import Settings
-from shared.errors import EngineError, Overloaded, ServiceError, StreamBroken, Unavailable, WorkerLost
-from shared.wire.batch import (
+from herd.api.batches.lines import run_line
+from herd.api.batches.validate import Line, parse_input
+from herd.api.errors import TABLE, openai_body
+from herd.api.files.filestore import FileStore, ResultLog
+from herd.api.files.records import Records
+from herd.api.gateway import Gateway
+from herd.api.grammar import GrammarCache
+from herd.api.wire.batch import (
     Batch,
     BatchError,
     BatchErrors,
@@ -35,6 +32,8 @@ from shared.wire.batch import (
     BatchResponse,
     FileObject,
 )
+from herd.config import Settings
+from herd.errors import EngineError, Overloaded, ServiceError, StreamBroken, Unavailable, WorkerLost
 
 log = logging.getLogger("herd.api.batch")
 

@@ -7,17 +7,16 @@ import time
 from typing import TypeVar
 
 import msgspec
-
-from api.errors import from_validation
-from api.events import EventStream
-from api.gateway import Gateway
-from api.grammar import GrammarCache
-from api.routes.common import close_shielded, merged
-from api.translate import openai as translate
-from api.translate.openai_chat import ChatAssembler
-from api.translate.openai_text import CompletionAssembler
-from shared.errors import InvalidRequest
-from shared.wire import openai as wire
+from herd.api.errors import from_validation
+from herd.api.events import EventStream
+from herd.api.gateway import Gateway
+from herd.api.grammar import GrammarCache
+from herd.api.routes.common import close_shielded, merged
+from herd.api.translate import openai as translate
+from herd.api.translate.openai_chat import ChatAssembler
+from herd.api.translate.openai_text import CompletionAssembler
+from herd.api.wire import openai as wire
+from herd.errors import InvalidRequest
 
 T = TypeVar("T")
 

@@ -11,13 +11,13 @@ import contextlib
 import logging
 import secrets
 
-from api.batches.driver import BatchDriver
-from api.filestore import FileStore
-from api.gateway import Gateway
-from api.grammar import GrammarCache
-from api.records import Records
-from shared.config import Settings
-from shared.errors import ServiceError
+from herd.api.batches.driver import BatchDriver
+from herd.api.files.filestore import FileStore
+from herd.api.files.records import Records
+from herd.api.gateway import Gateway
+from herd.api.grammar import GrammarCache
+from herd.config import Settings
+from herd.errors import ServiceError
 
 log = logging.getLogger("herd.api.batch")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import msgspec
-
-from shared.wire.batch import BatchError, BatchInputLine
+from herd.api.wire.batch import BatchError, BatchInputLine
 
 MAX_REPORTED_ERRORS = 1000  # a file of a million bad lines still gets an answer of sensible size
 

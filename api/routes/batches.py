@@ -6,15 +6,14 @@ import secrets
 import time
 
 import msgspec
+from herd.api.auth.principal import principal_of
+from herd.api.batches.runner import BatchRunner
+from herd.api.routes.common import decode
+from herd.api.routes.files import records
+from herd.api.wire.batch import BATCH_ENDPOINTS, Batch, BatchCreateParams, BatchList
+from herd.errors import InvalidRequest
 from litestar import Request, get, post
 from litestar.datastructures import State
-
-from api.batches.runner import BatchRunner
-from api.principal import principal_of
-from api.routes.common import decode
-from api.routes.files import records
-from shared.errors import InvalidRequest
-from shared.wire.batch import BATCH_ENDPOINTS, Batch, BatchCreateParams, BatchList
 
 AnyRequest = Request[object, object, State]
 WINDOW_S = {"24h": 24 * 3600}

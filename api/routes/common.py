@@ -9,16 +9,15 @@ from typing import TypeVar
 
 import anyio
 import msgspec
+from herd.api.errors import from_validation
+from herd.api.events import AnyRequest, EventStream
+from herd.api.gateway import Gateway
+from herd.api.grammar import GrammarCache
+from herd.api.ids import request_id_of
+from herd.errors import Cancelled
+from herd.inference import Finished, GenerationRequest, TokenDelta
 from litestar import Request
 from litestar.datastructures import State
-
-from api.errors import from_validation
-from api.events import AnyRequest, EventStream
-from api.gateway import Gateway
-from api.grammar import GrammarCache
-from api.ids import request_id_of
-from shared.errors import Cancelled
-from shared.inference import Finished, GenerationRequest, TokenDelta
 
 T = TypeVar("T")
 

@@ -6,18 +6,17 @@ import asyncio
 import secrets
 import time
 
+from herd.api.auth.principal import principal_of
+from herd.api.files.filestore import FileStore, Upload
+from herd.api.files.multipart import boundary_of, read_form
+from herd.api.files.records import Records
+from herd.api.routes.common import gateway
+from herd.api.wire.batch import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
+from herd.errors import InvalidRequest
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.response import File
-
-from api.filestore import FileStore, Upload
-from api.multipart import boundary_of, read_form
-from api.principal import principal_of
-from api.records import Records
-from api.routes.common import gateway
-from shared.errors import InvalidRequest
-from shared.wire.batch import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 
 AnyRequest = Request[object, object, State]
 

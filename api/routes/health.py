@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import msgspec
+from herd.api.metrics import Metrics
+from herd.api.routes.common import gateway
+from herd.errors import ServiceError
 from litestar import Response, get
 from litestar.datastructures import State
-
-from api.metrics import Metrics
-from api.routes.common import gateway
-from shared.errors import ServiceError
 
 
 class Readiness(msgspec.Struct):

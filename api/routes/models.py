@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from herd.api.models.manage import create as create_model
+from herd.api.models.manage import receive_blob
+from herd.api.models.names import canonical_name, parse_digest
+from herd.api.models.pull import Puller, resolve_name
+from herd.api.models.store import ModelStore
+from herd.api.routes.common import decode, gateway, unless_gone
+from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest, ServiceError
 from litestar import Request, Response, delete, head, post
 from litestar.datastructures import State
 from litestar.response import Stream
-
-from api.manage import create as create_model
-from api.manage import receive_blob
-from api.pull import Puller, resolve_name
-from api.routes.common import decode, gateway, unless_gone
-from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
-from shared.errors import InvalidRequest, ServiceError
-from shared.names import canonical_name, parse_digest
-from shared.store import ModelStore
-from shared.wire import ollama as wire
 
 AnyRequest = Request[object, object, State]
 

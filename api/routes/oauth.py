@@ -6,11 +6,10 @@ import base64
 import binascii
 from urllib.parse import unquote_plus
 
+from herd.api.auth.issuer import Issuer, TokenResponse
+from herd.errors import InvalidRequest, Unauthenticated
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-
-from api.issuer import Issuer, TokenResponse
-from shared.errors import InvalidRequest, Unauthenticated
 
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 

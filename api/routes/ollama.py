@@ -7,22 +7,21 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
+from herd.api.events import EventStream
+from herd.api.models.catalog import Catalog
+from herd.api.models.store import Manifest, ModelStore
+from herd.api.routes.common import admit, close_shielded, decode, gateway, grammars, request_id, unless_gone
+from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
+from herd.api.translate import ollama as translate
+from herd.api.translate import store as translate_store
+from herd.api.translate.ollama_reply import OllamaReply, Reply
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
+from herd.inference import Embedded, EmbeddingRequest, Finished
+from herd.keepalive import parse_keep_alive
 from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.response import Stream
-
-from api.catalog import Catalog
-from api.events import EventStream
-from api.routes.common import admit, close_shielded, decode, gateway, grammars, request_id, unless_gone
-from api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
-from api.translate import ollama as translate
-from api.translate import store as translate_store
-from api.translate.ollama_reply import OllamaReply, Reply
-from shared.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
-from shared.inference import Embedded, EmbeddingRequest, Finished
-from shared.keepalive import parse_keep_alive
-from shared.store import Manifest, ModelStore
-from shared.wire import ollama as wire
 
 AnyRequest = Request[object, object, State]
 

@@ -6,12 +6,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-from litestar import Request, Response, get, post
-from litestar.datastructures import State
-from litestar.response import Stream
-
-from api.events import EventStream
-from api.routes.common import (
+from herd.api.events import EventStream
+from herd.api.routes.common import (
     admit,
     close_shielded,
     decode,
@@ -23,13 +19,16 @@ from api.routes.common import (
     request_id,
     unless_gone,
 )
-from api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
-from api.translate import openai as translate
-from api.translate.openai_chat import ChatAssembler
-from api.translate.openai_text import CompletionAssembler
-from shared.errors import ModelNotFound, ServiceError
-from shared.inference import Finished, TokenDelta
-from shared.wire import openai as wire
+from herd.api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
+from herd.api.translate import openai as translate
+from herd.api.translate.openai_chat import ChatAssembler
+from herd.api.translate.openai_text import CompletionAssembler
+from herd.api.wire import openai as wire
+from herd.errors import ModelNotFound, ServiceError
+from herd.inference import Finished, TokenDelta
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.response import Stream
 
 AnyRequest = Request[object, object, State]
 Pending = asyncio.Future[object] | None  # a streamed request's admission, when the response opened before it

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from herd.api.routes.common import gateway
+from herd.api.wire.herd import QueueStatus, RequestPosition
 from litestar import get
 from litestar.datastructures import State
-
-from api.routes.common import gateway
-from shared.wire.herd import QueueStatus, RequestPosition
 
 
 @get("/v1/queue")

@@ -3,7 +3,7 @@ likeliest alternatives in the same shape."""
 
 from __future__ import annotations
 
-from shared.inference import TokenLogprob
+from herd.inference import TokenLogprob
 
 Row = tuple[str, float, list[int]]  # token text, logprob, bytes
 

@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from msgspec.structs import replace
-
-from api.catalog import ModelFile
-from api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
-from shared.errors import InvalidRequest
-from shared.gguf import human_number
-from shared.inference import (
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.models.catalog import ModelFile
+from herd.api.models.gguf import human_number
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest
+from herd.inference import (
     ChatMessage,
     Embedded,
     EmbeddingRequest,
@@ -26,7 +25,7 @@ from shared.inference import (
     Tool,
     ToolCall,
 )
-from shared.wire import ollama as wire
+from msgspec.structs import replace
 
 # Ollama's defaults for the options a request leaves out (api/types.go DefaultOptions).
 TEMPERATURE = 0.8

@@ -10,11 +10,11 @@ import json
 import secrets
 from typing import Literal
 
-from api.translate import ollama as translate
-from api.translate.logprobs import rows
-from api.translate.tools import CallEnd, Content, Piece, ToolCallParser
-from shared.inference import Finished, TokenDelta, TokenLogprob
-from shared.wire import ollama as wire
+from herd.api.translate import ollama as translate
+from herd.api.translate.logprobs import rows
+from herd.api.translate.tools import CallEnd, Content, Piece, ToolCallParser
+from herd.api.wire import ollama as wire
+from herd.inference import Finished, TokenDelta, TokenLogprob
 
 Reply = wire.ChatResponse | wire.GenerateResponse
 

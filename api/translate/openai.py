@@ -7,10 +7,10 @@ import json
 import time
 
 import numpy as np
-
-from api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
-from shared.errors import InvalidRequest
-from shared.inference import (
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.wire import openai as wire
+from herd.errors import InvalidRequest
+from herd.inference import (
     ChatMessage,
     Embedded,
     EmbeddingRequest,
@@ -21,7 +21,6 @@ from shared.inference import (
     ToolCall,
     Usage,
 )
-from shared.wire import openai as wire
 
 
 def _stop(stop: str | list[str] | None) -> tuple[str, ...]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from herd.api.translate.logprobs import rows
+from herd.api.translate.openai import speculation
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
+from herd.api.wire import openai as wire
+from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from msgspec import UNSET
-
-from api.translate.logprobs import rows
-from api.translate.openai import speculation
-from api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
-from shared.inference import Finished, TokenDelta, TokenLogprob, Usage
-from shared.wire import openai as wire
 
 
 def token_logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.ChatCompletionTokenLogprob]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from herd.api.translate.openai import speculation, usage
+from herd.api.wire import openai as wire
+from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from msgspec import UNSET
-
-from api.translate.openai import speculation, usage
-from shared.inference import Finished, TokenDelta, TokenLogprob, Usage
-from shared.wire import openai as wire
 
 
 @dataclass(slots=True)

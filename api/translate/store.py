@@ -6,11 +6,10 @@ import math
 from typing import Any
 
 import msgspec
-
-from api.catalog import ModelFile
-from api.translate.ollama import FOREVER, details, rfc3339
-from shared.store import Manifest
-from shared.wire import ollama as wire
+from herd.api.models.catalog import ModelFile
+from herd.api.models.store import Manifest
+from herd.api.translate.ollama import FOREVER, details, rfc3339
+from herd.api.wire import ollama as wire
 
 
 def _digest(manifest: Manifest | None) -> str:

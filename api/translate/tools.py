@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from api.grammar import TOOL_CLOSE, TOOL_OPEN
+from herd.api.grammar import TOOL_CLOSE, TOOL_OPEN
 
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _HEAD_GIVE_UP = 512  # this much text after <tool_call> without a call head: it was not a call after all

@@ -10,10 +10,9 @@ import re
 from typing import Any
 
 import msgspec
-
-from shared.errors import InvalidRequest
-from shared.names import parse_digest
-from shared.wire import ollama as wire
+from herd.api.models.names import parse_digest
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest
 
 _LINE = re.compile(r"(?P<op>[A-Za-z]+)\s+(?P<rest>.*)", re.DOTALL)
 _MAX_LENGTH = 1 << 20

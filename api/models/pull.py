@@ -31,13 +31,12 @@ import certifi
 import httpcore
 import httpx
 import msgspec
-
-from api.sandbox import check_gguf
-from shared.config import Settings
-from shared.errors import ErrorKind, InvalidRequest, ModelNotFound, ServiceError
-from shared.names import canonical_name, parse_digest, split_tag
-from shared.store import Manifest, ModelStore, sha256_file
-from shared.wire.ollama import ProgressResponse
+from herd.api.models.names import canonical_name, parse_digest, split_tag
+from herd.api.models.sandbox import check_gguf
+from herd.api.models.store import Manifest, ModelStore, sha256_file
+from herd.api.wire.ollama import ProgressResponse
+from herd.config import Settings
+from herd.errors import ErrorKind, InvalidRequest, ModelNotFound, ServiceError
 
 log = logging.getLogger("herd.api.pull")
 

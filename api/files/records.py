@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import redis.exceptions
+from herd import channels
+from herd.api.wire.batch import Batch, FileObject
+from herd.errors import NotFound, Unavailable
 from redis.asyncio import Redis
-
-from shared import channels
-from shared.errors import NotFound, Unavailable
-from shared.wire.batch import Batch, FileObject
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _IDEMPOTENCY_TTL_S = 24 * 3600

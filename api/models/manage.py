@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-
-from api import modelfile
-from api.sandbox import check_gguf
-from shared.errors import InvalidRequest, ModelNotFound
-from shared.names import canonical_name, parse_digest
-from shared.store import Manifest, ModelStore
-from shared.wire import ollama as wire
+from herd.api.models import modelfile
+from herd.api.models.names import canonical_name, parse_digest
+from herd.api.models.sandbox import check_gguf
+from herd.api.models.store import Manifest, ModelStore
+from herd.api.wire import ollama as wire
+from herd.errors import InvalidRequest, ModelNotFound
 
 _PARAMETERS = frozenset(f.name for f in msgspec.structs.fields(wire.Options))
 

@@ -15,16 +15,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
+from herd.api.auth.credentials import Credential, digest
+from herd.api.auth.principal import ALL_SCOPES
+from herd.errors import InvalidRequest, Unauthenticated
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from api.principal import ALL_SCOPES
-from shared.credentials import Credential, digest
-from shared.errors import InvalidRequest, Unauthenticated
-
 if TYPE_CHECKING:
-    from api.gateway import Gateway
-    from api.tokens import Key
+    from herd.api.auth.tokens import Key
+    from herd.api.gateway import Gateway
 
 ALGORITHM = "ES256"
 

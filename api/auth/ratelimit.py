@@ -15,13 +15,12 @@ import math
 from typing import TYPE_CHECKING
 
 import msgspec
-
-from shared import channels
-from shared.errors import RateLimited
-from shared.inference import EmbeddingRequest, GenerationRequest
+from herd import channels
+from herd.errors import RateLimited
+from herd.inference import EmbeddingRequest, GenerationRequest
 
 if TYPE_CHECKING:
-    from api.gateway import Gateway
+    from herd.api.gateway import Gateway
 
 # KEYS: bucket hashes. ARGV: per key (capacity, need, cost). Refills continuously to capacity over a minute.
 # All-or-nothing: when any bucket holds less than its `need`, nothing is taken. Returns ok, then each level.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.principal import SCOPE_BATCH, SCOPE_INFERENCE, SCOPE_MODELS_ADMIN, SCOPE_MODELS_READ
+from herd.api.auth.principal import SCOPE_BATCH, SCOPE_INFERENCE, SCOPE_MODELS_ADMIN, SCOPE_MODELS_READ
 
 OPEN = ""  # no credential needed
 CLOSED = "\x00closed"  # no scope opens it: a route nobody listed yet stays shut until someone does

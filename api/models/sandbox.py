@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.errors import InvalidRequest
+from herd.errors import InvalidRequest
 
 # The child limits itself before it reads a byte of the file (no preexec_fn: the API has threads, and fork
 # with a Python callback is not safe then).
@@ -21,7 +21,7 @@ import resource, sys
 limit, cpu = int(sys.argv[2]), int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-from shared.gguf import read_info
+from herd.api.models.gguf import read_info
 read_info(sys.argv[1])
 """
 _TIMEOUT_S = 60

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from email.message import Message
 from typing import Protocol
 
-from shared.errors import InvalidRequest
+from herd.errors import InvalidRequest
 
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_FIELD_BYTES = 64 * 1024  # plain form fields (purpose, ...) are short; only file parts may be large

@@ -9,18 +9,17 @@ import logging
 import time
 from collections.abc import Callable
 
+from herd.api.auth.access import CLOSED, OPEN, required
+from herd.api.auth.credentials import Credential
+from herd.api.auth.principal import ANONYMOUS, Principal
+from herd.api.auth.ratelimit import METER, Meter, headers
+from herd.api.auth.tokens import Validator
+from herd.api.gateway import Gateway
+from herd.api.ids import request_id_of
+from herd.errors import Forbidden, ServiceError, Unauthenticated
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-from api.access import CLOSED, OPEN, required
-from api.gateway import Gateway
-from api.ids import request_id_of
-from api.principal import ANONYMOUS, Principal
-from api.ratelimit import METER, Meter, headers
-from api.tokens import Validator
-from shared.credentials import Credential
-from shared.errors import Forbidden, ServiceError, Unauthenticated
 
 log = logging.getLogger("herd.api.auth")
 

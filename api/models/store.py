@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
-from shared.config import ModelConfig, Settings, model_options, parse_speculation
-from shared.errors import InvalidRequest, ModelNotFound, Unavailable
-from shared.names import canonical_name, parse_digest
+from herd.api.models.names import canonical_name, parse_digest
+from herd.config import ModelConfig, Settings, model_options, parse_speculation
+from herd.errors import InvalidRequest, ModelNotFound, Unavailable
 
 log = logging.getLogger("herd.store")
 

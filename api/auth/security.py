@@ -6,14 +6,13 @@ import logging
 from collections.abc import Callable
 
 import httpx
+from herd.api.auth import credentials
+from herd.api.auth.issuer import Issuer, SigningKeys
+from herd.api.auth.middleware import Authenticator, access_control, add_rate_limit_headers
+from herd.api.auth.tokens import JwksKeys, KeySource, Validator
+from herd.api.gateway import Gateway
+from herd.config import Settings
 from litestar.types import ASGIApp, BeforeMessageSendHookHandler
-
-from api.auth import Authenticator, access_control, add_rate_limit_headers
-from api.gateway import Gateway
-from api.issuer import Issuer, SigningKeys
-from api.tokens import JwksKeys, KeySource, Validator
-from shared import credentials
-from shared.config import Settings
 
 log = logging.getLogger("herd.api.auth")
 

@@ -13,12 +13,11 @@ import time
 from typing import Protocol
 
 import httpx
+from herd.api.auth.principal import Principal
+from herd.errors import Unauthenticated, Unavailable
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
-
-from api.principal import Principal
-from shared.errors import Unauthenticated, Unavailable
 
 log = logging.getLogger("herd.api.auth")
 

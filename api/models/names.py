@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from shared.errors import InvalidRequest
+from herd.errors import InvalidRequest
 
 # A part starts with a letter, digit or '_' (so never '.', '-', '/', '..'), then at most 79 more of [A-Za-z0-9_.-].
 # A namespace has no '.'; only a registry host (the first of exactly three parts, like `hf.co`) may have one.

@@ -8,8 +8,7 @@ import os
 from collections.abc import Callable
 
 import msgspec
-
-from shared.gguf import GGUFError, GGUFInfo, read_info
+from herd.api.models.gguf import GGUFError, GGUFInfo, read_info
 
 log = logging.getLogger("herd.api.catalog")
 

@@ -1,0 +1,1 @@
+"""OpenAI Files: bytes on disk, records in Redis, streamed multipart uploads."""

@@ -1,0 +1,1 @@
+"""The model store and its management: blobs, manifests, create, pull, GGUF headers read in a sandbox."""
