@@ -11,7 +11,8 @@ import pytest
 from herd.api.grammar import GrammarCache
 from herd.api.models.gguf import GGUFError, human_number, read_info
 from herd.api.streaming import ndjson, ndjson_error
-from herd.api.translate import ollama as translate
+from herd.api.translate import ollama_replies
+from herd.api.translate import ollama_requests as requests
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, WorkerLost
 from herd.inference import Finished, Usage
@@ -22,7 +23,7 @@ def generate(**fields: object) -> wire.GenerateRequest:
 
 
 def test_options_default_to_ollamas_values() -> None:
-    req = translate.generate_request(generate(), "m", 2048, "r1", GrammarCache())
+    req = requests.generate_request(generate(), "m", 2048, "r1", GrammarCache())
     s = req.sampling
     assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.8, 40, 0.9, 0.0)
     assert (s.repeat_penalty, s.repeat_last_n, s.seed) == (1.1, 64, None)
@@ -31,32 +32,32 @@ def test_options_default_to_ollamas_values() -> None:
 
 @pytest.mark.parametrize(("num_predict", "max_tokens"), [(None, None), (-1, None), (-2, None), (0, None), (7, 7)])
 def test_num_predict(num_predict: int | None, max_tokens: int | None) -> None:
-    req = translate.generate_request(generate(options={"num_predict": num_predict}), "m", 2048, "r1", GrammarCache())
+    req = requests.generate_request(generate(options={"num_predict": num_predict}), "m", 2048, "r1", GrammarCache())
     assert req.max_tokens == max_tokens
 
 
 def test_option_edge_values_mean_what_they_mean_in_ollama() -> None:
     options = {"temperature": -1, "top_k": -5, "repeat_last_n": -1, "seed": -1, "stop": "END", "min_p": 3}
-    s = translate.generate_request(generate(options=options), "m", 4096, "r1", GrammarCache())
+    s = requests.generate_request(generate(options=options), "m", 4096, "r1", GrammarCache())
     assert (s.sampling.temperature, s.sampling.top_k, s.sampling.repeat_last_n) == (0.0, 0, 4096)
     assert (s.sampling.seed, s.sampling.min_p, s.stop) == (None, 1.0, ("END",))
-    greedy = translate.generate_request(generate(options={"top_p": 0}), "m", 2048, "r1", GrammarCache()).sampling
+    greedy = requests.generate_request(generate(options={"top_p": 0}), "m", 2048, "r1", GrammarCache()).sampling
     assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
-    typical = translate.generate_request(generate(options={"typical_p": 0.5}), "m", 2048, "r1", GrammarCache())
+    typical = requests.generate_request(generate(options={"typical_p": 0.5}), "m", 2048, "r1", GrammarCache())
     assert typical.sampling.typical_p == 0.5
     assert greedy.typical_p == 1.0  # Ollama's default: off
 
 
 def test_unknown_options_and_fields_are_ignored() -> None:
     body = generate(options={"mirostat": 2, "penalize_newline": True, "num_ctx": 8192}, shift=True, truncate=False)
-    assert translate.generate_request(body, "m", 2048, "r1", GrammarCache()).sampling.temperature == 0.8
+    assert requests.generate_request(body, "m", 2048, "r1", GrammarCache()).sampling.temperature == 0.8
 
 
 def test_generate_becomes_chat_messages_unless_raw() -> None:
-    req = translate.generate_request(generate(system="Be brief.", context=[1, 2]), "m", 2048, "r1", GrammarCache())
+    req = requests.generate_request(generate(system="Be brief.", context=[1, 2]), "m", 2048, "r1", GrammarCache())
     assert [(m.role, m.content) for m in req.messages or ()] == [("system", "Be brief."), ("user", "hi")]
     assert (req.prompt, req.context_tokens, req.return_tokens) == (None, (1, 2), True)
-    raw = translate.generate_request(
+    raw = requests.generate_request(
         generate(system="ignored", context=[1, 2], raw=True), "m", 2048, "r1", GrammarCache()
     )
     assert (raw.prompt, raw.messages, raw.context_tokens, raw.return_tokens) == ("hi", None, (), False)
@@ -72,13 +73,13 @@ def test_generate_becomes_chat_messages_unless_raw() -> None:
     ],
 )
 def test_placeholder_templates(template: str, expected: str) -> None:
-    assert translate.render_template(template, "sys", "hi") == expected
+    assert requests.render_template(template, "sys", "hi") == expected
 
 
 @pytest.mark.parametrize("template", ["{{ if .System }}x{{ end }}", "{{ range .Messages }}{{ end }}", "{{ .Foo }}"])
 def test_other_templates_are_refused(template: str) -> None:
     with pytest.raises(InvalidRequest, match="template"):
-        translate.render_template(template, "", "hi")
+        requests.render_template(template, "", "hi")
 
 
 def test_unsupported_fields_are_400s() -> None:
@@ -88,7 +89,7 @@ def test_unsupported_fields_are_400s() -> None:
         ({"think": "high"}, "think"),
     ):
         with pytest.raises(InvalidRequest) as info:
-            translate.generate_request(generate(**fields), "m", 2048, "r1", GrammarCache())
+            requests.generate_request(generate(**fields), "m", 2048, "r1", GrammarCache())
         assert info.value.param == param
 
 
@@ -103,11 +104,11 @@ def test_unsupported_fields_are_400s() -> None:
     ],
 )
 def test_model_names(name: str, known: dict[str, int], served: str | None) -> None:
-    assert translate.resolve_model(name, known) == served
+    assert requests.resolve_model(name, known) == served
 
 
 def test_ndjson_is_one_line_per_object() -> None:
-    line = ndjson(translate.generate_chunk("m", "two\nlines\n\n"))
+    line = ndjson(ollama_replies.generate_chunk("m", "two\nlines\n\n"))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line)["response"] == "two\nlines\n\n"
     error = ndjson_error(WorkerLost("the worker stopped"))
@@ -116,7 +117,7 @@ def test_ndjson_is_one_line_per_object() -> None:
 
 def test_final_chunk_fields() -> None:
     end = Finished(3, "length", Usage(5, 2, prompt_eval_ns=10, eval_ns=20, queue_ns=0), tokens=(1, 2, 3, 4, 5, 6, 7))
-    body = json.loads(ndjson(translate.generate_done("m", "", end, 99)))
+    body = json.loads(ndjson(ollama_replies.generate_done("m", "", end, 99)))
     assert body["done"] is True and body["done_reason"] == "length" and body["context"] == [1, 2, 3, 4, 5, 6, 7]
     assert (body["total_duration"], body["load_duration"], body["prompt_eval_duration"], body["eval_duration"]) == (
         99,
@@ -125,7 +126,7 @@ def test_final_chunk_fields() -> None:
         20,
     )
     assert (body["prompt_eval_count"], body["eval_count"]) == (5, 2)
-    chunk = json.loads(ndjson(translate.chat_chunk("m", "x")))
+    chunk = json.loads(ndjson(ollama_replies.chat_chunk("m", "x")))
     assert chunk["message"] == {"role": "assistant", "content": "x"} and "done_reason" not in chunk
 
 

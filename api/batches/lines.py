@@ -12,9 +12,9 @@ from herd.api.events import EventStream
 from herd.api.gateway import Gateway
 from herd.api.grammar import GrammarCache
 from herd.api.routes.common import close_shielded, merged
-from herd.api.translate import openai as translate
-from herd.api.translate.openai_chat import ChatAssembler
-from herd.api.translate.openai_text import CompletionAssembler
+from herd.api.translate import openai_replies, openai_requests
+from herd.api.translate.openai_chat_replies import ChatAssembler
+from herd.api.translate.openai_text_replies import CompletionAssembler
 from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest
 
@@ -41,7 +41,7 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
         if endpoint == "/v1/chat/completions":
             chat_body = _decode(body, wire.ChatCompletionRequest)
             _no_stream(chat_body.stream)
-            req = translate.chat_request(chat_body, request_id, grammars)
+            req = openai_requests.chat_request(chat_body, request_id, grammars)
             streams.append(await gateway.open(req, low_priority=True))
             tools = bool(req.tools) and req.grammar is not None
             chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, bool(chat_body.logprobs), False)
@@ -51,7 +51,7 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
         if endpoint == "/v1/completions":
             text_body = _decode(body, wire.CompletionRequest)
             _no_stream(text_body.stream)
-            reqs = translate.completion_requests(text_body, request_id)
+            reqs = openai_requests.completion_requests(text_body, request_id)
             for one in reqs:
                 streams.append(await gateway.open(one, low_priority=True))
             text = CompletionAssembler(
@@ -68,10 +68,10 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
                 text.feed(index, event)
             return msgspec.json.encode(text.completion())
         embedding_body = _decode(body, wire.EmbeddingCreateParams)
-        emb_req = translate.embedding_request(embedding_body, request_id)
+        emb_req = openai_requests.embedding_request(embedding_body, request_id)
         streams.append(await gateway.open(emb_req, low_priority=True))
         result = await streams[0].embedded()
-        answer = translate.embedding_response(embedding_body.model, result, embedding_body.encoding_format)
+        answer = openai_replies.embedding_response(embedding_body.model, result, embedding_body.encoding_format)
         return msgspec.json.encode(answer)
     finally:
         await close_shielded(*streams)  # a line cancelled mid-run still tells its worker to stop

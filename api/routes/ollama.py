@@ -12,9 +12,8 @@ from herd.api.models.catalog import Catalog
 from herd.api.models.store import Manifest, ModelStore
 from herd.api.routes.common import admit, close_shielded, decode, gateway, grammars, request_id, unless_gone
 from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
-from herd.api.translate import ollama as translate
-from herd.api.translate import store as translate_store
-from herd.api.translate.ollama_reply import OllamaReply, Reply
+from herd.api.translate import ollama_models, ollama_replies, ollama_requests
+from herd.api.translate.ollama_replies import OllamaReply, Reply
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
 from herd.inference import Embedded, EmbeddingRequest, Finished
@@ -72,9 +71,9 @@ async def _resolve(state: State, name: str) -> tuple[str, int]:
     if not name:
         raise InvalidRequest("model is required", param="model")
     known = await gateway(state).models()
-    served = translate.resolve_model(name, known)
+    served = ollama_requests.resolve_model(name, known)
     if served is None:
-        raise ModelNotFound(translate.not_found_message(name), param="model")
+        raise ModelNotFound(ollama_requests.not_found_message(name), param="model")
     return served, known[served]
 
 
@@ -86,9 +85,9 @@ async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     keep_alive = await _keep_alive(state, served, body.keep_alive)
     if not body.messages:
         reason = await unless_gone(request, _load(state, served, keep_alive))
-        return Response(msgspec.structs.replace(translate.chat_loaded(body.model), done_reason=reason))
-    body = translate_store.chat_defaults(body, await _manifest(state, served))
-    req = translate.chat_request(body, served, n_ctx, request_id(request), grammars(state))
+        return Response(msgspec.structs.replace(ollama_replies.chat_loaded(body.model), done_reason=reason))
+    body = ollama_models.chat_defaults(body, await _manifest(state, served))
+    req = ollama_requests.chat_request(body, served, n_ctx, request_id(request), grammars(state))
     stream = await admit(request, state, req)
     tools = bool(req.tools) and req.grammar is not None
     reply = OllamaReply("chat", body.model, tools, req.logprobs is not None)
@@ -103,9 +102,9 @@ async def generate(request: AnyRequest, state: State) -> Response[Reply] | Strea
     keep_alive = await _keep_alive(state, served, body.keep_alive)
     if not body.prompt:
         reason = await unless_gone(request, _load(state, served, keep_alive))
-        return Response(msgspec.structs.replace(translate.generate_loaded(body.model), done_reason=reason))
-    body = translate_store.generate_defaults(body, await _manifest(state, served))
-    req = translate.generate_request(body, served, n_ctx, request_id(request), grammars(state))
+        return Response(msgspec.structs.replace(ollama_replies.generate_loaded(body.model), done_reason=reason))
+    body = ollama_models.generate_defaults(body, await _manifest(state, served))
+    req = ollama_requests.generate_request(body, served, n_ctx, request_id(request), grammars(state))
     stream = await admit(request, state, req)
     reply = OllamaReply("generate", body.model, False, req.logprobs is not None)
     return await _reply(request, stream, body.stream, reply, started)
@@ -157,9 +156,9 @@ async def embed(request: AnyRequest, state: State) -> wire.EmbedResponse:
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if not inputs or not all(inputs):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", param="input")
-    req = translate.embed_request(inputs, served, body.truncate, body.dimensions, request_id(request))
+    req = ollama_requests.embed_request(inputs, served, body.truncate, body.dimensions, request_id(request))
     result, queued_ns = await _embedded(request, state, req)
-    return translate.embed_response(body.model, result, time.perf_counter_ns() - started, queued_ns)
+    return ollama_replies.embed_response(body.model, result, time.perf_counter_ns() - started, queued_ns)
 
 
 @post("/api/embeddings", status_code=200)
@@ -169,9 +168,9 @@ async def embeddings(request: AnyRequest, state: State) -> wire.EmbeddingsRespon
     await _keep_alive(state, served, body.keep_alive)
     if not body.prompt:
         return wire.EmbeddingsResponse(embedding=[])  # as Ollama answers an empty prompt
-    req = translate.embed_request([body.prompt], served, True, None, request_id(request))
+    req = ollama_requests.embed_request([body.prompt], served, True, None, request_id(request))
     result, _ = await _embedded(request, state, req)
-    (vector,) = translate.embed_response(body.model, result, 0, 0).embeddings
+    (vector,) = ollama_replies.embed_response(body.model, result, 0, 0).embeddings
     return wire.EmbeddingsResponse(embedding=vector)
 
 
@@ -191,7 +190,7 @@ async def tags(state: State) -> wire.ListResponse:
     models = []
     for name in sorted(await gateway(state).models()):
         file = await catalog.describe(name)
-        models.append(translate_store.list_model(name, manifests.get(name), file, started_at))
+        models.append(ollama_models.list_model(name, manifests.get(name), file, started_at))
     return wire.ListResponse(models=models)
 
 
@@ -200,7 +199,7 @@ async def show(request: AnyRequest, state: State) -> wire.ShowResponse:
     body = await decode(request, wire.ShowRequest)
     served, _ = await _resolve(state, body.model or body.name)
     file = await _catalog(state).describe(served, verbose=body.verbose)
-    return translate_store.show(served, await _manifest(state, served), file, float(state.started_at))
+    return ollama_models.show(served, await _manifest(state, served), file, float(state.started_at))
 
 
 @get("/api/ps")
@@ -212,7 +211,7 @@ async def ps(state: State) -> wire.ProcessResponse:
     expires = await gw.expirations(sorted(running))
     catalog, manifests = _catalog(state), await asyncio.to_thread(_store(state).all)
     models = [
-        translate_store.running_model(name, n, manifests.get(name), await catalog.describe(name), expires[name])
+        ollama_models.running_model(name, n, manifests.get(name), await catalog.describe(name), expires[name])
         for name, n in sorted(running.items())
     ]
     return wire.ProcessResponse(models=models)

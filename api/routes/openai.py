@@ -20,9 +20,9 @@ from herd.api.routes.common import (
     unless_gone,
 )
 from herd.api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
-from herd.api.translate import openai as translate
-from herd.api.translate.openai_chat import ChatAssembler
-from herd.api.translate.openai_text import CompletionAssembler
+from herd.api.translate import openai_replies, openai_requests
+from herd.api.translate.openai_chat_replies import ChatAssembler
+from herd.api.translate.openai_text_replies import CompletionAssembler
 from herd.api.wire import openai as wire
 from herd.errors import ModelNotFound, ServiceError
 from herd.inference import Finished, TokenDelta
@@ -37,7 +37,7 @@ Pending = asyncio.Future[object] | None  # a streamed request's admission, when 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest, state: State) -> Response[wire.ChatCompletion] | Stream:
     body = await decode(request, wire.ChatCompletionRequest)
-    req = translate.chat_request(body, request_id(request), grammars(state))
+    req = openai_requests.chat_request(body, request_id(request), grammars(state))
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     tools = bool(req.tools) and req.grammar is not None
     chat = ChatAssembler(req.id, body.model, int(time.time()), req.n, tools, bool(body.logprobs), include_usage)
@@ -82,7 +82,7 @@ async def _chat_frames(
 @post("/v1/completions", status_code=200)
 async def completions(request: AnyRequest, state: State) -> Response[wire.Completion] | Stream:
     body = await decode(request, wire.CompletionRequest)
-    reqs = translate.completion_requests(body, request_id(request))
+    reqs = openai_requests.completion_requests(body, request_id(request))
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     prompts = [r.prompt or "" for r in reqs]
     text = CompletionAssembler(
@@ -142,13 +142,13 @@ async def _completion_frames(
 @post("/v1/embeddings", status_code=200)
 async def embeddings(request: AnyRequest, state: State) -> wire.CreateEmbeddingResponse:
     body = await decode(request, wire.EmbeddingCreateParams)
-    req = translate.embedding_request(body, request_id(request))
+    req = openai_requests.embedding_request(body, request_id(request))
     stream = await admit(request, state, req)
     try:
         result = await unless_gone(request, stream.embedded())
     finally:
         await close_shielded(stream)
-    return translate.embedding_response(body.model, result, body.encoding_format)
+    return openai_replies.embedding_response(body.model, result, body.encoding_format)
 
 
 @get("/v1/models")

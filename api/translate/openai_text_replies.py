@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from herd.api.translate.openai import speculation, usage
+from herd.api.translate.openai_replies import speculation, usage
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from msgspec import UNSET

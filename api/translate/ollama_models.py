@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from herd.api.models.catalog import ModelFile
+from herd.api.models.gguf import human_number
 from herd.api.models.store import Manifest
-from herd.api.translate.ollama import FOREVER, details, rfc3339
 from herd.api.wire import ollama as wire
+
+# What /api/ps shows as expires_at for a model that stays loaded (configured ones; keep_alive < 0): "until further
+# notice".
+FOREVER = "9999-12-31T23:59:59Z"
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def details(file: ModelFile | None) -> wire.ModelDetails:
+    if file is None:
+        return wire.ModelDetails(format="gguf")
+    family = file.info.architecture
+    return wire.ModelDetails(
+        format="gguf",
+        family=family,
+        families=[family] if family else None,
+        parameter_size=human_number(file.info.parameter_count),
+        quantization_level=file.info.quantization,
+    )
 
 
 def _digest(manifest: Manifest | None) -> str:

@@ -1,4 +1,5 @@
-"""Internal events of one /api/chat or /api/generate -> Ollama's NDJSON lines, or the one object of stream:false.
+"""Internal events and results -> Ollama's objects: the NDJSON lines of /api/chat and /api/generate (or the one
+object of stream:false) and /api/embed's answer.
 
 Tool calls go out whole, one line each, as Ollama sends them (arguments as a JSON object); logprobs ride on the
 line their tokens' text is on.
@@ -8,13 +9,81 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from herd.api.translate import ollama as translate
+import numpy as np
 from herd.api.translate.logprobs import rows
 from herd.api.translate.tools import CallEnd, Content, Piece, ToolCallParser
 from herd.api.wire import ollama as wire
-from herd.inference import Finished, TokenDelta, TokenLogprob
+from herd.inference import Embedded, Finished, TokenDelta, TokenLogprob
+
+
+def now() -> str:
+    """RFC 3339 in UTC, as Ollama writes created_at."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _reason(end: Finished) -> wire.DoneReason:
+    return "length" if end.finish_reason == "length" else "stop"
+
+
+def chat_chunk(model: str, text: str) -> wire.ChatResponse:
+    return wire.ChatResponse(model=model, created_at=now(), message=wire.Message("assistant", text), done=False)
+
+
+def _final(end: Finished, total_ns: int) -> dict[str, Any]:
+    """The fields Ollama puts on the last line of a chat and of a generate, from the worker's measurements."""
+    u = end.usage
+    final: dict[str, Any] = {
+        "done": True,
+        "done_reason": _reason(end),
+        "total_duration": total_ns,
+        "load_duration": u.queue_ns,
+        "prompt_eval_count": u.prompt_tokens,
+        "prompt_eval_duration": u.prompt_eval_ns,
+        "eval_count": u.completion_tokens,
+        "eval_duration": u.eval_ns,
+    }
+    if u.speculative:  # herd's extension: speculative decoding's drafted and accepted tokens
+        final.update(draft_count=u.drafted_tokens, draft_accepted_count=u.accepted_tokens)
+    return final
+
+
+def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:
+    message = wire.Message("assistant", text)
+    return wire.ChatResponse(model=model, created_at=now(), message=message, **_final(end, total_ns))
+
+
+def chat_loaded(model: str) -> wire.ChatResponse:
+    return wire.ChatResponse(
+        model=model, created_at=now(), message=wire.Message("assistant", ""), done=True, done_reason="load"
+    )
+
+
+def generate_chunk(model: str, text: str) -> wire.GenerateResponse:
+    return wire.GenerateResponse(model=model, created_at=now(), response=text, done=False, context=[])
+
+
+def generate_done(model: str, text: str, end: Finished, total_ns: int) -> wire.GenerateResponse:
+    context = list(end.tokens)  # empty in raw mode, where the request did not ask for them
+    return wire.GenerateResponse(model=model, created_at=now(), response=text, context=context, **_final(end, total_ns))
+
+
+def generate_loaded(model: str) -> wire.GenerateResponse:
+    return wire.GenerateResponse(model=model, created_at=now(), response="", done=True, context=[], done_reason="load")
+
+
+def embed_response(model: str, result: Embedded, total_ns: int, queue_ns: int) -> wire.EmbedResponse:
+    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(-1, result.dimensions)
+    return wire.EmbedResponse(
+        model=model,
+        embeddings=vectors.tolist(),
+        total_duration=total_ns,
+        load_duration=queue_ns,
+        prompt_eval_count=result.prompt_tokens,
+    )
+
 
 Reply = wire.ChatResponse | wire.GenerateResponse
 
@@ -35,9 +104,9 @@ class OllamaReply:
 
     def _line(self, text: str, logprobs: list[wire.Logprob] | None, calls: list[wire.ToolCall] | None = None) -> Reply:
         if self._kind == "generate":
-            reply: Reply = translate.generate_chunk(self._model, text)
+            reply: Reply = generate_chunk(self._model, text)
         else:
-            reply = translate.chat_chunk(self._model, text)
+            reply = chat_chunk(self._model, text)
             if calls:
                 reply.message.tool_calls = calls
         if logprobs:
@@ -95,5 +164,5 @@ class OllamaReply:
 
     def _done(self, text: str, end: Finished, total_ns: int) -> Reply:
         if self._kind == "generate":
-            return translate.generate_done(self._model, text, end, total_ns)
-        return translate.chat_done(self._model, text, end, total_ns)
+            return generate_done(self._model, text, end, total_ns)
+        return chat_done(self._model, text, end, total_ns)

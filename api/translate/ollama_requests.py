@@ -1,24 +1,17 @@
-"""Ollama chat/generate requests -> GenerationRequest (the same one /v1 uses), and internal events -> Ollama objects."""
+"""Ollama chat, generate and embed requests -> the internal requests (the same ones /v1 uses)."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from datetime import UTC, datetime
-from typing import Any
 
-import numpy as np
 from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
-from herd.api.models.catalog import ModelFile
-from herd.api.models.gguf import human_number
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest
 from herd.inference import (
     ChatMessage,
-    Embedded,
     EmbeddingRequest,
-    Finished,
     GenerationRequest,
     Grammar,
     SamplingParams,
@@ -29,24 +22,21 @@ from msgspec.structs import replace
 
 # Ollama's defaults for the options a request leaves out (api/types.go DefaultOptions).
 TEMPERATURE = 0.8
+
+
 TOP_K = 40
+
+
 TOP_P = 0.9
+
+
 MIN_P = 0.0
+
+
 REPEAT_PENALTY = 1.1
+
+
 REPEAT_LAST_N = 64
-
-# What /api/ps shows as expires_at for a model that stays loaded (configured ones; keep_alive < 0): "until further
-# notice".
-FOREVER = "9999-12-31T23:59:59Z"
-
-
-def now() -> str:
-    """RFC 3339 in UTC, as Ollama writes created_at."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def resolve_model(name: str, known: dict[str, int]) -> str | None:
@@ -65,9 +55,6 @@ def resolve_model(name: str, known: dict[str, int]) -> str | None:
 
 def not_found_message(name: str) -> str:
     return f"model '{name}' not found, try pulling it first"
-
-
-# ---- requests --------------------------------------------------------------------------------------------------
 
 
 def _or(value: float | None, default: float) -> float:
@@ -218,6 +205,8 @@ def generate_request(
 # A Go template is a program; only its simplest form, placeholders with optional whitespace trimming, is cheap to
 # honour without a Go template engine. Everything else is refused rather than rendered wrong.
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
+
+
 _FIELDS = {".System", ".Prompt", ".Response"}
 
 
@@ -246,92 +235,7 @@ def render_template(template: str, system: str, prompt: str) -> str:
     return "".join(parts)
 
 
-# ---- responses -------------------------------------------------------------------------------------------------
-
-
-# load_duration is Ollama's time from the request's arrival until a runner with the model loaded took it: herd's
-# queue wait (its workers hold their models loaded). total_duration also covers the API's own work.
-
-
-def _reason(end: Finished) -> wire.DoneReason:
-    return "length" if end.finish_reason == "length" else "stop"
-
-
-def chat_chunk(model: str, text: str) -> wire.ChatResponse:
-    return wire.ChatResponse(model=model, created_at=now(), message=wire.Message("assistant", text), done=False)
-
-
-def _final(end: Finished, total_ns: int) -> dict[str, Any]:
-    """The fields Ollama puts on the last line of a chat and of a generate, from the worker's measurements."""
-    u = end.usage
-    final: dict[str, Any] = {
-        "done": True,
-        "done_reason": _reason(end),
-        "total_duration": total_ns,
-        "load_duration": u.queue_ns,
-        "prompt_eval_count": u.prompt_tokens,
-        "prompt_eval_duration": u.prompt_eval_ns,
-        "eval_count": u.completion_tokens,
-        "eval_duration": u.eval_ns,
-    }
-    if u.speculative:  # herd's extension: speculative decoding's drafted and accepted tokens
-        final.update(draft_count=u.drafted_tokens, draft_accepted_count=u.accepted_tokens)
-    return final
-
-
-def chat_done(model: str, text: str, end: Finished, total_ns: int) -> wire.ChatResponse:
-    message = wire.Message("assistant", text)
-    return wire.ChatResponse(model=model, created_at=now(), message=message, **_final(end, total_ns))
-
-
-def chat_loaded(model: str) -> wire.ChatResponse:
-    return wire.ChatResponse(
-        model=model, created_at=now(), message=wire.Message("assistant", ""), done=True, done_reason="load"
-    )
-
-
-def generate_chunk(model: str, text: str) -> wire.GenerateResponse:
-    return wire.GenerateResponse(model=model, created_at=now(), response=text, done=False, context=[])
-
-
-def generate_done(model: str, text: str, end: Finished, total_ns: int) -> wire.GenerateResponse:
-    context = list(end.tokens)  # empty in raw mode, where the request did not ask for them
-    return wire.GenerateResponse(model=model, created_at=now(), response=text, context=context, **_final(end, total_ns))
-
-
-def generate_loaded(model: str) -> wire.GenerateResponse:
-    return wire.GenerateResponse(model=model, created_at=now(), response="", done=True, context=[], done_reason="load")
-
-
-# ---- model information (the rest of tags, show and ps: api/translate/store.py) --------------------------------
-# Details come from the GGUF header when this API process can read the file, else they say only "gguf".
-
-
-def details(file: ModelFile | None) -> wire.ModelDetails:
-    if file is None:
-        return wire.ModelDetails(format="gguf")
-    family = file.info.architecture
-    return wire.ModelDetails(
-        format="gguf",
-        family=family,
-        families=[family] if family else None,
-        parameter_size=human_number(file.info.parameter_count),
-        quantization_level=file.info.quantization,
-    )
-
-
 def embed_request(inputs: list[str], model: str, truncate: bool, dimensions: int | None, rid: str) -> EmbeddingRequest:
     return EmbeddingRequest(
         id=rid, model=model, inputs=tuple(inputs), truncate=truncate, dimensions=dimensions, enqueued_at=time.time()
-    )
-
-
-def embed_response(model: str, result: Embedded, total_ns: int, queue_ns: int) -> wire.EmbedResponse:
-    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(-1, result.dimensions)
-    return wire.EmbedResponse(
-        model=model,
-        embeddings=vectors.tolist(),
-        total_duration=total_ns,
-        load_duration=queue_ns,
-        prompt_eval_count=result.prompt_tokens,
     )

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from herd.api.translate.logprobs import rows
-from herd.api.translate.openai import speculation
+from herd.api.translate.openai_replies import speculation
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage

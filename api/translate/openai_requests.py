@@ -1,25 +1,21 @@
-"""OpenAI chat/completions requests -> GenerationRequest, and internal events -> OpenAI responses and chunks."""
+"""OpenAI chat, completions and embeddings requests -> the internal requests (the way back: openai_*replies.py)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
-import numpy as np
 from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
 from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest
 from herd.inference import (
     ChatMessage,
-    Embedded,
     EmbeddingRequest,
     GenerationRequest,
     Grammar,
     SamplingParams,
     Tool,
     ToolCall,
-    Usage,
 )
 
 
@@ -170,25 +166,6 @@ def completion_requests(body: wire.CompletionRequest, request_id: str) -> list[G
     ]
 
 
-def usage(items: list[Usage]) -> wire.CompletionUsage:
-    prompt = sum(u.prompt_tokens for u in items)
-    completion = sum(u.completion_tokens for u in items)
-    return wire.CompletionUsage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in items)),
-        speculation=speculation(items),
-    )
-
-
-def speculation(items: list[Usage]) -> wire.SpeculationUsage | None:
-    """The extension field: drafted and accepted tokens over the choices, when any of them speculated."""
-    if not any(u.speculative for u in items):
-        return None
-    return wire.SpeculationUsage(sum(u.drafted_tokens for u in items), sum(u.accepted_tokens for u in items))
-
-
 def embedding_request(body: wire.EmbeddingCreateParams, request_id: str) -> EmbeddingRequest:
     raw = body.input
     inputs: list[str | tuple[int, ...]]
@@ -212,17 +189,3 @@ def embedding_request(body: wire.EmbeddingCreateParams, request_id: str) -> Embe
         dimensions=body.dimensions,
         enqueued_at=time.time(),
     )
-
-
-def embedding_response(model: str, result: Embedded, encoding_format: str | None) -> wire.CreateEmbeddingResponse:
-    vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(-1, result.dimensions)
-    data = [
-        wire.Embedding(
-            index=i,
-            # base64: the little-endian float32 bytes, which both OpenAI SDKs ask for by default and decode.
-            embedding=base64.b64encode(row.tobytes()).decode() if encoding_format == "base64" else row.tolist(),
-        )
-        for i, row in enumerate(vectors)
-    ]
-    usage = wire.EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
-    return wire.CreateEmbeddingResponse(data=data, model=model, usage=usage)
