@@ -11,7 +11,7 @@ from herd.api.errors import from_validation
 from herd.api.events import EventStream
 from herd.api.gateway import Gateway
 from herd.api.grammar import GrammarCache
-from herd.api.routes.common import close_shielded, merged
+from herd.api.relay import close_shielded, merged
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.api.translate.openai_text_replies import CompletionAssembler

@@ -1,4 +1,4 @@
-"""Helpers every route shares: body decoding, the request id, racing work against the client going away."""
+"""Helpers every route shares: body decoding, request ids, racing work against a client that leaves, opening streams."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-import anyio
 import msgspec
 from herd.api.errors import from_validation
 from herd.api.events import AnyRequest, EventStream
 from herd.api.gateway import Gateway
 from herd.api.grammar import GrammarCache
 from herd.api.ids import request_id_of
+from herd.api.relay import close_shielded
 from herd.errors import Cancelled
-from herd.inference import Finished, GenerationRequest, TokenDelta
+from herd.inference import GenerationRequest
 from litestar import Request
 from litestar.datastructures import State
 
@@ -74,56 +74,6 @@ async def unless_gone(request: Request[object, object, State], work: Awaitable[T
                 await task
             raise Cancelled("the client closed the connection")
     return task.result()
-
-
-async def close_shielded(*streams: EventStream) -> None:
-    """Release streams even while the surrounding scope is being cancelled (a client that went away)."""
-    with anyio.CancelScope(shield=True):
-        for stream in streams:
-            await stream.close()
-
-
-async def collect(stream: EventStream) -> tuple[str, Finished]:
-    """The text and end of a one-choice request."""
-    parts: list[str] = []
-    async for event in stream.deltas():
-        if isinstance(event, TokenDelta):
-            parts.append(event.text)
-        else:
-            return "".join(parts), event
-    raise AssertionError("a stream ends with Finished or raises")
-
-
-async def merged(streams: list[EventStream]) -> AsyncIterator[tuple[int, TokenDelta | Finished]]:
-    """Interleave the events of several streams (one per prompt), tagged with the stream's index."""
-    if len(streams) == 1:
-        async for event in streams[0].deltas():
-            yield 0, event
-        return
-    queue: asyncio.Queue[tuple[int, TokenDelta | Finished] | BaseException | None] = asyncio.Queue()
-
-    async def pump(index: int, stream: EventStream) -> None:
-        try:
-            async for event in stream.deltas():
-                queue.put_nowait((index, event))
-            queue.put_nowait(None)
-        except Exception as exc:  # handed to the consumer, which re-raises it
-            queue.put_nowait(exc)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                remaining -= 1
-                continue
-            yield item
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 SSE_KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: both OpenAI SDKs skip it

@@ -10,7 +10,8 @@ import msgspec
 from herd.api.events import EventStream
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import Manifest, ModelStore
-from herd.api.routes.common import admit, close_shielded, decode, gateway, grammars, request_id, unless_gone
+from herd.api.relay import close_shielded
+from herd.api.routes.common import admit, decode, gateway, grammars, request_id, unless_gone
 from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from herd.api.translate import ollama_models, ollama_replies, ollama_requests
 from herd.api.translate.ollama_replies import OllamaReply, Reply

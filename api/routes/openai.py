@@ -7,14 +7,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from herd.api.events import EventStream
+from herd.api.relay import close_shielded, merged
 from herd.api.routes.common import (
     admit,
-    close_shielded,
     decode,
     gateway,
     grammars,
     keep_alive,
-    merged,
     open_streaming,
     request_id,
     unless_gone,
