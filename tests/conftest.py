@@ -150,3 +150,11 @@ def server(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="session")
 def model_path() -> str:
     return bundled_model_path()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Tests marked `slow` show their time after the run (also under -q), so a check that creeps up gets seen."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", None) == "call" and "slow" in report.keywords:
+                terminalreporter.write_line(f"slow: {report.nodeid} {outcome} in {report.duration:.1f}s")
