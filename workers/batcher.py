@@ -30,7 +30,7 @@ from herd.inference import (
     Usage,
 )
 from herd.workers.embedder import EmbedJob
-from herd.workers.engine import Engine, Sampler
+from herd.workers.protocol import EngineLike, Sampler
 from herd.workers.slots import Slots
 from herd.workers.spans import record_generation
 from herd.workers.speculate import Acceptance, Speculator
@@ -94,7 +94,7 @@ class Counters:
 class Batcher:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineLike,
         worker_id: str,
         emit: Emit,
         max_tokens_cap: int,

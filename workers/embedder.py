@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from herd.errors import ContextLengthExceeded, InvalidRequest
 from herd.inference import Embedded, EmbeddingRequest
-from herd.workers.engine import Engine
+from herd.workers.protocol import EngineLike
 
 
 @dataclass(slots=True)
@@ -20,7 +20,7 @@ class EmbedJob:
     rows: list[npt.NDArray[np.float32]] = field(default_factory=list)
     started: bool = False
 
-    def prepare(self, engine: Engine) -> None:
+    def prepare(self, engine: EngineLike) -> None:
         """Tokenize and check every input; raises the ServiceError the client should get."""
         for i, item in enumerate(self.req.inputs):
             param = f"input[{i}]" if len(self.req.inputs) > 1 else "input"
@@ -45,7 +45,7 @@ class EmbedJob:
             raise InvalidRequest(f"dimensions must be at most {engine.n_embd} for this model", param="dimensions")
         self.started = True
 
-    def step(self, engine: Engine) -> bool:
+    def step(self, engine: EngineLike) -> bool:
         """Embed the next group of inputs that fits one micro-batch; True when every input is done."""
         start = len(self.rows)
         end, budget = start, engine.n_ctx_seq

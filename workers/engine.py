@@ -18,6 +18,7 @@ import numpy.typing as npt
 from herd.config import ModelConfig
 from herd.errors import EngineError, InvalidRequest
 from herd.inference import Grammar, SamplingParams, TokenLogprob
+from herd.workers.protocol import Sampler
 
 log = logging.getLogger("herd.worker.engine")
 
@@ -42,21 +43,11 @@ def extra_buffers(setting: str) -> bool:
         return True
 
 
-class Sampler:
-    """A llama.cpp sampler chain owned by one sequence (plain greedy needs none), and its grammar if it has one."""
-
-    __slots__ = ("grammar", "handle")
-
-    def __init__(self, handle: object | None, grammar: object | None = None) -> None:
-        self.handle = handle  # None: argmax over the logits
-        self.grammar = grammar  # kept out of the chain: checked against the token drawn first (see Engine.sample)
-
-
 _CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
 
 class Engine:
-    """A loaded model and its batched context."""
+    """A loaded model and its batched context (the EngineLike of workers/protocol.py)."""
 
     def __init__(self, model: ModelConfig, max_seqs: int, n_batch: int, n_threads: int) -> None:
         if not os.environ.get("HERD_LLAMA_LOG"):

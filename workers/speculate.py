@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import msgspec
 from herd.config import ModelConfig
 from herd.errors import EngineError
-from herd.workers.engine import Engine, Sampler
+from herd.workers.engine import Engine
+from herd.workers.protocol import Sampler
 
 # The longest match up to MAX_NGRAM tokens wins (a long match finds the place in the text being copied); shorter
 # matches than MIN_NGRAM draft mostly noise, and each rejected token still costs a decode slot. Replayed on the
