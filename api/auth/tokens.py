@@ -35,7 +35,7 @@ class KeySource(Protocol):
 def _segment(part: str) -> dict[str, object]:
     try:
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:  # RecursionError: a header of 3,000 nested arrays
         raise Unauthenticated("the bearer token is not a well-formed JWT") from exc
     if not isinstance(value, dict):
         raise Unauthenticated("the bearer token is not a well-formed JWT")

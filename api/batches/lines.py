@@ -7,7 +7,6 @@ import time
 from typing import TypeVar
 
 import msgspec
-from herd.api.errors import from_validation
 from herd.api.events import EventStream
 from herd.api.gateway import Gateway
 from herd.api.grammar import GrammarCache
@@ -15,6 +14,7 @@ from herd.api.relay import close_shielded, merged
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.api.translate.openai_text_replies import CompletionAssembler
+from herd.api.validation import decode_json
 from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest
 
@@ -22,10 +22,7 @@ T = TypeVar("T")
 
 
 def _decode(body: bytes, type_: type[T]) -> T:
-    try:
-        return msgspec.json.decode(body, type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise from_validation(exc) from exc
+    return decode_json(body, type_)  # the same boundary as an interactive request's body
 
 
 def _no_stream(stream: bool | None) -> None:

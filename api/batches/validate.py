@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import msgspec
+from herd.api.validation import decode_json
 from herd.api.wire.batch import BatchError, BatchInputLine
+from herd.errors import InvalidRequest
 
 MAX_REPORTED_ERRORS = 1000  # a file of a million bad lines still gets an answer of sensible size
 
@@ -42,8 +44,8 @@ def parse_input(
         if not text.strip():
             continue  # blank lines (a trailing newline above all) carry no request
         try:
-            item = msgspec.json.decode(text, type=BatchInputLine)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            item = decode_json(text, BatchInputLine)
+        except InvalidRequest as exc:
             error("invalid_json_line", f"This line is not a valid JSON object of a batch request: {exc}", number)
             continue
         ok = True
@@ -69,8 +71,8 @@ def parse_input(
             error("missing_body", "The request has no body.", number, "body")
             continue
         try:
-            named = msgspec.json.decode(item.body, type=_ModelOnly).model
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            named = decode_json(item.body, _ModelOnly).model
+        except InvalidRequest:
             error("invalid_body", "The body must be a JSON object.", number, "body")
             continue
         if not isinstance(named, str) or not named:

@@ -7,13 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-import msgspec
-from herd.api.errors import from_validation
 from herd.api.events import AnyRequest, EventStream
 from herd.api.gateway import Gateway
 from herd.api.grammar import GrammarCache
 from herd.api.ids import request_id_of
 from herd.api.relay import close_shielded
+from herd.api.validation import decode_json
 from herd.errors import Cancelled
 from herd.inference import GenerationRequest
 from litestar import Request
@@ -39,10 +38,8 @@ def request_id(request: Request[object, object, State]) -> str:
 
 
 async def decode(request: Request[object, object, State], type_: type[T]) -> T:
-    try:
-        return msgspec.json.decode(await request.body(), type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise from_validation(exc) from exc
+    """The body as `type_`, through the one validation boundary (depth and integer bounds; a 400 names the field)."""
+    return decode_json(await request.body(), type_)
 
 
 MODEL_LABEL = "herd_model"  # scope["state"] key: the model an admitted request is for (the metrics' label)
