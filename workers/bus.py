@@ -69,6 +69,11 @@ class WorkerBus:
             return None
         return msgspec.msgpack.decode(raw, type=kind)
 
+    async def forget(self, request_id: str) -> None:
+        """Drop a request's record once its job ended, however it ended (a refused prompt may be megabytes)."""
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self._redis.delete(channels.request(request_id))
+
     async def promote_batch_lines(self, model: str, n: int) -> int:
         """Move up to n batch-line jobs into the model's interactive queue, if no interactive job waits there."""
         keys = [channels.queue(model), channels.batch_queue(model)]

@@ -34,7 +34,10 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
     request = await bus.claim(request_id, GenerationRequest)
     if request is None:
         return
-    await batcher.run(request)
+    try:
+        await batcher.run(request)
+    finally:
+        await bus.forget(request_id)  # refused or failed too: the record must not pin Redis memory until its TTL
 
 
 async def embed(ctx: dict[str, Any], request_id: str) -> None:
@@ -44,7 +47,10 @@ async def embed(ctx: dict[str, Any], request_id: str) -> None:
     request = await bus.claim(request_id, EmbeddingRequest)
     if request is None:
         return
-    await batcher.embed(request)
+    try:
+        await batcher.embed(request)
+    finally:
+        await bus.forget(request_id)
 
 
 class HerdWorker(Worker):
