@@ -9,20 +9,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from herd import redisconn, tracing
+from herd import channels, redisconn, tracing
 from herd.api.auth.security import Security
 from herd.api.batches.runner import BatchRunner
-from herd.api.errors import (
-    TABLE,
-    OAuthError,
-    is_oauth_path,
-    is_ollama_path,
-    oauth_error,
-    ollama_body,
-    ollama_headers,
-    openai_body,
-    openai_headers,
-)
+from herd.api.demux import Demux
+from herd.api.error_handlers import http_error, service_error, unexpected
 from herd.api.files.filestore import FileStore
 from herd.api.files.records import Records
 from herd.api.gateway import Gateway
@@ -34,71 +25,15 @@ from herd.api.models.store import ModelStore
 from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue
 from herd.api.routes.common import MODEL_LABEL
 from herd.api.tracing import server_spans
-from herd.api.wire import ollama as ollama_wire
-from herd.api.wire.openai import ErrorDetail, ErrorResponse
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
-from herd.errors import EngineError, ServiceError, Unauthenticated
-from litestar import Litestar, Request, Response
+from herd.errors import ServiceError
+from herd.loading import LoadClient
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.types import Message, Scope
 
 log = logging.getLogger("herd.api")
-
-
-# Errors are rendered in the protocol of the path: Ollama's `{"error": "..."}` under /api, OAuth's under /oauth,
-# OpenAI's shape elsewhere.
-ErrorBody = ErrorResponse | ollama_wire.ErrorResponse | OAuthError
-
-
-def _service_error(settings: Settings) -> object:
-    def handler(request: Request[object, object, State], exc: ServiceError) -> Response[ErrorBody]:
-        return _service_error_response(request, exc, settings.retry_after_s)
-
-    return handler
-
-
-def _service_error_response(
-    request: Request[object, object, State], exc: ServiceError, retry_after_s: int
-) -> Response[ErrorBody]:
-    status = TABLE[exc.kind].status
-    if is_oauth_path(request.url.path):
-        status, body, headers = oauth_error(exc)
-        return Response(body, status_code=status, headers={**headers, "cache-control": "no-store"})
-    if is_ollama_path(request.url.path):
-        return Response(ollama_body(exc), status_code=status, headers=ollama_headers(exc, retry_after_s))
-    return Response(openai_body(exc), status_code=status, headers=openai_headers(exc, retry_after_s))
-
-
-def _http_error(auth_on: bool) -> object:
-    def handler(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
-        # The router answered before the auth middleware ran: a path nobody routes is closed too, so an anonymous
-        # caller learns nothing from 404 vs 401. (Anyone with a credential gets the real answer.)
-        routed = "auth" in request.scope or request.headers.get("authorization")
-        if auth_on and exc.status_code in (404, 405) and not routed:
-            refusal = Unauthenticated("You didn't provide an API key or bearer token.", token_error=None)
-            return _service_error_response(request, refusal, 0)
-        return _http_error_response(request, exc)
-
-    return handler
-
-
-def _http_error_response(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
-    status = exc.status_code
-    if is_ollama_path(request.url.path):
-        return Response(ollama_wire.ErrorResponse(str(exc.detail)), status_code=status, headers=exc.headers or None)
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
-    detail = ErrorDetail(message=str(exc.detail), type=kind, param=None, code=code)
-    return Response(ErrorResponse(detail), status_code=status, headers=exc.headers or None)
-
-
-def _unexpected(request: Request[object, object, State], exc: Exception) -> Response[ErrorBody]:
-    log.exception("unhandled error", exc_info=exc)
-    error = EngineError("internal error; the server log has details")
-    if is_ollama_path(request.url.path):
-        return Response(ollama_body(error), status_code=500)
-    return Response(openai_body(error), status_code=500, headers={"x-should-retry": "false"})
 
 
 def open_store(settings: Settings) -> ModelStore:
@@ -135,7 +70,7 @@ def create_app(settings: Settings) -> Litestar:
     tracer = tracing.tracer(provider, "herd.api")
     metrics = Metrics()
     state = State()
-    security = Security(settings, lambda: state.gateway)
+    security = Security(settings, lambda: state.redis, metrics)
 
     async def count_response(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
@@ -147,10 +82,13 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = redisconn.async_client(settings, socket_connect_timeout=2, health_check_interval=10)
         store = await asyncio.to_thread(open_store, settings)
-        gateway = Gateway(settings, redis, secrets.token_hex(6), tracer, metrics, store)
-        await gateway.start()
+        state.redis = redis  # for the auth middleware's rate limits and the issuer's keys, built before it
+        demux = Demux(redis, channels.api_control(secrets.token_hex(6)))
+        demux.start()
+        loads = LoadClient(redis, frozenset(m.name for m in settings.models))
+        gateway = Gateway(settings, redis, demux, loads, tracer=tracer, metrics=metrics, store=store)
         app.state.gateway = gateway
-        state.gateway = gateway  # the same gateway, for the auth middleware and the issuer
+        app.state.loads = loads
         app.state.issuer = security.issuer
         app.state.metrics = metrics
         app.state.store = store
@@ -167,7 +105,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once
             await security.close()
-            await gateway.close()
+            await demux.close()
             await redis.aclose()
             if provider is not None:
                 provider.shutdown()  # flushes the spans still queued
@@ -187,9 +125,9 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[add_request_id, count_response, *security.before_send],
         middleware=[*([server_spans(tracer)] if tracer is not None else []), *security.middleware],
         exception_handlers={
-            ServiceError: _service_error(settings),  # type: ignore[dict-item]
-            HTTPException: _http_error(security.enabled),  # type: ignore[dict-item]
-            Exception: _unexpected,
+            ServiceError: service_error(settings),  # type: ignore[dict-item]
+            HTTPException: http_error(security.enabled),  # type: ignore[dict-item]
+            Exception: unexpected,
         },
         openapi_config=None,
         logging_config=None,  # logging is set up once, by the CLI (shared/logs.py): JSON lines

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 from herd.api.auth.ratelimit import METER
+from herd.api.demux import LOST
+from herd.api.metrics import Metrics
 from herd.errors import StreamBroken, Unavailable, from_kind
 from herd.inference import (
     Embedded,
@@ -22,11 +24,17 @@ from herd.inference import (
 )
 from opentelemetry.trace import Span
 
-if TYPE_CHECKING:
-    from herd.api.gateway import Gateway
-
 AnyRequest = GenerationRequest | EmbeddingRequest
-LOST = b""  # put on a request's queue when the pub/sub connection dropped: events may have been missed
+
+
+class Upstream(Protocol):
+    """What a stream needs from whoever opened it (the Gateway): a liveness check while no event comes, and release."""
+
+    async def check_progress(self, stream: EventStream) -> None:
+        """No event came for a heartbeat interval: raise if nobody is working on the request any more."""
+
+    async def release(self, stream: EventStream) -> None:
+        """The stream is done with (finished or abandoned): unsubscribe, and cancel the request if unfinished."""
 
 
 class EventStream:
@@ -34,19 +42,24 @@ class EventStream:
 
     def __init__(
         self,
-        gateway: Gateway,
+        upstream: Upstream,
         request: AnyRequest,
         queue: asyncio.Queue[bytes],
+        *,
+        heartbeat_s: float,
+        wait_timeout_s: float,
         span: Span | None = None,
-        wait_timeout_s: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._upstream = upstream
         self.request = request
         self._queue = queue
+        self._heartbeat_s = heartbeat_s  # how long to wait for an event before asking whether anyone still works
         self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
+        self._metrics = metrics
         self._opened_at = time.monotonic()
         # How long the request may wait for a worker before it is given up (interactive: queue_wait_timeout_s).
-        self.wait_timeout_s = gateway.settings.queue_wait_timeout_s if wait_timeout_s is None else wait_timeout_s
+        self.wait_timeout_s = wait_timeout_s
         self._first_token = True
         self._last_token = 0.0
         self._meter = METER.get()  # the caller's token budget, when rate limits are on
@@ -62,10 +75,10 @@ class EventStream:
     async def next(self) -> StreamEvent:
         while True:
             try:
-                async with asyncio.timeout(self._gateway.settings.heartbeat_interval_s):
+                async with asyncio.timeout(self._heartbeat_s):
                     raw = await self._queue.get()
             except TimeoutError:
-                await self._gateway.check_progress(self)
+                await self._upstream.check_progress(self)
                 continue
             if raw == LOST:
                 raise Unavailable("lost the connection to Redis while streaming; events may be missing")
@@ -89,9 +102,9 @@ class EventStream:
                 self._charge(event.tokens)
             if self._first_token or not isinstance(event, TokenDelta):
                 self._observe(event)
-            elif self._gateway.metrics is not None:  # a token after the first: only its gap is recorded
+            elif self._metrics is not None:  # a token after the first: only its gap is recorded
                 now = time.monotonic()
-                self._gateway.metrics.observe_inter_token(self.request.model, now - self._last_token, event.tokens)
+                self._metrics.observe_inter_token(self.request.model, now - self._last_token, event.tokens)
                 self._last_token = now
             return event
 
@@ -104,12 +117,12 @@ class EventStream:
 
     def _started(self, event: Started) -> None:
         self._charge(event.prompt_tokens)
-        if self._gateway.metrics is not None:
-            self._gateway.metrics.observe_queue_wait(self.request.model, time.time() - self.request.enqueued_at)
+        if self._metrics is not None:
+            self._metrics.observe_queue_wait(self.request.model, time.time() - self.request.enqueued_at)
 
     def _observe(self, event: StreamEvent) -> None:
         """The outcome on the server span (when tracing) and in the metrics (when kept)."""
-        span, metrics, model = self._span, self._gateway.metrics, self.request.model
+        span, metrics, model = self._span, self._metrics, self.request.model
         since_enqueue = time.time() - self.request.enqueued_at
         if isinstance(event, TokenDelta):
             self._first_token = False
@@ -165,4 +178,4 @@ class EventStream:
         return event
 
     async def close(self) -> None:
-        await self._gateway.release(self)
+        await self._upstream.release(self)

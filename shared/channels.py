@@ -30,6 +30,11 @@ def cancelled(request_id: str) -> str:
     return f"{PREFIX}:cancelled:{request_id}"
 
 
+def api_control(api_id: str) -> str:
+    """Pub/sub channel an API process subscribes to first, so its one pub/sub connection is up before any request."""
+    return f"{PREFIX}:api:{api_id}"
+
+
 # Broadcast channel: the API publishes request ids whose client disconnected; every worker listens.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 
@@ -99,8 +104,9 @@ def batch_idempotency(owner: str, key: str) -> str:
 
 # arq keeps its own keys: arq:job:{id}, arq:in-progress:{id}, arq:result:{id}, arq:abort (see arq.constants).
 
-# A set of model names the API wants loaded (a request is waiting for a model no worker holds); the model manager
-# in `herd serve` pops them and starts a worker for each. No TTL: a name is removed when it is popped.
+# On-demand loading's keys (used only by herd.loading). A set of model names the API wants loaded (a request is
+# waiting for a model no worker holds); the model manager in `herd serve` pops them and starts a worker for each.
+# No TTL: a name is removed when it is popped.
 LOAD_REQUESTS = f"{PREFIX}:loads"
 
 
@@ -131,3 +137,27 @@ def rate_limit(subject: str, kind: str) -> str:
 # The built-in OAuth2 issuer's signing keys (a hash: kid -> private JWK and the time its tokens are all expired), so
 # every API replica signs and verifies with the same keys. Entries are dropped once no token they signed is valid.
 ISSUER_KEYS = f"{PREFIX}:issuer:keys"
+
+
+# ---- the Responses API (api/responses/): stored responses and durable event streams ------------------------------
+
+
+def response(response_id: str) -> str:
+    """A stored response (a hash: owner, status, the Response and its input items as JSON, the previous response's
+    id, the id of its generation). TTL: responses_ttl."""
+    return f"{PREFIX}:response:{response_id}"
+
+
+def durable_events(request_id: str) -> str:
+    """A Redis Stream of one durable request's StreamEvents (field `e`, msgpack), XADDed by the worker beside the
+    pub/sub publish, so any API replica can replay and follow them. MAXLEN ~DURABLE_EVENTS_MAXLEN, TTL responses_ttl."""
+    return f"{PREFIX}:durable:{request_id}"
+
+
+DURABLE_EVENTS_MAXLEN = 100_000  # events (about one per generated token): more than any context holds
+
+
+def response_lease(response_id: str) -> str:
+    """The API process running a background response: its token, PX a few heartbeats, renewed while it runs. Gone
+    while the response is not finished: that process died, and a reader settles the response from its events."""
+    return f"{PREFIX}:response-lease:{response_id}"

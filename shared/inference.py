@@ -77,8 +77,10 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     context_tokens: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
     fit_context: bool = False  # a max_tokens beyond the context's room is cut to it (Ollama) instead of refused
     return_tokens: bool = False  # Finished carries the prompt and generated token ids (Ollama's returned `context`)
+    durable: bool = False  # the worker also appends its events to channels.durable_events(id) (a Redis Stream)
     enqueued_at: float = 0.0  # time.time() when the API queued it
     traceparent: str | None = None
+    tracestate: str | None = None  # W3C: vendors' trace state, carried with traceparent
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,6 +93,7 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None  # keep the first N dimensions, renormalised
     enqueued_at: float = 0.0
     traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -158,6 +161,28 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
 StreamEvent = Started | TokenDelta | Finished | Embedded | Failed
 
 
+class Buckets(msgspec.Struct, frozen=True):
+    """A histogram a worker keeps since it started: observations per bucket (upper `bounds`, then +Inf), sum, count."""
+
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    sum: float = 0.0
+    count: int = 0
+
+
+class EngineStats(msgspec.Struct, frozen=True):
+    """The engine's own measures in a heartbeat (cumulative since the worker started, except the KV gauges)."""
+
+    prefill_s: Buckets = Buckets()  # per request: admission to first token
+    decode_s: Buckets = Buckets()  # per request: first token to the end
+    step_tokens: Buckets = Buckets()  # tokens in each llama_decode of the decode loop (batch shape)
+    prompt_tokens: int = 0  # prompt tokens of admitted requests, and of those the ones found in the prefix cache
+    cached_tokens: int = 0
+    verify_steps: int = 0  # speculative decoding: steps that verified a non-empty draft
+    kv_used: int = 0  # KV cells holding a token (running sequences and cached prefixes), of kv_total
+    kv_total: int = 0
+
+
 class WorkerStatus(msgspec.Struct, frozen=True):
     """A worker's heartbeat record."""
 
@@ -174,6 +199,7 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     heartbeat_at: float
     tokens_drafted: int = 0  # speculative decoding: tokens proposed, and the ones the model confirmed
     tokens_accepted: int = 0
+    engine: EngineStats = EngineStats()
 
 
 class RequestStats(msgspec.Struct, frozen=True):
@@ -185,3 +211,32 @@ class RequestStats(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     ended_at: float
+
+
+# ---- the fleet view: herd's own /v1/queue answers (api/gateway.py builds them from the queues and heartbeats) ----
+
+
+class ModelQueue(msgspec.Struct):
+    model: str
+    waiting: int  # jobs no worker has started yet
+    running: int  # jobs a worker is running
+    oldest_wait_s: float  # how long the oldest waiting job has waited (0 when none waits)
+    workers: int  # live workers serving the model
+    slots_total: int
+    slots_busy: int
+
+
+class QueueStatus(msgspec.Struct):
+    models: list[ModelQueue]
+    object: Literal["queue"] = "queue"
+
+
+RequestState = Literal["waiting", "running", "done", "unknown"]
+
+
+class RequestPosition(msgspec.Struct):
+    id: str
+    state: RequestState
+    model: str | None = None
+    position: int | None = None  # 0 = next to start, among the model's waiting jobs
+    object: Literal["queue.request"] = "queue.request"

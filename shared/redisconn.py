@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -22,9 +23,39 @@ import redis.exceptions
 import redis.sentinel
 from arq.connections import ArqRedis
 from herd.config import Settings
+from herd.errors import Unavailable
 
 # Errors no retry can fix: the operator has to change a setting.
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, ssl.SSLError)
+
+# Errors a retry can fix: Redis is unreachable, restarting or slow. The one definition of them.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+UNREACHABLE = "the API cannot reach Redis; try again shortly"
+
+
+class map_redis_errors:
+    """Redis I/O inside this block that fails for a transient reason raises Unavailable (a 503 to the client).
+
+    Usable as `with` around awaits and as `async with` beside an async context manager (a pipeline)."""
+
+    def __init__(self, message: str = UNREACHABLE) -> None:
+        self._message = message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, REDIS_ERRORS):
+            raise Unavailable(self._message) from exc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)
 
 
 class RedisSettingsError(ValueError):
@@ -144,7 +175,7 @@ def check(settings: Settings, wait_s: float = 0.0) -> None:
             except _FATAL as exc:
                 who = f"user {settings.redis_username!r}" if settings.redis_username else "the configured credentials"
                 raise RedisSettingsError(f"Redis at {describe(settings)} refused {who}: {exc}") from exc
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 # redis-py wraps TLS handshake failures in ConnectionError: those are settings errors too.
                 if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) or "SSL" in str(exc):
                     raise RedisSettingsError(f"TLS to Redis at {describe(settings)} failed: {exc}") from exc

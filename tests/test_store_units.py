@@ -23,7 +23,7 @@ from herd.api.models.sandbox import check_gguf
 from herd.api.models.store import Manifest, ModelStore
 from herd.config import load_settings
 from herd.errors import InvalidRequest, ModelNotFound, Unavailable
-from herd.keepalive import parse_keep_alive
+from herd.loading import parse_keep_alive
 
 HEX = "ab" * 32
 

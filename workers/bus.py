@@ -12,19 +12,25 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-import redis.exceptions
 from arq.constants import in_progress_key_prefix
 from herd import channels
 from herd.config import Settings
-from herd.inference import EmbeddingRequest, GenerationRequest, RequestStats, StreamEvent, WorkerStatus
+from herd.inference import (
+    EmbeddingRequest,
+    Failed,
+    Finished,
+    GenerationRequest,
+    RequestStats,
+    StreamEvent,
+    WorkerStatus,
+)
+from herd.redisconn import REDIS_ERRORS
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 log = logging.getLogger("herd.worker.bus")
 
 R = TypeVar("R", GenerationRequest, EmbeddingRequest)
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-REDIS_ERRORS = _REDIS_ERRORS
 
 # KEYS: interactive queue, batch queue. ARGV: how many to move, now (ms), arq's in-progress key prefix.
 # Batch lines move only while every job in the interactive queue is already running (arq keeps running jobs in
@@ -46,7 +52,8 @@ class WorkerBus:
         self.settings = settings
         self.worker_id = worker_id
         self._redis = redis
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str | bytes | int, ...]] = []  # commands for the publisher's next write
+        self._durable: dict[str, int] = {}  # durable request id -> its choices still running
         self._stats: list[RequestStats] = []
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
@@ -67,11 +74,14 @@ class WorkerBus:
             return None
         if raw is None or cancelled:
             return None
-        return msgspec.msgpack.decode(raw, type=kind)
+        request = msgspec.msgpack.decode(raw, type=kind)
+        if isinstance(request, GenerationRequest) and request.durable:
+            self._durable[request_id] = request.n
+        return request
 
     async def forget(self, request_id: str) -> None:
         """Drop a request's record once its job ended, however it ended (a refused prompt may be megabytes)."""
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.delete(channels.request(request_id))
 
     async def promote_batch_lines(self, model: str, n: int) -> int:
@@ -79,7 +89,7 @@ class WorkerBus:
         keys = [channels.queue(model), channels.batch_queue(model)]
         try:
             moved = await self._promote(keys, [n, int(time.time() * 1000), in_progress_key_prefix])
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not take batch lines: %s", exc)
             return 0
         return int(moved)
@@ -88,9 +98,25 @@ class WorkerBus:
 
     def emit(self, events: list[tuple[str, StreamEvent]], stats: list[RequestStats]) -> None:
         """Called on the event loop once per decode step; the publisher task sends everything in one pipeline."""
-        self._pending.extend((channels.events(rid), self._encoder.encode(ev)) for rid, ev in events)
+        for rid, ev in events:
+            payload = self._encoder.encode(ev)
+            self._pending.append(("PUBLISH", channels.events(rid), payload))
+            if rid in self._durable:
+                self._append_durable(rid, ev, payload)
         self._stats.extend(stats)
         self._wake.set()
+
+    def _append_durable(self, rid: str, event: StreamEvent, payload: bytes) -> None:
+        """A durable request's events also go to its Redis Stream, written here rather than by the API process that
+        queued it, so a reader on any replica sees them all even after that process died (api/responses/)."""
+        key = channels.durable_events(rid)
+        cap, ttl_ms = channels.DURABLE_EVENTS_MAXLEN, self.settings.responses_ttl * 1000
+        self._pending.append(("XADD", key, "MAXLEN", "~", cap, "*", "e", payload))
+        self._pending.append(("PEXPIRE", key, ttl_ms))
+        if isinstance(event, Finished | Failed):
+            self._durable[rid] -= 1 if isinstance(event, Finished) else self._durable[rid]
+            if self._durable[rid] <= 0:
+                del self._durable[rid]
 
     async def _publisher(self) -> None:
         """Sends each decode step's events as one write of pipelined PUBLISH commands on a connection of its own,
@@ -108,13 +134,12 @@ class WorkerBus:
                     pending, stats = self._pending, self._stats
                     self._pending, self._stats = [], []
                     if pending:
-                        commands = [("PUBLISH", channel, payload) for channel, payload in pending]
-                        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                        await conn.send_packed_command(conn.pack_commands(pending), check_health=False)
                     if stats:
                         await self._store_stats(stats)
                     if drain.done():
                         drain.result()  # the connection broke: raise its error here
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 # Events in flight are lost: the API sees the gap in sequence numbers, or the silent worker.
                 log.error("event publisher lost Redis: %s", exc)
                 await asyncio.sleep(0.5)
@@ -142,7 +167,7 @@ class WorkerBus:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         on_message(kinds[message["channel"]], message["data"].decode())
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("listener lost Redis: %s", exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -154,26 +179,9 @@ class WorkerBus:
         while True:
             try:
                 await self._redis.set(channels.worker(self.worker_id), msgspec.json.encode(status()), px=ttl_ms)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-
-    # ---- on-demand models: keep_alive and expiry -----------------------------------------------------
-
-    async def idle_state(self, model: str) -> tuple[str | None, int]:
-        """The latest request's keep_alive for `model` (None: no request said) and how many jobs wait for it
-        (interactive and batch lines)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(channels.keep_alive(model))
-            pipe.zcard(channels.queue(model))
-            pipe.zcard(channels.batch_queue(model))
-            raw, depth, batch_depth = await pipe.execute()
-        return (raw.decode() if raw else None), int(depth) + int(batch_depth)
-
-    async def set_expiry(self, model: str, expires_at: float | None) -> None:
-        """When this worker will exit if no request comes (None: never); refreshed while it lives, gone after."""
-        value = "-1" if expires_at is None else repr(expires_at)
-        await self._redis.set(channels.expires(model), value, ex=max(5, int(self.settings.heartbeat_ttl_s * 2)))
 
     def start(self, model: str, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
         self._tasks = [
@@ -188,7 +196,7 @@ class WorkerBus:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.delete(channels.worker(self.worker_id))
 
 

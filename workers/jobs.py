@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -16,11 +15,11 @@ from typing import Any
 from arq.worker import Function, Worker, func
 from herd import channels, redisconn, tracing
 from herd.config import ModelConfig, Settings
-from herd.errors import ServiceError
 from herd.inference import EmbeddingRequest, GenerationRequest, WorkerStatus
-from herd.keepalive import parse_keep_alive
+from herd.loading import IdleWatch
+from herd.redisconn import REDIS_ERRORS
 from herd.workers.batcher import Batcher
-from herd.workers.bus import REDIS_ERRORS, WorkerBus, new_worker_id
+from herd.workers.bus import WorkerBus, new_worker_id
 from herd.workers.engine import Engine
 from herd.workers.speculate import Speculator
 
@@ -174,6 +173,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
                 requests_cancelled=c.requests_cancelled,
                 tokens_drafted=c.tokens_drafted,
                 tokens_accepted=c.tokens_accepted,
+                engine=batcher.meter.snapshot(),
                 pid=os.getpid(),
                 host=socket.gethostname(),
                 heartbeat_at=time.time(),
@@ -189,7 +189,9 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         )
         ctx["tracing"] = provider
         if on_demand:
-            ctx["idle"] = asyncio.create_task(idle_exit(bus))
+            idle = IdleWatch(ctx["redis"], model.name, settings.keep_alive, settings.heartbeat_ttl_s * 2)
+            every = min(1.0, settings.heartbeat_interval_s)
+            ctx["idle"] = asyncio.create_task(idle.run(activity, unload, every))
         log.info("worker %s serves %s (loaded in %.1fs)", worker_id, model.name, time.monotonic() - started)
 
     async def watchdog(batcher: Batcher) -> None:
@@ -199,29 +201,13 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         log.critical("the engine thread died; stopping this worker")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def idle_exit(bus: WorkerBus) -> None:
-        """Exit (SIGTERM: arq drains) once no job ran for keep_alive seconds and none waits in the queue."""
-        default = parse_keep_alive(settings.keep_alive)
+    def activity() -> tuple[int, int]:
+        """Jobs finished so far and jobs running (arq's counters), for the idle watch of an on-demand worker."""
         worker = holder["worker"]
-        last_active, seen = time.time(), -1
-        while True:
-            finished = worker.jobs_complete + worker.jobs_failed + worker.jobs_retried
-            now = time.time()
-            if worker.job_counter or finished != seen:
-                last_active, seen = now, finished
-            try:
-                raw, depth = await bus.idle_state(model.name)
-                keep_alive = parse_keep_alive(raw) if raw else default
-                deadline = None if math.isinf(keep_alive) else last_active + keep_alive
-                await bus.set_expiry(model.name, deadline)
-            except (ServiceError, *REDIS_ERRORS) as exc:
-                log.warning("keep-alive check failed: %s", exc)
-                deadline, depth = None, 1
-            if deadline is not None and now >= deadline and not depth and not worker.job_counter:
-                log.info("model %s idle past its keep_alive; unloading (worker exits)", model.name)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            await asyncio.sleep(min(1.0, settings.heartbeat_interval_s))
+        return worker.jobs_complete + worker.jobs_failed + worker.jobs_retried, worker.job_counter
+
+    def unload() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # arq drains, then the worker exits
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "idle" in ctx:

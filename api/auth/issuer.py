@@ -15,15 +15,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
+from herd import channels
 from herd.api.auth.credentials import Credential, digest
 from herd.api.auth.principal import ALL_SCOPES
 from herd.errors import InvalidRequest, Unauthenticated
+from herd.redisconn import map_redis_errors
 from joserfc import jwt
 from joserfc.jwk import ECKey
+from redis.asyncio import Redis
 
 if TYPE_CHECKING:
     from herd.api.auth.tokens import Key
-    from herd.api.gateway import Gateway
 
 ALGORITHM = "ES256"
 
@@ -41,10 +43,11 @@ class _Stored(msgspec.Struct):
 
 
 class SigningKeys:
-    """The issuer's keys as stored in Redis, cached in this process (re-read for an unknown kid, once a second)."""
+    """The issuer's keys as stored in Redis (channels.ISSUER_KEYS), cached in this process (re-read for an unknown kid,
+    once a second). `redis` is resolved at first use: the client is made when the app starts."""
 
-    def __init__(self, gateway: Callable[[], Gateway], rotation_s: int, token_ttl_s: int) -> None:
-        self._gateway = gateway
+    def __init__(self, redis: Callable[[], Redis], rotation_s: int, token_ttl_s: int) -> None:
+        self._redis = redis
         self._rotation_s = rotation_s
         self._token_ttl_s = token_ttl_s
         self._keys: dict[str, tuple[ECKey, float]] = {}
@@ -62,7 +65,7 @@ class SigningKeys:
             not_after = (slot + 1) * self._rotation_s + self._token_ttl_s
             value = msgspec.json.encode(_Stored(jwk=key.as_dict(private=True), not_after=not_after))
             expired = [k for k, (_, until) in self._keys.items() if until < now]
-            stored = await self._gateway().add_issuer_key(kid, value, expired)
+            stored = await self._add(kid, value, expired)
             self._remember(kid, stored)
         return self._keys[kid][0]
 
@@ -85,8 +88,22 @@ class SigningKeys:
     async def _reload(self) -> None:
         self._read_at = time.monotonic()
         self._keys = {}
-        for kid, value in (await self._gateway().issuer_keys()).items():
-            self._remember(kid, value)
+        with map_redis_errors():
+            stored = await self._redis().hgetall(channels.ISSUER_KEYS)  # type: ignore[misc]
+        for kid, value in stored.items():
+            self._remember(kid.decode(), value)
+
+    async def _add(self, kid: str, value: bytes, expired: list[str]) -> bytes:
+        """Store `value` under `kid` unless another replica did first; returns the one stored. Drops `expired`."""
+        with map_redis_errors():
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hsetnx(channels.ISSUER_KEYS, kid, value)  # type: ignore[arg-type]
+                pipe.hget(channels.ISSUER_KEYS, kid)
+                if expired:
+                    pipe.hdel(channels.ISSUER_KEYS, *expired)
+                stored = (await pipe.execute())[1]
+        assert isinstance(stored, bytes)
+        return stored
 
     def _remember(self, kid: str, value: bytes) -> None:
         stored = msgspec.json.decode(value, type=_Stored)

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from herd.api.auth.access import CLOSED, OPEN, required
 from herd.api.auth.credentials import Credential
 from herd.api.auth.principal import ANONYMOUS, Principal
-from herd.api.auth.ratelimit import METER, Meter, headers
+from herd.api.auth.ratelimit import METER, Meter, Quotas, headers
 from herd.api.auth.tokens import Validator
-from herd.api.gateway import Gateway
 from herd.api.ids import request_id_of
 from herd.errors import Forbidden, ServiceError, Unauthenticated
 from litestar.datastructures import MutableScopeHeaders
@@ -69,7 +68,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def access_control(
     authenticator: Authenticator | None,
-    gateway: Callable[[], Gateway],
+    quotas: Quotas,
     metrics_scope: str,
     limits: tuple[int, int],
     overrides: dict[str, tuple[int, int]],
@@ -105,16 +104,16 @@ def access_control(
             if not (rpm or tpm):
                 await app(scope, receive, send)
                 return
-            meter = Meter(principal.subject, rpm, tpm)
+            meter = Meter(principal.subject, rpm, tpm, quotas)
             scope.setdefault("state", {})[_METER_STATE] = meter  # for the headers, on errors too
             token = METER.set(meter)
             try:
-                await meter.admit(gateway())
+                await meter.admit()
                 await app(scope, receive, send)
             finally:
                 METER.reset(token)
                 try:
-                    await meter.settle(gateway())
+                    await meter.settle()
                 except ServiceError as exc:  # the response is out; an unsettled estimate only errs on the safe side
                     log.warning("could not settle the token budget of %s: %s", principal.subject, exc)
 

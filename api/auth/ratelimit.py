@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextvars
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import msgspec
 from herd import channels
+from herd.api.metrics import Metrics
 from herd.errors import RateLimited
 from herd.inference import EmbeddingRequest, GenerationRequest
-
-if TYPE_CHECKING:
-    from herd.api.gateway import Gateway
+from herd.redisconn import map_redis_errors
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 # KEYS: bucket hashes. ARGV: per key (capacity, need, cost). Refills continuously to capacity over a minute.
 # All-or-nothing: when any bucket holds less than its `need`, nothing is taken. Returns ok, then each level.
@@ -95,10 +96,30 @@ def estimate(request: GenerationRequest | EmbeddingRequest) -> int:
     return prompt + (request.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
 
 
+class Quotas:
+    """The buckets in Redis: the one place the script runs. `redis` is resolved at first use (the client is made
+    when the app starts, after this is built)."""
+
+    def __init__(self, redis: Callable[[], Redis], metrics: Metrics | None = None) -> None:
+        self._redis = redis
+        self._script: AsyncScript | None = None
+        self.metrics = metrics
+
+    async def take(self, buckets: list[tuple[str, int, float, int]]) -> tuple[bool, list[float]]:
+        """Run the script over (key, capacity, need, cost) buckets: all taken, or none; their levels."""
+        if self._script is None:
+            self._script = self._redis().register_script(SCRIPT)  # EVALSHA: the script is sent once
+        args = [str(v) for _, cap, need, cost in buckets for v in (cap, need, cost)]
+        with map_redis_errors():
+            ok, *levels = await self._script(keys=[b[0] for b in buckets], args=args)
+        return bool(ok), [float(level) for level in levels]
+
+
 class Meter:
     """One request's account: the buckets last seen (for the headers), tokens reserved and tokens used."""
 
-    def __init__(self, subject: str, rpm: int, tpm: int) -> None:
+    def __init__(self, subject: str, rpm: int, tpm: int, quotas: Quotas) -> None:
+        self._quotas = quotas
         self.subject = subject
         self.rpm = rpm
         self.tpm = tpm
@@ -115,37 +136,38 @@ class Meter:
             specs.append((TOKENS, channels.rate_limit(self.subject, TOKENS), self.tpm, need, tokens))
         return specs
 
-    async def _take(self, gateway: Gateway, specs: list[tuple[str, str, int, float, int]]) -> bool:
-        ok, levels = await gateway.take_quota([(key, cap, need, cost) for _, key, cap, need, cost in specs])
+    async def _take(self, specs: list[tuple[str, str, int, float, int]]) -> bool:
+        ok, levels = await self._quotas.take([(key, cap, need, cost) for _, key, cap, need, cost in specs])
         for (kind, _, cap, _, _), level in zip(specs, levels, strict=True):
             self.buckets[kind] = Bucket(kind, cap, level)
         return ok
 
-    async def admit(self, gateway: Gateway) -> None:
+    async def admit(self) -> None:
         """One request; refused while either bucket is empty."""
-        if not await self._take(gateway, self._specs(1, 0, 1.0)):
-            self._refuse(gateway)
+        if not await self._take(self._specs(1, 0, 1.0)):
+            self._refuse()
 
-    async def reserve(self, gateway: Gateway, request: GenerationRequest | EmbeddingRequest) -> None:
+    async def reserve(self, request: GenerationRequest | EmbeddingRequest) -> None:
+        """The request's estimated tokens, taken when it is admitted (refused while the budget is spent)."""
         if not self.tpm or self.closed:
             return
         tokens = estimate(request)
-        if not await self._take(gateway, self._specs(0, tokens, 1.0)):
-            self._refuse(gateway)
+        if not await self._take(self._specs(0, tokens, 1.0)):
+            self._refuse()
         self.reserved += tokens
 
-    async def settle(self, gateway: Gateway) -> None:
+    async def settle(self) -> None:
         """Give back what was reserved and not used (or charge what was used beyond it)."""
         self.closed = True
         if self.tpm and self.reserved != self.used:
-            await self._take(gateway, self._specs(0, self.used - self.reserved, _ALWAYS))
+            await self._take(self._specs(0, self.used - self.reserved, _ALWAYS))
             self.reserved = self.used
 
-    def _refuse(self, gateway: Gateway) -> None:
+    def _refuse(self) -> None:
         empty = [b for b in self.buckets.values() if b.level < 1]
         kind = empty[0].kind if empty else REQUESTS
-        if gateway.metrics is not None:
-            gateway.metrics.observe_rate_limited(kind)
+        if self._quotas.metrics is not None:
+            self._quotas.metrics.observe_rate_limited(kind)
         wait = max((b.wait_s() for b in empty), default=1.0)
         limit = self.rpm if kind == REQUESTS else self.tpm
         raise RateLimited(

@@ -9,16 +9,18 @@ import httpx
 from herd.api.auth import credentials
 from herd.api.auth.issuer import Issuer, SigningKeys
 from herd.api.auth.middleware import Authenticator, access_control, add_rate_limit_headers
+from herd.api.auth.ratelimit import Quotas
 from herd.api.auth.tokens import JwksKeys, KeySource, Validator
-from herd.api.gateway import Gateway
+from herd.api.metrics import Metrics
 from herd.config import Settings
 from litestar.types import ASGIApp, BeforeMessageSendHookHandler
+from redis.asyncio import Redis
 
 log = logging.getLogger("herd.api.auth")
 
 
 class Security:
-    def __init__(self, settings: Settings, gateway: Callable[[], Gateway]) -> None:
+    def __init__(self, settings: Settings, redis: Callable[[], Redis], metrics: Metrics | None = None) -> None:
         s = settings
         self.enabled = s.auth_enabled()
         self.issuer: Issuer | None = None
@@ -34,15 +36,16 @@ class Security:
                 s.host,
                 s.port,
             )
-        authenticator = self._authenticator(s, gateway) if self.enabled else None
+        authenticator = self._authenticator(s, redis) if self.enabled else None
         if self.enabled or limits:
+            quotas = Quotas(redis, metrics)
             self.middleware.append(
-                access_control(authenticator, gateway, s.metrics_scope, (s.rate_limit_rpm, s.rate_limit_tpm), overrides)
+                access_control(authenticator, quotas, s.metrics_scope, (s.rate_limit_rpm, s.rate_limit_tpm), overrides)
             )
         if limits:
             self.before_send.append(add_rate_limit_headers)
 
-    def _authenticator(self, s: Settings, gateway: Callable[[], Gateway]) -> Authenticator:
+    def _authenticator(self, s: Settings, redis: Callable[[], Redis]) -> Authenticator:
         keys = credentials.load(s.api_keys, s.api_keys_file, "HERD_API_KEYS")
         clients = credentials.load(s.auth_clients, s.auth_clients_file, "HERD_AUTH_CLIENTS")
         issuers: dict[str, KeySource] = {}
@@ -60,7 +63,7 @@ class Security:
                 issuers[s.auth_issuer] = external
         if clients:
             url = (s.issuer_url or f"http://{s.host}:{s.port}").rstrip("/")
-            keys_store = SigningKeys(gateway, s.issuer_key_rotation_s, s.issuer_token_ttl_s)
+            keys_store = SigningKeys(redis, s.issuer_key_rotation_s, s.issuer_token_ttl_s)
             self.issuer = Issuer(url, s.auth_audience, s.issuer_token_ttl_s, clients, keys_store)
             issuers[url] = keys_store
         if not (keys or clients or external):

@@ -6,16 +6,16 @@ records with their own concurrency rules (WATCH/MULTI updates, Lua for create-on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import msgspec
 import redis.exceptions
 from herd import channels
 from herd.api.wire.batch import Batch, FileObject
-from herd.errors import NotFound, Unavailable
+from herd.errors import NotFound
+from herd.redisconn import REDIS_ERRORS, map_redis_errors
 from redis.asyncio import Redis
 
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _IDEMPOTENCY_TTL_S = 24 * 3600
 
 # KEYS: idempotency key (or "" for none), batch key, owner's batch list, active set.
@@ -51,14 +51,6 @@ class StoredBatch(msgspec.Struct):
     batch: Batch
 
 
-@contextlib.asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except _REDIS_ERRORS as exc:
-        raise Unavailable("the API cannot reach Redis; try again shortly") from exc
-
-
 class Records:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -69,14 +61,14 @@ class Records:
     # ---- files -------------------------------------------------------------------------------------------
 
     async def put_file(self, owner: str, file: FileObject) -> None:
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.set(channels.file(file.id), msgspec.json.encode(StoredFile(owner, file)))
             pipe.zadd(channels.files_of(owner), {file.id: file.created_at * 1000})
             await pipe.execute()
 
     async def file(self, owner: str, file_id: str) -> FileObject:
         """The caller's file; NotFound for a missing file and for someone else's alike."""
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await self._redis.get(channels.file(file_id))
         stored = msgspec.json.decode(raw, type=StoredFile) if raw else None
         if stored is None or stored.owner != owner:
@@ -85,7 +77,7 @@ class Records:
 
     async def delete_file(self, owner: str, file_id: str) -> None:
         await self.file(owner, file_id)
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(channels.file(file_id))
             pipe.zrem(channels.files_of(owner), file_id)
             await pipe.execute()
@@ -96,7 +88,7 @@ class Records:
         ids = await self._page_ids(channels.files_of(owner), after, ascending)
         found: list[FileObject] = []
         for start in range(0, len(ids), 100):
-            async with _redis_errors():
+            with map_redis_errors():
                 raws = await self._redis.mget([channels.file(i) for i in ids[start : start + 100]])
             for raw in raws:
                 stored = msgspec.json.decode(raw, type=StoredFile) if raw else None
@@ -107,7 +99,7 @@ class Records:
         return found, False
 
     async def _page_ids(self, key: str, after: str | None, ascending: bool) -> list[str]:
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await (self._redis.zrange(key, 0, -1) if ascending else self._redis.zrevrange(key, 0, -1))
         ids = [i.decode() for i in raw]
         if after is not None and after in ids:
@@ -125,13 +117,13 @@ class Records:
             channels.BATCHES_ACTIVE,
         ]
         record = msgspec.json.encode(StoredBatch(owner, batch))
-        async with _redis_errors():
+        with map_redis_errors():
             chosen = await self._create_once(keys, [batch.id, record, batch.created_at * 1000, _IDEMPOTENCY_TTL_S])
         chosen_id = chosen.decode() if isinstance(chosen, bytes) else str(chosen)
         return batch if chosen_id == batch.id else await self.batch(owner, chosen_id)
 
     async def load_batch(self, batch_id: str) -> StoredBatch | None:
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await self._redis.get(channels.batch(batch_id))
         return msgspec.json.decode(raw, type=StoredBatch) if raw else None
 
@@ -145,7 +137,7 @@ class Records:
         ids = (await self._page_ids(channels.batches_of(owner), after, ascending=False))[: limit + 1]
         if not ids:
             return [], False
-        async with _redis_errors():
+        with map_redis_errors():
             raws = await self._redis.mget([channels.batch(i) for i in ids])
         found = [msgspec.json.decode(raw, type=StoredBatch).batch for raw in raws if raw]
         return found[:limit], len(ids) > limit
@@ -154,7 +146,7 @@ class Records:
         """Read-modify-write under WATCH: the route's cancel and the driver's progress never overwrite each other.
         `change` returns the new object, or None to leave it as it is."""
         key = channels.batch(batch_id)
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
@@ -174,13 +166,13 @@ class Records:
                     continue
 
     async def active_batches(self) -> list[str]:
-        async with _redis_errors():
+        with map_redis_errors():
             members: set[bytes] = await self._redis.smembers(channels.BATCHES_ACTIVE)  # type: ignore[misc]
         return sorted(i.decode() for i in members)
 
     async def retire_batch(self, batch_id: str) -> None:
         """The batch reached a final state: nobody needs to drive it any more."""
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.srem(channels.BATCHES_ACTIVE, batch_id)
             pipe.delete(channels.batch_inflight(batch_id))
             await pipe.execute()
@@ -188,19 +180,19 @@ class Records:
     # ---- who drives a batch ------------------------------------------------------------------------------
 
     async def acquire(self, batch_id: str, token: str, ttl_ms: int) -> bool:
-        async with _redis_errors():
+        with map_redis_errors():
             return bool(await self._redis.set(channels.batch_lease(batch_id), token, nx=True, px=ttl_ms))
 
     async def renew(self, batch_id: str, token: str, ttl_ms: int) -> bool:
-        async with _redis_errors():
+        with map_redis_errors():
             return bool(await self._renew([channels.batch_lease(batch_id)], [token, ttl_ms]))
 
     async def release(self, batch_id: str, token: str) -> None:
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._release([channels.batch_lease(batch_id)], [token])
 
     async def set_inflight(self, batch_id: str, line: int, request_id: str | None) -> None:
-        async with _redis_errors():
+        with map_redis_errors():
             if request_id is None:
                 await self._redis.hdel(channels.batch_inflight(batch_id), str(line))  # type: ignore[misc]
             else:
@@ -208,7 +200,7 @@ class Records:
 
     async def take_inflight(self, batch_id: str) -> list[str]:
         """Request ids an earlier driver left running (it died): the new driver cancels and re-runs them."""
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hvals(channels.batch_inflight(batch_id))
             pipe.delete(channels.batch_inflight(batch_id))
             values, _ = await pipe.execute()

@@ -80,7 +80,7 @@ async def remove(request: AnyRequest, state: State) -> None:
     if gw.settings.model(name) is not None:
         raise InvalidRequest(f"model '{name}' is configured (HERD_MODELS or the bundled default); it stays listed")
     await asyncio.to_thread(_store(state).delete, name)
-    await gw.set_keep_alive(name, 0)  # a loaded worker for it exits once idle
+    await gw.loads.set_keep_alive(name, 0)  # a loaded worker for it exits once idle
 
 
 @post("/api/pull", status_code=200)

@@ -18,7 +18,7 @@ from herd.api.translate.ollama_replies import OllamaReply, Reply
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
 from herd.inference import Embedded, EmbeddingRequest, Finished
-from herd.keepalive import parse_keep_alive
+from herd.loading import parse_keep_alive
 from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -49,7 +49,7 @@ async def _manifest(state: State, name: str) -> Manifest | None:
 async def _keep_alive(state: State, served: str, value: wire.KeepAlive | None) -> float:
     """Record the request's keep_alive (the server default when absent) for the model's worker."""
     seconds = parse_keep_alive(gateway(state).settings.keep_alive if value is None else value)
-    await gateway(state).set_keep_alive(served, seconds)
+    await gateway(state).loads.set_keep_alive(served, seconds)
     return seconds
 
 
@@ -209,7 +209,7 @@ async def ps(state: State) -> wire.ProcessResponse:
     running: dict[str, int] = {}
     for worker in await gw.workers(max_age_s=0):
         running.update(dict.fromkeys(worker.models, worker.n_ctx))
-    expires = await gw.expirations(sorted(running))
+    expires = await gw.loads.expirations(sorted(running))
     catalog, manifests = _catalog(state), await asyncio.to_thread(_store(state).all)
     models = [
         ollama_models.running_model(name, n, manifests.get(name), await catalog.describe(name), expires[name])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from herd.api.routes.common import gateway
-from herd.api.wire.herd import QueueStatus, RequestPosition
+from herd.inference import QueueStatus, RequestPosition
 from litestar import get
 from litestar.datastructures import State
 
