@@ -16,12 +16,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import msgspec
-import redis
-from herd import channels, redisconn
+from herd import redisconn
 from herd.api.models.names import canonical_name
 from herd.api.models.store import ModelStore
 from herd.config import Settings, models_dir
 from herd.errors import InvalidRequest
+from herd.loading import LoadManager
 
 log = logging.getLogger("herd")
 
@@ -114,6 +114,7 @@ class Supervisor:
         self._stopping = False
         url = env.get("HERD_REDIS_URL", settings.redis_url)  # a private redis-server's, when serve started one
         self._redis = redisconn.sync_client(msgspec.structs.replace(settings, redis_url=url), socket_timeout=2)
+        self._loads = LoadManager(self._redis)
         self._store = ModelStore(models_dir(settings))
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -159,17 +160,8 @@ class Supervisor:
         return 0
 
     def _serve_loads(self) -> None:
-        """The model manager: start a worker for each store model the API asked for that has none running.
-
-        On Kubernetes nothing serves these requests: models are per-model Deployments (helm/), scaled on queue depth.
-        """
-        try:
-            popped = self._redis.spop(channels.LOAD_REQUESTS, 16)
-        except (redis.RedisError, OSError) as exc:
-            log.debug("cannot read load requests: %s", exc)
-            return
-        for raw in popped or ():
-            name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        """The model manager: start a worker for each store model the API asked for that has none running."""
+        for name in self._loads.asked():
             key = f"worker:{name}"
             if key in self._children or self._settings.model(name) is not None:
                 continue  # loading or loaded already; configured models have their own always-on worker
@@ -187,12 +179,7 @@ class Supervisor:
     def _load_failed(self, model: str, code: int) -> None:
         """Not restarted: the API fails the model's requests for a while rather than load it again and again."""
         log.error("the on-demand worker for %s exited with status %s", model, code)
-        try:
-            self._redis.set(
-                channels.load_failed(model), f"worker exited with status {code}", ex=channels.LOAD_FAILED_TTL_S
-            )
-        except (redis.RedisError, OSError) as exc:
-            log.warning("cannot record the failed load of %s: %s", model, exc)
+        self._loads.failed(model, f"worker exited with status {code}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
