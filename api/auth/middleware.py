@@ -1,5 +1,5 @@
 """Authentication and rate limiting at the door: the middleware that puts a Principal in scope["auth"] (API key or
-bearer JWT), checks the route's scope (api/access.py) and the caller's per-minute budgets (api/ratelimit.py).
+bearer JWT), checks the route's scope (api/auth/access.py) and the caller's per-minute budgets (api/auth/ratelimit.py).
 Neither is installed when both are off, so they cost nothing then."""
 
 from __future__ import annotations

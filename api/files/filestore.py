@@ -1,5 +1,5 @@
 """File bytes on disk: uploads (written to a temporary name, renamed when complete) and the append-only result
-logs of running batches. Metadata is not here (see api/records.py); an object store could replace this class
+logs of running batches. Metadata is not here (see api/files/records.py); an object store could replace this class
 by offering the same methods."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model management on the store: blob uploads, create, copy, delete. Blocking store calls run in a thread.
 
 Nothing a client sends is opened as a path: `files` maps labels to digests, and a digest becomes a path only
-through ModelStore.blob_path after shared/names.py accepted it.
+through ModelStore.blob_path after api/models/names.py accepted it.
 """
 
 from __future__ import annotations

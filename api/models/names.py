@@ -1,7 +1,7 @@
 """The one place client-supplied model names, tags and blob digests are validated (and made canonical).
 
 Ollama's path-traversal CVEs came from names and digests that reached the file system unchecked. herd never turns
-a name into a path (a manifest's file name is the sha256 of the canonical name, see shared/store.py) and only turns
+a name into a path (a manifest's file name is the sha256 of the canonical name, see api/models/store.py) and only turns
 a digest into a path after `parse_digest` accepted it; the patterns here are the first line of defence anyway.
 """
 
