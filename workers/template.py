@@ -1,18 +1,32 @@
-"""Chat prompts from the GGUF's own Jinja chat template, rendered in a sandbox (no template can reach Python)."""
+"""Chat prompts from the GGUF's own Jinja chat template, adapted to what the template accepts (probed once per model).
+
+Templates differ in the conversations they take: some refuse a system role (Gemma), some demand strict
+user/assistant alternation (Mistral), some render no tools, tool calls or tool results, some print tool-call
+arguments as strings only or check the shape of call ids. As llama.cpp's minja does, the template is probed with
+small conversations when the model loads, and each conversation is adapted to it: the system prompt folded into the
+first user turn, tool results given as user turns, tools described in the system prompt in Hermes `<tool_call>`
+syntax (the fallback tool format), an empty assistant turn between a tool result and the next user turn, ...
+"""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, Tool
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from herd.toolformat import ToolFormat, detect
+from herd.workers.template_env import TemplateEnvironment
 
-# Tool calls are written the way Hermes, Qwen and SmolLM3 models write them; the API's tool grammar and parser
-# use the same tags (api/grammar.py, api/translate/tools.py).
+log = logging.getLogger("herd.workers.template")
+
+# Hermes/Qwen tool-call syntax: how tools are described to a model whose template renders none.
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 TOOL_PROMPT = (
     "You can call functions. The functions are described in JSON inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
@@ -28,79 +42,242 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "probe_tool_fn",
+        "description": "probe",
+        "parameters": {"type": "object", "properties": {"probe_arg": {"type": "string"}}, "required": ["probe_arg"]},
+    },
+}
+
+
+class _Refused(Exception):
+    """raise_exception() in a template: it refuses the conversation's shape."""
+
 
 def _raise(message: str) -> None:
-    raise InvalidRequest(f"chat template: {message}", param="messages")
+    raise _Refused(message)
+
+
+@dataclass(slots=True)
+class Caps:
+    """What a template accepts and renders, found by probing it."""
+
+    system: bool = True
+    alternation: bool = False  # refuses two user turns in a row
+    tools: bool = False  # renders the `tools` it is given
+    tool_calls: bool = False  # renders an assistant turn's tool_calls
+    tool_results: bool = False  # renders tool-role messages
+    string_arguments: bool = False  # prints call arguments as given, so they must be JSON text
+    short_ids: bool = False  # wants 9-character alphanumeric call ids (Mistral)
+    # A user turn right after a tool result: as it is, after an empty assistant turn, or inside the result.
+    after_result: str = "as_is"
 
 
 class ChatTemplate:
     def __init__(self, source: str | None, bos_token: str, eos_token: str) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        self._template = env.from_string(source or CHATML)
+        self._env = TemplateEnvironment()
+        self._env.globals["raise_exception"] = _raise
+        try:
+            self._template = self._env.from_string(source or CHATML)
+        except jinja2.TemplateSyntaxError as exc:  # llama.cpp, too, falls back to ChatML then
+            log.warning("the model's chat template does not compile (%s); using ChatML", exc)
+            self._template, source = self._env.from_string(CHATML), None
         self._bos = bos_token
         self._eos = eos_token
-        # A template that reads `tools` renders them (and tool calls and results) in the model's own format.
-        self.knows_tools = source is not None and "tools" in source and "tool_calls" in source
+        self.caps = self._probe()
+        # A template that renders tools, calls and results speaks its family's tool syntax; others get Hermes tags.
+        native = self.caps.tools and self.caps.tool_calls
+        self.tool_format: ToolFormat = detect(source or "") if native else "hermes"
+        self.knows_tools = native
 
-    @staticmethod
-    def _native(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    # ---- probing -------------------------------------------------------------------------------------------
+
+    def _try(self, rows: list[dict[str, Any]], **extra: Any) -> str | None:
+        try:
+            return self._render(rows, **extra)
+        except (_Refused, jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError):
+            return None
+
+    def _probe(self) -> Caps:
+        caps = Caps()
+        user = {"role": "user", "content": "probe user"}
+        out = self._try([{"role": "system", "content": "probe system"}, user])
+        caps.system = out is not None and "probe system" in out
+        out = self._try([user, {"role": "user", "content": "probe again"}])
+        caps.alternation = out is None
+        out = self._try([user], tools=[_PROBE_TOOL])
+        caps.tools = out is not None and "probe_tool_fn" in out
+        for short, as_text in ((False, False), (False, True), (True, False), (True, True)):
+            call = _call_row(
+                "probe_tool_fn", '{"probe_arg": "probe value"}', "abcDEF123" if short else "call_probe_0001", as_text
+            )
+            out = self._try([user, call], tools=[_PROBE_TOOL])
+            if out is not None and "probe_tool_fn" in out and "probe value" in out:
+                caps.tool_calls, caps.short_ids, caps.string_arguments = True, short, as_text
+                break
+        if caps.tool_calls:
+            for short in (caps.short_ids, True):  # some templates check the id's shape on the result only
+                caps.short_ids = short
+                call = _calls_row(caps, ("probe_tool_fn", '{"probe_arg": "x"}', "call_probe_0001"))
+                result = {"role": "tool", "content": "probe result", "tool_call_id": call["tool_calls"][0]["id"]}
+                out = self._try([user, call, result], tools=[_PROBE_TOOL])
+                caps.tool_results = out is not None and "probe result" in out
+                if caps.tool_results:
+                    break
+            if caps.tool_results:
+                later = [user, call, result, {"role": "user", "content": "probe later"}]
+                for mode in ("as_is", "empty_answer", "into_result"):
+                    if self._try(_after_results(later, mode), tools=[_PROBE_TOOL]) is not None:
+                        caps.after_result = mode
+                        break
+        return caps
+
+    # ---- rendering -----------------------------------------------------------------------------------------
+
+    def _render(self, rows: list[dict[str, Any]], **extra: Any) -> str:
+        variables = {
+            "messages": rows,
+            "add_generation_prompt": True,
+            "bos_token": self._bos,
+            "eos_token": self._eos,
+            # Fireworks' FireFunction templates take the tools as JSON text and the date, as their API passes them.
+            "functions": json.dumps(extra.get("tools", []), indent=2),
+            "datetime": datetime.datetime.now(datetime.UTC).strftime("%b %d %Y %H:%M:%S GMT"),
+        }
+        return self._env.render(self._template, {**variables, **extra})
+
+    def rows(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> list[dict[str, Any]]:
+        """The conversation as the template will see it, adapted to what it accepts."""
+        caps = self.caps
         rows: list[dict[str, Any]] = []
         for m in messages:
-            row: dict[str, Any] = {"role": _role(m), "content": m.content}
-            if m.tool_calls:
-                row["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
-                    for c in m.tool_calls
-                ]
-            if m.tool_call_id is not None:
-                row["tool_call_id"] = m.tool_call_id
-            rows.append(row)
-        return rows
-
-    @staticmethod
-    def _described(messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> list[dict[str, Any]]:
-        """For templates that know no tools: describe them in the system prompt, calls and results as text."""
-        rows: list[dict[str, Any]] = []
-        for m in messages:
-            content = m.content
-            if m.tool_calls:
-                calls = (
+            role = "system" if m.role == "developer" else m.role  # OpenAI's newer name; templates know the older
+            if m.tool_calls and self.knows_tools:
+                calls = [(c.name, c.arguments or "{}", c.id) for c in m.tool_calls]
+                rows.append(_calls_row(caps, *calls, content=m.content))
+            elif m.tool_calls:
+                text = (
                     f'{TOOL_OPEN}{{"name": {json.dumps(c.name)}, "arguments": {c.arguments or "{}"}}}{TOOL_CLOSE}'
                     for c in m.tool_calls
                 )
-                content = "\n".join(filter(None, [content, *calls]))
-            if m.role == "tool":
-                rows.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
+                rows.append({"role": role, "content": "\n".join(filter(None, [m.content, *text]))})
+            elif role == "tool" and self.knows_tools and caps.tool_results:
+                call_id = m.tool_call_id or ""
+                row = {
+                    "role": "tool",
+                    "content": m.content,
+                    "tool_call_id": _short_id(call_id) if caps.short_ids else call_id,
+                }
+                rows.append(row)
+            elif role == "tool":
+                rows.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
             else:
-                rows.append({"role": _role(m), "content": content})
-        if tools:
+                rows.append({"role": role, "content": m.content})
+        if tools and not self.knows_tools:
             described = "\n".join(json.dumps(_tool_schema(t)) for t in tools)
             prompt = TOOL_PROMPT.format(tools=described, open=TOOL_OPEN, close=TOOL_CLOSE)
             if rows and rows[0]["role"] == "system":
                 rows[0] = {"role": "system", "content": f"{rows[0]['content']}\n\n{prompt}"}
             else:
                 rows.insert(0, {"role": "system", "content": prompt})
+        if not caps.system:
+            rows = _fold_system(rows)
+        if caps.alternation:
+            rows = _merge_runs(rows)
+        if caps.after_result != "as_is":
+            rows = _after_results(rows, caps.after_result)
         return rows
 
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> str:
-        rows = self._native(messages) if self.knows_tools else self._described(messages, tools)
+        rows = self.rows(messages, tools)
         extra: dict[str, Any] = {}
         if tools and self.knows_tools:
             extra["tools"] = [_tool_schema(t) for t in tools]
         try:
-            return self._template.render(
-                messages=rows, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos, **extra
-            )
-        except InvalidRequest:
-            raise
-        except jinja2.TemplateError as exc:
+            return self._render(rows, **extra)
+        except _Refused as exc:
+            raise InvalidRequest(f"chat template: {exc}", param="messages") from exc
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
 
 
-def _role(message: ChatMessage) -> str:
-    # "developer" is OpenAI's newer name for "system"; model templates only know the latter.
-    return "system" if message.role == "developer" else message.role
+def _described_call(name: str, arguments: str) -> str:
+    return f'{TOOL_OPEN}{{"name": {json.dumps(name)}, "arguments": {arguments or "{}"}}}{TOOL_CLOSE}'
+
+
+def _call(name: str, arguments: str, call_id: str, as_text: bool) -> dict[str, Any]:
+    args: Any = arguments if as_text else _arguments(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+def _calls_row(caps: Caps, *calls: tuple[str, str, str], content: str = "") -> dict[str, Any]:
+    ids = (_short_id(call_id) if caps.short_ids else call_id for _, _, call_id in calls)
+    rows = [
+        _call(name, arguments, i, caps.string_arguments) for (name, arguments, _), i in zip(calls, ids, strict=True)
+    ]
+    return {"role": "assistant", "content": content, "tool_calls": rows}
+
+
+def _call_row(name: str, arguments: str, call_id: str, as_text: bool, content: str = "") -> dict[str, Any]:
+    return {"role": "assistant", "content": content, "tool_calls": [_call(name, arguments, call_id, as_text)]}
+
+
+def _short_id(call_id: str) -> str:
+    """A 9-character alphanumeric id, the same for the same call id (Mistral's templates check the shape)."""
+    if len(call_id) == 9 and call_id.isalnum():
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()
+    return "".join(c if i % 2 else c.upper() for i, c in enumerate(digest[:9]))
+
+
+def _fold_system(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """System turns go in front of the next user turn (Gemma's templates refuse a system role)."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for row in rows:
+        if row["role"] == "system":
+            pending.append(row["content"])
+        elif row["role"] == "user" and pending:
+            out.append({**row, "content": "\n\n".join([*pending, row["content"]])})
+            pending = []
+        else:
+            out.append(row)
+    if pending:
+        out.append({"role": "user", "content": "\n\n".join(pending)})
+    return out
+
+
+def _merge_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive user (or plain assistant) turns become one, for templates that insist on alternation."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last["role"] == row["role"]
+            and row["role"] in ("user", "assistant")
+            and "tool_calls" not in last
+            and "tool_calls" not in row
+        ):
+            out[-1] = {**last, "content": f"{last['content']}\n\n{row['content']}"}
+        else:
+            out.append(row)
+    return out
+
+
+def _after_results(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """A user turn right after a tool result, for templates that refuse it there (Mistral's alternation rule)."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row["role"] == "user" and out and out[-1]["role"] == "tool" and mode != "as_is":
+            if mode == "into_result":
+                out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n\n{row['content']}"}
+                continue
+            out.append({"role": "assistant", "content": ""})
+        out.append(row)
+    return out
 
 
 def _arguments(text: str) -> Any:
