@@ -30,9 +30,10 @@ from herd.inference import (
     Usage,
 )
 from herd.workers.embedder import EmbedJob
+from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike, Sampler
 from herd.workers.slots import Slots
-from herd.workers.spans import record_generation
+from herd.workers.spans import record_sequence, timeline
 from herd.workers.speculate import Acceptance, Speculator
 from herd.workers.template import ChatTemplate
 from herd.workers.textstream import TextStream
@@ -123,6 +124,7 @@ class Batcher:
         self._stats: list[RequestStats] = []
         self._resolved: list[asyncio.Future[None]] = []
         self.counters = Counters()
+        self.meter = EngineMeter(engine.n_ctx_seq * engine.max_seqs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: concurrent.futures.Future[None] | None = None
 
@@ -219,6 +221,7 @@ class Batcher:
             self._resolved.append(job.done)
         for seq in [s for s in self._waiting if s.req.id in cancels]:
             self._waiting.remove(seq)
+            self._trace(seq, None, "cancelled")
             self._resolve(seq)
             self.counters.requests_cancelled += 1
         for seq in [s for s in self._active if s.req.id in cancels]:
@@ -247,6 +250,7 @@ class Batcher:
             if reused < held:
                 self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
             seq.n_prefilled = seq.kv_len = seq.cached = reused
+            self.meter.admitted(len(seq.prompt), reused)
             self._speculate(seq)
             seq.text = TextStream(seq.req.stop)
             seq.admitted_ns = time.perf_counter_ns()
@@ -346,10 +350,14 @@ class Batcher:
             [seq.seq_id for seq in decoding],
             [True] * len(decoding),
         )
+        self.meter.stepped(len(decoding), 0, self._kv_used())
         for index, seq in enumerate(decoding):
             seq.kv_len += 1
             assert seq.sampler is not None
             self._on_token(seq, self._engine.sample(seq.sampler, index), index)
+
+    def _kv_used(self) -> int:
+        return sum(seq.kv_len for seq in self._active) + self._slots.cached
 
     def _speculate(self, seq: _Seq) -> None:
         """Every sequence of a model with speculation drafts (workers/speculate.py says why any sampler may)."""
@@ -377,6 +385,7 @@ class Batcher:
         started = time.perf_counter()
         self._engine.decode(tokens, positions, ids, [True] * len(tokens))
         spec.cost.observe(len(tokens), time.perf_counter() - started)
+        self.meter.stepped(len(tokens), sum(1 for draft in drafts if draft), self._kv_used())
         for seq, start, draft in plan:
             assert seq.sampler is not None
             base, accepted = seq.kv_len, 0
@@ -474,15 +483,15 @@ class Batcher:
                 drafted_tokens=seq.drafted,
                 accepted_tokens=seq.accepted,
             )
-            if self._tracer is not None:
-                wall = seq.admitted_wall_ns - seq.admitted_ns  # perf_counter -> wall clock
-                timeline = (seq.admitted_wall_ns, wall + first, wall + now)
-                record_generation(self._tracer, seq.req, self._worker_id, reason, usage, timeline)
+            if seq.index == 0:
+                self.meter.finished(first - seq.admitted_ns, now - first)
+            self._trace(seq, usage, None)
             tokens = (*seq.prompt, *seq.out) if seq.req.return_tokens else ()
             self._events.append((seq.req.id, Finished(seq.next_seq(), reason, usage, tokens, seq.index)))
             self.counters.requests_done += 1
         else:
             self.counters.requests_cancelled += 1
+            self._trace(seq, None, "cancelled")
         self._stats.append(
             RequestStats(seq.req.id, self._worker_id, reason, len(seq.prompt), seq.generated, time.time())
         )
@@ -493,8 +502,15 @@ class Batcher:
         seq.logprobs.clear()
         self._events.append((seq.req.id, TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs)))
 
+    def _trace(self, seq: _Seq, usage: Usage | None, error_type: str | None) -> None:
+        """The sequence's spans, however it ended (see workers/spans.py)."""
+        if self._tracer is not None:
+            times = timeline(seq.admitted_ns, seq.admitted_wall_ns, seq.first_token_ns)
+            record_sequence(self._tracer, seq.req, self._worker_id, seq.index, times, usage, error_type)
+
     def _fail(self, seq: _Seq, exc: ServiceError, admitted: bool = True) -> None:
         self._events.append((seq.req.id, Failed(seq.next_seq(), exc.kind, exc.message, exc.param)))
+        self._trace(seq, None, str(exc.kind))
         if admitted:
             self._release(seq, keep_cache=False)  # after a failed decode its cells are not to be trusted
         else:

@@ -26,6 +26,11 @@ class Slots:
     def free(self) -> int:
         return len(self._free)
 
+    @property
+    def cached(self) -> int:
+        """Tokens whose KV cells free slots keep for the next prompt (the heartbeat's KV-cache use)."""
+        return sum(len(held) for held in self._free.values())
+
     def take(self, prompt: list[int]) -> tuple[int, int, int]:
         """A slot for `prompt`: (slot, prompt tokens already in it, tokens it holds in all).
 
