@@ -22,11 +22,13 @@ from herd.api.ids import add_request_id
 from herd.api.metrics import Metrics
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import ModelStore
+from herd.api.otlp_metrics import OtlpMetrics
 from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue
 from herd.api.routes.common import MODEL_LABEL
-from herd.api.tracing import server_spans
+from herd.api.tracing import instrument
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
 from herd.errors import ServiceError
+from herd.inference import QueueStatus, WorkerStatus
 from herd.loading import LoadClient
 from litestar import Litestar
 from litestar.datastructures import State
@@ -100,9 +102,20 @@ def create_app(settings: Settings) -> Litestar:
         app.state.files.ensure()
         app.state.batch_runner = BatchRunner(gateway, app.state.grammars, app.state.records, app.state.files, settings)
         app.state.batch_runner.start()
+        exporter = tracing.metric_exporter()  # OTLP metrics when OTEL_EXPORTER_* asks for them
+        otlp = None
+        if exporter is not None:
+
+            async def fleet() -> tuple[QueueStatus | None, list[WorkerStatus]]:
+                return await gateway.queue_status(), await gateway.workers(max_age_s=0)
+
+            otlp = OtlpMetrics(exporter, metrics, fleet, tracing.resource("api"))
+            otlp.start()
         try:
             yield
         finally:
+            if otlp is not None:
+                await otlp.close()  # a last export, then the exporter's shutdown
             await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once
             await security.close()
             await demux.close()
@@ -110,7 +123,7 @@ def create_app(settings: Settings) -> Litestar:
             if provider is not None:
                 provider.shutdown()  # flushes the spans still queued
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *health.ROUTES,
             *openai.ROUTES,
@@ -123,7 +136,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         before_send=[add_request_id, count_response, *security.before_send],
-        middleware=[*([server_spans(tracer)] if tracer is not None else []), *security.middleware],
+        middleware=security.middleware,
         exception_handlers={
             ServiceError: service_error(settings),  # type: ignore[dict-item]
             HTTPException: http_error(security.enabled),  # type: ignore[dict-item]
@@ -133,3 +146,5 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # logging is set up once, by the CLI (shared/logs.py): JSON lines
         request_max_body_size=16 * 1024 * 1024,
     )
+    instrument(app, tracer, metrics)  # the HTTP server span and duration of every request, routed or not
+    return app

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 import msgspec
 from herd.api.auth.ratelimit import METER
 from herd.api.demux import LOST
-from herd.api.metrics import Metrics
+from herd.api.telemetry import RequestTelemetry
 from herd.errors import StreamBroken, Unavailable, from_kind
 from herd.inference import (
     Embedded,
@@ -22,7 +21,6 @@ from herd.inference import (
     StreamEvent,
     TokenDelta,
 )
-from opentelemetry.trace import Span
 
 AnyRequest = GenerationRequest | EmbeddingRequest
 
@@ -48,20 +46,16 @@ class EventStream:
         *,
         heartbeat_s: float,
         wait_timeout_s: float,
-        span: Span | None = None,
-        metrics: Metrics | None = None,
+        telemetry: RequestTelemetry | None = None,
     ) -> None:
         self._upstream = upstream
         self.request = request
         self._queue = queue
         self._heartbeat_s = heartbeat_s  # how long to wait for an event before asking whether anyone still works
-        self._span = span  # the server span to describe the outcome on (GenAI attributes), when tracing is on
-        self._metrics = metrics
-        self._opened_at = time.monotonic()
+        # The GenAI span and metrics of the request: sees every event and the error it ends with (api/telemetry.py).
+        self.telemetry = telemetry if telemetry is not None else RequestTelemetry(None, None, request)
         # How long the request may wait for a worker before it is given up (interactive: queue_wait_timeout_s).
         self.wait_timeout_s = wait_timeout_s
-        self._first_token = True
-        self._last_token = 0.0
         self._meter = METER.get()  # the caller's token budget, when rate limits are on
         self._charged = 0
         self._completed = 0  # completion tokens of the choices that finished
@@ -73,6 +67,15 @@ class EventStream:
         self._choices_left = request.n if isinstance(request, GenerationRequest) else 1
 
     async def next(self) -> StreamEvent:
+        try:
+            event = await self._next()
+        except Exception as exc:  # a failure of the request (a cancellation is the client's, told apart at close)
+            self.telemetry.failed(exc)
+            raise
+        self.telemetry.event(event)
+        return event
+
+    async def _next(self) -> StreamEvent:
         while True:
             try:
                 async with asyncio.timeout(self._heartbeat_s):
@@ -100,12 +103,12 @@ class EventStream:
                 self.finished = True
             if isinstance(event, TokenDelta) and self._meter is not None:
                 self._charge(event.tokens)
-            if self._first_token or not isinstance(event, TokenDelta):
-                self._observe(event)
-            elif self._metrics is not None:  # a token after the first: only its gap is recorded
-                now = time.monotonic()
-                self._metrics.observe_inter_token(self.request.model, now - self._last_token, event.tokens)
-                self._last_token = now
+            elif isinstance(event, Finished):
+                self._completed += event.usage.completion_tokens  # each choice's own; the prompt is in every one
+                if self.finished:
+                    self._charge(event.usage.prompt_tokens + self._completed - self._charged)
+            elif isinstance(event, Embedded):
+                self._charge(event.prompt_tokens - self._charged)
             return event
 
     def _charge(self, tokens: int) -> None:
@@ -117,49 +120,6 @@ class EventStream:
 
     def _started(self, event: Started) -> None:
         self._charge(event.prompt_tokens)
-        if self._metrics is not None:
-            self._metrics.observe_queue_wait(self.request.model, time.time() - self.request.enqueued_at)
-
-    def _observe(self, event: StreamEvent) -> None:
-        """The outcome on the server span (when tracing) and in the metrics (when kept)."""
-        span, metrics, model = self._span, self._metrics, self.request.model
-        since_enqueue = time.time() - self.request.enqueued_at
-        if isinstance(event, TokenDelta):
-            self._first_token = False
-            self._last_token = time.monotonic()
-            if span is not None:
-                span.set_attribute("gen_ai.server.time_to_first_token", time.monotonic() - self._opened_at)
-            if metrics is not None:
-                metrics.observe_first_token(model, since_enqueue)
-        elif isinstance(event, Finished):
-            usage = event.usage
-            self._completed += usage.completion_tokens  # each choice's own; the prompt is in every one
-            if self.finished:
-                self._charge(usage.prompt_tokens + self._completed - self._charged)
-            if span is not None:
-                span.set_attributes(
-                    {
-                        "gen_ai.usage.input_tokens": usage.prompt_tokens,
-                        "gen_ai.usage.output_tokens": usage.completion_tokens,
-                        "gen_ai.response.finish_reasons": [event.finish_reason],
-                        "herd.worker_id": self.worker_id or "",
-                    }
-                )
-            if metrics is not None:
-                first = event.index == 0  # every choice's usage has the prompt: count it once
-                metrics.observe_generation(
-                    model,
-                    usage.prompt_tokens if first else 0,
-                    usage.cached_tokens if first else 0,
-                    usage.completion_tokens,
-                    since_enqueue,
-                )
-        elif isinstance(event, Embedded):
-            self._charge(event.prompt_tokens - self._charged)
-            if span is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
-            if metrics is not None:
-                metrics.observe_generation(model, event.prompt_tokens, 0, 0, since_enqueue)
 
     async def start(self) -> None:
         """Wait until a worker admitted the request (or refused it): the moment to pick the HTTP status."""

@@ -25,13 +25,13 @@ from herd.api.demux import Demux
 from herd.api.events import AnyRequest, EventStream
 from herd.api.metrics import Metrics
 from herd.api.models.store import ModelStore
+from herd.api.telemetry import RequestTelemetry
 from herd.config import Settings
 from herd.errors import ModelNotFound, Overloaded, Unavailable, WorkerLost
 from herd.inference import EmbeddingRequest, ModelQueue, QueueStatus, RequestPosition, WorkerStatus
 from herd.loading import LoadClient
 from herd.redisconn import REDIS_ERRORS, map_redis_errors
-from herd.tracing import traceparent_of
-from opentelemetry.trace import Span, Tracer, get_current_span
+from opentelemetry.trace import Tracer
 
 log = logging.getLogger("herd.api.gateway")
 
@@ -103,21 +103,20 @@ class Gateway:
         meter = METER.get()
         if meter is not None:  # the caller's tokens per minute: an estimate now, settled when the request ends
             await meter.reserve(request)
-        if self._tracer is None:
-            return await self._open(request, None, low_priority, wait)
-        span = get_current_span()  # the HTTP server span
-        operation = (
-            "embeddings" if isinstance(request, EmbeddingRequest) else "chat" if request.messages else "text_completion"
-        )
-        span.set_attributes(
-            {"gen_ai.operation.name": operation, "gen_ai.request.model": request.model, "herd.request_id": request.id}
-        )
-        with self._tracer.start_as_current_span("herd.enqueue") as enqueue:
-            # The worker's spans join this trace through the context the job carries.
-            traced = msgspec.structs.replace(request, traceparent=traceparent_of(enqueue))
-            return await self._open(traced, span, low_priority, wait)
+        telemetry = RequestTelemetry(self._tracer, self._metrics, request, low_priority)  # the GenAI span, metrics
+        try:
+            with telemetry.job_context() as trace:
+                # The worker's spans join this trace through the context (traceparent, tracestate) the job carries.
+                traced = msgspec.structs.replace(request, **trace)
+                return await self._open(traced, telemetry, low_priority, wait)
+        except BaseException as exc:
+            telemetry.failed(exc)  # no-op once the stream recorded it (and closed it)
+            telemetry.close()
+            raise
 
-    async def _open(self, request: AnyRequest, span: Span | None, low_priority: bool, wait: bool) -> EventStream:
+    async def _open(
+        self, request: AnyRequest, telemetry: RequestTelemetry, low_priority: bool, wait: bool
+    ) -> EventStream:
         # Subscribed (and confirmed by Redis) before the job exists: no event can come before we listen.
         queue = await self._demux.subscribe(channels.events(request.id))
         # A batch line may wait behind interactive traffic for as long as its batch's window allows.
@@ -128,14 +127,14 @@ class Gateway:
             queue,
             heartbeat_s=self.settings.heartbeat_interval_s,
             wait_timeout_s=wait_s,
-            span=span,
-            metrics=self._metrics,
+            telemetry=telemetry,
         )
         try:
             await self._enqueue(request, low_priority)
             if wait:
                 await stream.start()
-        except BaseException:
+        except BaseException as exc:
+            telemetry.failed(exc)
             await self.release(stream)
             raise
         return stream
@@ -210,6 +209,7 @@ class Gateway:
 
     async def release(self, stream: EventStream) -> None:
         """Unsubscribe; if the request did not finish, tell its worker (or the queue) to drop it."""
+        stream.telemetry.close()
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import msgspec
+from herd.api import exposition
 from herd.api.metrics import Metrics
 from herd.api.routes.common import gateway
 from herd.errors import ServiceError
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 
 
@@ -36,9 +37,10 @@ async def readyz(state: State) -> Response[Readiness]:
     return Response(body, status_code=200 if ready else 503)
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
-async def metrics(state: State) -> str:
-    """Prometheus exposition; queue and worker gauges are left out (not failed) while Redis is unreachable."""
+@get("/metrics")
+async def metrics(request: Request[object, object, State], state: State) -> Response[str]:
+    """Prometheus text, or OpenMetrics with trace-id exemplars when the scraper's Accept asks for it; queue and worker
+    gauges are left out (not failed) while Redis is unreachable."""
     gw = gateway(state)
     try:
         queue, workers = await gw.queue_status(), await gw.workers(max_age_s=0)
@@ -46,7 +48,9 @@ async def metrics(state: State) -> str:
         queue, workers = None, []
     registry = state.metrics
     assert isinstance(registry, Metrics)
-    return registry.render(queue, workers)
+    content_type = exposition.negotiate(request.headers.get("accept", ""))
+    body = exposition.render(registry.collect(queue, workers), content_type)
+    return Response(body, media_type=content_type, headers={"vary": "accept"})
 
 
 ROUTES = [healthz, readyz, metrics]
