@@ -22,6 +22,7 @@ from herd.api.ids import add_request_id
 from herd.api.metrics import Metrics
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import ModelStore
+from herd.api.origins import Doorman
 from herd.api.otlp_metrics import OtlpMetrics
 from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue
 from herd.api.routes.common import MODEL_LABEL
@@ -136,7 +137,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         before_send=[add_request_id, count_response, *security.before_send],
-        middleware=security.middleware,
+        middleware=[Doorman(settings, security.enabled), *security.middleware],  # Origin and Host before all else
         exception_handlers={
             ServiceError: service_error(settings),  # type: ignore[dict-item]
             HTTPException: http_error(security.enabled),  # type: ignore[dict-item]
@@ -144,7 +145,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         openapi_config=None,
         logging_config=None,  # logging is set up once, by the CLI (shared/logs.py): JSON lines
-        request_max_body_size=16 * 1024 * 1024,
+        request_max_body_size=settings.max_body_bytes,  # 413 from Content-Length, before reading (routes may lower it)
     )
     instrument(app, tracer, metrics)  # the HTTP server span and duration of every request, routed or not
     return app

@@ -136,6 +136,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_rpm: int = 0  # requests per minute per principal (0: no limit); counted in Redis across replicas
     rate_limit_tpm: int = 0  # tokens (prompt + completion) per minute per principal (0: no limit)
     rate_limits: str = ""  # per-principal overrides: `<subject>=<rpm>/<tpm>` entries separated by `;`
+    # HTTP hygiene (api/connections.py, api/origins.py; README "Security").
+    origins: str = ""  # comma-separated Origins browsers may call from, besides loopback ones (`*` wildcards; `*`: any)
+    allowed_hosts: str = ""  # with auth off: Host names accepted besides loopback names and IP literals (`*.lan`; `*`)
+    max_body_bytes: int = 16 * 1024 * 1024  # a request body (413 beyond it); uploads have their own limits below
+    http_max_header_bytes: int = 32 * 1024  # a request's line and headers (431 beyond it)
+    http_header_timeout_s: float = 10.0  # a request head must arrive within this (408 and close otherwise)
+    http_idle_timeout_s: float = 5.0  # a keep-alive connection idle this long after a response is closed
+    http_max_connections: int = 1000  # open connections per API process (beyond it: 503 and close); mind ulimit -n
     files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
     files_max_bytes: int = 512 * 1024 * 1024  # one upload (Litestar's own default would be 10 MB)
     batch_max_lines: int = 50_000

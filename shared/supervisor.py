@@ -29,6 +29,7 @@ log = logging.getLogger("herd")
 def run_api(settings: Settings) -> None:
     import uvicorn
     from herd.api.app import create_app
+    from herd.api.connections import uvicorn_options
 
     uvicorn.run(
         create_app(settings),
@@ -38,6 +39,7 @@ def run_api(settings: Settings) -> None:
         log_config=None,  # uvicorn's loggers go through ours (JSON lines)
         access_log=False,
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),  # header size and time limits, idle timeout, connection cap
     )
 
 

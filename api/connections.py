@@ -1,0 +1,132 @@
+"""uvicorn's HTTP/1.1 protocol with the limits a server facing strangers needs, and the uvicorn options around it.
+
+uvicorn closes a keep-alive connection that stays idle after a response, but a connection that never completes a
+request head is never closed (a byte every few seconds cancels the idle timer for good), a head may be as large as
+memory allows, and any number of sockets may be open. This protocol adds, per connection:
+- a deadline for each request head (from a connection's start, or from the first byte of a later request): a silent
+  or slow ("slowloris") socket is answered 408 and closed;
+- a cap on the head's bytes: 431 and close;
+- a cap on the connections one process holds: beyond it a new socket is answered 503 and closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from herd.config import Settings
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+_REASONS = {
+    408: b"the request head did not arrive in time\n",
+    431: b"the request head is too large\n",
+    503: b"too many connections; try again shortly\n",
+}
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(
+        self, *args: Any, header_timeout_s: float, max_header_bytes: int, max_connections: int, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._max_header_bytes = max_header_bytes
+        self._max_connections = max_connections
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._in_head = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(503)
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header_bytes:
+                self._refuse(431)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size <= self._max_header_bytes:
+            super().on_headers_complete()
+            return
+        app = self.app  # the head arrived in one piece but is too large: answer with 431 instead of the app
+        self.app = _head_too_large
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self._header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a response is still going out (the timer was armed by a pipelined head): it decides
+        self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        reason = _REASONS[status]
+        self.transport.write(
+            b"".join(
+                (
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: " + str(len(reason)).encode() + b"\r\n",
+                    b"connection: close\r\n\r\n",
+                    reason,
+                )
+            )
+        )
+        self.transport.close()
+
+
+async def _head_too_large(scope: Any, receive: Any, send: Any) -> None:
+    reason = _REASONS[431]
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    await send({"type": "http.response.body", "body": reason})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn.run / uvicorn.Config keyword arguments that enforce settings' HTTP limits."""
+    return {
+        "http": functools.partial(
+            GuardedHttpProtocol,
+            header_timeout_s=settings.http_header_timeout_s,
+            max_header_bytes=settings.http_max_header_bytes,
+            max_connections=settings.http_max_connections,
+        ),
+        "timeout_keep_alive": settings.http_idle_timeout_s,
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,  # if h11 is ever chosen instead
+        "limit_concurrency": settings.http_max_connections + 16,  # requests (tasks) beyond it get uvicorn's 503
+        "backlog": min(2048, settings.http_max_connections),
+    }
