@@ -1,6 +1,6 @@
 """The rest of issue 5's table, side by side in one run: queued streams, prefix cache, speculative decoding.
 
-Rows (temperature 0, fixed max_tokens, the same prompts for every system; the helpers come from bench/serving.py):
+Rows (temperature 0, fixed max_tokens, the same prompts for every system; the helpers come from bench/common.py):
 
 queued    ``--queued`` (32) simultaneous streams over 8 slots: herd (max_seqs 8) vs ``llama-server -np 8``;
           TTFT p99 and aggregate tok/s (needs ``--llama-server``).
@@ -14,7 +14,7 @@ lookup16  the same on the F16 conversion below (where verifying extra tokens is 
           bound by memory, Q4_1 decode by arithmetic); herd f16 with and without prompt lookup.
 draft     target = the bundled Q4_1 model converted to F16 by this script (llama.cpp's quantize API, allowing
           requantization: it dequantizes), draft = the Q4_1 file (``?speculate=draft&draft_path=...``) vs herd
-          without, on the story prompts of bench/serving.py; decode tok/s and acceptance rate.
+          without, on the story prompts (bench/common.py's PROMPTS); decode tok/s and acceptance rate.
 
 The speculation rows compare in pairs, because this machine drifts by 10-40 % within minutes: one herd serves the
 same file under two names, with and without speculation, and each prompt goes to both back to back (the order
@@ -22,7 +22,7 @@ alternating), ``--spec-repeats`` times; the row's ratio is the median of the per
 
 Usage (repo root)::
 
-    .venv/bin/python bench/rows.py --llama-server /path/to/llama-server [--rows queued,prefix,lookup,lookup16,draft]
+    .venv/bin/python -m bench.rows --llama-server /path/to/llama-server [--rows queued,prefix,lookup,lookup16,draft]
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serving as S
+try:
+    from bench import common as C
+except ModuleNotFoundError as exc:  # `python bench/rows.py` puts bench/ on the path, not the repository
+    if exc.name != "bench":
+        raise
+    sys.exit("run it from the repository root as a module: python -m bench.rows ...")
 
 SYSTEM_FACTS = (
     "the reading room opens at {h} in the morning",
@@ -80,29 +84,29 @@ def system_prompt(pair: int) -> str:
     return " ".join(rules)
 
 
-async def gather_streams(url: str, bodies: list[dict[str, Any]], limit_s: float) -> tuple[list[S.StreamResult], float]:
+async def gather_streams(url: str, bodies: list[dict[str, Any]], limit_s: float) -> tuple[list[C.StreamResult], float]:
     limits = httpx.Limits(max_connections=len(bodies) + 2, max_keepalive_connections=len(bodies) + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(limit_s), limits=limits, trust_env=False) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(S.stream_completion(client, url, b, limit_s) for b in bodies))
+        results = await asyncio.gather(*(C.stream_completion(client, url, b, limit_s) for b in bodies))
         return list(results), time.perf_counter() - t0
 
 
-async def sequential(url: str, bodies: list[dict[str, Any]], limit_s: float) -> list[S.StreamResult]:
+async def sequential(url: str, bodies: list[dict[str, Any]], limit_s: float) -> list[C.StreamResult]:
     """One stream at a time."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(limit_s), trust_env=False) as client:
-        return [await S.stream_completion(client, url, body, limit_s) for body in bodies]
+        return [await C.stream_completion(client, url, body, limit_s) for body in bodies]
 
 
 def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Namespace, extra: dict[str, Any]) -> dict:
     url = f"{base}/v1/completions"
     res: dict[str, Any] = {"system": name}
-    warm = asyncio.run(gather_streams(url, [S.request_body(model, S.PROMPTS[0], 8, extra)], args.timeout))
+    warm = asyncio.run(gather_streams(url, [C.request_body(model, C.PROMPTS[0], 8, extra)], args.timeout))
     if not warm[0][0].ok:
         raise RuntimeError(f"warm-up failed: {warm[0][0].error}")
     if "queued" in rows:
         bodies = [
-            S.request_body(model, S.PROMPTS[i % len(S.PROMPTS)], args.max_tokens, extra) for i in range(args.queued)
+            C.request_body(model, C.PROMPTS[i % len(C.PROMPTS)], args.max_tokens, extra) for i in range(args.queued)
         ]
         streams, wall = asyncio.run(gather_streams(url, bodies, args.timeout))
         ok = [s for s in streams if s.ok]
@@ -110,8 +114,8 @@ def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Nam
         res["queued"] = {
             "streams": len(streams),
             "errors": len(streams) - len(ok),
-            "ttft_p50_ms": S.percentile(ttfts, 50),
-            "ttft_p99_ms": S.percentile(ttfts, 99),
+            "ttft_p50_ms": C.percentile(ttfts, 50),
+            "ttft_p99_ms": C.percentile(ttfts, 99),
             "aggregate_tps": sum(s.tokens for s in ok) / wall,
         }
     if "prefix" in rows:
@@ -120,7 +124,7 @@ def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Nam
         for pair in range(args.pairs):
             sysp = system_prompt(pair)
             bodies = [
-                S.request_body(model, chat(q, sysp), 16, {**extra, **cache})
+                C.request_body(model, chat(q, sysp), 16, {**extra, **cache})
                 for q in ("What time does the reading room open?", "Where are lost umbrellas kept?")
             ]
             a = asyncio.run(gather_streams(url, bodies[:1], args.timeout))[0][0]
@@ -143,7 +147,7 @@ def measure_pairs(base: str, prompts: list[str], args: argparse.Namespace) -> di
     url = f"{base}/v1/completions"
     deadline = time.monotonic() + args.ready_timeout
     for model in ("plain", "spec"):  # /readyz answers once one worker is up: wait for the other's too
-        while not (warm := asyncio.run(gather_streams(url, [S.request_body(model, prompts[0], 8, {})], 60.0)))[0][0].ok:
+        while not (warm := asyncio.run(gather_streams(url, [C.request_body(model, prompts[0], 8, {})], 60.0)))[0][0].ok:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"warm-up of {model} failed: {warm[0][0].error}")
             time.sleep(0.5)
@@ -155,7 +159,7 @@ def measure_pairs(base: str, prompts: list[str], args: argparse.Namespace) -> di
             order = ("plain", "spec") if (rep + i) % 2 == 0 else ("spec", "plain")
             pair: dict[str, float] = {}
             for model in order:
-                body = S.request_body(model, prompt, args.max_tokens, {})
+                body = C.request_body(model, prompt, args.max_tokens, {})
                 stream = asyncio.run(sequential(url, [body], args.timeout))[0]
                 if not stream.ok or stream.decode_tps is None:
                     raise RuntimeError(f"{model}: {stream.error}")
@@ -183,36 +187,22 @@ def run_pairs(
     row: str, args: argparse.Namespace, path: str, spec: str, prompts: list[str], log_dir: Path
 ) -> dict[str, Any]:
     """Row `row` from one herd serving `path` as `plain` and, with the model options `spec`, as `spec`."""
-    S.flush_redis(args.herd_redis_url)
-    port = S.free_port()
-    env = {**os.environ, "HERD_REDIS_URL": args.herd_redis_url, "HERD_MODELS": f"plain={path},spec={path}?{spec}"}
-    cmd = [args.herd, "serve", "--host", S.HOST, "--port", str(port)]
-    base = f"http://{S.HOST}:{port}"
-    with S.managed_server(f"herd {row}", cmd, env, f"{base}/readyz", args.ready_timeout, log_dir):
+    models = {"HERD_MODELS": f"plain={path},spec={path}?{spec}"}
+    with C.herd_serve(f"herd {row}", args.herd, args.herd_redis_url, args.ready_timeout, log_dir, models) as (_, base):
         return {row: measure_pairs(base, prompts[: args.spec_prompts], args)}
 
 
 def run_herd(name: str, args: argparse.Namespace, rows: set[str], log_dir: Path, env: dict[str, str]) -> dict:
-    S.flush_redis(args.herd_redis_url)
-    port = S.free_port()
-    full_env = {**os.environ, "HERD_REDIS_URL": args.herd_redis_url, **env}
-    cmd = [args.herd, "serve", "--host", S.HOST, "--port", str(port)]
-    base = f"http://{S.HOST}:{port}"
-    with S.managed_server(name, cmd, full_env, f"{base}/readyz", args.ready_timeout, log_dir):
-        model = env.get("HERD_MODELS", S.HERD_MODEL).split("=")[0]
+    with C.herd_serve(name, args.herd, args.herd_redis_url, args.ready_timeout, log_dir, env) as (_, base):
+        model = env.get("HERD_MODELS", C.HERD_MODEL).split("=")[0]
         result = measure("herd", base, model, rows, args, {})
         result["system"] = name
         return result
 
 
 def run_llama(args: argparse.Namespace, rows: set[str], log_dir: Path) -> dict:
-    port = S.free_port()
-    model = S.default_model_path()
-    cmd = [args.llama_server, "-m", model, "-c", str(2048 * 8), "-np", "8", "-t", str(args.threads)]
-    cmd += ["--host", S.HOST, "--port", str(port)]
-    cmd += S.llama_server_flags(args.llama_server)
-    base = f"http://{S.HOST}:{port}"
-    with S.managed_server("llama-server -np 8", cmd, dict(os.environ), f"{base}/health", args.ready_timeout, log_dir):
+    model = C.default_model_path()
+    with C.llama_server(args.llama_server, model, 8, args.threads, args.ready_timeout, log_dir) as (_, base):
         return measure("llama-server -np 8", base, Path(model).name, rows, args, {"cache_prompt": False})
 
 
@@ -228,13 +218,9 @@ def make_f16(path: Path) -> None:
     params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
     params.allow_requantize = True
     params.nthread = 2
-    rc = L.llama_model_quantize(S.default_model_path().encode(), str(path).encode(), params)
+    rc = L.llama_model_quantize(C.default_model_path().encode(), str(path).encode(), params)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed ({rc})")
-
-
-def fmt(v: float | None, spec: str = ".1f") -> str:
-    return S.fmt(v, spec)
 
 
 def report(results: dict[str, dict]) -> None:
@@ -246,13 +232,13 @@ def report(results: dict[str, dict]) -> None:
     for system, res in results.items():
         for row in ("queued", "prefix", "lookup", "lookup16", "draft"):
             if row in res:
-                print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={fmt(v, '.2f')}" for k, v in res[row].items()))
+                print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={C.fmt(v, '.2f')}" for k, v in res[row].items()))
     print()
     herd, llama = "herd", "llama-server -np 8"
     p99, agg, ratio, acc = "ttft_p99_ms", "aggregate_tps", "ratio_median", "acceptance"
     lines = [
-        ("queued: herd TTFT p99 / llama-server", S.ratio(get(herd, "queued", p99), get(llama, "queued", p99)), "< 1"),
-        ("queued: herd aggr tok/s / llama-server", S.ratio(get(herd, "queued", agg), get(llama, "queued", agg)), "> 1"),
+        ("queued: herd TTFT p99 / llama-server", C.ratio(get(herd, "queued", p99), get(llama, "queued", p99)), "< 1"),
+        ("queued: herd aggr tok/s / llama-server", C.ratio(get(herd, "queued", agg), get(llama, "queued", agg)), "> 1"),
         ("prefix: herd 2nd TTFT / 1st TTFT", get(herd, "prefix", "ratio"), "<= 0.2"),
         ("prefix: llama-server 2nd TTFT / 1st TTFT", get(llama, "prefix", "ratio"), ""),
         ("lookup: +lookup decode tok/s / without (pairs)", get("lookup", "lookup", ratio), ">= 1.5"),
@@ -263,7 +249,7 @@ def report(results: dict[str, dict]) -> None:
         ("draft: acceptance rate", get("draft", "draft", acc), ""),
     ]  # fmt: skip
     for label, value, target in lines:
-        print(f"{label:<48} {fmt(value, '.3f'):>8}   {('target ' + target) if target else ''}")
+        print(f"{label:<48} {C.fmt(value, '.3f'):>8}   {('target ' + target) if target else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec-repeats", type=int, default=2, help="pairs per prompt in the speculation rows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
-    p.add_argument("--herd-redis-url", default=S.HERD_REDIS_URL)
+    p.add_argument("--herd-redis-url", default=C.HERD_REDIS_URL)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--quiet-wait", type=float, default=120.0)
@@ -285,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = set(args.rows.split(","))
     print(f"rows: {sorted(rows)}; max_tokens={args.max_tokens} temperature=0; load avg {os.getloadavg()}")
-    lock = S.acquire_run_lock(1800.0)
+    lock = C.acquire_run_lock(1800.0)
     results: dict[str, dict] = {}
     with lock, tempfile.TemporaryDirectory(prefix="herd-rows-") as tmp:
         log_dir = Path(tmp)
@@ -293,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         base_rows = rows & {"queued", "prefix"}
         if base_rows:
             steps.append(("herd", lambda: run_herd("herd", args, base_rows, log_dir, {})))
-        q4, f16 = S.default_model_path(), str(log_dir / "smollm2-135m-f16.gguf")
+        q4, f16 = C.default_model_path(), str(log_dir / "smollm2-135m-f16.gguf")
         grounded = [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]
-        stories = list(S.PROMPTS)
+        stories = list(C.PROMPTS)
         if rows & {"lookup16", "draft"}:
             make_f16(Path(f16))  # before any measuring, not a system of its own
         for row, path, spec, prompts in (
@@ -309,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("llama-server -np 8", lambda: run_llama(args, rows & {"queued", "prefix"}, log_dir)))
         for name, step in steps:
             print(f"running {name} ...", flush=True)
-            load = S.wait_for_quiet(S.NOISY_CORES, args.quiet_wait)
-            if load is not None and load >= S.NOISY_CORES:
+            load = C.wait_for_quiet(C.NOISY_CORES, args.quiet_wait)
+            if load is not None and load >= C.NOISY_CORES:
                 print(f"  WARNING: {load:.2f} cores busy with other processes; measuring anyway", flush=True)
             t0 = time.perf_counter()
             try:

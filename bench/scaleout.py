@@ -14,7 +14,7 @@ requests per second, and so how many GPU workers, one Redis could serve.
 This machine has 2 cores shared with other work: more workers cannot add throughput here (they split the same
 cores), and any other busy process skews every figure. Do not run it while tests run; run it twice and compare.
 
-Usage (from the repo root): .venv/bin/python bench/scaleout.py [--workers 1 2 3] [--requests 48] [--json out.json]
+Usage (from the repo root): .venv/bin/python -m bench.scaleout [--workers 1 2 3] [--requests 48] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,15 @@ from typing import Any
 import httpx
 import redis
 
+try:
+    from bench.common import free_port
+except ModuleNotFoundError as exc:  # `python bench/scaleout.py` puts bench/ on the path, not the repository
+    if exc.name != "bench":
+        raise
+    sys.exit("run it from the repository root as a module: python -m bench.scaleout ...")
+
 MODEL = "smollm2:135m"
 PROMPT = "Write a short story about a lighthouse keeper:"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
