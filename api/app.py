@@ -24,7 +24,9 @@ from herd.api.models.catalog import Catalog
 from herd.api.models.store import ModelStore
 from herd.api.origins import Doorman
 from herd.api.otlp_metrics import OtlpMetrics
-from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue
+from herd.api.responses.runner import BackgroundRunner
+from herd.api.responses.store import ResponseStore
+from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses
 from herd.api.routes.common import MODEL_LABEL
 from herd.api.tracing import instrument
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
@@ -103,6 +105,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.files.ensure()
         app.state.batch_runner = BatchRunner(gateway, app.state.grammars, app.state.records, app.state.files, settings)
         app.state.batch_runner.start()
+        app.state.responses = ResponseStore(redis, settings)
+        app.state.response_runner = BackgroundRunner(gateway, app.state.responses)
         exporter = tracing.metric_exporter()  # OTLP metrics when OTEL_EXPORTER_* asks for them
         otlp = None
         if exporter is not None:
@@ -118,6 +122,7 @@ def create_app(settings: Settings) -> Litestar:
             if otlp is not None:
                 await otlp.close()  # a last export, then the exporter's shutdown
             await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once
+            await app.state.response_runner.close()  # the workers go on; readers settle the responses (runner.py)
             await security.close()
             await demux.close()
             await redis.aclose()
@@ -128,6 +133,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             *health.ROUTES,
             *openai.ROUTES,
+            *responses.ROUTES,
             *queue.ROUTES,
             *ollama.ROUTES,
             *models.ROUTES,

@@ -150,6 +150,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_inflight: int = 16  # lines one batch keeps queued or running: enough to fill every worker's slots
     batch_reserved_slots: int = 1  # slots a worker keeps free of batch lines, so interactive requests start at once
     batch_lease_ms: int = 15_000  # a batch whose driver (an API process) stopped renewing is taken over after this
+    # The Responses API: stored responses and their input items live this long (seconds; HERD_RESPONSES_TTL), and one
+    # stored response (its input and output items) may take at most this many bytes of Redis.
+    responses_ttl: int = 30 * 86400
+    responses_max_bytes: int = 4 * 1024 * 1024
 
     def limits_for(self) -> dict[str, tuple[int, int]]:
         """The per-subject overrides of HERD_RATE_LIMITS, e.g. `key:batch=600/100000;client:svc=60/20000`."""

@@ -27,6 +27,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/v1/completions", SCOPE_INFERENCE),
     ("POST", "/v1/embeddings", SCOPE_INFERENCE),
     ("POST", "/v1/responses", SCOPE_INFERENCE),
+    (ANY, "/v1/responses/*", SCOPE_INFERENCE),  # retrieve, resume, cancel, delete, input_items: the owner's
     ("GET", "/v1/models", SCOPE_MODELS_READ),
     ("GET", "/v1/models/*", SCOPE_MODELS_READ),
     ("DELETE", "/v1/models/*", SCOPE_MODELS_ADMIN),

@@ -1,0 +1,1 @@
+"""The Responses API's stored responses and background runs (routes: api/routes/responses.py)."""
