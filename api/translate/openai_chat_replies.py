@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from herd.api.translate.logprobs import rows
-from herd.api.translate.openai_replies import speculation
+from herd.api.translate.openai_replies import fingerprint, speculation
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
@@ -42,6 +42,7 @@ class ChatAssembler:
     ) -> None:
         self._id = f"chatcmpl-{request_id}"
         self._model = model
+        self._fingerprint = fingerprint(model)
         self._created = created
         self._logprobs = logprobs
         self._include_usage = include_usage
@@ -61,6 +62,7 @@ class ChatAssembler:
             model=self._model,
             choices=[wire.ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=choice_logprobs)],
             usage=None if self._include_usage else UNSET,
+            system_fingerprint=self._fingerprint,
         )
 
     def opening(self) -> list[wire.ChatCompletionChunk]:
@@ -135,7 +137,12 @@ class ChatAssembler:
 
     def usage_chunk(self) -> wire.ChatCompletionChunk:
         return wire.ChatCompletionChunk(
-            id=self._id, created=self._created, model=self._model, choices=[], usage=self.usage()
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[],
+            usage=self.usage(),
+            system_fingerprint=self._fingerprint,
         )
 
     def completion(self) -> wire.ChatCompletion:
@@ -149,5 +156,10 @@ class ChatAssembler:
             logprobs = wire.ChoiceLogprobs(content=choice.logprobs) if self._logprobs else None
             choices.append(wire.Choice(index=i, message=message, finish_reason=choice.finish_reason, logprobs=logprobs))
         return wire.ChatCompletion(
-            id=self._id, created=self._created, model=self._model, choices=choices, usage=self.usage()
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            usage=self.usage(),
+            system_fingerprint=self._fingerprint,
         )

@@ -6,10 +6,19 @@ Chat chunks and completions are assembled in openai_chat_replies.py, legacy comp
 from __future__ import annotations
 
 import base64
+import hashlib
+from importlib import metadata
 
 import numpy as np
 from herd.api.wire import openai as wire
 from herd.inference import Embedded, Usage
+
+
+def fingerprint(model: str) -> str:
+    """`system_fingerprint`: OpenAI's schema has a string there (never null). It names the backend configuration a
+    reply came from, so it changes when herd's version or the model does."""
+    digest = hashlib.sha256(f"herd {metadata.version('herd')} {model}".encode()).hexdigest()
+    return f"fp_{digest[:10]}"
 
 
 def usage(items: list[Usage]) -> wire.CompletionUsage:

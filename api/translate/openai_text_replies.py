@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from herd.api.translate.openai_replies import speculation, usage
+from herd.api.translate.openai_replies import fingerprint, speculation, usage
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from msgspec import UNSET
@@ -42,6 +42,7 @@ class CompletionAssembler:
     ) -> None:
         self._id = f"cmpl-{request_id}"
         self._model = model
+        self._fingerprint = fingerprint(model)
         self._created = created
         self._n = n
         self._logprobs = logprobs
@@ -61,6 +62,7 @@ class CompletionAssembler:
             model=self._model,
             choices=choices,
             usage=None if self._include_usage else UNSET,
+            system_fingerprint=self._fingerprint,
         )
 
     def opening(self) -> list[wire.Completion]:
@@ -115,7 +117,14 @@ class CompletionAssembler:
         return whole
 
     def usage_chunk(self) -> wire.Completion:
-        return wire.Completion(id=self._id, created=self._created, model=self._model, choices=[], usage=self.usage())
+        return wire.Completion(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[],
+            usage=self.usage(),
+            system_fingerprint=self._fingerprint,
+        )
 
     def completion(self) -> wire.Completion:
         choices = []
@@ -129,7 +138,12 @@ class CompletionAssembler:
                 wire.CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason, logprobs=logprobs)
             )
         return wire.Completion(
-            id=self._id, created=self._created, model=self._model, choices=choices, usage=self.usage()
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            usage=self.usage(),
+            system_fingerprint=self._fingerprint,
         )
 
     @staticmethod

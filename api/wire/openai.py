@@ -11,6 +11,7 @@ Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
 MaxTokens = Annotated[int, msgspec.Meta(ge=1)]
+FINGERPRINT = "fp_herd"  # the replies set their own (api/translate/openai_replies.py); OpenAI's schema: a string
 Stop = str | Annotated[list[str], msgspec.Meta(max_length=4)]
 
 
@@ -181,7 +182,7 @@ class ChatCompletion(msgspec.Struct):
     choices: list[Choice]
     usage: CompletionUsage
     object: Literal["chat.completion"] = "chat.completion"
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
 
 
 class ChoiceDeltaFunction(msgspec.Struct, omit_defaults=True):
@@ -215,7 +216,7 @@ class ChatCompletionChunk(msgspec.Struct):
     model: str
     choices: list[ChunkChoice]
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
     usage: CompletionUsage | UnsetType | None = UNSET
 
 
@@ -239,7 +240,7 @@ class Completion(msgspec.Struct):
     model: str
     choices: list[CompletionChoice]
     object: Literal["text_completion"] = "text_completion"
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
     usage: CompletionUsage | UnsetType | None = UNSET
 
 
