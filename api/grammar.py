@@ -2,9 +2,10 @@
 
 One compiler serves OpenAI `response_format`, Ollama `format` and the tool-call grammar. Supported: type (and type
 lists), properties/required/additionalProperties, items/prefixItems/minItems/maxItems, enum, const, anyOf/oneOf,
-allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength and the formats date, time,
-date-time and uuid. Numeric bounds and `pattern` cannot be enforced by the grammar: numeric bounds are left to the
-model, `pattern` is refused (a constraint we would silently drop is worse than a clear error).
+allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength, `pattern` (herd.api.pattern compiles
+the regex into the grammar; one it cannot compile is refused, since a constraint we would silently drop is worse
+than a clear error) and the formats date, time, date-time, uuid, email, hostname, ipv4, ipv6 and uri. With a
+`pattern`, `format` is not checked (zod sends both; its pattern is the stricter). Numeric bounds are left to the model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from herd.api.pattern import compile_pattern, gbnf_rules
+from herd.api.regex import PatternError
 from herd.errors import InvalidRequest
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -42,8 +45,38 @@ _FORMATS = {
     "date-time": '"\\"" date "T" time "\\"" ws',
     "uuid": '"\\"" uuid "\\"" ws',
 }
+_HEX4 = "[0-9a-fA-F]{1,4}"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DATE = "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def _ipv6() -> str:
+    """Eight groups, or fewer around one `::` standing for at least one group."""
+    forms = [f"(?:{_HEX4}:){{7}}{_HEX4}"]
+    for left in range(8):
+        head = f"(?:{_HEX4}:){{{left - 1}}}{_HEX4}" if left else ""
+        room = 7 - left
+        tail = f"(?:{_HEX4}(?::{_HEX4}){{0,{room - 1}}})?" if room else ""
+        forms.append(f"{head}::{tail}")
+    return "^(?:" + "|".join(forms) + ")$"
+
+
+_FORMAT_PATTERNS = {
+    "email": r"^[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$",
+    "hostname": f"^{_LABEL}(?:\\.{_LABEL})*$",
+    "ipv4": f"^(?:{_OCTET}\\.){{3}}{_OCTET}$",
+    "ipv6": _ipv6(),
+    # date, time, date-time and uuid as the rules in PRIMITIVES, for when a length bound joins them
+    "date": f"^{_DATE}$",
+    "time": f"^{_TIME}$",
+    "date-time": f"^{_DATE}T{_TIME}$",
+    "uuid": "^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$",
+    "uri": r"^[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+$",
+}
 _TYPES = {"string", "integer", "number", "boolean", "null", "object", "array"}
-_IGNORED_STRING_FORMATS = {"email", "uri", "hostname", "ipv4", "ipv6", "duration", "regex"}
+_IGNORED_STRING_FORMATS = {"duration", "regex"}
 
 
 def literal(text: str) -> str:
@@ -58,6 +91,7 @@ class _Compiler:
         self.rules: OrderedDict[str, str] = OrderedDict()
         self._bodies: dict[str, str] = {}  # rule body -> name, so identical sub-schemas share a rule
         self._refs: dict[str, str] = {}
+        self._patterns: dict[tuple[str, int, int | None], str] = {}
 
     def fail(self, path: str, message: str) -> InvalidRequest:
         return InvalidRequest(message, param=f"{self._param}{path}")
@@ -234,21 +268,47 @@ class _Compiler:
         return self.add(hint, f'"[" ws {items if lo else f"({items})?"} "]" ws')
 
     def _string(self, schema: dict[str, Any], path: str, hint: str) -> str:
-        if "pattern" in schema:
-            raise self.fail(f"{path}.pattern", "pattern is not supported in schemas; use enum or format instead")
-        fmt = schema.get("format")
-        if fmt in _FORMATS:
-            return self.add(hint, _FORMATS[fmt])
-        if fmt is not None and fmt not in _IGNORED_STRING_FORMATS:
-            raise self.fail(f"{path}.format", f"string format {fmt!r} is not supported")
         lo = self._bound(schema, "minLength", path) or 0
         hi = self._bound(schema, "maxLength", path)
-        if lo == 0 and hi is None:
-            return "string"
         if hi is not None and hi < lo:
             raise self.fail(f"{path}.maxLength", "maxLength is below minLength")
+        pattern, fmt = schema.get("pattern"), schema.get("format")
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                raise self.fail(f"{path}.pattern", "pattern must be a string")
+            return self._pattern(pattern, lo, hi, f"{path}.pattern", hint)
+        if fmt in _FORMATS and lo == 0 and hi is None:
+            return self.add(hint, _FORMATS[fmt])
+        if fmt in _FORMAT_PATTERNS:
+            return self._pattern(_FORMAT_PATTERNS[fmt], lo, hi, f"{path}.format", hint)
+        if fmt is not None and fmt not in _IGNORED_STRING_FORMATS:
+            raise self.fail(f"{path}.format", f"string format {fmt!r} is not supported")
+        if lo == 0 and hi is None:
+            return "string"
         count = f"{{{lo},{hi}}}" if hi is not None else f"{{{lo},}}"
         return self.add(hint, f'"\\"" char{count} "\\"" ws')
+
+    def _pattern(self, pattern: str, lo: int, hi: int | None, path: str, hint: str) -> str:
+        """A string rule whose content is the automaton of `pattern` (and the length bounds), a rule per state."""
+        key = (pattern, lo, hi)
+        if key in self._patterns:
+            return self._patterns[key]
+        try:
+            dfa = compile_pattern(pattern, lo, hi)
+        except PatternError as e:
+            raise self.fail(path, f"the pattern cannot be enforced: {e}") from None
+        names: dict[int, str] = {}
+        for state, moves in enumerate(dfa.moves):
+            if moves:
+                names[state] = self._fresh(f"{hint}-re-{state}")
+                self.rules[names[state]] = ""  # reserved, so the next fresh name differs
+        for state, body in gbnf_rules(dfa, names.__getitem__).items():
+            self.rules[names[state]] = body
+        if len(self.rules) > MAX_RULES:
+            raise self.fail(path, f"the schema is too large (more than {MAX_RULES} grammar rules)")
+        rule = self.add(hint, f'"\\"" {names.get(0, "")} "\\"" ws')
+        self._patterns[key] = rule
+        return rule
 
 
 def _load(schema: Any, param: str) -> Any:

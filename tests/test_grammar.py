@@ -97,7 +97,7 @@ def test_json_object_and_tool_grammars_parse(vocab: Any) -> None:
     ("schema", "param"),
     [
         ({"$ref": "http://127.0.0.1:1/x.json"}, "s.$ref"),
-        ({"type": "string", "pattern": "^a+$"}, "s.pattern"),
+        ({"type": "string", "pattern": "(?<=a)b"}, "s.pattern"),  # lookbehind: see test_pattern.py
         ({"type": "array", "maxItems": 10**6}, "s.maxItems"),
         ({"type": "object", "properties": {"a": {"type": "strnig"}}}, "s.properties.a.type"),
         ({"type": "string", "format": "color"}, "s.format"),
