@@ -21,6 +21,7 @@ from herd.api.routes.common import (
 from herd.api.streaming import SSE_DONE, SSE_HEADERS, sse, sse_error
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler
+from herd.api.translate.openai_functions import uses_functions
 from herd.api.translate.openai_text_replies import CompletionAssembler
 from herd.api.wire import openai as wire
 from herd.errors import ModelNotFound, ServiceError
@@ -39,7 +40,9 @@ async def chat_completions(request: AnyRequest, state: State) -> Response[wire.C
     req = openai_requests.chat_request(body, request_id(request), grammars(state))
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     tools = bool(req.tools) and req.grammar is not None
-    chat = ChatAssembler(req.id, body.model, int(time.time()), req.n, tools, bool(body.logprobs), include_usage)
+    created = int(time.time())
+    functions = uses_functions(body)
+    chat = ChatAssembler(req.id, body.model, created, req.n, tools, bool(body.logprobs), include_usage, functions)
     if body.stream:
         [stream], pending = await open_streaming(request, state, [req])
         frames = _chat_frames(stream, chat, include_usage, pending, state.gateway.settings.sse_keepalive_s)

@@ -3,6 +3,8 @@
 One assembler serves both shapes: the stream route sends the chunks it returns, the plain route reads `completion()`
 at the end. Tool calls follow OpenAI's streaming rules: per call an `index`; the first delta has `id`, `type` and
 `function.name` (with empty arguments), later ones only `function.arguments` fragments; `finish_reason: tool_calls`.
+A request with the legacy `functions` gets the legacy shape: `function_call` (one call) and `finish_reason:
+function_call`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,17 @@ class _Choice:
 
 class ChatAssembler:
     def __init__(
-        self, request_id: str, model: str, created: int, n: int, tools: bool, logprobs: bool, include_usage: bool
+        self,
+        request_id: str,
+        model: str,
+        created: int,
+        n: int,
+        tools: bool,
+        logprobs: bool,
+        include_usage: bool,
+        functions: bool = False,
     ) -> None:
+        self._functions = functions
         self._id = f"chatcmpl-{request_id}"
         self._model = model
         self._fingerprint = fingerprint(model)
@@ -75,7 +86,8 @@ class ChatAssembler:
             choice.usage = event.usage
             pieces: list[Piece] = choice.parser.finish() if choice.parser is not None else []
             chunks = self._pieces(index, choice, pieces, None)
-            choice.finish_reason = "tool_calls" if choice.calls else event.finish_reason
+            called = "function_call" if self._functions else "tool_calls"
+            choice.finish_reason = called if choice.calls else event.finish_reason
             return [*chunks, self._chunk(index, wire.ChoiceDelta(), choice.finish_reason)]
         logprobs = token_logprobs(event.logprobs) if self._logprobs else None
         if logprobs:
@@ -105,14 +117,22 @@ class ChatAssembler:
                 call_id = f"call_{secrets.token_hex(12)}"
                 choice.call_ids.append(call_id)
                 function = wire.ChoiceDeltaFunction(name=piece.name, arguments="")
-                delta = wire.ChoiceDelta(
-                    tool_calls=[
-                        wire.ChoiceDeltaToolCall(index=piece.index, id=call_id, type="function", function=function)
-                    ]
+                delta = (
+                    wire.ChoiceDelta(function_call=function)
+                    if self._functions
+                    else wire.ChoiceDelta(
+                        tool_calls=[
+                            wire.ChoiceDeltaToolCall(index=piece.index, id=call_id, type="function", function=function)
+                        ]
+                    )
                 )
             elif isinstance(piece, CallArguments):
                 function = wire.ChoiceDeltaFunction(arguments=piece.fragment)
-                delta = wire.ChoiceDelta(tool_calls=[wire.ChoiceDeltaToolCall(index=piece.index, function=function)])
+                delta = (
+                    wire.ChoiceDelta(function_call=function)
+                    if self._functions
+                    else wire.ChoiceDelta(tool_calls=[wire.ChoiceDeltaToolCall(index=piece.index, function=function)])
+                )
             else:
                 assert isinstance(piece, CallEnd)
                 call = wire.FunctionCall(name=piece.name, arguments=piece.arguments)
@@ -149,9 +169,10 @@ class ChatAssembler:
         choices = []
         for i, choice in enumerate(self._choices):
             content = "".join(choice.content)
+            calls = choice.calls if choice.calls and not self._functions else UNSET
+            legacy = choice.calls[0].function if choice.calls and self._functions else UNSET
             message = wire.ChatCompletionMessage(
-                content=content if content or not choice.calls else None,
-                tool_calls=choice.calls if choice.calls else UNSET,
+                content=content if content or not choice.calls else None, tool_calls=calls, function_call=legacy
             )
             logprobs = wire.ChoiceLogprobs(content=choice.logprobs) if self._logprobs else None
             choices.append(wire.Choice(index=i, message=message, finish_reason=choice.finish_reason, logprobs=logprobs))

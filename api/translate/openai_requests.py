@@ -7,6 +7,7 @@ import time
 
 from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
 from herd.api.wire import openai as wire
+from herd.api.translate.openai_functions import as_tools
 from herd.errors import InvalidRequest
 from herd.inference import (
     ChatMessage,
@@ -120,6 +121,7 @@ def _response_format(fmt: wire.ResponseFormat | None, grammars: GrammarCache) ->
 
 
 def chat_request(body: wire.ChatCompletionRequest, request_id: str, grammars: GrammarCache) -> GenerationRequest:
+    body = as_tools(body)
     messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
     tools, grammar = _tools(body, grammars)
     if grammar is None or grammar.triggers:

@@ -32,11 +32,12 @@ class ChatCompletionMessageToolCall(msgspec.Struct):
 
 
 class ChatCompletionMessageParam(msgspec.Struct):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]  # function: legacy tool result
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    function_call: FunctionCall | None = None  # legacy (before tools)
 
 
 FunctionName = Annotated[str, msgspec.Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
@@ -97,6 +98,8 @@ class ChatCompletionRequest(msgspec.Struct):
     tools: list[ChatCompletionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ChatCompletionNamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None  # legacy tools (translate/openai_functions.py)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy tool_choice
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
@@ -148,6 +151,7 @@ class ChatCompletionMessage(msgspec.Struct):
     role: Literal["assistant"] = "assistant"
     refusal: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | UnsetType = UNSET
+    function_call: FunctionCall | UnsetType = UNSET  # legacy: a request with `functions` gets this, not tool_calls
 
 
 class TopLogprob(msgspec.Struct):
@@ -201,6 +205,7 @@ class ChoiceDelta(msgspec.Struct, omit_defaults=True):
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | UnsetType = UNSET
     tool_calls: list[ChoiceDeltaToolCall] | UnsetType = UNSET
+    function_call: ChoiceDeltaFunction | UnsetType = UNSET  # legacy
 
 
 class ChunkChoice(msgspec.Struct):
