@@ -691,6 +691,19 @@ def test_full_values_wire_every_option() -> None:
     assert "initContainers" not in pod_spec(deployments["prod-herd-worker-qwen"])  # no url: the file must be there
 
 
+def test_grafana_dashboard_configmap_for_the_sidecar() -> None:
+    """Off by default; on, the ConfigMap holds the repository's dashboard byte for byte, labelled for the sidecar."""
+    assert not any(name.endswith("-dashboard") for name in by_kind(rendered_set("default")[1], "ConfigMap"))
+    _, docs = rendered_set("full")
+    configmap = by_kind(docs, "ConfigMap")["prod-herd-dashboard"]  # fullnameOverride: prod-herd
+    assert configmap["metadata"]["namespace"] == "observability"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    shipped = configmap["data"]["herd.json"]
+    assert json.loads(shipped) == json.loads((CHART / "dashboards" / "herd.json").read_text())
+    assert json.loads(shipped)["uid"] == "herd-llm" and json.loads(shipped)["panels"]
+
+
 def test_keda_scales_each_group_on_its_model_queue() -> None:
     _, docs = rendered_set("full")
     scaled = by_kind(docs, "ScaledObject")
