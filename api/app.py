@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from herd import channels, redisconn, tracing
+from herd.api import openapi
 from herd.api.auth.security import Security
 from herd.api.batches.runner import BatchRunner
 from herd.api.demux import Demux
@@ -129,18 +130,19 @@ def create_app(settings: Settings) -> Litestar:
             if provider is not None:
                 provider.shutdown()  # flushes the spans still queued
 
+    handlers = [
+        *health.ROUTES,
+        *openai.ROUTES,
+        *responses.ROUTES,
+        *queue.ROUTES,
+        *ollama.ROUTES,
+        *models.ROUTES,
+        *files.ROUTES,
+        *batches.ROUTES,
+        *(oauth.ROUTES if security.issuer is not None else []),
+    ]
     app = Litestar(
-        route_handlers=[
-            *health.ROUTES,
-            *openai.ROUTES,
-            *responses.ROUTES,
-            *queue.ROUTES,
-            *ollama.ROUTES,
-            *models.ROUTES,
-            *files.ROUTES,
-            *batches.ROUTES,
-            *(oauth.ROUTES if security.issuer is not None else []),
-        ],
+        route_handlers=[*handlers, openapi.route(handlers, security.enabled)],  # the document: /openapi.json
         lifespan=[lifespan],
         before_send=[add_request_id, count_response, *security.before_send],
         middleware=[Doorman(settings, security.enabled), *security.middleware],  # Origin and Host before all else

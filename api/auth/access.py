@@ -16,6 +16,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/", OPEN),
     ("HEAD", "/", OPEN),
     ("GET", "/api/version", OPEN),
+    ("GET", "/openapi.json", OPEN),  # herd's OpenAPI document (api/openapi.py)
     ("GET", "/metrics", OPEN),  # unless HERD_METRICS_SCOPE names a scope (see `required`)
     # The built-in issuer: the token endpoint authenticates clients itself; keys and metadata are public.
     ("POST", "/oauth/token", OPEN),
