@@ -36,9 +36,20 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("name", help="the key's name (its principal is key:NAME), or the client id")
     k.add_argument("--scopes", default="inference,models:read", help="comma-separated (default: %(default)s)")
     k.add_argument("--stdin", action="store_true", help="hash a secret read from standard input instead")
+    t = sub.add_parser("token", help="an access token by the client-credentials grant (herd's issuer or an IdP)")
+    t.add_argument("client_id")
+    t.add_argument("--url", help="the token endpoint (default: this herd's /oauth/token)")
+    t.add_argument("--scope", default="inference,models:read", help="comma-separated (default: %(default)s)")
+    t.add_argument("--stdin", action="store_true", help="read the secret from standard input (else HERD_CLIENT_SECRET)")
     args = parser.parse_args(argv)
     if args.command == "key":
         sys.exit(key_cli.key(args.name, args.scopes, args.stdin))
+    if args.command == "token":
+        from herd.api.auth import token_cli  # authlib's OAuth2 client, which no other command needs
+
+        defaults = load_settings()
+        url = args.url or f"http://{defaults.host}:{defaults.port}/oauth/token"
+        sys.exit(token_cli.token(url, args.client_id, args.scope, args.stdin))
     settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
     logs.setup(settings.log_level, settings.log_format)
     if args.command in ("serve", "api"):
