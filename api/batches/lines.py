@@ -14,8 +14,11 @@ from herd.api.relay import close_shielded, merged
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.api.translate.openai_text_replies import CompletionAssembler
+from herd.api.translate.responses_replies import ResponseAssembler, initial
+from herd.api.translate.responses_requests import generation_request, input_items, references
 from herd.api.validation import decode_json
 from herd.api.wire import openai as wire
+from herd.api.wire import responses as responses_wire
 from herd.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -64,6 +67,8 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
             async for index, event in merged(streams):
                 text.feed(index, event)
             return msgspec.json.encode(text.completion())
+        if endpoint == "/v1/responses":
+            return await _response(gateway, grammars, body, request_id, created, streams)
         embedding_body = _decode(body, wire.EmbeddingCreateParams)
         emb_req = openai_requests.embedding_request(embedding_body, request_id)
         streams.append(await gateway.open(emb_req, low_priority=True))
@@ -72,3 +77,27 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
         return msgspec.json.encode(answer)
     finally:
         await close_shielded(*streams)  # a line cancelled mid-run still tells its worker to stop
+
+
+async def _response(
+    gateway: Gateway, grammars: GrammarCache, body: bytes, request_id: str, created: int, streams: list[EventStream]
+) -> bytes:
+    """A Responses line: the Response object /v1/responses would answer. A line stands alone: it is not stored and
+    cannot continue a stored conversation (no previous_response_id, no item_reference) nor run in the background."""
+    response_body = _decode(body, responses_wire.ResponseCreateParams)
+    _no_stream(response_body.stream)
+    if response_body.previous_response_id:
+        message = "previous_response_id is not supported in a batch request; send the earlier items as input"
+        raise InvalidRequest(message, param="previous_response_id")
+    if response_body.background:
+        raise InvalidRequest("background is not supported in a batch request", param="background")
+    if references(response_body):
+        raise InvalidRequest("item_reference is not supported in a batch request; send the items", param="input")
+    items = input_items(response_body, {}, request_id)
+    req = generation_request(response_body, request_id, items, grammars)
+    response = initial(response_body, f"resp_{request_id}", created, None)
+    assembler = ResponseAssembler.for_request(response_body, response)
+    streams.append(await gateway.open(req, low_priority=True))
+    async for event in streams[0].deltas():
+        assembler.feed(event)
+    return msgspec.json.encode(assembler.response)
