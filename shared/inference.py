@@ -42,6 +42,19 @@ class Grammar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     triggers: tuple[str, ...] = ()
 
 
+class ToolConstraint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Tool calls to constrain in the model's own call syntax (herd.toolformat), which only the worker knows.
+
+    The API compiled and checked each named tool's arguments schema: `rules` holds GBNF rules with the arguments of
+    `names[i]` as rule `args-i` (and the JSON primitives); the worker wraps them in its template's call syntax.
+    """
+
+    names: tuple[str, ...]
+    rules: str
+    parallel: bool = False
+    forced: bool = False  # required or named: a call from the first token; else once the model opens one
+
+
 class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-sequence sampler settings; temperature 0 means greedy."""
 
@@ -70,6 +83,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     stop: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()  # described to the model in the prompt (chat only)
     grammar: Grammar | None = None
+    tool_constraint: ToolConstraint | None = None  # used when `grammar` is None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None  # None: off; else how many alternatives
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] = 1  # choices, forked from one prefill of the prompt
     suffix: str | None = None  # fill in the middle between prompt and suffix (models with infill tokens)
@@ -130,6 +144,8 @@ class TokenDelta(msgspec.Struct, frozen=True, tag="delta"):
     tokens: int  # how many generated tokens this text covers (it may be 0 while a stop string is pending)
     index: int = 0  # which choice (n > 1)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token generated since the last delta, when asked for
+    # A choice's first delta, when the request offered tools, names the syntax its calls come in (herd.toolformat).
+    tool_format: str | None = None
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finished"):

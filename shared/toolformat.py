@@ -1,25 +1,146 @@
-"""Tool-call formats of model families, detected from a chat template's text."""
+"""Tool-call syntaxes of model families: which one a chat template speaks, and the grammar of a call in it.
+
+A model calls tools in the syntax it was trained on, and its chat template shows which (llama.cpp's chat.cpp and Ollama
+tell from the template's text; herd reads how the template writes a call in the conversation's history):
+
+    hermes        <tool_call>{"name": "f", "arguments": {...}}</tool_call>         Hermes, Qwen 2.5/3, SmolLM3, ...
+    llama3        {"name": "f", "parameters": {...}}  (or after <|python_tag|>)  Llama 3.1, 3.2, 3.3
+    mistral       [TOOL_CALLS][{"name": "f", "arguments": {...}, "id": "..."}]   Mistral Nemo and v3 models
+    mistral-args  [TOOL_CALLS]f[ARGS]{...}  ([CALL_ID]id before [ARGS])   Mistral Small 3.2, Devstral, Ministral 3
+    gpt-oss       <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}   harmony
+    qwen3-coder   <tool_call><function=f><parameter=k>v</parameter></function></tool_call>  Qwen3-Coder, Qwen 3.5
+    seed-oss      the same inside <seed:tool_call></seed:tool_call>               ByteDance Seed-OSS
+
+The API compiles each tool's arguments (JSON Schema -> GBNF rules named `args-0`, `args-1`, ... in
+`ToolConstraint.rules`, refused there when bad); `grammar` here wraps them in the family's call syntax in the worker,
+which knows the template. The API's parser (api/translate/tools.py) reads the same syntaxes back.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Literal
 
-DEEPSEEK_CALLS_BEGIN = "<\uff5ctool\u2581calls\u2581begin\uff5c>"
+from herd.inference import Grammar, Tool, ToolConstraint
 
-ToolFormat = Literal["hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "deepseek", "qwen3-coder"]
+ToolFormat = Literal["hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss"]
+FORMATS: tuple[ToolFormat, ...] = ("hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss")
+
+# Control tokens a family's calls are written with: generated text shows them when tools are offered.
+MARKERS: dict[ToolFormat, tuple[str, ...]] = {
+    "hermes": ("<tool_call>", "</tool_call>"),
+    "llama3": ("<|python_tag|>",),
+    "mistral": ("[TOOL_CALLS]",),
+    "mistral-args": ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
+    "gpt-oss": ("<|channel|>", "<|message|>", "<|constrain|>", "<|start|>", "<|end|>"),
+    "qwen3-coder": ("<tool_call>", "</tool_call>"),
+    "seed-oss": ("<seed:tool_call>", "</seed:tool_call>"),
+}
+# Where a call begins: under `auto` the grammar takes over from here (and not before).
+TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
+    "hermes": ("<tool_call>",),
+    "llama3": ("<|python_tag|>", '{"name"'),
+    "mistral": ("[TOOL_CALLS]",),
+    "mistral-args": ("[TOOL_CALLS]",),
+    "gpt-oss": ("to=functions.",),
+    "qwen3-coder": ("<tool_call>",),
+    "seed-oss": ("<seed:tool_call>",),
+}
+
+# How each family's template writes a call of `probe_tool_fn` in the conversation's history, most specific first.
+_RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
+    ("gpt-oss", re.compile(r"to=functions\.probe_tool_fn\b")),
+    ("seed-oss", re.compile(r"<seed:tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
+    ("qwen3-coder", re.compile(r"<tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
+    ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
+    ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("hermes", re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("llama3", re.compile(r'\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"parameters"\s*:')),
+)
 
 
-def detect(template: str) -> ToolFormat:
-    if "<|channel|>" in template:
-        return "gpt-oss"
-    if DEEPSEEK_CALLS_BEGIN in template:
-        return "deepseek"
-    if "<function=" in template and "<parameter=" in template:
-        return "qwen3-coder"
-    if "[TOOL_CALLS]" in template:
-        return "mistral-args" if "[ARGS]" in template else "mistral"
-    if "<tool_call>" in template:
-        return "hermes"
-    if "<|start_header_id|>" in template and "ipython" in template:
-        return "llama3"
-    return "hermes"
+def detect(rendered_call: str) -> ToolFormat | None:
+    """The syntax in which a template wrote a call of `probe_tool_fn` (one of the families here), else None.
+
+    Reading the template's own rendering of a call, rather than its source, tells apart families that share
+    markers (GLM's `<tool_call>` holds <arg_key> tags, not JSON) and ignores syntaxes a template only mentions.
+    """
+    for fmt, pattern in _RENDERED:
+        if pattern.search(rendered_call):
+            return fmt
+    return None
+
+
+def marker_tokens(fmt: ToolFormat, tokenize: Callable[[str, bool], list[int]]) -> frozenset[int]:
+    """The ids of `fmt`'s markers that are single tokens in this vocabulary (control tokens among them)."""
+    ids = (tokenize(marker, False) for marker in MARKERS[fmt])
+    return frozenset(found[0] for found in ids if len(found) == 1)
+
+
+def _lit(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _json_call(i: int, name: str, key: str, tail: str = "") -> str:
+    head = f'"{{" ws "\\"name\\"" ws ":" ws {_lit(json.dumps(name))} ws "," ws {_lit(json.dumps(key))} ws ":" ws'
+    return f'{head} args-{i} {tail}"}}" ws'
+
+
+def _xml_call(i: int, name: str, tool: Tool | None) -> str:
+    """<function=name> then each parameter of the schema in order (optional ones may be left out)."""
+    schema: Any = json.loads(tool.parameters) if tool is not None else {}
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
+    parts = []
+    for key in props if isinstance(props, dict) else ():
+        param = f'"<parameter=" {_lit(key)} ">" xml-value "</parameter>" "\\n"?'
+        parts.append(param if key in required else f"({param})?")
+    body = " ".join(parts) if parts else '("<parameter=" [^>]+ ">" xml-value "</parameter>" "\\n"?)*'
+    return f'"<function=" {_lit(name)} ">" "\\n"? {body} "</function>" "\\n"?'
+
+
+def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]) -> Grammar:
+    """The grammar of the constrained calls in `fmt`'s syntax; lazy (from its triggers on) unless forced."""
+    names = constraint.names
+    rules: list[str] = []
+    calls: list[str] = []
+    by_name = {t.name: t for t in tools}
+    for i, name in enumerate(names):
+        if fmt == "hermes":
+            body = _json_call(i, name, "arguments")
+        elif fmt == "llama3":
+            body = _json_call(i, name, "parameters")
+        elif fmt == "mistral":
+            body = _json_call(i, name, "arguments", '("," ws "\\"id\\"" ws ":" ws "\\"" [a-zA-Z0-9]{9} "\\"" ws)? ')
+        elif fmt == "mistral-args":
+            body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
+        elif fmt == "gpt-oss":
+            body = f'{_lit(name)} " "? ("<|channel|>commentary" " "?)? "<|constrain|>"? "json"? "<|message|>" args-{i}'
+        else:
+            body = _xml_call(i, name, by_name.get(name))
+        rules.append(f"tc-call-{i} ::= {body}")
+        calls.append(f"tc-call-{i}")
+    call = " | ".join(calls)
+    many = constraint.parallel
+    if fmt in ("hermes", "qwen3-coder", "seed-oss"):
+        opener, closer = MARKERS[fmt][:2]
+        rules.append(f'tc-one ::= {_lit(opener)} "\\n"? ws ({call}) {_lit(closer)}')
+        root = 'tc-one ("\\n" tc-one)*' if many else "tc-one"
+    elif fmt == "llama3":
+        rules.append(f"tc-one ::= {call}")
+        root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'
+    elif fmt == "mistral":
+        rules.append(f"tc-one ::= {call}")
+        root = '"[TOOL_CALLS]" "[" ws tc-one ("," ws tc-one)* "]"' if many else '"[TOOL_CALLS]" "[" ws tc-one "]"'
+    elif fmt == "mistral-args":
+        rules.append(f'tc-one ::= "[TOOL_CALLS]" ({call})')
+        root = "tc-one tc-one*" if many else "tc-one"
+    else:  # gpt-oss: optional reasoning on the analysis channel first; a call ends the turn (<|call|> is EOG)
+        rules.append(f'tc-one ::= "to=functions." ({call})')
+        rules.append('tc-think ::= "<|channel|>analysis<|message|>" ([^<] | "<" [^|])* "<|end|>" "<|start|>assistant"')
+        root = "tc-one" if not constraint.forced else 'tc-think? ("<|channel|>commentary")? " "? tc-one'
+    rules.append('xml-value ::= ([^<] | "<" [^/])*')
+    gbnf = "\n".join([f"root ::= {root}", *rules, constraint.rules])
+    return Grammar(gbnf, () if constraint.forced else TRIGGERS[fmt])

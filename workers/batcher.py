@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from herd import toolformat
 from herd.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
 from herd.inference import (
     EmbeddingRequest,
@@ -22,6 +23,7 @@ from herd.inference import (
     Finished,
     FinishReason,
     GenerationRequest,
+    Grammar,
     RequestStats,
     Started,
     StreamEvent,
@@ -77,6 +79,7 @@ class _Seq:
     acceptance: Acceptance | None = None  # its drafts' recent acceptance; None: this sequence does not speculate
     drafted: int = 0
     accepted: int = 0
+    tool_format_sent: bool = False
 
     def next_seq(self) -> int:
         self.family.event_seq += 1
@@ -113,6 +116,7 @@ class Batcher:
         self._emit = emit
         self._cap = max_tokens_cap
         self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text)
+        self._tool_markers = toolformat.marker_tokens(self._template.tool_format, engine.tokenize)
         self._inbox: queue.SimpleQueue[_Seq | EmbedJob | None] = queue.SimpleQueue()
         self._embeds: list[EmbedJob] = []
         self._cancel_lock = threading.Lock()
@@ -238,7 +242,7 @@ class Batcher:
                         param="n",
                     )
                 self._prepare(seq)
-                seq.sampler = self._engine.new_sampler(seq.req.sampling, seq.req.grammar)
+                seq.sampler = self._engine.new_sampler(seq.req.sampling, self._grammar(seq.req))
             except Exception as exc:
                 self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
                 continue
@@ -432,7 +436,7 @@ class Batcher:
             fork = _Seq(req=seq.req, family=family, index=len(forks) + 1, seq_id=slot, prompt=seq.prompt)
             fork.n_prefilled = fork.kv_len = len(seq.prompt)
             fork.max_tokens = seq.max_tokens
-            fork.sampler = self._engine.new_sampler(seq.req.sampling, seq.req.grammar, seed_offset=fork.index)
+            fork.sampler = self._engine.new_sampler(seq.req.sampling, self._grammar(seq.req), seed_offset=fork.index)
             fork.text = TextStream(seq.req.stop)
             self._speculate(fork)
             fork.admitted_ns, fork.admitted_wall_ns = seq.admitted_ns, seq.admitted_wall_ns
@@ -454,7 +458,9 @@ class Batcher:
         if seq.req.logprobs is not None:
             seq.logprobs.append(self._engine.logprobs(batch_index, token, seq.req.logprobs))
         assert seq.text is not None
-        text = seq.text.feed(self._engine.piece(token))
+        # A request with tools sees its model's call markers, control tokens that text otherwise leaves out.
+        special = seq.req.tool_constraint is not None and token in self._tool_markers
+        text = seq.text.feed(self._engine.piece(token, special))
         if text:
             self._delta(seq, text, 1)
         if seq.text.stopped:
@@ -500,7 +506,17 @@ class Batcher:
     def _delta(self, seq: _Seq, text: str, tokens: int) -> None:
         logprobs = tuple(seq.logprobs)
         seq.logprobs.clear()
-        self._events.append((seq.req.id, TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs)))
+        tool_format = None
+        if seq.req.tool_constraint is not None and not seq.tool_format_sent:
+            tool_format, seq.tool_format_sent = self._template.tool_format, True
+        delta = TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs, tool_format)
+        self._events.append((seq.req.id, delta))
+
+    def _grammar(self, req: GenerationRequest) -> Grammar | None:
+        """The request's grammar; without one, its tool calls' in the model's own syntax."""
+        if req.grammar is not None or req.tool_constraint is None:
+            return req.grammar
+        return toolformat.grammar(self._template.tool_format, req.tool_constraint, req.tools)
 
     def _trace(self, seq: _Seq, usage: Usage | None, error_type: str | None) -> None:
         """The sequence's spans, however it ended (see workers/spans.py)."""

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from herd import toolformat
 from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, Tool
-from herd.toolformat import ToolFormat, detect
 from herd.workers.template_env import TemplateEnvironment
 
 log = logging.getLogger("herd.workers.template")
@@ -86,11 +86,12 @@ class ChatTemplate:
             self._template, source = self._env.from_string(CHATML), None
         self._bos = bos_token
         self._eos = eos_token
-        self.caps = self._probe()
-        # A template that renders tools, calls and results speaks its family's tool syntax; others get Hermes tags.
-        native = self.caps.tools and self.caps.tool_calls
-        self.tool_format: ToolFormat = detect(source or "") if native else "hermes"
-        self.knows_tools = native
+        self.caps, rendered_call = self._probe()
+        # A template that renders tools and calls in a syntax herd reads speaks it; others get Hermes tags described
+        # in the system prompt (the fallback).
+        found = toolformat.detect(rendered_call) if self.caps.tools and self.caps.tool_calls else None
+        self.knows_tools = found is not None
+        self.tool_format: toolformat.ToolFormat = found or "hermes"
 
     # ---- probing -------------------------------------------------------------------------------------------
 
@@ -100,8 +101,8 @@ class ChatTemplate:
         except (_Refused, jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError):
             return None
 
-    def _probe(self) -> Caps:
-        caps = Caps()
+    def _probe(self) -> tuple[Caps, str]:
+        caps, rendered_call = Caps(), ""
         user = {"role": "user", "content": "probe user"}
         out = self._try([{"role": "system", "content": "probe system"}, user])
         caps.system = out is not None and "probe system" in out
@@ -116,6 +117,7 @@ class ChatTemplate:
             out = self._try([user, call], tools=[_PROBE_TOOL])
             if out is not None and "probe_tool_fn" in out and "probe value" in out:
                 caps.tool_calls, caps.short_ids, caps.string_arguments = True, short, as_text
+                rendered_call = out[out.rfind("probe user") :]
                 break
         if caps.tool_calls:
             for short in (caps.short_ids, True):  # some templates check the id's shape on the result only
@@ -132,7 +134,7 @@ class ChatTemplate:
                     if self._try(_after_results(later, mode), tools=[_PROBE_TOOL]) is not None:
                         caps.after_result = mode
                         break
-        return caps
+        return caps, rendered_call
 
     # ---- rendering -----------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
             _no_stream(chat_body.stream)
             req = openai_requests.chat_request(chat_body, request_id, grammars)
             streams.append(await gateway.open(req, low_priority=True))
-            tools = bool(req.tools) and req.grammar is not None
+            tools = req.tool_constraint is not None
             chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, bool(chat_body.logprobs), False)
             async for event in streams[0].deltas():
                 chat.feed(event.index, event)

@@ -90,7 +90,7 @@ async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     body = ollama_models.chat_defaults(body, await _manifest(state, served))
     req = ollama_requests.chat_request(body, served, n_ctx, request_id(request), grammars(state))
     stream = await admit(request, state, req)
-    tools = bool(req.tools) and req.grammar is not None
+    tools = req.tool_constraint is not None
     reply = OllamaReply("chat", body.model, tools, req.logprobs is not None)
     return await _reply(request, stream, body.stream, reply, started)
 

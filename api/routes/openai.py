@@ -39,7 +39,7 @@ async def chat_completions(request: AnyRequest, state: State) -> Response[wire.C
     body = await decode(request, wire.ChatCompletionRequest)
     req = openai_requests.chat_request(body, request_id(request), grammars(state))
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    tools = bool(req.tools) and req.grammar is not None
+    tools = req.tool_constraint is not None
     created = int(time.time())
     functions = uses_functions(body)
     chat = ChatAssembler(req.id, body.model, created, req.n, tools, bool(body.logprobs), include_usage, functions)

@@ -140,7 +140,7 @@ class OllamaReply:
         if self._parser is None:
             pieces: list[Piece] = [Content(event.text)] if event.text else []
         else:
-            pieces = self._parser.feed(event.text)
+            pieces = self._parser.feed(event.text, event.tool_format)
         lines = self._pieces(pieces, logprobs)
         if not lines and logprobs:
             lines = [self._line("", logprobs)]

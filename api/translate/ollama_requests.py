@@ -6,7 +6,8 @@ import json
 import re
 import time
 
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.toolgrammar import argument_rules
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest
 from herd.inference import (
@@ -17,6 +18,7 @@ from herd.inference import (
     SamplingParams,
     Tool,
     ToolCall,
+    ToolConstraint,
 )
 from msgspec.structs import replace
 
@@ -110,18 +112,18 @@ def _logprobs(flag: bool | None, top: int | None) -> int | None:
 
 def _tools(
     tools: list[wire.Tool] | None, choice: str | None, grammars: GrammarCache
-) -> tuple[tuple[Tool, ...], Grammar | None]:
+) -> tuple[tuple[Tool, ...], ToolConstraint | None]:
     """As in Ollama the model may call a tool (the grammar takes over once it opens a call); herd's `tool_choice`
     extension can also require a call or rule one out."""
     if not tools or choice == "none":
         return (), None
     specs = [ToolSpec(t.function.name, t.function.parameters or {}) for t in tools]
-    key = json.dumps(["tools", False, [[s.name, s.parameters] for s in specs]], sort_keys=True)
-    gbnf = grammars.get_or_compile(key, lambda: tool_grammar(specs, False, "tools"))
+    key = json.dumps(["tool-args", [[s.name, s.parameters] for s in specs]], sort_keys=True)
+    rules = grammars.get_or_compile(key, lambda: argument_rules(specs, "tools"))
     shown = tuple(
         Tool(t.function.name, t.function.description or "", json.dumps(t.function.parameters or {})) for t in tools
     )
-    return shown, Grammar(gbnf, () if choice == "required" else (TOOL_OPEN,))
+    return shown, ToolConstraint(tuple(s.name for s in specs), rules, False, choice == "required")
 
 
 def _message(m: wire.Message, i: int) -> ChatMessage:
@@ -145,9 +147,9 @@ def chat_request(
     """`model` is the resolved served name; `body.messages` is not empty (an empty list only loads the model)."""
     _refuse_unsupported(body.model, body.think)
     sampling, max_tokens, stop = _options(body.options, n_ctx)
-    tools, grammar = _tools(body.tools, body.tool_choice, grammars)
+    tools, constraint = _tools(body.tools, body.tool_choice, grammars)
     # A format constrains the whole answer; with tools too, the format wins (as in Ollama, which then cannot call).
-    grammar = _format(body.format, grammars) or grammar
+    grammar = _format(body.format, grammars)
     return GenerationRequest(
         id=request_id,
         model=model,
@@ -157,6 +159,7 @@ def chat_request(
         stop=stop,
         tools=tools,
         grammar=grammar,
+        tool_constraint=constraint,
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
         fit_context=True,  # Ollama generates until the context is full rather than refusing a large num_predict
         enqueued_at=time.time(),

@@ -95,7 +95,7 @@ class ChatAssembler:
         if choice.parser is None:
             pieces = [Content(event.text)] if event.text else []
         else:
-            pieces = choice.parser.feed(event.text)
+            pieces = choice.parser.feed(event.text, event.tool_format)
         chunks = self._pieces(index, choice, pieces, logprobs)
         if not chunks and logprobs:  # text held back (a possible tool call): its logprobs still go out now
             chunks = [self._chunk(index, wire.ChoiceDelta(), None, logprobs)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.toolgrammar import argument_rules
 from herd.api.wire import openai as wire
 from herd.api.translate.openai_functions import as_tools
 from herd.errors import InvalidRequest
@@ -17,6 +18,7 @@ from herd.inference import (
     SamplingParams,
     Tool,
     ToolCall,
+    ToolConstraint,
 )
 
 
@@ -76,8 +78,8 @@ def _message(m: wire.ChatCompletionMessageParam, i: int) -> ChatMessage:
     return ChatMessage(role=m.role, content=_content(m, i), name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)
 
 
-def _tools(body: wire.ChatCompletionRequest, grammars: GrammarCache) -> tuple[tuple[Tool, ...], Grammar | None]:
-    """The tools shown to the model and the grammar that enforces tool_choice (none without tools)."""
+def _tools(body: wire.ChatCompletionRequest, grammars: GrammarCache) -> tuple[tuple[Tool, ...], ToolConstraint | None]:
+    """The tools shown to the model and the constraint that enforces tool_choice (none without tools)."""
     choice = body.tool_choice
     if not body.tools:
         if choice is not None and choice != "none":
@@ -96,14 +98,14 @@ def _tools(body: wire.ChatCompletionRequest, grammars: GrammarCache) -> tuple[tu
     # max_tokens (llama-server, too, defaults parallel_tool_calls to false).
     parallel = body.parallel_tool_calls is True and not isinstance(choice, wire.ChatCompletionNamedToolChoice)
     specs = [ToolSpec(t.function.name, t.function.parameters or {}) for t in tools]
-    key = json.dumps(["tools", parallel, [[s.name, s.parameters] for s in specs]], sort_keys=True)
-    gbnf = grammars.get_or_compile(key, lambda: tool_grammar(specs, parallel, "tools"))
+    key = json.dumps(["tool-args", [[s.name, s.parameters] for s in specs]], sort_keys=True)
+    rules = grammars.get_or_compile(key, lambda: argument_rules(specs, "tools"))
     # auto: the model may answer in text; the grammar takes over once it opens a call.
-    triggers = (TOOL_OPEN,) if choice in (None, "auto") else ()
+    forced = choice not in (None, "auto")
     shown = tuple(
         Tool(t.function.name, t.function.description or "", json.dumps(t.function.parameters or {})) for t in body.tools
     )
-    return shown, Grammar(gbnf, triggers)
+    return shown, ToolConstraint(tuple(s.name for s in specs), rules, parallel, forced)
 
 
 def _response_format(fmt: wire.ResponseFormat | None, grammars: GrammarCache) -> Grammar | None:
@@ -123,10 +125,11 @@ def _response_format(fmt: wire.ResponseFormat | None, grammars: GrammarCache) ->
 def chat_request(body: wire.ChatCompletionRequest, request_id: str, grammars: GrammarCache) -> GenerationRequest:
     body = as_tools(body)
     messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
-    tools, grammar = _tools(body, grammars)
-    if grammar is None or grammar.triggers:
+    tools, constraint = _tools(body, grammars)
+    grammar = None
+    if constraint is None or not constraint.forced:
         # A forced tool call wins over response_format; with `auto` the text before a call follows no schema.
-        grammar = _response_format(body.response_format, grammars) or grammar
+        grammar = _response_format(body.response_format, grammars)
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
     return GenerationRequest(
@@ -138,6 +141,7 @@ def chat_request(body: wire.ChatCompletionRequest, request_id: str, grammars: Gr
         stop=_stop(body.stop),
         tools=tools,
         grammar=grammar,
+        tool_constraint=constraint,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         n=body.n or 1,
         enqueued_at=time.time(),

@@ -1,0 +1,195 @@
+"""Tool-call scanners for the families that mark a call's parts with tags: Mistral's [ARGS], gpt-oss's harmony
+channels, Qwen3-Coder's and Seed-OSS's XML parameters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from herd.api.translate.tool_json import GIVE_UP, CallArguments, Content, Piece, Scanner, held_back
+
+
+@dataclass(slots=True)
+class MistralArgs(Scanner):
+    """`[TOOL_CALLS]f[ARGS]{...}`, with `[CALL_ID]id` before `[ARGS]` in some (Mistral Small 3.2, Devstral)."""
+
+    openers: tuple[str, ...] = ("[TOOL_CALLS]",)
+
+    def _head(self, out: list[Piece]) -> None:
+        ends = [(at, m) for m in ("[ARGS]", "[CALL_ID]") if (at := self._buf.find(m)) >= 0]
+        if not ends:
+            if len(self._buf) > GIVE_UP:
+                self._give_up(out)
+            return
+        at, marker = min(ends)
+        self._start(self._buf[:at].strip(), out)
+        self._buf = self._buf[at + len(marker) :]
+        self._state = "call_id" if marker == "[CALL_ID]" else "arguments"
+
+    def _call_id(self, out: list[Piece]) -> None:
+        at = self._buf.find("[ARGS]")
+        if at >= 0:
+            self._buf, self._state = self._buf[at + len("[ARGS]") :], "arguments"
+
+    def _after_arguments(self) -> str:
+        return "content"
+
+
+# Harmony (gpt-oss): every message is `<|channel|>NAME[ to=RECIPIENT][ <|constrain|>json]<|message|>BODY` ended by
+# <|end|> (then `<|start|>assistant` and the next message), <|call|> or <|return|> (both end generation, so they
+# never reach the text). Calls go to the commentary channel with a `to=functions.NAME` recipient (also written
+# before the channel); `final` is the answer; `analysis` is reasoning, which is not content.
+_ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
+_RECIPIENT = "to=functions."
+
+
+@dataclass(slots=True)
+class Harmony(Scanner):
+    openers: tuple[str, ...] = ()
+    _state: str = "header"
+
+    def _header(self, out: list[Piece]) -> None:
+        at = self._buf.find("<|message|>")
+        if at < 0:
+            if len(self._buf) > GIVE_UP or (self._buf and not self._could_be_header(self._buf)):
+                self._state = "plain"  # no harmony messages (its markers were not shown): all of it is content
+            return
+        header, self._buf = self._buf[:at], self._buf[at + len("<|message|>") :]
+        if _RECIPIENT in header:
+            name = header.split(_RECIPIENT, 1)[1]
+            name = name.replace("<|", " ").split()[0] if name.strip() else ""
+            self._start(name, out)
+            self._state = "call_body"
+        else:
+            self._state = "skip_body" if "analysis" in header else "content_body"
+
+    @staticmethod
+    def _could_be_header(text: str) -> bool:
+        text = text.lstrip()
+        return any(text.startswith(p) or p.startswith(text) for p in ("<|", "to=", "assistant"))
+
+    def _plain(self, out: list[Piece]) -> None:
+        out.append(Content(self._buf))
+        self._buf = ""
+
+    def _body(self) -> tuple[str, bool]:
+        """The body text that can go out now, and whether the body ended (its end marker is consumed)."""
+        found = [(at, m) for m in _ENDS if (at := self._buf.find(m)) >= 0]
+        if found:
+            at, marker = min(found)
+            text = self._buf[:at]
+            self._buf = self._buf[at + (0 if marker == "<|start|>" else len(marker)) :]
+            return text, True
+        keep = held_back(self._buf, _ENDS)
+        text = self._buf[: len(self._buf) - keep]
+        self._buf = self._buf[len(text) :]
+        return text, False
+
+    def _content_body(self, out: list[Piece]) -> None:
+        text, ended = self._body()
+        if text:
+            out.append(Content(text))
+        if ended:
+            self._state = "header"
+
+    def _skip_body(self, out: list[Piece]) -> None:
+        if self._body()[1]:
+            self._state = "header"
+
+    def _call_body(self, out: list[Piece]) -> None:
+        text, ended = self._body()
+        if not self._args:
+            text = text.lstrip()
+        if text:
+            self._args.append(text)
+            out.append(CallArguments(self.calls, text))
+        if ended:
+            self._end(out, "".join(self._args).rstrip())
+            self._state = "header"
+
+    def finish(self) -> list[Piece]:
+        out: list[Piece] = []
+        loose = self._state in ("header", "plain") and "<|" not in self._buf  # text that was never a message
+        if (loose or self._state == "content_body") and self._buf.strip():
+            out.append(Content(self._buf))
+        elif self._state == "call_body":  # <|call|> ended generation: the call is complete
+            if self._buf:
+                self._args.append(self._buf)
+                out.append(CallArguments(self.calls, self._buf))
+            self._end(out, "".join(self._args).rstrip())
+        self._buf = ""
+        return out
+
+
+@dataclass(slots=True)
+class Xml(Scanner):
+    """`<tool_call><function=f><parameter=k>value</parameter>...</function></tool_call>` (Qwen3-Coder, Qwen 3.5;
+    Seed-OSS in <seed:tool_call> tags). Values are text; one that reads as a JSON number, boolean, null, object or
+    array is that value. Arguments go out one parameter at a time."""
+
+    closer: str = "</tool_call>"
+    _key: str = ""
+
+    def _head(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if not text.startswith("<function="[: len(text)]) and text:
+            self._give_up(out)
+            return
+        end = text.find(">")
+        if end < 0:
+            if len(text) > GIVE_UP:
+                self._give_up(out)
+            return
+        self._start(text[len("<function=") : end].strip(), out)
+        self._buf = text[end + 1 :]
+        self._state = "parameters"
+
+    def _parameters(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        for tag, state in (("<parameter=", "parameter"), ("</function>", "close")):
+            if text.startswith(tag):
+                self._buf, self._state = text, state
+                return
+        if text and not any(tag.startswith(text) for tag in ("<parameter=", "</function>")):
+            self._buf, self._state = text, "close"  # not a parameter: the function ends here
+
+    def _parameter(self, out: list[Piece]) -> None:
+        end = self._buf.find(">")
+        if end >= 0:
+            self._key = self._buf[len("<parameter=") : end].strip()
+            self._buf, self._state = self._buf[end + 1 :], "value"
+
+    def _value(self, out: list[Piece]) -> None:
+        at = self._buf.find("</parameter>")
+        if at < 0:
+            return
+        value = self._buf[:at].removeprefix("\n").removesuffix("\n")
+        self._buf = self._buf[at + len("</parameter>") :]
+        fragment = ("{" if not self._args else ", ") + json.dumps(self._key) + ": " + json.dumps(_value(value))
+        self._args.append(fragment)
+        out.append(CallArguments(self.calls, fragment))
+        self._state = "parameters"
+
+    def _close(self, out: list[Piece]) -> None:
+        fragment = "}" if self._args else "{}"
+        self._args.append(fragment)
+        out.append(CallArguments(self.calls, fragment))
+        self._end(out)
+        self._buf = self._buf.removeprefix("</function>")
+        self._state = "tail"
+
+    def _tail(self, out: list[Piece]) -> None:
+        at = self._buf.find(self.closer)
+        if at >= 0:
+            self._buf, self._state = self._buf[at + len(self.closer) :], "content"
+        elif len(self._buf) > len(self.closer) + 64:
+            self._buf, self._state = "", "content"
+
+
+def _value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return text if isinstance(value, str) else value
