@@ -10,11 +10,13 @@ conventions' names and buckets, and their exemplars (as /metrics's OpenMetrics o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 from herd.api.metrics import GEN_AI_DURATION_S, GEN_AI_TPOT_S, GEN_AI_TTFT_S, HTTP_DURATION_S
 
@@ -48,6 +50,7 @@ def traced(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
         OTEL_BSP_SCHEDULE_DELAY="100",
         OTEL_METRIC_EXPORT_INTERVAL="300",
+        HERD_FILES_DIR=str(tmp_path_factory.mktemp("traced-files")),
     )
     yield srv
     srv.stop()
@@ -253,6 +256,34 @@ def test_otlp_metrics_over_http_with_convention_buckets_and_exemplars(
         line.startswith("gen_ai_server_time_to_first_token_seconds_bucket") and f'trace_id="{trace_id}"' in line
         for line in scraped.splitlines()
     )
+
+
+def test_batch_lines_are_labelled_apart_from_interactive(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
+    _, collected = http_otlp
+    line = {
+        "custom_id": "one",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+    }
+    with openai.OpenAI(base_url=f"{traced.base_url}/v1", api_key="none", timeout=120, max_retries=0) as client:
+        source = client.files.create(file=("one.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+        batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+        collected.wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=120)
+    # The line's GenAI span (a root: no HTTP request carries it) and its metrics say "batch".
+    collected.wait_for(lambda: any(attrs(s).get("herd.priority") == "batch" for s in list(collected.spans)))
+    (span,) = [s for s in list(collected.spans) if attrs(s).get("herd.priority") == "batch"]
+    assert span["name"] == GENAI and span["parent"] == "" and span["status"] == UNSET
+
+    def batch_points() -> list[Record]:
+        return [
+            p
+            for p in collected.latest_metrics("gen_ai.server.time_to_first_token")
+            if p["attributes"].get("herd.priority") == "batch"  # type: ignore[attr-defined]
+        ]
+
+    collected.wait_for(lambda: bool(batch_points()))
+    assert [p["count"] for p in batch_points()] == [1]
 
 
 # ---- over gRPC, and failures that are the server's ---------------------------------------------------------------
