@@ -98,7 +98,7 @@ class ResponseStore:
             "logprobs": "1" if record.logprobs else "0",
         }
         async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(channels.response(response_id), mapping=fields)  # type: ignore[arg-type]
+            pipe.hset(channels.response(response_id), mapping=fields)
             pipe.expire(channels.response(response_id), self._ttl)
             await pipe.execute()
 
