@@ -1,0 +1,345 @@
+"""The continuous-batching scheduler (workers/batcher.py) in process, on its real engine thread, against a scripted
+engine (tests/fake_engine.py) whose "model" reads each sequence's KV cells: admission between steps, the sequence
+limit, cancellation, stop rules, prefill chunks, the prefix cache, n > 1 forks, and failures that stay contained."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from herd.errors import ErrorKind
+from herd.inference import (
+    Embedded,
+    EmbeddingRequest,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Grammar,
+    RequestStats,
+    SamplingParams,
+    Started,
+    StreamEvent,
+    TokenDelta,
+)
+from herd.workers.batcher import Batcher
+
+from tests.fake_engine import BAD_GRAMMAR, POISON, ScriptedEngine
+
+SCRIPT = {
+    "Hi": "Hello there.",
+    "Count": "one two three four five six seven",
+    "Yo": "Yo yourself.",
+    "Story": "once upon a time, the end",
+    "abcdefghi": "XY",
+    "Bad": f"ab{POISON}cd",
+}
+
+
+@dataclass
+class Events:
+    """The batcher's `emit`: every event in the order the event loop got them, and the request stats."""
+
+    log: list[tuple[str, StreamEvent]] = field(default_factory=list)
+    stats: list[RequestStats] = field(default_factory=list)
+
+    def __call__(self, events: list[tuple[str, StreamEvent]], stats: list[RequestStats]) -> None:
+        self.log.extend(events)
+        self.stats.extend(stats)
+
+    def of(self, rid: str) -> list[StreamEvent]:
+        return [event for r, event in self.log if r == rid]
+
+    def text(self, rid: str, index: int = 0) -> str:
+        return "".join(e.text for e in self.of(rid) if isinstance(e, TokenDelta) and e.index == index)
+
+    def position(self, rid: str, kind: type[StreamEvent]) -> int:
+        """Where the first `kind` event of `rid` sits in the log."""
+        return next(i for i, (r, e) in enumerate(self.log) if r == rid and isinstance(e, kind))
+
+    def finished(self, rid: str) -> list[Finished]:
+        return [e for e in self.of(rid) if isinstance(e, Finished)]
+
+    def failed(self, rid: str) -> Failed:
+        (failure,) = [e for e in self.of(rid) if isinstance(e, Failed)]
+        return failure
+
+
+@dataclass
+class Run:
+    batcher: Batcher
+    engine: ScriptedEngine
+    events: Events
+
+    async def generate(self, rid: str, prompt: str, **fields: Any) -> None:
+        """Run one request to its end (a batcher that never ends it fails the test instead of hanging it)."""
+        await asyncio.wait_for(self.batcher.run(request(rid, prompt, **fields)), GUARD_S)
+
+
+MakeRun = Callable[..., Run]
+GUARD_S = 60  # no test waits this long unless the batcher lost a request
+
+
+@pytest.fixture
+async def make_run() -> AsyncIterator[MakeRun]:
+    made: list[tuple[Run, ThreadPoolExecutor]] = []
+
+    def make(max_seqs: int = 4, n_ctx_seq: int = 64, prefill_chunk: int = 4, cap: int = 1000) -> Run:
+        engine = ScriptedEngine(SCRIPT, max_seqs=max_seqs, n_ctx_seq=n_ctx_seq, n_batch=8)
+        events = Events()
+        batcher = Batcher(engine, "w1", events, cap, prefill_chunk, prefill_budget=4)
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-engine")
+        batcher.start(thread)
+        made.append((Run(batcher, engine, events), thread))
+        return made[-1][0]
+
+    yield make
+    for run, thread in made:
+        await run.batcher.stop()
+        thread.shutdown()
+        assert not run.batcher.alive
+        assert run.engine.mistakes == []
+        assert run.engine.live_samplers == set(), "samplers never freed"
+        for rid in {r for r, _ in run.events.log}:
+            assert [e.seq for e in run.events.of(rid)] == list(range(len(run.events.of(rid)))), rid
+
+
+def request(rid: str, prompt: str, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(id=rid, model="m", prompt=prompt, sampling=SamplingParams(temperature=0.0), **fields)
+
+
+async def finish(*tasks: asyncio.Task[None]) -> None:
+    await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+
+
+async def submit(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Start `work` and let it reach the batcher's inbox before going on."""
+    task = asyncio.create_task(work)
+    await asyncio.sleep(0)
+    return task
+
+
+async def test_a_request_runs_to_its_end_of_generation(make_run: MakeRun) -> None:
+    run = make_run()
+    await run.generate("r", "Hi")
+    events = run.events.of("r")
+    assert events[0] == Started(0, "w1", 3)  # BOS + "Hi"
+    assert run.events.text("r") == "Hello there."
+    (done,) = run.events.finished("r")
+    assert (done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens) == ("stop", 3, 12)
+    assert events[-1] is done
+    (stats,) = run.events.stats
+    assert (stats.request_id, stats.finish_reason, stats.completion_tokens) == ("r", "stop", 12)
+    assert (run.batcher.counters.tokens_generated, run.batcher.counters.requests_done, run.batcher.busy) == (12, 1, 0)
+
+
+async def test_a_prompt_is_prefilled_in_aligned_chunks(make_run: MakeRun) -> None:
+    run = make_run(prefill_chunk=4)
+    await run.generate("r", "abcdefghi")  # 10 tokens with BOS
+    prefill = run.engine.decodes[:3]
+    assert [d.positions for d in prefill] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    assert [d.logits for d in prefill] == [(False,) * 4, (False,) * 4, (False, True)]  # logits for the last only
+    assert [len(d.tokens) for d in run.engine.decodes[3:]] == [1, 1]  # then one token per step: "Y", end
+    assert run.events.text("r") == "XY"
+
+
+async def test_the_next_request_reuses_the_cached_prefix_on_a_chunk_boundary(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=1, prefill_chunk=4)
+    await run.generate("a", "abcdefghi")
+    first = len(run.engine.decodes)
+    await run.generate("b", "abcdefghi")
+    (done,) = run.events.finished("b")
+    assert done.usage.cached_tokens == 8  # 10 prompt tokens: the last is computed again, from position 8
+    assert run.engine.decodes[first].positions == (8, 9)
+    assert run.events.text("b") == "XY"
+    await run.generate("c", "abcdefgh-")  # shares 9 tokens with what the slot holds: 8 are reused
+    assert run.events.finished("c")[0].usage.cached_tokens == 8
+
+
+async def test_a_request_joins_a_running_batch_between_steps(make_run: MakeRun) -> None:
+    run = make_run()
+    run.engine.hold(after=5)  # "Count" is 6 tokens: 2 prefill chunks, then decode steps
+    first = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()
+    second = await submit(run.batcher.run(request("b", "Hi")))
+    run.engine.release()
+    await finish(first, second)
+    assert run.events.text("a") == SCRIPT["Count"] and run.events.text("b") == SCRIPT["Hi"]
+    log = run.events
+    assert log.position("a", TokenDelta) < log.position("b", Started) < log.position("a", Finished)
+    a_slot = run.engine.decodes[0].seq_ids[0]
+    shared = [d for d in run.engine.decodes if a_slot in d.seq_ids and len(set(d.seq_ids)) == 2]
+    assert shared, "the two sequences never decoded in one step"
+    assert any(len(d.tokens) == 2 for d in shared)  # a decode step: one token for each sequence
+
+
+async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=2)
+    run.engine.hold()
+    tasks = [await submit(run.batcher.run(request("a", "Count")))]
+    await run.engine.held()  # "a" runs; "b" and "c" arrive together
+    tasks += [await submit(run.batcher.run(request(r, p))) for r, p in (("b", "Hi"), ("c", "Yo"))]
+    run.engine.release()
+    await finish(*tasks)
+    running, most = 0, 0
+    for _, event in run.events.log:
+        running += isinstance(event, Started) - isinstance(event, Finished | Failed)
+        most = max(most, running)
+    assert most == 2
+    assert run.events.position("c", Started) > min(run.events.position(r, Finished) for r in "ab")
+    assert [run.events.text(r) for r in "abc"] == [SCRIPT["Count"], SCRIPT["Hi"], SCRIPT["Yo"]]
+
+
+async def test_cancel_drops_a_running_sequence_and_frees_its_slot(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=1)
+    run.engine.hold(after=4)
+    cancelled = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()
+    waiting = await submit(run.batcher.run(request("b", "Hi")))  # waits for the only slot
+    run.batcher.cancel("a")
+    run.engine.release()
+    await finish(cancelled, waiting)
+    partial = run.events.text("a")
+    assert SCRIPT["Count"].startswith(partial) and len(partial) < len(SCRIPT["Count"])
+    assert run.events.finished("a") == []  # a cancelled sequence sends nothing more
+    assert [(s.request_id, s.finish_reason) for s in run.events.stats] == [("a", "cancelled"), ("b", "stop")]
+    assert run.events.text("b") == SCRIPT["Hi"]  # admitted into the slot "a" left
+    assert run.batcher.counters.requests_cancelled == 1
+
+
+async def test_cancelling_the_awaiting_task_cancels_the_sequence(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=1)
+    run.engine.hold(after=4)
+    task = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()
+    task.cancel()
+    await asyncio.sleep(0)
+    run.engine.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await run.generate("b", "Hi")
+    assert run.events.finished("a") == [] and run.events.stats[0].finish_reason == "cancelled"
+    assert run.events.text("b") == SCRIPT["Hi"]
+
+
+async def test_a_waiting_or_not_yet_submitted_request_can_be_cancelled(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=1)
+    run.engine.hold(after=2)
+    running = await submit(run.batcher.run(request("a", "Hi")))
+    await run.engine.held()
+    waiting = await submit(run.batcher.run(request("b", "Yo")))
+    run.batcher.cancel("b")
+    run.engine.release()
+    await finish(running, waiting)
+    run.batcher.cancel("c")  # a cancel that arrives before its request does is kept for it
+    await run.generate("c", "Yo")
+    assert run.events.of("b") == [] and run.events.of("c") == []  # never admitted: not even Started
+    assert run.events.text("a") == SCRIPT["Hi"]
+    assert run.batcher.counters.requests_cancelled == 2 and run.batcher.busy == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "text", "reason", "completion"),
+    [
+        ({"stop": (", ",)}, "once upon a time", "stop", 18),  # the stop string is counted, not sent
+        ({"stop": ("time", "a t")}, "once upon ", "stop", 13),  # the stop that begins first wins
+        ({"max_tokens": 5}, "once ", "length", 5),
+        ({}, SCRIPT["Story"], "stop", len(SCRIPT["Story"])),
+    ],
+)
+async def test_stop_rules(make_run: MakeRun, fields: dict[str, Any], text: str, reason: str, completion: int) -> None:
+    run = make_run()
+    await run.generate("r", "Story", **fields)
+    (done,) = run.events.finished("r")
+    assert (run.events.text("r"), done.finish_reason, done.usage.completion_tokens) == (text, reason, completion)
+
+
+async def test_the_worker_cap_and_the_context_end_a_reply(make_run: MakeRun) -> None:
+    capped = make_run(cap=3)
+    await capped.generate("r", "Story")
+    assert (capped.events.text("r"), capped.events.finished("r")[0].finish_reason) == ("onc", "length")
+    small = make_run(n_ctx_seq=16)  # "Count" is 6 tokens: 10 fit after it
+    await small.generate("a", "Count")
+    assert small.events.text("a") == SCRIPT["Count"][:10]
+    await small.generate("b", "Count", max_tokens=20, fit_context=True)  # Ollama: cut to the room
+    assert small.events.finished("b")[0].usage.completion_tokens == 10
+    await small.generate("c", "Count", max_tokens=20)
+    failure = small.events.failed("c")
+    assert (failure.seq, failure.kind, failure.param) == (0, ErrorKind.CONTEXT_LENGTH_EXCEEDED, "prompt")
+    assert "maximum context length is 16 tokens" in failure.message
+
+
+async def test_a_request_refused_at_admission_fails_alone(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=2)
+    run.engine.hold(after=3)
+    good = await submit(run.batcher.run(request("good", "Count")))
+    await run.engine.held()
+    refused = [
+        await submit(run.batcher.run(request("grammar", "Hi", grammar=Grammar(BAD_GRAMMAR)))),
+        await submit(run.batcher.run(request("long", "x" * 70))),
+        await submit(run.batcher.run(request("n", "Hi", n=3))),
+        await submit(run.batcher.run(request("empty", ""))),
+    ]
+    run.engine.release()
+    await finish(good, *refused)
+    assert run.events.text("good") == SCRIPT["Count"] and run.events.finished("good")[0].finish_reason == "stop"
+    kinds = {rid: (run.events.failed(rid).kind, run.events.failed(rid).param) for rid in ("grammar", "long", "n")}
+    assert kinds == {
+        "grammar": (ErrorKind.INVALID_REQUEST, "response_format"),
+        "long": (ErrorKind.CONTEXT_LENGTH_EXCEEDED, "prompt"),
+        "n": (ErrorKind.INVALID_REQUEST, "n"),
+    }
+    assert all(not isinstance(e, Started) for rid in kinds for e in run.events.of(rid))
+    assert run.events.of("empty")[0] == Started(0, "w1", 1)  # an empty prompt continues from BOS
+
+
+async def test_a_failed_decode_fails_its_step_and_the_thread_serves_on(make_run: MakeRun) -> None:
+    run = make_run()
+    run.engine.hold(after=3)
+    bystander = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()
+    poisoned = await submit(run.batcher.run(request("bad", "Bad")))
+    run.engine.release()
+    await finish(bystander, poisoned)
+    for rid in ("a", "bad"):  # every sequence of the failed step fails: their cells are not to be trusted
+        failure = run.events.failed(rid)
+        assert (failure.kind, failure.message) == (ErrorKind.ENGINE_ERROR, "llama_decode failed with status -1")
+    assert run.events.text("bad") == f"ab{POISON}"  # sampled and sent; feeding it back failed
+    assert all(cells == [] for cells in run.engine.cells.values())  # dropped, not kept as a prefix cache
+    assert run.batcher.alive
+    await run.generate("after", "Hi")
+    assert run.events.text("after") == SCRIPT["Hi"]
+
+
+async def test_n_choices_fork_one_prefill(make_run: MakeRun) -> None:
+    run = make_run()
+    await run.generate("r", "Hi", n=3)
+    assert [e for e in run.events.of("r") if isinstance(e, Started)] == [Started(0, "w1", 3)]
+    assert [run.events.text("r", i) for i in range(3)] == [SCRIPT["Hi"]] * 3
+    assert sorted(f.index for f in run.events.finished("r")) == [0, 1, 2]
+    source = run.engine.decodes[0].seq_ids[0]
+    assert [s for s, _ in run.engine.forks] == [source, source] and len({t for _, t in run.engine.forks}) == 2
+    assert sum(1 for d in run.engine.decodes if d.positions[0] == 0) == 1  # the prompt was prefilled once
+
+
+async def test_logprobs_travel_with_the_text(make_run: MakeRun) -> None:
+    run = make_run()
+    await run.generate("r", "Hi", logprobs=1)
+    deltas = [e for e in run.events.of("r") if isinstance(e, TokenDelta)]
+    assert b"".join(lp.piece for d in deltas for lp in d.logprobs).decode() == SCRIPT["Hi"]
+    assert all(len(lp.top) == 1 and lp.top[0][0] == lp.piece for d in deltas for lp in d.logprobs)
+
+
+async def test_embeddings_run_between_decode_steps(make_run: MakeRun) -> None:
+    run = make_run()
+    generating = await submit(run.batcher.run(request("g", "Count")))
+    embedding = await submit(run.batcher.embed(EmbeddingRequest(id="e", model="m", inputs=("abc", (5, 6)))))
+    await finish(generating, embedding)
+    started, embedded = run.events.of("e")
+    assert started == Started(0, "w1", 0)
+    assert isinstance(embedded, Embedded) and (embedded.dimensions, embedded.prompt_tokens) == (4, 6)
+    assert len(embedded.vectors) == 2 * 4 * 4
+    assert run.events.text("g") == SCRIPT["Count"]
