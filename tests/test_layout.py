@@ -27,7 +27,7 @@ ENTRY_POINTS = {
     "herd.__main__",
     "herd.cli",
     "herd.supervisor",
-    "herd.client.transfer",  # `herd create -f`: reads the Modelfile with the server's parser (herd.api.models.modelfile)
+    "herd.client.transfer",  # `herd create -f` reads the Modelfile with the server's parser (models.modelfile)
 }
 
 # Who may import herd.api.wire.*: a module name, or a package followed by ".*" for everything in it.
