@@ -6,6 +6,7 @@ receive is recorded at the HTTP transport and validated strictly against the `op
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import MODEL, HerdServer
+from tests.test_pattern import ZOD
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 NODE_DIR = Path(__file__).parent / "node"
@@ -228,3 +230,80 @@ def node_clients() -> Path:
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=300
         )
     return NODE_DIR
+
+
+def test_openai_npm_and_the_ai_sdks_default_openai_provider(server: HerdServer, node_clients: Path) -> None:
+    run = subprocess.run(
+        ["node", "responses.mjs", server.base_url, MODEL], cwd=node_clients, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    check_node_clients(json.loads(run.stdout))
+
+
+def check_node_clients(seen: dict[str, Any]) -> None:
+    # Every body and event the JavaScript clients got, in the openai Python SDK's strict types.
+    recorded = Recorded()
+    for exchange in seen["exchanges"]:
+        assert exchange["status"] == 200, exchange
+        recorded.bodies.append((exchange["type"], exchange["body"].encode()))
+    responses, events = recorded.check()
+    assert (responses, len(seen["exchanges"])) == (7, 9) and events > 10
+    for exchange in seen["exchanges"]:
+        if exchange["type"].startswith("text/event-stream"):
+            numbers = [json.loads(x[6:])["sequence_number"] for x in exchange["body"].splitlines() if x[:6] == "data: "]
+            assert numbers == list(range(len(numbers)))
+
+    # openai npm: create and stream agree; the stream is OpenAI's event sequence.
+    expected = seen["openaiCreate"]["text"]
+    assert expected and seen["openaiCreate"]["id"].startswith("resp_")
+    kinds = seen["openaiStream"]["kinds"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert seen["openaiStream"]["deltas"] == seen["openaiStream"]["text"] == expected
+
+    # @ai-sdk/openai's default model (the Responses API): the same greedy text, streamed or not.
+    assert seen["aiGenerate"]["text"] == seen["aiStream"]["text"] == expected
+    assert seen["aiGenerate"]["finishReason"] == seen["aiStream"]["finishReason"] == "stop"
+    usage = seen["aiGenerate"]["usage"]
+    assert (usage["inputTokens"], usage["outputTokens"]) == (
+        seen["openaiCreate"]["usage"]["input_tokens"],
+        seen["openaiCreate"]["usage"]["output_tokens"],
+    )
+
+    # Store on: the second turn referred to the first answer by item id, and herd rebuilt it from storage.
+    requests = [json.loads(x["request"]) for x in seen["exchanges"] if x["request"]]
+    items = [item for r in requests if isinstance(r["input"], list) for item in r["input"]]
+    [second] = [r for r in requests if "What is my name?" in json.dumps(r)]
+    [reference] = [item for item in second["input"] if item.get("type") == "item_reference"]
+    [first_turn] = [x for x in seen["exchanges"] if "Ada" in (x["request"] or "") and "my name?" not in x["request"]]
+    first_answer = Response.model_validate_json(first_turn["body"])
+    assert reference["id"] == first_answer.output[0].id
+    assert seen["aiTurns"]["first"] and seen["aiTurns"]["second"]
+
+    # Tool round trip: a call to `weather`, its output sent back as function_call_output, then a text answer.
+    first_step, second_step = seen["aiTools"]["steps"]
+    assert first_step["finishReason"] == "tool-calls" and second_step["finishReason"] == "stop"
+    [call] = first_step["toolCalls"]
+    assert call["name"] == "weather" and isinstance(call["input"]["city"], str)
+    assert first_step["toolResults"] == [{"city": call["input"]["city"], "temperature": 21, "sky": "clear"}]
+    assert any(item.get("type") == "function_call_output" for item in items)
+
+    # Structured output: zod's patterns went out in the schema and the object matches them.
+    [structured] = [r for r in requests if "text" in r]
+    sent = structured["text"]["format"]["schema"]["properties"]
+    assert sent["email"]["pattern"] and sent["id"]["pattern"] and sent["code"]["pattern"]
+    contact = seen["aiObject"]["object"]
+    assert seen["aiObject"]["finishReason"] == "stop"
+    assert re.fullmatch(ZOD["email"][0], contact["email"]) and len(contact["email"]) <= 40
+    assert re.fullmatch(ZOD["uuid"][0], contact["id"])
+    assert re.fullmatch(r"[A-Z]{3}-\d{3}", contact["code"])
