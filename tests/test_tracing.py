@@ -33,16 +33,16 @@ GENAI = f"chat {MODEL}"
 
 
 @pytest.fixture(scope="module")
-def http_otlp() -> Iterator[tuple[int, Collected]]:
+def receiver() -> Iterator[tuple[int, Collected]]:
     with http_receiver() as receiver:
         yield receiver
 
 
 @pytest.fixture(scope="module")
 def traced(
-    redis_port: int, http_otlp: tuple[int, Collected], tmp_path_factory: pytest.TempPathFactory
+    redis_port: int, receiver: tuple[int, Collected], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HerdServer]:
-    port, _ = http_otlp
+    port, _ = receiver
     srv = HerdServer(
         redis_port,
         db=10,
@@ -68,8 +68,8 @@ def attrs(span: Record) -> dict[str, object]:
     return value
 
 
-def test_one_trace_from_client_through_api_and_worker(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
-    _, collected = http_otlp
+def test_one_trace_from_client_through_api_and_worker(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
+    _, collected = receiver
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": f"Say hi. {SENTINEL}"}],
@@ -138,8 +138,8 @@ def test_one_trace_from_client_through_api_and_worker(traced: HerdServer, http_o
     assert SENTINEL not in repr(spans) and "Say hi" not in repr(spans)
 
 
-def test_streaming_makes_no_span_per_chunk(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
-    _, collected = http_otlp
+def test_streaming_makes_no_span_per_chunk(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
+    _, collected = receiver
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "stream": True}
     headers = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
@@ -152,8 +152,8 @@ def test_streaming_makes_no_span_per_chunk(traced: HerdServer, http_otlp: tuple[
     assert attrs(by_name(spans, genai))["gen_ai.operation.name"] == "text_completion"
 
 
-def test_span_names_are_route_templates_never_ids(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
-    _, collected = http_otlp
+def test_span_names_are_route_templates_never_ids(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
+    _, collected = receiver
     cases = {
         "/v1/files/file-abc123": ("GET /v1/files/{file_id}", "/v1/files/{file_id}", 404),
         "/v1/queue/req-xyz789": ("GET /v1/queue/{request_id}", "/v1/queue/{request_id}", 200),
@@ -172,8 +172,8 @@ def test_span_names_are_route_templates_never_ids(traced: HerdServer, http_otlp:
     assert not any(word in name for name in names for word in ("abc123", "xyz789", "path-42", "135m ", "/smollm2"))
 
 
-def test_worker_spans_for_refused_and_cancelled_sequences(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
-    _, collected = http_otlp
+def test_worker_spans_for_refused_and_cancelled_sequences(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
+    _, collected = receiver
     # Refused by the worker (the prompt does not fit): a 400, so the server span stays UNSET; the GenAI span and the
     # worker's queue wait end in ERROR with the kind.
     trace_id = "5" * 32
@@ -203,9 +203,9 @@ def test_worker_spans_for_refused_and_cancelled_sequences(traced: HerdServer, ht
 
 
 def test_otlp_metrics_over_http_with_convention_buckets_and_exemplars(
-    traced: HerdServer, http_otlp: tuple[int, Collected]
+    traced: HerdServer, receiver: tuple[int, Collected]
 ) -> None:
-    _, collected = http_otlp
+    _, collected = receiver
     trace_id = "9" * 32
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 6}
     headers = {"traceparent": f"00-{trace_id}-{'a' * 16}-01"}
@@ -258,8 +258,8 @@ def test_otlp_metrics_over_http_with_convention_buckets_and_exemplars(
     )
 
 
-def test_batch_lines_are_labelled_apart_from_interactive(traced: HerdServer, http_otlp: tuple[int, Collected]) -> None:
-    _, collected = http_otlp
+def test_batch_lines_are_labelled_apart_from_interactive(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
+    _, collected = receiver
     line = {
         "custom_id": "one",
         "method": "POST",
