@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import llama_cpp as L
 import ollama
 import pytest
+from herd.api.models.gguf import FILE_TYPES
 
 from tests.conftest import MODEL, HerdServer, free_port
 
@@ -320,8 +322,8 @@ def test_a_draft_model_in_the_manifest_speculates(client: ollama.Client, srv: He
 
 
 def test_create_refuses_what_herd_does_not_do(client: ollama.Client, srv: HerdServer) -> None:
-    with pytest.raises(ollama.ResponseError, match="quantize is unsupported") as err:
-        client.create(model="q", from_=MODEL, quantize="q4_K_M")
+    with pytest.raises(ollama.ResponseError, match="needs an F16, BF16 or F32 model; this one is Q4_1") as err:
+        client.create(model="q", from_=MODEL, quantize="q4_K_M")  # the bundled model is quantized already
     assert err.value.status_code == 400
     with pytest.raises(ollama.ResponseError, match="not found"):
         client.create(model="q", files={"m.gguf": "sha256:" + "1" * 64})
@@ -529,3 +531,55 @@ def test_malformed_management_bodies(srv: HerdServer) -> None:
         resp = httpx.post(f"{srv.base_url}{path}", content=body, timeout=30)
         assert resp.status_code == 400, (path, body, resp.text)
         assert isinstance(resp.json()["error"], str)
+
+
+# ---- quantize on create ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def f16_path(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The bundled Q4_1 model dequantized to F16 (llama.cpp's quantize API, allowing requantization)."""
+    path = tmp_path_factory.mktemp("f16") / "smollm2-f16.gguf"
+    params = L.llama_model_quantize_default_params()
+    params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    assert L.llama_model_quantize(model_path.encode(), str(path).encode(), params) == 0
+    return str(path)
+
+
+def test_create_quantizes_an_f16_model_which_then_answers(client: ollama.Client, f16_path: str) -> None:
+    digest = client.create_blob(f16_path)
+    client.create(model="smol-f16", files={"model.gguf": digest})
+    assert client.show("smol-f16").details.quantization_level == "F16"  # type: ignore[union-attr]
+    for wanted, level in (("q4_0", "Q4_0"), ("Q8_0", "Q8_0")):
+        name = f"smol-{level.lower()}"
+        steps = [s.status for s in client.create(model=name, from_="smol-f16", quantize=wanted, stream=True)]
+        assert steps[0] == f"quantizing F16 model to {level}"
+        assert steps[1].startswith("creating new layer sha256:") and steps[-2:] == ["writing manifest", "success"]
+        listed = {m.model: m for m in client.list().models}[f"{name}:latest"]
+        assert listed.details is not None and listed.details.quantization_level == level
+        assert listed.digest == steps[1].removeprefix("creating new layer sha256:")
+        reply = client.chat(
+            model=name,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            options={"temperature": 0, "num_predict": 8},
+            keep_alive=0,
+        )
+        assert reply.message.content and reply.eval_count
+    sizes = {m.model: m.size for m in client.list().models}
+    assert sizes["smol-q4_0:latest"] < sizes["smol-q8_0:latest"] < sizes["smol-f16:latest"]
+    with pytest.raises(ollama.ResponseError, match="unsupported quantization type 'iq2_xs'") as err:
+        client.create(model="q", from_="smol-f16", quantize="iq2_xs")  # needs an importance matrix
+    assert err.value.status_code == 400
+    with pytest.raises(ollama.ResponseError, match="this one is Q8_0"):
+        client.create(model="q", from_="smol-q8_0", quantize="q4_0")
+    for name in ("smol-f16", "smol-q4_0", "smol-q8_0"):
+        client.delete(name)
+
+
+def test_file_type_names_follow_llama_cpp() -> None:
+    """/api/show and /api/tags name quantization levels as llama.cpp's llama_ftype does."""
+    prefix = "LLAMA_FTYPE_MOSTLY_"
+    known = {getattr(L, n): n.removeprefix(prefix) for n in dir(L) if n.startswith(prefix)}
+    known[L.LLAMA_FTYPE_ALL_F32] = "F32"
+    assert known == FILE_TYPES

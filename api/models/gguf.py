@@ -62,6 +62,9 @@ FILE_TYPES: dict[int, str] = {
     36: "TQ1_0",
     37: "TQ2_0",
     38: "MXFP4_MOE",
+    39: "NVFP4",
+    40: "Q1_0",
+    41: "Q2_0",
 }
 
 

@@ -10,13 +10,15 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from herd.api.models import modelfile
 from herd.api.models.names import canonical_name, parse_digest
+from herd.api.models.quantize import quantize, source_type, target_type
 from herd.api.models.sandbox import check_gguf
-from herd.api.models.store import Manifest, ModelStore
+from herd.api.models.store import Manifest, ModelStore, sha256_file
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, ModelNotFound
 
@@ -63,10 +65,6 @@ def _parameters(given: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _refuse_unsupported(body: wire.CreateRequest) -> None:
-    if body.quantize:
-        raise InvalidRequest(
-            "quantize is unsupported: herd does not quantize; upload a quantized GGUF", param="quantize"
-        )
     if body.adapters:
         raise InvalidRequest("adapters (LoRA) are unsupported", param="adapters")
     if body.messages:
@@ -77,6 +75,23 @@ def _check_gguf(store: ModelStore, digest: str) -> None:
     if not store.has_blob(digest):
         raise InvalidRequest(f"blob {digest} not found; upload it first with POST /api/blobs/{digest}", param="files")
     check_gguf(store.blob_path(digest), f"blob {digest}")
+
+
+def _quantized(store: ModelStore, source: Path, wanted: str, statuses: list[wire.ProgressResponse]) -> str:
+    """The digest of `source` quantized to `wanted`, a new blob (as Ollama: its status lines, then the layer)."""
+    name, ftype = target_type(wanted)
+    kind = source_type(source)
+    statuses.append(wire.ProgressResponse(status=f"quantizing {kind} model to {name}"))
+    temp = store.temp_file("quantize-")
+    try:
+        quantize(source, temp, ftype)
+        digest = sha256_file(temp)
+        if not store.has_blob(digest):
+            store.commit_blob(temp, digest)
+    finally:
+        temp.unlink(missing_ok=True)
+    statuses.append(wire.ProgressResponse(status=f"creating new layer {digest}"))
+    return digest
 
 
 def create(store: ModelStore, body: wire.CreateRequest) -> list[wire.ProgressResponse]:
@@ -109,6 +124,10 @@ def create(store: ModelStore, body: wire.CreateRequest) -> list[wire.ProgressRes
             model, external, from_files = digest, (None, None), True
     if model is None:
         raise InvalidRequest("create needs `from` (an existing model) or `files` (an uploaded GGUF)", param="files")
+    if body.quantize:
+        source = Path(external[0]) if external[0] else store.blob_path(model)
+        model = _quantized(store, source, body.quantize, statuses)
+        external, from_files = (None, None), True
     parameters = {**(base.parameters if base else {}), **_parameters(body.parameters)}
     size = base.size if base and not from_files else store.blob_path(model).stat().st_size
     manifest = Manifest(
