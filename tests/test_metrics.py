@@ -253,3 +253,38 @@ def test_dashboard_queries_name_what_herd_exports(server: HerdServer) -> None:
         "herd_worker_spec_verify_steps_total",
     ):
         assert needed in checked, needed
+
+
+def test_heartbeat_engine_stats_render_as_families() -> None:
+    """A unit check of the heartbeat -> exposition path (the live tests above cannot make a worker speculate)."""
+    from herd.api.exposition import OPENMETRICS, render
+    from herd.api.metrics import fleet
+    from herd.inference import Buckets, EngineStats, WorkerStatus
+
+    engine = EngineStats(
+        prefill_s=Buckets((0.1, 1.0), (2, 1, 0), 0.4, 3),
+        step_tokens=Buckets((1.0, 2.0, 4.0), (5, 0, 3, 1), 30.0, 9),
+        prompt_tokens=100,
+        cached_tokens=64,
+        verify_steps=7,
+        kv_used=300,
+        kv_total=16384,
+    )
+    worker = WorkerStatus("w1", (MODEL,), 2048, 8, 2, 40, 3, 1, 1, "h", 0.0, 20, 14, engine)
+    text = render(fleet(None, [worker]), OPENMETRICS)
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.labels.get("worker") == "w1"
+    }
+    assert samples[("herd_worker_spec_verify_steps_total", None)] == 7
+    assert samples[("herd_worker_tokens_accepted_total", None)] == 14  # mean acceptance length: 1 + 14 / 7 = 3
+    assert samples[("herd_worker_prefix_cache_hit_tokens_total", None)] == 64
+    assert samples[("herd_worker_kv_cache_used_cells", None)] == 300
+    assert samples[("herd_worker_prefill_seconds_bucket", "0.1")] == 2  # cumulative, as Prometheus reads them
+    assert samples[("herd_worker_prefill_seconds_bucket", "+Inf")] == 3
+    assert (
+        samples[("herd_worker_step_tokens_bucket", "4.0")] == 8
+        and samples[("herd_worker_step_tokens_count", None)] == 9
+    )
