@@ -103,7 +103,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.started_at = time.time()
         app.state.records = Records(redis)
         app.state.files = FileStore(files_path(settings))
-        app.state.files.ensure()
+        try:
+            app.state.files.ensure()
+        except OSError as exc:  # not fatal: everything but uploads and batch results works (README, Kubernetes)
+            log.warning(
+                "files directory %s unavailable (%s); set HERD_FILES_DIR to a writable volume",
+                files_path(settings),
+                exc,
+            )
         app.state.batch_runner = BatchRunner(gateway, app.state.grammars, app.state.records, app.state.files, settings)
         app.state.batch_runner.start()
         app.state.responses = ResponseStore(redis, settings)

@@ -338,7 +338,7 @@ def herd_serve(
     full_env = {**os.environ, "HERD_REDIS_URL": redis_url, **(env or {})}
     cmd = [herd, "serve", "--host", HOST, "--port", str(port)]
     base = f"http://{HOST}:{port}"
-    with managed_server(name, cmd, full_env, f"{base}/readyz", ready_timeout_s, log_dir) as proc:
+    with managed_server(name, cmd, full_env, f"{base}/readyz?workers=1", ready_timeout_s, log_dir) as proc:
         yield proc, base
 
 

@@ -59,7 +59,7 @@ class HerdServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"herd serve exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/readyz?workers=1", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

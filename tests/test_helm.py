@@ -232,8 +232,9 @@ def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], 
             },
             "needs keda.address",
         ),
+        ({"files": {"persistence": {"enabled": False}}}, "with more than one API pod"),
     ],
-    ids=["no-redis", "model-without-file", "duplicate-group", "keda-without-address"],
+    ids=["no-redis", "model-without-file", "duplicate-group", "keda-without-address", "files-per-pod-with-replicas"],
 )
 def test_inconsistent_values_fail_with_a_clear_message(bad_values: dict[str, Any], expected: str) -> None:
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(expected)):
@@ -511,6 +512,7 @@ def test_defaults_deploy_api_one_bundled_worker_and_redis() -> None:
         ("ConfigMap", "herd-scripts"),
         ("Deployment", "herd-api"),
         ("Deployment", "herd-worker-smollm2"),
+        ("PersistentVolumeClaim", "herd-files"),
         ("Secret", "herd"),
         ("Service", "herd"),
         ("Service", "herd-redis"),
@@ -537,7 +539,17 @@ def test_defaults_deploy_api_one_bundled_worker_and_redis() -> None:
     assert {"name": "models", "emptyDir": {}} in worker_pod["volumes"]
     # The chart's default settings are herd's own (speculation off, CPU repacking auto, ...).
     literal = {k: v["value"] for k, v in env_of(worker).items() if k.startswith("HERD_") and "value" in v}
+    assert literal.pop("HERD_MODELS_DIR") == "/models"  # nothing under the read-only root: the models volume
     assert load_settings(literal) == load_settings({"HERD_REDIS_URL": literal["HERD_REDIS_URL"]})
+    # The API writes only to declared volumes: the shared files volume (a PVC, RWX with 2 replicas) and its store.
+    api_pod = pod_spec(deployments["herd-api"])
+    assert env_value(api, "HERD_FILES_DIR") == "/var/lib/herd/files"
+    assert env_value(api, "HERD_MODELS_DIR") == "/var/lib/herd/store"
+    assert {"name": "files", "persistentVolumeClaim": {"claimName": "herd-files"}} in api_pod["volumes"]
+    assert {"name": "files", "mountPath": "/var/lib/herd/files"} in api["volumeMounts"]
+    assert by_kind(docs, "PersistentVolumeClaim")["herd-files"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    single = manifests(render({"api": {"replicas": 1}}))
+    assert by_kind(single, "PersistentVolumeClaim")["herd-files"]["spec"]["accessModes"] == ["ReadWriteOnce"]
 
     # the Redis password: generated (lookup() finds no Secret offline), URL-safe, used through $(REDIS_PASSWORD)
     secret = by_kind(docs, "Secret")["herd"]
@@ -744,6 +756,8 @@ def test_external_redis() -> None:
         assert pod_spec(d)["serviceAccountName"] == "herd-existing"
     worker = deployments["herd-worker-tinyllama"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "shared-models"}} in pod_spec(worker)["volumes"]
+    api_pod = pod_spec(by_kind(docs, "Deployment")["herd-api"])
+    assert {"name": "files", "persistentVolumeClaim": {"claimName": "shared-files"}} in api_pod["volumes"]
     # TLS files, ACL user, password and Sentinel reach both the API and the workers, and read back as herd reads them.
     for d in deployments.values():
         c = pod_spec(d)["containers"][0]
@@ -806,7 +820,7 @@ def test_references_resolve() -> None:
         secrets = set(by_kind(docs, "Secret")) | external
         configmaps = set(by_kind(docs, "ConfigMap"))
         claims = set(by_kind(docs, "PersistentVolumeClaim")) | {
-            (values.get("models") or {}).get("persistence", {}).get("existingClaim")
+            (values.get(volume) or {}).get("persistence", {}).get("existingClaim") for volume in ("models", "files")
         }
         workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
         for d in workloads:

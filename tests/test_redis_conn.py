@@ -134,7 +134,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"herd exited early:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz?workers=1", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import secrets
 import time
 
@@ -12,7 +13,7 @@ from herd.api.files.multipart import boundary_of, read_form
 from herd.api.files.records import Records
 from herd.api.routes.common import gateway
 from herd.api.wire.batch import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
-from herd.errors import InvalidRequest
+from herd.errors import InvalidRequest, Unavailable
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -45,7 +46,12 @@ async def create_file(request: AnyRequest, state: State) -> FileObject:
     def open_file(name: str, filename: str) -> Upload:
         if name != "file" or uploads:
             raise InvalidRequest("send exactly one file part, named 'file'", param=name)
-        upload = store(state).upload(file_id, limit)
+        try:
+            upload = store(state).upload(file_id, limit)
+        except OSError as exc:  # a read-only or foreign directory: the deployment's state, not the caller's fault
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise Unavailable("the files directory is not writable; set HERD_FILES_DIR to a writable volume") from exc
         uploads.append((filename, upload))
         return upload
 

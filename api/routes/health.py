@@ -9,6 +9,7 @@ from herd.api.routes.common import gateway
 from herd.errors import ServiceError
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.params import Parameter
 
 
 class Readiness(msgspec.Struct):
@@ -24,16 +25,20 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz")
-async def readyz(state: State) -> Response[Readiness]:
+async def readyz(state: State, workers: int = Parameter(default=0, ge=0)) -> Response[Readiness]:
+    """Ready when Redis answers: this process can then take any request, and one for a model no worker serves gets
+    its own 503 (with Retry-After) from the route, not a connection error from an endpoint taken out of service.
+    Workers are reported, not required; `?workers=N` asks for N live workers as well (scripts and tests that wait
+    for a fleet, never a readiness probe)."""
     gw = gateway(state)
     redis_ok = await gw.ping()
     try:
-        workers = await gw.workers(max_age_s=0) if redis_ok else []
+        live = await gw.workers() if redis_ok else []
     except ServiceError:
-        redis_ok, workers = False, []
-    models = sorted({m for w in workers for m in w.models})
-    ready = redis_ok and bool(workers)
-    body = Readiness(status="ready" if ready else "not ready", redis=redis_ok, workers=len(workers), models=models)
+        redis_ok, live = False, []
+    models = sorted({m for w in live for m in w.models})
+    ready = redis_ok and len(live) >= workers
+    body = Readiness(status="ready" if ready else "not ready", redis=redis_ok, workers=len(live), models=models)
     return Response(body, status_code=200 if ready else 503)
 
 

@@ -80,6 +80,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.models.persistence.existingClaim | default (printf "%s-models" (include "herd.fullname" .)) }}
 {{- end }}
 
+{{- define "herd.filesClaimName" -}}
+{{- .Values.files.persistence.existingClaim | default (printf "%s-files" (include "herd.fullname" .)) }}
+{{- end }}
+
+{{/* "true" when more than one API pod may run at once: then they must share one files volume. */}}
+{{- define "herd.apiShared" -}}
+{{- or .Values.api.autoscaling.enabled (gt (int .Values.api.replicas) 1) }}
+{{- end }}
+
 {{- define "herd.authSecretName" -}}
 {{- .Values.auth.apiKeysSecret | default (printf "%s-auth" (include "herd.fullname" .)) }}
 {{- end }}
