@@ -20,10 +20,13 @@ import httpx
 import openai
 import pytest
 import redis
+from herd.config import bundled_model_path
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from tests.conftest import MODEL, free_port
+
+N_CTX = 1024
 
 DB = 0  # the shared Redis's db 0 (test_redis_restart's db 0 is on a private redis-server)
 ALICE, BOB = "sk-alice-responses", "sk-bob-responses"
@@ -58,6 +61,9 @@ class Fleet:
             "HERD_MODELS_DIR": str(workdir / "models"),
             "HERD_FILES_DIR": str(workdir / "files"),
             "HERD_MAX_SEQS": "4",
+            "HERD_N_THREADS": "1",  # the worker shares two cores with the API replicas and other test sessions
+            # A small context keeps the truncation test's prefills short.
+            "HERD_MODELS": f"{MODEL}={bundled_model_path()}?n_ctx={N_CTX}",
             "HERD_LOG_LEVEL": "info",
         }
         self.logs: list[IO[bytes]] = []
@@ -96,7 +102,7 @@ class Fleet:
                     raise RuntimeError(f"{name} exited early:\n{self.log_tail()}")
             live = [n for n in self.ports if n not in self.killed]
             with contextlib.suppress(httpx.HTTPError):
-                if all(httpx.get(f"{self.url(n)}/readyz", timeout=2).status_code == 200 for n in live):
+                if all(httpx.get(f"{self.url(n)}/readyz?workers=1", timeout=2).status_code == 200 for n in live):
                     return
             time.sleep(0.3)
         raise RuntimeError(f"the fleet was not ready in {timeout}s:\n{self.log_tail()}")
@@ -468,6 +474,25 @@ def test_resume_after_sigkill_of_the_replica_that_ran_it(fleet: Fleet) -> None:
     # The dead replica's lease ran out: a GET anywhere settles the record from the worker's events.
     settled = strict(wait_terminal(other, response_id))
     assert settled.status == reference.status and settled.output_text == reference.output_text
+
+
+def test_truncation_disabled_refuses_an_overflow_and_auto_drops_the_oldest_items(fleet: Fleet) -> None:
+    client = fleet.client()
+    filler = " ".join(f"word{i}" for i in range(100))
+    items: Any = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}: {filler}"} for i in range(8)
+    ] + [{"role": "user", "content": "Say OK."}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input=items, max_output_tokens=4)
+    assert refused.value.body["param"] == "input"  # type: ignore[index]
+    assert refused.value.code == "context_length_exceeded"
+    fitted = strict(
+        client.responses.create(
+            model=MODEL, input=items, instructions="Be brief.", truncation="auto", max_output_tokens=4
+        )
+    )
+    assert fitted.truncation == "auto" and fitted.status in ("completed", "incomplete") and fitted.usage is not None
+    assert 0 < fitted.usage.input_tokens <= N_CTX - 4
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from herd.api.grammar import TOOL_CLOSE, TOOL_OPEN, GrammarCache
 from herd.api.routes.responses_history import listed, output_items, page
 from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event
 from herd.api.translate.responses_requests import (
+    drop_oldest,
     generation_request,
     input_items,
     references,
@@ -236,3 +237,15 @@ def test_output_items_come_back_as_the_next_turns_input() -> None:
     assembler, _ = run(b, [Started(0, "w", 1), TokenDelta(1, "Hi", 1), Finished(2, "stop", usage())])
     (item,) = output_items(assembler.response)
     assert item.role == "assistant" and item.content == "Hi" and item.id == f"msg_{RID}_o0"
+
+
+def test_truncation_drops_the_oldest_items_but_keeps_the_instructions() -> None:
+    items = [
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": "r"},
+        {"role": "user", "content": "last"},
+    ]
+    messages = translate(body(instructions="I", input=items)).messages
+    shorter = drop_oldest(messages)
+    assert shorter is not None and [m.role for m in shorter] == ["system", "user"]  # the orphaned result went too
+    assert drop_oldest(shorter) is None

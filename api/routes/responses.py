@@ -3,9 +3,10 @@ any replica), delete, cancel, input_items. Generation is chat's: one GenerationR
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal, TypeVar
 
 import msgspec
 from herd.api.auth.principal import principal_of
@@ -35,15 +36,18 @@ from herd.api.routes.responses_history import (
 )
 from herd.api.streaming import SSE_HEADERS
 from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event
-from herd.api.translate.responses_requests import generation_request, input_items, wants_logprobs
+from herd.api.translate.responses_requests import drop_oldest, generation_request, input_items, wants_logprobs
 from herd.api.wire import responses as wire
-from herd.errors import InvalidRequest, ModelNotFound, NotFound, ServiceError
+from herd.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, NotFound, ServiceError
+from herd.inference import GenerationRequest
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
 AnyRequest = Request[object, object, State]
-Pending = object
+Pending = asyncio.Future[object] | None
+T = TypeVar("T")
+MAX_TRUNCATIONS = 64  # truncation auto: oldest items dropped one a try, at most this many times
 
 
 def store_of(state: State) -> ResponseStore:
@@ -100,11 +104,12 @@ async def create_response(request: AnyRequest, state: State) -> Response[bytes] 
         if body.stream:
             return _stream(_follow(state, response_id, record, -1))
         return _json(record.response)
+    auto = body.truncation == "auto"
     if body.stream:
-        [stream], pending = await open_streaming(request, state, [req])
+        stream, pending = await _fitted(lambda r: _open_streaming(request, state, r), req, auto)
         every = gateway(state).settings.sse_keepalive_s
         return _stream(_live(stream, assembler, pending, every, store if keep else None, record))
-    stream = await admit(request, state, req)
+    stream, _ = await _fitted(lambda r: _admit(request, state, r), req, auto)
     try:
         await unless_gone(request, _drain(stream, assembler))
     finally:
@@ -112,6 +117,32 @@ async def create_response(request: AnyRequest, state: State) -> Response[bytes] 
     if keep:
         await _store_final(store, record, assembler)
     return _json(msgspec.json.encode(assembler.response))
+
+
+async def _open_streaming(
+    request: AnyRequest, state: State, req: GenerationRequest
+) -> tuple[EventStream, asyncio.Future[object] | None]:
+    [stream], pending = await open_streaming(request, state, [req])
+    return stream, pending
+
+
+async def _admit(request: AnyRequest, state: State, req: GenerationRequest) -> tuple[EventStream, None]:
+    return await admit(request, state, req), None
+
+
+async def _fitted(open_: Callable[[GenerationRequest], Awaitable[T]], req: GenerationRequest, auto: bool) -> T:
+    """Open `req`; a prompt beyond the context is a 400 naming input, or with truncation auto loses its oldest
+    items (the instructions stay) until it fits. Each try is a new request id: a request runs at most once."""
+    tries = 0
+    while True:
+        try:
+            return await open_(req)
+        except ContextLengthExceeded as exc:
+            shorter = drop_oldest(req.messages or ()) if auto and tries < MAX_TRUNCATIONS else None
+            if shorter is None:
+                raise ContextLengthExceeded(exc.message, param="input") from exc
+            tries += 1
+            req = msgspec.structs.replace(req, id=f"{req.id.split('-')[0]}-t{tries}", messages=shorter)
 
 
 async def _drain(stream: EventStream, assembler: ResponseAssembler) -> None:
@@ -135,7 +166,7 @@ async def _live(
 ) -> AsyncIterator[bytes]:
     """A streamed response that is not background: live from the worker's pub/sub events, like chat."""
     try:
-        async for comment in keep_alive(pending, every):  # type: ignore[arg-type]
+        async for comment in keep_alive(pending, every):
             yield comment
         for event in assembler.opening():
             yield sse_event(event)

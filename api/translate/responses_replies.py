@@ -28,7 +28,11 @@ from herd.inference import Failed, Finished, Started, StreamEvent, TokenDelta, T
 
 _encoder = msgspec.json.Encoder()
 _response_decoder = msgspec.json.Decoder(wire.Response)
-_ERROR_CODES = {ErrorKind.RATE_LIMITED: "rate_limit_exceeded", ErrorKind.INVALID_REQUEST: "invalid_prompt"}
+_ERROR_CODES = {
+    ErrorKind.RATE_LIMITED: "rate_limit_exceeded",
+    ErrorKind.INVALID_REQUEST: "invalid_prompt",
+    ErrorKind.CONTEXT_LENGTH_EXCEEDED: "invalid_prompt",
+}
 
 
 def rid_of(response_id: str) -> str:

@@ -214,6 +214,19 @@ def _text_format(body: wire.ResponseCreateParams, grammars: GrammarCache) -> Gra
     return Grammar(grammars.get_or_compile(key, lambda: schema_grammar(schema, "text.format.schema")))
 
 
+def drop_oldest(messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...] | None:
+    """The conversation without its oldest item (truncation auto); the instructions stay, a tool result whose call
+    went goes with it; None when only the last message is left."""
+    head = [m for m in messages if m.role == "system"][:1] if messages and messages[0].role == "system" else []
+    rest = list(messages[len(head) :])
+    if len(rest) <= 1:
+        return None
+    rest = rest[1:]
+    while len(rest) > 1 and rest[0].role == "tool":
+        rest = rest[1:]
+    return (*head, *rest)
+
+
 def wants_logprobs(body: wire.ResponseCreateParams) -> bool:
     return LOGPROBS_INCLUDE in (body.include or [])
 
