@@ -10,6 +10,9 @@ tell from the template's text; herd reads how the template writes a call in the 
     gpt-oss       <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}   harmony
     qwen3-coder   <tool_call><function=f><parameter=k>v</parameter></function></tool_call>  Qwen3-Coder, Qwen 3.5
     seed-oss      the same inside <seed:tool_call></seed:tool_call>               ByteDance Seed-OSS
+    glm           <tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>   GLM 4.5-4.7, Ling, Laguna
+    kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
+                  <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
 The API compiles each tool's arguments (JSON Schema -> GBNF rules named `args-0`, `args-1`, ... in
 `ToolConstraint.rules`, refused there when bad); `grammar` here wraps them in the family's call syntax in the worker,
@@ -25,8 +28,19 @@ from typing import Any, Literal
 
 from herd.inference import Grammar, Tool, ToolConstraint
 
-ToolFormat = Literal["hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss"]
-FORMATS: tuple[ToolFormat, ...] = ("hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss")
+ToolFormat = Literal[
+    "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2"
+]
+FORMATS: tuple[ToolFormat, ...] = (
+    "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2"
+)  # fmt: skip
+_KIMI = (
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
+)
 
 # Control tokens a family's calls are written with: generated text shows them when tools are offered.
 MARKERS: dict[ToolFormat, tuple[str, ...]] = {
@@ -37,6 +51,8 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "gpt-oss": ("<|channel|>", "<|message|>", "<|constrain|>", "<|start|>", "<|end|>"),
     "qwen3-coder": ("<tool_call>", "</tool_call>"),
     "seed-oss": ("<seed:tool_call>", "</seed:tool_call>"),
+    "glm": ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
+    "kimi-k2": _KIMI,
 }
 # Where a call begins: under `auto` the grammar takes over from here (and not before).
 TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
@@ -47,11 +63,15 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "gpt-oss": ("to=functions.",),
     "qwen3-coder": ("<tool_call>",),
     "seed-oss": ("<seed:tool_call>",),
+    "glm": ("<tool_call>",),
+    "kimi-k2": ("<|tool_calls_section_begin|>",),
 }
 
 # How each family's template writes a call of `probe_tool_fn` in the conversation's history, most specific first.
 _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("gpt-oss", re.compile(r"to=functions\.probe_tool_fn\b")),
+    ("glm", re.compile(r"<tool_call>\s*probe_tool_fn\s*<arg_key>")),
+    ("kimi-k2", re.compile(r"<\|tool_call_begin\|>\s*functions\.probe_tool_fn:\d+\s*<\|tool_call_argument_begin\|>")),
     ("seed-oss", re.compile(r"<seed:tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
     ("qwen3-coder", re.compile(r"<tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
@@ -101,6 +121,19 @@ def _xml_call(i: int, name: str, tool: Tool | None) -> str:
     return f'"<function=" {_lit(name)} ">" "\\n"? {body} "</function>" "\\n"?'
 
 
+def _glm_call(name: str, tool: Tool | None) -> str:
+    """The name, then each parameter of the schema in order as <arg_key>k</arg_key><arg_value>v</arg_value>."""
+    schema: Any = json.loads(tool.parameters) if tool is not None else {}
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
+    parts = []
+    for key in props if isinstance(props, dict) else ():
+        pair = f'"<arg_key>" {_lit(key)} "</arg_key>" "\\n"? "<arg_value>" xml-value "</arg_value>" "\\n"?'
+        parts.append(pair if key in required else f"({pair})?")
+    any_pair = '("<arg_key>" [^<]+ "</arg_key>" "\\n"? "<arg_value>" xml-value "</arg_value>" "\\n"?)*'
+    return f'{_lit(name)} "\\n"? {" ".join(parts) if parts else any_pair}'
+
+
 def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]) -> Grammar:
     """The grammar of the constrained calls in `fmt`'s syntax; lazy (from its triggers on) unless forced."""
     names = constraint.names
@@ -116,6 +149,13 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
             body = _json_call(i, name, "arguments", '("," ws "\\"id\\"" ws ":" ws "\\"" [a-zA-Z0-9]{9} "\\"" ws)? ')
         elif fmt == "mistral-args":
             body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
+        elif fmt == "glm":
+            body = _glm_call(name, by_name.get(name))
+        elif fmt == "kimi-k2":
+            body = (
+                f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
+            )
+            body += ' "<|tool_call_end|>"'
         elif fmt == "gpt-oss":
             body = f'{_lit(name)} " "? ("<|channel|>commentary" " "?)? "<|constrain|>"? "json"? "<|message|>" args-{i}'
         else:
@@ -128,6 +168,13 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         opener, closer = MARKERS[fmt][:2]
         rules.append(f'tc-one ::= {_lit(opener)} "\\n"? ws ({call}) {_lit(closer)}')
         root = 'tc-one ("\\n" tc-one)*' if many else "tc-one"
+    elif fmt == "glm":
+        rules.append(f'tc-one ::= "<tool_call>" ({call}) "</tool_call>"')
+        root = 'tc-one ("\\n"? tc-one)*' if many else "tc-one"
+    elif fmt == "kimi-k2":
+        rules.append(f"tc-one ::= {call}")
+        one = "tc-one+" if many else "tc-one"
+        root = f'"<|tool_calls_section_begin|>" {one} "<|tool_calls_section_end|>"'
     elif fmt == "llama3":
         rules.append(f"tc-one ::= {call}")
         root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'

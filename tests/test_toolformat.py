@@ -47,9 +47,15 @@ DETECTED = {
     "ByteDance-Seed-OSS": "seed-oss",
     "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": "qwen3-coder",
     "ibm-granite-granite-4.0": "hermes",
+    "GLM-4.6": "glm",
+    "GLM-4.7-Flash": "glm",
+    "inclusionai-ling-3.0-flash": "glm",
+    "poolside-Laguna-XS-2.1": "glm",
+    "moonshotai-Kimi-K2": "kimi-k2",
+    "Kimi-K2-Instruct": "kimi-k2",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
-DESCRIBED = ["google-gemma-2-2b-it", "GLM-4.6", "moonshotai-Kimi-K2", "CohereForAI-c4ai-command-r7b-12-2024-tool_use"]
+DESCRIBED = ["google-gemma-2-2b-it", "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "deepseek-ai-DeepSeek-V3.1"]
 
 # (format, generated text, content, [(name, arguments)]) - the families' own call syntax, as their templates and
 # llama.cpp's test-chat cases write it.
@@ -112,6 +118,27 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>",
         "I will look.\n",
         [("get_weather", {"city": "Paris", "days": 3})],
+    ),
+    (
+        "glm",
+        "Checking.<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+        "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call><tool_call>get_time</tool_call>",
+        "Checking.",
+        [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})],
+    ),
+    (
+        "glm",
+        '<tool_call>{"name": "get_time"}</tool_call> is not GLM',
+        '<tool_call>{"name": "get_time"}</tool_call> is not GLM',
+        [],
+    ),
+    (
+        "kimi-k2",
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+        '{"city": "Paris"}<|tool_call_end|><|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{}'
+        "<|tool_call_end|><|tool_calls_section_end|>",
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
     ),
     (
         "seed-oss",
@@ -230,6 +257,9 @@ CALL_TEXT: dict[str, str] = {
     '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
     "qwen3-coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
     "</tool_call>",
+    "glm": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+    "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+    '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
     "seed-oss": "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n</function>\n"
     "</seed:tool_call>",
 }
@@ -246,8 +276,10 @@ def test_forced_grammar_takes_the_familys_call_and_nothing_else(vocab: Any, fmt:
     for other, text in CALL_TEXT.items():
         if other != fmt:
             assert not accepts(vocab, grammar.gbnf, text), other
-    # Arguments are held to the schema (XML families: the parameter names).
-    key = ("<parameter=city>", "<parameter=town>") if "<parameter=" in CALL_TEXT[fmt] else ('"city"', '"town"')
+    # Arguments are held to the schema (XML-like families: the parameter names).
+    key = ('"city"', '"town"')
+    if fmt in ("qwen3-coder", "seed-oss", "glm"):
+        key = ("=city>", "=town>") if fmt != "glm" else ("<arg_key>city", "<arg_key>town")
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace(*key))
     # A tool that was not offered cannot be called.
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace("get_weather", "get_wether"))

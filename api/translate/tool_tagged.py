@@ -193,3 +193,86 @@ def _value(text: str) -> Any:
     except ValueError:
         return text
     return text if isinstance(value, str) else value
+
+
+@dataclass(slots=True)
+class Glm(Scanner):
+    """`<tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value>...</tool_call>` (GLM 4.5 - 4.7, Ling, Laguna).
+    Values as in Xml: text, or the JSON value they read as."""
+
+    _key: str = ""
+
+    def _head(self, out: list[Piece]) -> None:
+        ends = [(at, m) for m in ("<arg_key>", "</tool_call>") if (at := self._buf.find(m)) >= 0]
+        if not ends:
+            if len(self._buf) > GIVE_UP or "{" in self._buf:  # JSON after the tag: another family's call
+                self._give_up(out)
+            return
+        at, _ = min(ends)
+        name = self._buf[:at].strip()
+        if not name or any(c in name for c in '{}<>"\n'):
+            self._give_up(out)
+            return
+        self._start(name, out)
+        self._buf, self._state = self._buf[at:], "pairs"
+
+    def _pairs(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith("</tool_call>"):
+            fragment = "}" if self._args else "{}"
+            self._args.append(fragment)
+            out.append(CallArguments(self.calls, fragment))
+            self._end(out)
+            self._buf, self._state = text[len("</tool_call>") :], "content"
+            return
+        key_end = text.find("</arg_key>")
+        value_end = text.find("</arg_value>")
+        if not any(text.startswith(tag[: len(text)]) for tag in ("<arg_key>", "</tool_call>")):
+            self._buf, self._state = "", "content"  # not GLM's shape after all: what is left of the call is dropped
+            return
+        if key_end < 0 or value_end < 0:
+            return
+        key = text[len("<arg_key>") : key_end].strip()
+        value = text[key_end + len("</arg_key>") : value_end].strip()
+        value = value.removeprefix("<arg_value>")
+        fragment = ("{" if not self._args else ", ") + json.dumps(key) + ": " + json.dumps(_value(value))
+        self._args.append(fragment)
+        out.append(CallArguments(self.calls, fragment))
+        self._buf = text[value_end + len("</arg_value>") :]
+
+
+_KIMI_CALL, _KIMI_ARGS, _KIMI_END = "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"
+
+
+@dataclass(slots=True)
+class Kimi(Scanner):
+    """`<|tool_calls_section_begin|>` then per call `<|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
+    <|tool_call_end|>`, then `<|tool_calls_section_end|>` (Kimi K2)."""
+
+    openers: tuple[str, ...] = ("<|tool_calls_section_begin|>",)
+
+    def _head(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith("<|tool_calls_section_end|>"):
+            self._buf, self._state = text[len("<|tool_calls_section_end|>") :], "content"
+            return
+        if text and not any(text.startswith(tag[: len(text)]) for tag in (_KIMI_CALL, "<|tool_calls_section_end|>")):
+            self._give_up(out)
+            return
+        at = text.find(_KIMI_ARGS)
+        if at < 0:
+            if len(text) > GIVE_UP:
+                self._give_up(out)
+            return
+        ident = text[len(_KIMI_CALL) : at].strip().removeprefix("functions.")
+        self._start(ident.rsplit(":", 1)[0] if ":" in ident else ident, out)
+        self._buf, self._state = text[at + len(_KIMI_ARGS) :], "arguments"
+
+    def _after_arguments(self) -> str:
+        return "call_end"
+
+    def _call_end(self, out: list[Piece]) -> None:
+        at = self._buf.find(_KIMI_END)
+        if at >= 0:
+            self._buf, self._state = self._buf[at + len(_KIMI_END) :], "head"
+            self._opener = ""  # a later give-up keeps only its own text

@@ -18,7 +18,7 @@ from herd.api.translate.tool_json import (
     Piece,
     Scanner,
 )
-from herd.api.translate.tool_tagged import Harmony, MistralArgs, Xml
+from herd.api.translate.tool_tagged import Glm, Harmony, Kimi, MistralArgs, Xml
 
 __all__ = ["CallArguments", "CallEnd", "CallStart", "Content", "Piece", "ToolCallParser", "parse_all", "scanner"]
 
@@ -35,6 +35,10 @@ def scanner(fmt: str) -> Scanner:
         return Harmony()
     if fmt == "qwen3-coder":
         return Xml()
+    if fmt == "glm":
+        return Glm()
+    if fmt == "kimi-k2":
+        return Kimi()
     if fmt == "seed-oss":
         return Xml(openers=("<seed:tool_call>",), closer="</seed:tool_call>")
     return Hermes()
