@@ -160,10 +160,7 @@ class ChatTemplate:
                 calls = [(c.name, c.arguments or "{}", c.id) for c in m.tool_calls]
                 rows.append(_calls_row(caps, *calls, content=m.content))
             elif m.tool_calls:
-                text = (
-                    f'{TOOL_OPEN}{{"name": {json.dumps(c.name)}, "arguments": {c.arguments or "{}"}}}{TOOL_CLOSE}'
-                    for c in m.tool_calls
-                )
+                text = (_described_call(c.name, c.arguments) for c in m.tool_calls)
                 rows.append({"role": role, "content": "\n".join(filter(None, [m.content, *text]))})
             elif role == "tool" and self.knows_tools and caps.tool_results:
                 call_id = m.tool_call_id or ""
