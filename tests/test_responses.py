@@ -188,6 +188,24 @@ def test_create_with_string_input_item_list_and_instructions(fleet: Fleet) -> No
     assert second.usage.input_tokens > plain.usage.input_tokens
 
 
+def test_logprobs_when_included(fleet: Fleet) -> None:
+    response = strict(
+        fleet.client().responses.create(
+            model=MODEL,
+            input="Say hello.",
+            max_output_tokens=6,
+            temperature=0,
+            top_logprobs=2,
+            include=["message.output_text.logprobs"],
+            metadata={"case": "logprobs"},
+        )
+    )
+    assert response.metadata == {"case": "logprobs"} and response.top_logprobs == 2
+    (part,) = response.output[0].content  # type: ignore[union-attr]
+    assert part.logprobs and "".join(lp.token for lp in part.logprobs) == part.text  # type: ignore[union-attr]
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in part.logprobs)  # type: ignore[union-attr]
+
+
 def test_max_output_tokens_makes_an_incomplete_response(fleet: Fleet) -> None:
     response = strict(fleet.client().responses.create(model=MODEL, input=COUNT, max_output_tokens=5, temperature=0))
     assert response.status == "incomplete"

@@ -39,8 +39,15 @@ class BackgroundRunner:
         self._interval = gateway.settings.heartbeat_interval_s
 
     async def start(self, response_id: str, request: GenerationRequest, assembler: ResponseAssembler) -> None:
-        await self._store.lease(response_id, self._token)
-        task = asyncio.create_task(self._run(response_id, request, assembler), name=f"herd-response-{response_id}")
+        """Queue the generation now (a full queue or a missing worker is still a real status for the POST), then
+        follow it in a task."""
+        stream = await self._gateway.open(request, wait=False)
+        try:
+            await self._store.lease(response_id, self._token)
+        except BaseException:
+            await close_shielded(stream)
+            raise
+        task = asyncio.create_task(self._run(response_id, stream, assembler), name=f"herd-response-{response_id}")
         self._tasks[response_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(response_id, None))
 
@@ -64,15 +71,15 @@ class BackgroundRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self, response_id: str, request: GenerationRequest, assembler: ResponseAssembler) -> None:
+    async def _run(self, response_id: str, opened: EventStream, assembler: ResponseAssembler) -> None:
         watch = asyncio.create_task(self._keep_lease(response_id, asyncio.current_task()))
-        stream: EventStream | None = None
+        stream: EventStream | None = opened
         try:
             try:
-                stream = await self._gateway.open(request)
-                assembler.feed(Started(0, stream.worker_id or "", stream.prompt_tokens))
+                await opened.start()
+                assembler.feed(Started(0, opened.worker_id or "", opened.prompt_tokens))
                 await self._settle(response_id, assembler)
-                async for event in stream.deltas():
+                async for event in opened.deltas():
                     assembler.feed(event)
             except ServiceError as exc:
                 assembler.fail(exc.message, error_code(exc))

@@ -99,7 +99,11 @@ async def create_response(request: AnyRequest, state: State) -> Response[bytes] 
     )
     if background:
         await store.create(response_id, record)
-        await runner_of(state).start(response_id, req, assembler)
+        try:
+            await runner_of(state).start(response_id, req, assembler)
+        except BaseException:
+            await store.delete(owner, response_id)  # refused before it was queued: nothing to keep
+            raise
         request.scope.setdefault("state", {})[MODEL_LABEL] = req.model
         if body.stream:
             return _stream(_follow(state, response_id, record, -1))
