@@ -5,16 +5,32 @@ by offering the same methods."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+from herd.errors import Unavailable
 
 
 class _CustomIdOnly(msgspec.Struct):
     custom_id: str
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over the process's file-size limit
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """A full disk (or quota) is the server's state, not the caller's fault: 503 with Retry-After, not a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise Unavailable("no space left to store files; try again later") from exc
+        raise
 
 
 class Upload:
@@ -31,16 +47,19 @@ class Upload:
         self.size += len(data)
         if self.size > self._limit:
             raise OverflowError(self.size)
-        self._fh.write(data)
+        with storage_errors():
+            self._fh.write(data)
 
     def commit(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self._final)
+        with storage_errors():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self._tmp, self._final)
 
     def abort(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):  # closing flushes what is buffered, which fails again on a full disk
+            self._fh.close()
         self._tmp.unlink(missing_ok=True)
 
 
