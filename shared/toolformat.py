@@ -11,6 +11,8 @@ tell from the template's text; herd reads how the template writes a call in the 
     qwen3-coder   <tool_call><function=f><parameter=k>v</parameter></function></tool_call>  Qwen3-Coder, Qwen 3.5
     seed-oss      the same inside <seed:tool_call></seed:tool_call>               ByteDance Seed-OSS
     glm           <tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>   GLM 4.5-4.7, Ling, Laguna
+    functionary-v3.1  <function=f>{...}</function>                                  Functionary 3.1
+    functionary-v3.2  name, newline, {...} after the prompt's `>>>` (`all` and text: an answer)  Functionary 3.2
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -29,10 +31,21 @@ from typing import Any, Literal
 from herd.inference import Grammar, Tool, ToolConstraint
 
 ToolFormat = Literal[
-    "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2"
+    "hermes",
+    "llama3",
+    "mistral",
+    "mistral-args",
+    "gpt-oss",
+    "qwen3-coder",
+    "seed-oss",
+    "glm",
+    "kimi-k2",
+    "functionary-v3.1",
+    "functionary-v3.2",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
-    "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2"
+    "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
+    "functionary-v3.1", "functionary-v3.2",
 )  # fmt: skip
 _KIMI = (
     "<|tool_calls_section_begin|>",
@@ -53,6 +66,8 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "seed-oss": ("<seed:tool_call>", "</seed:tool_call>"),
     "glm": ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
     "kimi-k2": _KIMI,
+    "functionary-v3.1": ("<function=", "</function>"),
+    "functionary-v3.2": (">>>",),
 }
 # Where a call begins: under `auto` the grammar takes over from here (and not before).
 TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
@@ -65,6 +80,8 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "seed-oss": ("<seed:tool_call>",),
     "glm": ("<tool_call>",),
     "kimi-k2": ("<|tool_calls_section_begin|>",),
+    "functionary-v3.1": ("<function=",),
+    "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
 # How each family's template writes a call of `probe_tool_fn` in the conversation's history, most specific first.
@@ -77,6 +94,8 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
     ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("hermes", re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("functionary-v3.1", re.compile(r"<function=probe_tool_fn>\s*\{")),
+    ("functionary-v3.2", re.compile(r">>>probe_tool_fn\n\s*\{")),
     ("llama3", re.compile(r'\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"parameters"\s*:')),
 )
 
@@ -156,6 +175,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
             )
             body += ' "<|tool_call_end|>"'
+        elif fmt == "functionary-v3.1":
+            body = f'"<function=" {_lit(name)} ">" args-{i} "</function>"'
+        elif fmt == "functionary-v3.2":
+            body = f'{_lit(name)} "\\n" args-{i}'
         elif fmt == "gpt-oss":
             body = f'{_lit(name)} " "? ("<|channel|>commentary" " "?)? "<|constrain|>"? "json"? "<|message|>" args-{i}'
         else:
@@ -175,6 +198,12 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         rules.append(f"tc-one ::= {call}")
         one = "tc-one+" if many else "tc-one"
         root = f'"<|tool_calls_section_begin|>" {one} "<|tool_calls_section_end|>"'
+    elif fmt == "functionary-v3.1":
+        rules.append(f"tc-one ::= {call}")
+        root = "tc-one+" if many else "tc-one"
+    elif fmt == "functionary-v3.2":  # the prompt ends in `>>>`; lazily, the grammar starts at a later `>>>` too
+        rules.append(f"tc-one ::= {call}")
+        root = '">>>"? tc-one (">>>" tc-one)*' if many else '">>>"? tc-one'
     elif fmt == "llama3":
         rules.append(f"tc-one ::= {call}")
         root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'
@@ -190,4 +219,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         root = "tc-one" if not constraint.forced else 'tc-think? ("<|channel|>commentary")? " "? tc-one'
     rules.append('xml-value ::= ([^<] | "<" [^/])*')
     gbnf = "\n".join([f"root ::= {root}", *rules, constraint.rules])
-    return Grammar(gbnf, () if constraint.forced else TRIGGERS[fmt])
+    triggers = TRIGGERS[fmt]
+    if fmt == "functionary-v3.2":
+        triggers = (*triggers, *(f"{name}\n" for name in names))
+    return Grammar(gbnf, () if constraint.forced else triggers)

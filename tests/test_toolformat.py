@@ -53,6 +53,8 @@ DETECTED = {
     "poolside-Laguna-XS-2.1": "glm",
     "moonshotai-Kimi-K2": "kimi-k2",
     "Kimi-K2-Instruct": "kimi-k2",
+    "meetkai-functionary-medium-v3.1": "functionary-v3.1",
+    "meetkai-functionary-medium-v3.2": "functionary-v3.2",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
 DESCRIBED = ["google-gemma-2-2b-it", "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "deepseek-ai-DeepSeek-V3.1"]
@@ -132,6 +134,27 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         '<tool_call>{"name": "get_time"}</tool_call> is not GLM',
         [],
     ),
+    (
+        "functionary-v3.1",
+        'Sure <function=get_weather>{"city": "Paris"}</function>',
+        "Sure ",
+        [("get_weather", {"city": "Paris"})],
+    ),
+    ("functionary-v3.1", "a <function=x y> b", "a <function=x y> b", []),
+    (
+        "functionary-v3.2",
+        'get_weather\n{"city": "Paris"}>>>get_time\n{}',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    ("functionary-v3.2", "all\nHello >> there", "Hello >> there", []),
+    (
+        "functionary-v3.2",
+        'all\nLet me look.>>>get_weather\n{"city": "Paris"}',
+        "Let me look.",
+        [("get_weather", {"city": "Paris"})],
+    ),
+    ("functionary-v3.2", "Just text, no recipient.", "Just text, no recipient.", []),
     (
         "kimi-k2",
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
@@ -258,6 +281,8 @@ CALL_TEXT: dict[str, str] = {
     "qwen3-coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
     "</tool_call>",
     "glm": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+    "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
+    "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
     '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
     "seed-oss": "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n</function>\n"
@@ -295,7 +320,8 @@ def test_parallel_grammar_takes_several_calls(vocab: Any, fmt: toolformat.ToolFo
 def test_auto_grammars_are_lazy_on_the_familys_opener(vocab: Any, fmt: toolformat.ToolFormat) -> None:
     c = constraint(False)
     grammar = toolformat.grammar(fmt, ToolConstraint(c.names, c.rules, False, forced=False), TOOLS)
-    assert grammar.triggers == toolformat.TRIGGERS[fmt]
+    names = tuple(f"{name}\n" for name in c.names) if fmt == "functionary-v3.2" else ()
+    assert grammar.triggers == (*toolformat.TRIGGERS[fmt], *names)
     # The call from its trigger on is what the lazy grammar takes (the engine feeds it from the trigger).
     call = CALL_TEXT[fmt]
     assert accepts(vocab, grammar.gbnf, call[min(i for t in grammar.triggers if (i := call.find(t)) >= 0) :])

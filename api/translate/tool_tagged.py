@@ -276,3 +276,61 @@ class Kimi(Scanner):
         if at >= 0:
             self._buf, self._state = self._buf[at + len(_KIMI_END) :], "head"
             self._opener = ""  # a later give-up keeps only its own text
+
+
+@dataclass(slots=True)
+class FunctionaryV31(Scanner):
+    """`<function=f>{...}</function>` (Functionary 3.1)."""
+
+    openers: tuple[str, ...] = ("<function=",)
+
+    def _head(self, out: list[Piece]) -> None:
+        end = self._buf.find(">")
+        name = self._buf if end < 0 else self._buf[:end]
+        if any(c in name for c in ' {<"\n') or len(name) > 128:
+            self._give_up(out)
+            return
+        if end < 0:
+            return
+        self._start(self._buf[:end], out)
+        self._buf, self._state = self._buf[end + 1 :], "arguments"
+
+    def _after_arguments(self) -> str:
+        return "tail"
+
+    def _tail(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith("</function>"):
+            self._buf, self._state = text[len("</function>") :], "content"
+        elif text and not "</function>".startswith(text):
+            self._buf, self._state = text, "content"
+
+
+@dataclass(slots=True)
+class FunctionaryV32(Scanner):
+    """Functionary 3.2: the prompt ends in `>>>`, so the answer opens with its recipient and a newline: `all` then
+    text, or a function's name then its JSON arguments; a later `>>>` opens the next part."""
+
+    openers: tuple[str, ...] = (">>>",)
+    _state: str = "recipient"
+
+    def _recipient(self, out: list[Piece]) -> None:
+        end = self._buf.find("\n")
+        line = self._buf if end < 0 else self._buf[:end]
+        if any(c in line for c in ' {}<>"') or len(line) > 128:
+            self._state = "content"  # no recipient: the answer is plain text
+            return
+        if end < 0:
+            return
+        self._buf = self._buf[end + 1 :]
+        if line.strip() == "all":
+            self._state = "content"
+        else:
+            self._start(line.strip(), out)
+            self._state = "arguments"
+
+    def _open(self, opener: str, out: list[Piece]) -> None:
+        self._buf, self._state = self._buf[len(opener) :], "recipient"
+
+    def _after_arguments(self) -> str:
+        return "content"

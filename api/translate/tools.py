@@ -18,7 +18,7 @@ from herd.api.translate.tool_json import (
     Piece,
     Scanner,
 )
-from herd.api.translate.tool_tagged import Glm, Harmony, Kimi, MistralArgs, Xml
+from herd.api.translate.tool_tagged import FunctionaryV31, FunctionaryV32, Glm, Harmony, Kimi, MistralArgs, Xml
 
 __all__ = ["CallArguments", "CallEnd", "CallStart", "Content", "Piece", "ToolCallParser", "parse_all", "scanner"]
 
@@ -39,6 +39,10 @@ def scanner(fmt: str) -> Scanner:
         return Glm()
     if fmt == "kimi-k2":
         return Kimi()
+    if fmt == "functionary-v3.1":
+        return FunctionaryV31()
+    if fmt == "functionary-v3.2":
+        return FunctionaryV32()
     if fmt == "seed-oss":
         return Xml(openers=("<seed:tool_call>",), closer="</seed:tool_call>")
     return Hermes()
