@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 
 import msgspec
@@ -20,6 +21,7 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from herd import channels
+from herd.api import affinity
 from herd.api.auth.ratelimit import METER
 from herd.api.demux import Demux
 from herd.api.events import AnyRequest, EventStream
@@ -35,23 +37,64 @@ from opentelemetry.trace import Tracer
 
 log = logging.getLogger("herd.api.gateway")
 
-# Admission in one step, so the queue bound holds under any burst (a depth read and an enqueue as two steps let
-# every request of a burst see the same short queue). The job is arq's own (its key and queue entry, written as
-# ArqRedis.enqueue_job writes them); the request is stored beside it only when admitted.
-# KEYS: job, result, queue, request. ARGV: job id, score (ms), job expiry (ms), job bytes, bound (-1: none),
-# request bytes, request TTL (s), announce channel ("" : none).
-# Returns {0, depth} admitted, {1, depth} queue full, {2, 0} a job with this id exists.
+# Admission and dispatch in one step, so the queue bound holds under any burst (a depth read and an enqueue as two
+# steps let every request of a burst see the same short queue). The job is arq's own (its key, written as
+# ArqRedis.enqueue_job writes it); the request is stored beside it only when admitted. An interactive job goes into
+# the model's ledger (the bound, /v1/queue and KEDA count it) and onto the queue of one worker: the first candidate
+# (workers with a free slot, best first, as the heartbeats show them) that an affinity key names, else the first
+# candidate, else the overflow, which the first worker with a free slot empties. Only that worker is woken.
+# KEYS: job, result, ledger (or the batch queue), request, overflow (or the batch queue), then the affinity keys to
+# look up (ARGV[12] of them), then the ones to set. ARGV: job id, score (ms), job expiry (ms), job bytes, bound (-1:
+# none), request bytes, request TTL (s), candidates (space-separated worker ids), worker queue prefix, announce
+# channel prefix, affinity TTL (s), lookups.
+# Returns {0, depth, worker or "", affinity} admitted (affinity: 1 a key named the worker, 2 a key named a worker
+# without room, 0 none), {1, depth} queue full, {2, 0} a job with this id exists. The worker's keys are made here
+# from the prefixes: herd runs on one Redis (or Sentinel), not on a Redis Cluster.
 _ADMIT = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {2, 0} end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {2, 0, '', 0} end
 local depth = redis.call('ZCARD', KEYS[3])
 local bound = tonumber(ARGV[5])
-if bound >= 0 and depth >= bound then return {1, depth} end
+if bound >= 0 and depth >= bound then return {1, depth, '', 0} end
 redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7])
 redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[1]) end
-return {0, depth + 1}
+if KEYS[5] == KEYS[3] then return {0, depth + 1, '', 0} end
+local room, first = {}, nil
+for id in string.gmatch(ARGV[8], '%S+') do
+  room[id] = true
+  first = first or id
+end
+local lookups = tonumber(ARGV[12])
+local target, affinity = first, 0
+for i = 6, 5 + lookups do
+  local known = redis.call('GET', KEYS[i])
+  if known then
+    if room[known] then target, affinity = known, 1; break end
+    affinity = 2
+  end
+end
+if not target then
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+  return {0, depth + 1, '', affinity}
+end
+redis.call('ZADD', ARGV[9] .. target, ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[10] .. target, ARGV[1])
+for i = 6 + lookups, #KEYS do redis.call('SET', KEYS[i], target, 'EX', ARGV[11]) end
+return {0, depth + 1, target, affinity}
 """
+
+# A job still waiting on the queue of a worker that died goes to the overflow (exactly once: the ZREM decides).
+# KEYS: the worker's queue, the overflow. ARGV: job id.
+_RESCUE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+  return 1
+end
+return 0
+"""
+
+AFFINITY_OUTCOMES = ("none", "hit", "busy")  # by the script's affinity code; "overflow": no worker had room
 
 
 class _ModelOnly(msgspec.Struct):
@@ -83,6 +126,10 @@ class Gateway:
         self._workers_at = 0.0
         self._worker_decoder = msgspec.json.Decoder(WorkerStatus)
         self._admit = redis.register_script(_ADMIT)  # EVALSHA: the script is sent once
+        self._rescue = redis.register_script(_RESCUE)
+        # worker id -> (its latest heartbeat's time, jobs this process gave it since): slots the heartbeat misses
+        self._sent: dict[str, tuple[float, int]] = {}
+        self._targets: dict[str, str] = {}  # request id -> the worker its job was put on, while it waits
 
     async def ping(self) -> bool:
         try:
@@ -141,25 +188,55 @@ class Gateway:
 
     async def _enqueue(self, request: AnyRequest, low_priority: bool) -> None:
         """Queue the job (arq's format; the job carries only the id, since arq logs job arguments: the worker reads
-        the request from its key), within the queue's bound."""
+        the request from its key) on a chosen worker's queue, within the queue's bound."""
         s = self.settings
         expires_s = s.request_ttl_s if low_priority else s.queue_wait_timeout_s
-        queue = channels.batch_queue(request.model) if low_priority else channels.queue(request.model)
+        model = request.model
         function = "embed" if isinstance(request, EmbeddingRequest) else "generate"
         now_ms = int(time.time() * 1000)
         job = serialize_job(function, (request.id,), {}, None, now_ms, serializer=self._redis.job_serializer)
-        keys = [job_key_prefix + request.id, result_key_prefix + request.id, queue, channels.request(request.id)]
-        # Batch lines wait for a worker's poll: they are in no hurry, so no workers are woken for them.
-        announce = "" if low_priority else channels.announce(request.model)
+        # Batch lines wait in their own queue for a worker's spare slots: no worker is chosen or woken for them.
+        ledger = channels.batch_queue(model) if low_priority else channels.queue(model)
+        overflow = ledger if low_priority else channels.overflow(model)
+        lookup, store = ([], []) if low_priority else affinity.digests(request)
+        candidates = [] if low_priority else await self._candidates(model)
+        keys = [job_key_prefix + request.id, result_key_prefix + request.id, ledger, channels.request(request.id)]
+        keys += [
+            overflow,
+            *(channels.affinity(model, d) for d in lookup),
+            *(channels.affinity(model, d) for d in store),
+        ]
         bound = -1 if low_priority else s.queue_max
         args: list[bytes | str | int] = [request.id, now_ms, int(expires_s * 1000), job, bound]
-        args += [msgspec.msgpack.encode(request), s.request_ttl_s, announce]
+        args += [msgspec.msgpack.encode(request), s.request_ttl_s, " ".join(candidates)]
+        args += [channels.worker_queue(model, ""), channels.announce(""), channels.AFFINITY_TTL_S, len(lookup)]
         with map_redis_errors():
-            outcome, depth = await self._admit(keys=keys, args=args)
+            outcome, depth, target, affine = await self._admit(keys=keys, args=args)
         if outcome == 1:
-            raise Overloaded(f"the queue for model '{request.model}' is full ({depth} requests); retry shortly")
+            raise Overloaded(f"the queue for model '{model}' is full ({depth} requests); retry shortly")
         if outcome == 2:
             raise Overloaded("a request with this id is already queued")
+        if low_priority:
+            return
+        target = target.decode() if isinstance(target, bytes) else str(target)
+        if target:
+            self._targets[request.id] = target
+            beat = next((w.heartbeat_at for w in self._workers if w.worker_id == target), 0.0)
+            seen, sent = self._sent.get(target, (beat, 0))
+            self._sent[target] = (beat, sent + 1 if seen == beat else 1)
+        if self._metrics is not None:
+            self._metrics.observe_dispatch(model, AFFINITY_OUTCOMES[int(affine)] if target else "overflow")
+
+    async def _candidates(self, model: str) -> list[str]:
+        """Workers of `model` with a free slot, most free first (ties in random order, so that API replicas reading
+        the same heartbeats spread their requests); slots this process filled since a heartbeat count as busy."""
+        found = []
+        for w in await self.workers():
+            if model in w.models:
+                free = w.slots_total - w.slots_busy - self._sent.get(w.worker_id, (0.0, 0))[1]
+                if free > 0:
+                    found.append((-free, random.random(), w.worker_id))
+        return [worker_id for _, _, worker_id in sorted(found)]
 
     async def _check_model(self, model: str) -> None:
         if model not in await self.models():
@@ -189,20 +266,29 @@ class Gateway:
                 raw = await self._redis.get(channels.started(request.id))
                 worker_id = raw.decode() if raw else None
             if worker_id is not None:
+                self._targets.pop(request.id, None)
                 if not await self._redis.exists(channels.worker(worker_id)):
-                    await self._forget_job(request)
+                    await self._forget_job(request, worker_id)
                     raise WorkerLost("the worker serving this request stopped; no more output will come")
                 return
+            target = self._targets.get(request.id)
+            if target is not None and not await self._redis.exists(channels.worker(target)):
+                # Given to a worker that died before starting it: to the overflow, for the next worker with room.
+                self._targets.pop(request.id, None)
+                queues = [channels.worker_queue(request.model, target), channels.overflow(request.model)]
+                if await self._rescue(keys=queues, args=[request.id]):
+                    log.warning("request %s was waiting on worker %s, which stopped; requeued", request.id, target)
             if not any(request.model in w.models for w in await self.workers()):
                 await self.load(request.model)  # again: the worker may have been on its way out when we asked
         if time.time() - request.enqueued_at > stream.wait_timeout_s:
             raise Unavailable("the request waited too long in the queue")
 
-    async def _forget_job(self, request: AnyRequest) -> None:
-        """A dead worker's job would stay in the queue, counted as running, until arq's in-progress key expires
+    async def _forget_job(self, request: AnyRequest, worker_id: str) -> None:
+        """A dead worker's job would stay in the ledger, counted as running, until arq's in-progress key expires
         (job_timeout, an hour): take it out now. Its request already started, so it can never run again."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(channels.queue(request.model), request.id)
+            pipe.zrem(channels.worker_queue(request.model, worker_id), request.id)
             pipe.zrem(channels.batch_queue(request.model), request.id)
             pipe.delete(in_progress_key_prefix + request.id, job_key_prefix + request.id)
             await pipe.execute()
@@ -210,6 +296,7 @@ class Gateway:
     async def release(self, stream: EventStream) -> None:
         """Unsubscribe; if the request did not finish, tell its worker (or the queue) to drop it."""
         stream.telemetry.close()
+        self._targets.pop(stream.request.id, None)
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)
@@ -237,6 +324,8 @@ class Gateway:
             values = await self._redis.mget(keys) if keys else []
         self._workers = [self._worker_decoder.decode(v) for v in values if v]
         self._workers_at = time.monotonic()
+        beats = {w.worker_id: w.heartbeat_at for w in self._workers}
+        self._sent = {k: v for k, v in self._sent.items() if beats.get(k) == v[0]}  # a newer heartbeat counts them
         return self._workers
 
     async def stored(self) -> dict[str, int]:

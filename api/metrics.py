@@ -28,6 +28,7 @@ GEN_AI_TPOT_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 
 HTTP_DURATION_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 Labels = tuple[tuple[str, str], ...]
+Trace = tuple[str, str]  # an exemplar's trace id and span id, hex
 Kind = Literal["counter", "gauge", "histogram"]
 
 
@@ -67,7 +68,7 @@ class Histogram:
         self.bounds = bounds
         self.points: dict[Labels, HistogramPoint] = {}
 
-    def observe(self, labels: Labels, value: float, exemplar: tuple[str, str] | None = None) -> None:
+    def observe(self, labels: Labels, value: float, exemplar: Trace | None = None) -> None:
         point = self.points.get(labels)
         if point is None:
             point = self.points[labels] = HistogramPoint(self.bounds, [0] * (len(self.bounds) + 1))
@@ -98,6 +99,7 @@ class Metrics:
         self.inter_token = Histogram()
         self.queue_wait = Histogram()
         self.rate_limited: dict[Labels, int] = defaultdict(int)
+        self.dispatches: dict[Labels, int] = defaultdict(int)
         self.gen_ai_duration = Histogram(GEN_AI_DURATION_S)
         self.gen_ai_ttft = Histogram(GEN_AI_TTFT_S)
         self.gen_ai_tpot = Histogram(GEN_AI_TPOT_S)
@@ -107,25 +109,32 @@ class Metrics:
         """`model` is the served model of an admitted request, else "" (never a client's unchecked string)."""
         self.responses[(("route", route), ("method", method), ("status", str(status)), ("model", model))] += 1
 
-    def observe_generation(self, model: str, prompt: int, cached: int, completion: int, e2e_s: float) -> None:
+    def observe_generation(
+        self, model: str, prompt: int, cached: int, completion: int, e2e_s: float, exemplar: Trace | None = None
+    ) -> None:
         self.tokens[(("model", model), ("kind", "prompt"))] += prompt
         self.tokens[(("model", model), ("kind", "cached_prompt"))] += cached
         self.tokens[(("model", model), ("kind", "completion"))] += completion
-        self.e2e.observe((("model", model),), e2e_s)
+        self.e2e.observe((("model", model),), e2e_s, exemplar)
 
-    def observe_first_token(self, model: str, seconds: float) -> None:
-        self.ttft.observe((("model", model),), seconds)
+    def observe_first_token(self, model: str, seconds: float, exemplar: Trace | None = None) -> None:
+        self.ttft.observe((("model", model),), seconds, exemplar)
 
     def observe_inter_token(self, model: str, seconds: float, tokens: int) -> None:
         """The gap before a delta, spread over the tokens it carries (usually one)."""
         for _ in range(tokens):
             self.inter_token.observe((("model", model),), seconds / tokens)
 
-    def observe_queue_wait(self, model: str, seconds: float) -> None:
-        self.queue_wait.observe((("model", model),), seconds)
+    def observe_queue_wait(self, model: str, seconds: float, exemplar: Trace | None = None) -> None:
+        self.queue_wait.observe((("model", model),), seconds, exemplar)
 
     def observe_rate_limited(self, limit: str) -> None:
         self.rate_limited[(("limit", limit),)] += 1
+
+    def observe_dispatch(self, model: str, affinity: str) -> None:
+        """`affinity`: hit (the worker holding the prompt's prefix had room), busy (it had none), none (no worker
+        held it), overflow (no worker had room: the first to free a slot takes it)."""
+        self.dispatches[(("model", model), ("affinity", affinity))] += 1
 
     def observe_gen_ai(
         self,
@@ -134,7 +143,7 @@ class Metrics:
         ttft_s: float | None,
         tpot_s: float | None,
         error_type: str | None,
-        exemplar: tuple[str, str] | None,
+        exemplar: Trace | None,
     ) -> None:
         """One request's convention histograms; TTFT and time per output token only for successful responses."""
         if error_type is not None:
@@ -146,7 +155,7 @@ class Metrics:
         if tpot_s is not None:
             self.gen_ai_tpot.observe(attributes, tpot_s, exemplar)
 
-    def observe_http(self, attributes: Labels, duration_s: float, exemplar: tuple[str, str] | None) -> None:
+    def observe_http(self, attributes: Labels, duration_s: float, exemplar: Trace | None) -> None:
         self.http_duration.observe(attributes, duration_s, exemplar)
 
     def collect(self, queue: QueueStatus | None, workers: list[WorkerStatus]) -> list[Family]:
@@ -233,6 +242,15 @@ class Metrics:
                 "{request}",
                 "Requests refused with 429 by this API process, by the limit that ran out (requests or tokens).",
                 self.rate_limited,
+            ),
+            counter(
+                "herd.dispatches",
+                "herd_dispatches",
+                "{request}",
+                "Interactive requests this API process put on a worker's queue, by prefix affinity: hit (the worker "
+                "that served the prompt's prefix), busy (it had no free slot), none (no worker had served it), "
+                "overflow (no worker had a free slot). Hit rate: hit / (hit + busy + none).",
+                self.dispatches,
             ),
         ]
         return families + fleet(queue, workers)

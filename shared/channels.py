@@ -6,7 +6,8 @@ PREFIX = "herd"
 
 
 def queue(model: str) -> str:
-    """arq queue (a sorted set) of one model's pending generation jobs."""
+    """The ledger of one model's jobs, waiting or running (a sorted set by enqueue time, in arq's format): the API's
+    admission bound, /v1/queue and KEDA count it; the job itself waits on a worker's queue or the overflow."""
     return f"{PREFIX}:queue:{model}"
 
 
@@ -39,9 +40,29 @@ def api_control(api_id: str) -> str:
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 
 
-def announce(model: str) -> str:
-    """Pub/sub channel on which the API announces each job id it enqueued for `model`, so a worker starts it at once."""
-    return f"{PREFIX}:announce:{model}"
+def worker_queue(model: str, worker_id: str) -> str:
+    """arq queue of one worker: the API puts each interactive job on the queue of the worker it chose (README,
+    Scale-out), so no other worker reads or races for it. queue(model) stays the ledger of the model's jobs."""
+    return f"{PREFIX}:queue:{model}:w:{worker_id}"
+
+
+def announce(worker_id: str) -> str:
+    """Pub/sub channel of one worker: the API publishes each job id it put on the worker's queue (to start it now)."""
+    return f"{PREFIX}:announce:w:{worker_id}"
+
+
+def overflow(model: str) -> str:
+    """arq-format sorted set of a model's jobs that no worker had a free slot for when they came (or that a full,
+    draining or dead worker gave back): the first worker with a free slot moves them to its own queue."""
+    return f"{PREFIX}:overflow:{model}"
+
+
+def affinity(model: str, digest: str) -> str:
+    """The worker that last served a prompt prefix (api/affinity.py makes the digests). TTL: AFFINITY_TTL_S."""
+    return f"{PREFIX}:affinity:{model}:{digest}"
+
+
+AFFINITY_TTL_S = 600  # about as long as a worker's prefix cache keeps an idle conversation
 
 
 def stats(request_id: str) -> str:
@@ -58,8 +79,8 @@ WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 
 def batch_queue(model: str) -> str:
-    """arq-format sorted set of one model's batch-line jobs. Low priority: a worker moves ids from here into
-    queue(model) only while no interactive job waits and it has slots to spare (see workers/bus.py)."""
+    """arq-format sorted set of one model's batch-line jobs. Low priority: a worker moves ids from here into its own
+    queue (and the ledger, queue(model)) only while no interactive job waits and it has slots to spare (bus.py)."""
     return f"{PREFIX}:batchq:{model}"
 
 

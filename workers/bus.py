@@ -32,18 +32,49 @@ log = logging.getLogger("herd.worker.bus")
 
 R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 
-# KEYS: interactive queue, batch queue. ARGV: how many to move, now (ms), arq's in-progress key prefix.
-# Batch lines move only while every job in the interactive queue is already running (arq keeps running jobs in
-# the queue with an in-progress key): a waiting interactive request always goes first. Atomic, so two workers
-# polling at once cannot both see the queue empty and overfill it.
-_PROMOTE = """
-local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-for _, id in ipairs(jobs) do
-  if redis.call('EXISTS', ARGV[3] .. id) == 0 then return 0 end
+# KEYS: this worker's queue, the model's overflow, its batch queue, its ledger. ARGV: free slots, free slots for
+# batch lines (free less the reserve), now (ms). Fills the free slots from the overflow (interactive jobs no worker
+# had room for), oldest first; batch lines only while the overflow is empty, so a waiting interactive request always
+# goes first. Atomic: a job moves to exactly one worker.
+_TAKE = """
+local moved = 0
+local free = tonumber(ARGV[1])
+if free > 0 and redis.call('ZCARD', KEYS[2]) > 0 then
+  local jobs = redis.call('ZPOPMIN', KEYS[2], free)
+  for i = 1, #jobs, 2 do
+    redis.call('ZADD', KEYS[1], jobs[i + 1], jobs[i])
+    moved = moved + 1
+  end
 end
-local moved = redis.call('ZPOPMIN', KEYS[2], ARGV[1])
-for i = 1, #moved, 2 do redis.call('ZADD', KEYS[1], ARGV[2], moved[i]) end
-return #moved / 2
+local spare = tonumber(ARGV[2]) - moved
+if spare > 0 and redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
+  local lines = redis.call('ZPOPMIN', KEYS[3], spare)
+  for i = 1, #lines, 2 do
+    redis.call('ZADD', KEYS[1], ARGV[3], lines[i])
+    redis.call('ZADD', KEYS[4], ARGV[3], lines[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# Jobs on this worker's queue that it will not start (it is full, or stopping) go to the overflow, for the next
+# worker with a free slot; a job already started (arq's in-progress key) stays. KEYS: this worker's queue, the
+# overflow. ARGV: arq's in-progress key prefix, then the job ids (none: every job on the queue).
+_GIVE_BACK = """
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then ids = redis.call('ZRANGE', KEYS[1], 0, -1) end
+local moved = 0
+for _, id in ipairs(ids) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[2], score, id)
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 
@@ -58,7 +89,8 @@ class WorkerBus:
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: list[asyncio.Task[None]] = []
-        self._promote = redis.register_script(_PROMOTE)
+        self._take = redis.register_script(_TAKE)
+        self._give_back = redis.register_script(_GIVE_BACK)
 
     # ---- requests ----------------------------------------------------------------------------------
 
@@ -84,15 +116,31 @@ class WorkerBus:
         with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.delete(channels.request(request_id))
 
-    async def promote_batch_lines(self, model: str, n: int) -> int:
-        """Move up to n batch-line jobs into the model's interactive queue, if no interactive job waits there."""
-        keys = [channels.queue(model), channels.batch_queue(model)]
+    async def take(self, model: str, free: int, free_for_batch: int) -> int:
+        """Move jobs waiting for any worker (the overflow, then batch lines) onto this worker's queue, up to its free
+        slots; arq's poll then starts them."""
+        keys = [channels.worker_queue(model, self.worker_id), channels.overflow(model)]
+        keys += [channels.batch_queue(model), channels.queue(model)]
         try:
-            moved = await self._promote(keys, [n, int(time.time() * 1000), in_progress_key_prefix])
+            moved = await self._take(keys, [free, free_for_batch, int(time.time() * 1000)])
         except REDIS_ERRORS as exc:
-            log.warning("could not take batch lines: %s", exc)
+            log.warning("could not take waiting jobs: %s", exc)
             return 0
         return int(moved)
+
+    async def give_back(self, model: str, *job_ids: str) -> int:
+        """Hand jobs this worker will not start (none named: all its waiting jobs) to the overflow."""
+        keys = [channels.worker_queue(model, self.worker_id), channels.overflow(model)]
+        try:
+            return int(await self._give_back(keys, [in_progress_key_prefix, *job_ids]))
+        except REDIS_ERRORS as exc:
+            log.warning("could not hand back waiting jobs: %s", exc)
+            return 0
+
+    async def settle(self, model: str, job_id: str) -> None:
+        """A job ended (done, failed, aborted): out of the model's ledger (arq took it off this worker's queue)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._redis.zrem(channels.queue(model), job_id)
 
     # ---- events ------------------------------------------------------------------------------------
 
@@ -157,9 +205,9 @@ class WorkerBus:
 
     # ---- cancels and heartbeats ----------------------------------------------------------------------
 
-    async def _listener(self, model: str, on_message: Callable[[str, str], None]) -> None:
-        """Cancels and job announcements (request ids both) from the API."""
-        kinds = {channels.CANCEL_CHANNEL.encode(): "cancel", channels.announce(model).encode(): "announce"}
+    async def _listener(self, on_message: Callable[[str, str], None]) -> None:
+        """Cancels (a broadcast) and the announcements of jobs put on this worker's queue (request ids both)."""
+        kinds = {channels.CANCEL_CHANNEL.encode(): "cancel", channels.announce(self.worker_id).encode(): "announce"}
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -186,7 +234,7 @@ class WorkerBus:
     def start(self, model: str, on_message: Callable[[str, str], None], status: Callable[[], WorkerStatus]) -> None:
         self._tasks = [
             asyncio.create_task(self._publisher(), name="herd-publisher"),
-            asyncio.create_task(self._listener(model, on_message), name="herd-listener"),
+            asyncio.create_task(self._listener(on_message), name="herd-listener"),
             asyncio.create_task(self._heartbeat(status), name="herd-heartbeat"),
         ]
 

@@ -53,8 +53,10 @@ async def embed(ctx: dict[str, Any], request_id: str) -> None:
 
 
 class HerdWorker(Worker):
-    """arq's worker, but event-driven: it starts a job the moment the API announces it, and polls the queue the
-    moment a slot frees, instead of waiting for the next poll (arq's poll stays on as a slow fallback)."""
+    """arq's worker on a queue of its own (the API chooses the worker: README, Scale-out), event-driven: it starts a
+    job the moment the API announces it, and takes waiting work the moment a slot frees, instead of at the next
+    poll (arq's poll stays on as a slow fallback). A job it will not start (full, or stopping) goes back to the
+    model's overflow for another worker."""
 
     def __init__(self, *args: Any, model: str = "", reserved_slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,44 +64,65 @@ class HerdWorker(Worker):
         self._reserved_slots = reserved_slots
         self._polling = False
         self._poll_again = False
-        self._shortcuts: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+        self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._shortcuts.add(task)
         task.add_done_callback(self._shortcuts.discard)
 
+    @property
+    def _bus(self) -> WorkerBus | None:
+        bus: WorkerBus | None = self.ctx.get("bus")
+        return bus
+
     def announce(self, job_id: str) -> None:
-        """The API enqueued `job_id`: start it now if a batch slot is free (otherwise it waits its turn)."""
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:  # not while draining after SIGTERM
+        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free."""
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             self._spawn(self._start_announced(job_id))
+        elif self._bus is not None:  # its heartbeat said there was room; there is not (any more): another may have
+            self._spawn(self._bus.give_back(self._model, job_id))
 
     async def _start_announced(self, job_id: str) -> None:
         try:
-            # arq's own start (WATCH on the in-progress key): of several workers woken, exactly one gets the job.
             await self.start_jobs([job_id.encode()])
         except Exception as exc:  # the poll loop will still find the job
             log.warning("could not start announced job %s: %s", job_id, exc)
 
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        super().handle_sig_wait_for_completion(signum)  # no new jobs; running ones finish
+        if self._bus is not None:
+            self._spawn(self._bus.give_back(self._model))  # the ones waiting here start elsewhere, now
+
+    async def finish_job(self, job_id: str, finish: bool, *args: Any, **kwargs: Any) -> None:
+        await super().finish_job(job_id, finish, *args, **kwargs)
+        if finish and self._bus is not None:
+            await self._bus.settle(self._model, job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await super().finish_failed_job(job_id, result_data)
+        if self._bus is not None:
+            await self._bus.settle(self._model, job_id)
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self.poll_soon()  # a slot is free: the oldest queued job should not wait for the next poll
+        self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
         # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
         # jobs only when announced, and a job announced while Redis was coming back would wait forever.
         try:
-            await self._take_batch_lines()
+            await self._take_waiting()
             await super()._poll_iteration()
         except REDIS_ERRORS as exc:
             log.warning("polling the queue failed: %s", exc)
 
-    async def _take_batch_lines(self) -> None:
-        """Batch lines fill the slots interactive traffic leaves free, less a reserve kept for the next request."""
-        free = self.max_jobs - self.job_counter - self._reserved_slots
-        bus: WorkerBus | None = self.ctx.get("bus")
-        if free > 0 and self.allow_pick_jobs and bus is not None:
-            await bus.promote_batch_lines(self._model, free)
+    async def _take_waiting(self) -> None:
+        """Free slots take jobs no worker had room for; batch lines fill what is left, less a reserve kept for the
+        next interactive request."""
+        free = self.max_jobs - self.job_counter
+        if free > 0 and self.allow_pick_jobs and self._bus is not None:
+            await self._bus.take(self._model, free, free - self._reserved_slots)
 
     def poll_soon(self) -> None:
         if self._polling:
@@ -215,6 +238,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         if "watchdog" in ctx:
             ctx["watchdog"].cancel()
         if "batcher" in ctx:
+            await ctx["bus"].give_back(model.name)  # anything still waiting here is another worker's to run
             await ctx["batcher"].stop()
             await ctx["bus"].stop()
             if ctx["speculator"] is not None:
@@ -230,7 +254,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         functions=functions,
         model=model.name,
         reserved_slots=min(settings.batch_reserved_slots, settings.max_seqs - 1),
-        queue_name=channels.queue(model.name),
+        queue_name=channels.worker_queue(model.name, worker_id),  # its own: the API puts the jobs it chose it for
         redis_pool=redisconn.async_client(settings, socket_connect_timeout=2),  # TLS, ACL user, Sentinel
         on_startup=startup,
         on_shutdown=shutdown,
@@ -239,7 +263,7 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         keep_result=0,
         max_tries=1,  # an interactive request is never re-run behind its client's back
         allow_abort_jobs=True,
-        poll_delay=0.5,  # a fallback: the API wakes the worker when it enqueues (see HerdWorker.wake)
+        poll_delay=0.5,  # a fallback: the API announces the jobs it puts here, a freed slot polls at once
         health_check_interval=5,
         log_results=False,
         handle_signals=True,
