@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 from herd.api.errors import TABLE
-from herd.api.metrics import Labels, Metrics
+from herd.api.metrics import Labels, Metrics, Trace
 from herd.api.tracing import CURRENT
 from herd.errors import ServiceError
 from herd.inference import (
@@ -129,15 +129,16 @@ class RequestTelemetry:
         now = time.monotonic()
         metrics, model = self._metrics, self.request.model
         since_enqueue = time.time() - self.request.enqueued_at
+        exemplar = self._exemplar()
         if isinstance(event, Started):
             self._worker_id = event.worker_id
             if metrics is not None:
-                metrics.observe_queue_wait(model, since_enqueue)
+                metrics.observe_queue_wait(model, since_enqueue, exemplar)
         elif isinstance(event, TokenDelta):
             if self._first_token_at is None:
                 self._first_token_at = now
                 if metrics is not None:
-                    metrics.observe_first_token(model, since_enqueue)
+                    metrics.observe_first_token(model, since_enqueue, exemplar)
             elif metrics is not None and event.tokens:
                 metrics.observe_inter_token(model, now - self._last_token_at, event.tokens)
             self._last_token_at = now
@@ -156,6 +157,7 @@ class RequestTelemetry:
                     usage.cached_tokens if first else 0,
                     usage.completion_tokens,
                     since_enqueue,
+                    exemplar,
                 )
             choices = self.request.n if isinstance(self.request, GenerationRequest) else 1
             self._completed = len(self._finish_reasons) >= choices
@@ -163,7 +165,7 @@ class RequestTelemetry:
             self._input_tokens = event.prompt_tokens
             self._completed = True
             if metrics is not None:
-                metrics.observe_generation(model, event.prompt_tokens, 0, 0, since_enqueue)
+                metrics.observe_generation(model, event.prompt_tokens, 0, 0, since_enqueue, exemplar)
 
     def failed(self, exc: BaseException) -> None:
         """The request ended in `exc` (before the response or after it started); the first error is the one kept."""
@@ -203,6 +205,9 @@ class RequestTelemetry:
             tpot = None
             if self._first_token_at is not None and self._longest_choice > 1:
                 tpot = (end - self._first_token_at) / (self._longest_choice - 1)
-            context = span.get_span_context()
-            exemplar = (f"{context.trace_id:032x}", f"{context.span_id:016x}") if context.is_valid else None
-            self._metrics.observe_gen_ai(self._labels, end - self._opened, ttft, tpot, self._error, exemplar)
+            self._metrics.observe_gen_ai(self._labels, end - self._opened, ttft, tpot, self._error, self._exemplar())
+
+    def _exemplar(self) -> Trace | None:
+        """The GenAI span's ids, for the histograms' exemplars (None when tracing is off)."""
+        context = self.span.get_span_context()
+        return (f"{context.trace_id:032x}", f"{context.span_id:016x}") if context.is_valid else None

@@ -252,10 +252,10 @@ def test_otlp_metrics_over_http_with_convention_buckets_and_exemplars(
 
     # The same exemplar on /metrics, for a Prometheus that scrapes OpenMetrics.
     scraped = httpx.get(f"{traced.base_url}/metrics", headers={"accept": "application/openmetrics-text"}).text
-    assert any(
-        line.startswith("gen_ai_server_time_to_first_token_seconds_bucket") and f'trace_id="{trace_id}"' in line
-        for line in scraped.splitlines()
-    )
+    for histogram in ("gen_ai_server_time_to_first_token_seconds", "herd_time_to_first_token_seconds"):
+        assert any(
+            line.startswith(f"{histogram}_bucket") and f'trace_id="{trace_id}"' in line for line in scraped.splitlines()
+        ), histogram
 
 
 def test_batch_lines_are_labelled_apart_from_interactive(traced: HerdServer, receiver: tuple[int, Collected]) -> None:
