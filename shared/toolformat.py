@@ -13,6 +13,7 @@ tell from the template's text; herd reads how the template writes a call in the 
     glm           <tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>   GLM 4.5-4.7, Ling, Laguna
     functionary-v3.1  <function=f>{...}</function>                                  Functionary 3.1
     functionary-v3.2  name, newline, {...} after the prompt's `>>>` (`all` and text: an answer)  Functionary 3.2
+    command-r     <|START_ACTION|>[{"tool_call_id": "0", "tool_name": "f", "parameters": {...}}]<|END_ACTION|>  R7B
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -42,10 +43,11 @@ ToolFormat = Literal[
     "kimi-k2",
     "functionary-v3.1",
     "functionary-v3.2",
+    "command-r",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
-    "functionary-v3.1", "functionary-v3.2",
+    "functionary-v3.1", "functionary-v3.2", "command-r",
 )  # fmt: skip
 _KIMI = (
     "<|tool_calls_section_begin|>",
@@ -68,6 +70,14 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "kimi-k2": _KIMI,
     "functionary-v3.1": ("<function=", "</function>"),
     "functionary-v3.2": (">>>",),
+    "command-r": (
+        "<|START_ACTION|>",
+        "<|END_ACTION|>",
+        "<|START_THINKING|>",
+        "<|END_THINKING|>",
+        "<|START_RESPONSE|>",
+        "<|END_RESPONSE|>",
+    ),
 }
 # Where a call begins: under `auto` the grammar takes over from here (and not before).
 TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
@@ -81,6 +91,7 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "glm": ("<tool_call>",),
     "kimi-k2": ("<|tool_calls_section_begin|>",),
     "functionary-v3.1": ("<function=",),
+    "command-r": ("<|START_ACTION|>",),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
@@ -94,6 +105,12 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
     ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("hermes", re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    (
+        "command-r",
+        re.compile(
+            r'<\|START_ACTION\|>\s*\[\s*\{\s*"tool_call_id"\s*:\s*"[^"]*"\s*,\s*"tool_name"\s*:\s*"probe_tool_fn"'
+        ),
+    ),
     ("functionary-v3.1", re.compile(r"<function=probe_tool_fn>\s*\{")),
     ("functionary-v3.2", re.compile(r">>>probe_tool_fn\n\s*\{")),
     ("llama3", re.compile(r'\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"parameters"\s*:')),
@@ -175,6 +192,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
             )
             body += ' "<|tool_call_end|>"'
+        elif fmt == "command-r":
+            head = '"{" ws "\\"tool_call_id\\"" ws ":" ws string "," ws "\\"tool_name\\"" ws ":" ws '
+            head += _lit(json.dumps(name))
+            body = f'{head} ws "," ws "\\"parameters\\"" ws ":" ws args-{i} "}}" ws'
         elif fmt == "functionary-v3.1":
             body = f'"<function=" {_lit(name)} ">" args-{i} "</function>"'
         elif fmt == "functionary-v3.2":
@@ -198,6 +219,12 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         rules.append(f"tc-one ::= {call}")
         one = "tc-one+" if many else "tc-one"
         root = f'"<|tool_calls_section_begin|>" {one} "<|tool_calls_section_end|>"'
+    elif fmt == "command-r":  # a plan first (it is how the model was trained), then the actions
+        rules.append(f"tc-one ::= {call}")
+        rules.append('tc-plan ::= "<|START_THINKING|>" ([^<] | "<" [^|])* "<|END_THINKING|>"')
+        more = '("," ws tc-one)*' if many else ""
+        action = f'"<|START_ACTION|>" "[" ws tc-one {more} "]" ws "<|END_ACTION|>"'
+        root = f"tc-plan? {action}" if constraint.forced else action
     elif fmt == "functionary-v3.1":
         rules.append(f"tc-one ::= {call}")
         root = "tc-one+" if many else "tc-one"

@@ -55,9 +55,11 @@ DETECTED = {
     "Kimi-K2-Instruct": "kimi-k2",
     "meetkai-functionary-medium-v3.1": "functionary-v3.1",
     "meetkai-functionary-medium-v3.2": "functionary-v3.2",
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use": "command-r",
+    "Cohere2MoE": "command-r",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
-DESCRIBED = ["google-gemma-2-2b-it", "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "deepseek-ai-DeepSeek-V3.1"]
+DESCRIBED = ["google-gemma-2-2b-it", "CohereForAI-c4ai-command-r-plus-tool_use", "deepseek-ai-DeepSeek-V3.1"]
 
 # (format, generated text, content, [(name, arguments)]) - the families' own call syntax, as their templates and
 # llama.cpp's test-chat cases write it.
@@ -155,6 +157,20 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         [("get_weather", {"city": "Paris"})],
     ),
     ("functionary-v3.2", "Just text, no recipient.", "Just text, no recipient.", []),
+    (
+        "command-r",
+        "<|START_THINKING|>I will look up the weather.<|END_THINKING|><|START_ACTION|>[\n"
+        '    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": {"city": "Paris"}},\n'
+        '    {"tool_call_id": "1", "tool_name": "get_time", "parameters": {}}\n]<|END_ACTION|>',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    (
+        "command-r",
+        "<|START_THINKING|>No tool needed.<|END_THINKING|><|START_RESPONSE|>Hello <b>there</b><|END_RESPONSE|>",
+        "Hello <b>there</b>",
+        [],
+    ),
     (
         "kimi-k2",
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
@@ -281,6 +297,8 @@ CALL_TEXT: dict[str, str] = {
     "qwen3-coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
     "</tool_call>",
     "glm": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+    "command-r": "<|START_THINKING|>Call it.<|END_THINKING|><|START_ACTION|>[\n"
+    '    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": {"city": "Paris"}}\n]<|END_ACTION|>',
     "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
     "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"

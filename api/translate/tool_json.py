@@ -259,3 +259,55 @@ class Mistral(Scanner):
         if text:
             self._buf = text[1:] if text[0] in ",]" else text
             self._state = "head" if text[0] == "," else "content"
+
+
+_COMMAND_R_HEAD = re.compile(
+    r'\s*\{\s*(?:"tool_call_id"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*)?"tool_name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"parameters"\s*:\s*'
+)
+_THINK, _THOUGHT = "<|START_THINKING|>", "<|END_THINKING|>"
+
+
+@dataclass(slots=True)
+class CommandR(Mistral):
+    """Command R7B: `<|START_THINKING|>plan<|END_THINKING|>` (not content), then `<|START_ACTION|>[{"tool_call_id":
+    "0", "tool_name": "f", "parameters": {...}}, ...]<|END_ACTION|>`, or `<|START_RESPONSE|>text<|END_RESPONSE|>`."""
+
+    openers: tuple[str, ...] = ("<|START_ACTION|>", _THINK, "<|START_RESPONSE|>", "<|END_RESPONSE|>")
+
+    def _open(self, opener: str, out: list[Piece]) -> None:
+        self._buf = self._buf[len(opener) :]
+        if opener == "<|START_ACTION|>":
+            self._opener, self._state = opener, "list_open"
+        elif opener == _THINK:
+            self._state = "thinking"
+        # the response markers only frame the content
+
+    def _thinking(self, out: list[Piece]) -> None:
+        at = self._buf.find(_THOUGHT)
+        if at >= 0:
+            self._buf, self._state = self._buf[at + len(_THOUGHT) :], "content"
+        else:
+            self._buf = self._buf[len(self._buf) - held_back(self._buf, (_THOUGHT,)) :]
+
+    def _head(self, out: list[Piece]) -> None:
+        match = _COMMAND_R_HEAD.match(self._buf)
+        if match is None:
+            if len(self._buf) > GIVE_UP:
+                self._give_up(out)
+            return
+        self._buf = self._buf[match.end() :]
+        self._start(json.loads(f'"{match.group(1)}"'), out)
+        self._state = "arguments"
+
+    def _list_next(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text:
+            self._buf = text[1:] if text[0] in ",]" else text
+            self._state = "head" if text[0] == "," else "action_end"
+
+    def _action_end(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith("<|END_ACTION|>"):
+            self._buf, self._state = text[len("<|END_ACTION|>") :], "content"
+        elif text and not "<|END_ACTION|>".startswith(text):
+            self._buf, self._state = text, "content"

@@ -11,6 +11,7 @@ from herd.api.translate.tool_json import (
     CallArguments,
     CallEnd,
     CallStart,
+    CommandR,
     Content,
     Hermes,
     Llama3,
@@ -39,6 +40,8 @@ def scanner(fmt: str) -> Scanner:
         return Glm()
     if fmt == "kimi-k2":
         return Kimi()
+    if fmt == "command-r":
+        return CommandR()
     if fmt == "functionary-v3.1":
         return FunctionaryV31()
     if fmt == "functionary-v3.2":
