@@ -72,6 +72,8 @@ def _content(message: wire.ChatCompletionMessageParam, index: int) -> str:
 
 
 def _message(m: wire.ChatCompletionMessageParam, i: int) -> ChatMessage:
+    if m.role == "function":  # as_tools made legacy function results tool messages; one left is out of place
+        raise InvalidRequest("a function message needs functions in the request", param=f"messages[{i}].role")
     if m.role == "tool" and not m.tool_call_id:
         raise InvalidRequest("a tool message needs the tool_call_id it answers", param=f"messages[{i}].tool_call_id")
     calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
