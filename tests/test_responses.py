@@ -513,6 +513,41 @@ def test_truncation_disabled_refuses_an_overflow_and_auto_drops_the_oldest_items
     assert 0 < fitted.usage.input_tokens <= N_CTX - 4
 
 
+def test_a_response_whose_api_replica_and_worker_both_died_ends_failed(fleet: Fleet) -> None:
+    """Nobody is left to finish it: the next reader on a live replica settles it as failed instead of waiting."""
+    fleet.start("worker2", ["worker", "--model", MODEL])
+    doomed = fleet.start_api("api4")
+    fleet.wait_ready()
+    deadline = time.monotonic() + 120
+    while len(list(fleet.redis.scan_iter("herd:worker:*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client = openai.OpenAI(base_url=f"{doomed}/v1", api_key=ALICE, max_retries=0, timeout=60)
+    with client:
+        made = client.responses.create(model=MODEL, input=COUNT, max_output_tokens=900, temperature=0, background=True)
+        rid = made.id.removeprefix("resp_")
+        while fleet.redis.get(f"herd:started:{rid}") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    worker_id = fleet.redis.get(f"herd:started:{rid}")
+    assert worker_id is not None
+    heartbeat = fleet.redis.get(f"herd:worker:{worker_id.decode()}")
+    assert heartbeat is not None
+    pid = json.loads(heartbeat)["pid"]
+    (name,) = [n for n, p in fleet.procs.items() if p.pid == pid]
+    for gone in ("api4", name):
+        fleet.killed.add(gone)
+        fleet.procs[gone].send_signal(signal.SIGKILL)
+        fleet.procs[gone].wait()
+
+    other = fleet.client("api2")
+    events = [strict_event(e) for e in other.responses.retrieve(made.id, stream=True)]
+    assert events[-1].type == "response.failed" and events[-1].response.error.message
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    settled = strict(other.responses.retrieve(made.id))
+    assert settled.status == "failed" and settled.error is not None
+    # The fleet still serves: the other worker takes the next request.
+    assert other.responses.create(model=MODEL, input="Hi", max_output_tokens=2).status in ("completed", "incomplete")
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
