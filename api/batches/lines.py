@@ -13,6 +13,7 @@ from herd.api.grammar import GrammarCache
 from herd.api.relay import close_shielded, merged
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler
+from herd.api.translate.openai_functions import uses_functions
 from herd.api.translate.openai_text_replies import CompletionAssembler
 from herd.api.translate.responses_replies import ResponseAssembler, initial
 from herd.api.translate.responses_requests import generation_request, input_items, references
@@ -44,7 +45,8 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
             req = openai_requests.chat_request(chat_body, request_id, grammars)
             streams.append(await gateway.open(req, low_priority=True))
             tools = req.tool_constraint is not None
-            chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, bool(chat_body.logprobs), False)
+            logprobs, functions = bool(chat_body.logprobs), uses_functions(chat_body)
+            chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, logprobs, False, functions)
             async for event in streams[0].deltas():
                 chat.feed(event.index, event)
             return msgspec.json.encode(chat.completion())
