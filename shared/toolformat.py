@@ -14,6 +14,8 @@ tell from the template's text; herd reads how the template writes a call in the 
     functionary-v3.1  <function=f>{...}</function>                                  Functionary 3.1
     functionary-v3.2  name, newline, {...} after the prompt's `>>>` (`all` and text: an answer)  Functionary 3.2
     command-r     <|START_ACTION|>[{"tool_call_id": "0", "tool_name": "f", "parameters": {...}}]<|END_ACTION|>  R7B
+    deepseek-r1   (tool calls begin)(tool call begin)function(sep)f + ```json fenced args (call end)(calls end)  R1
+    deepseek-v3   (tool calls begin)(tool call begin)f(sep){...}(call end)(calls end)   DeepSeek V3.1
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -44,11 +46,18 @@ ToolFormat = Literal[
     "functionary-v3.1",
     "functionary-v3.2",
     "command-r",
+    "deepseek-r1",
+    "deepseek-v3",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
-    "functionary-v3.1", "functionary-v3.2", "command-r",
+    "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3",
 )  # fmt: skip
+# DeepSeek's markers use full-width bars and the SentencePiece space (written out here).
+DS_CALLS, DS_CALLS_END = "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581calls\u2581end\uff5c>"
+DS_CALL, DS_CALL_END = "<\uff5ctool\u2581call\u2581begin\uff5c>", "<\uff5ctool\u2581call\u2581end\uff5c>"
+DS_SEP = "<\uff5ctool\u2581sep\uff5c>"
+_DS = (DS_CALLS, DS_CALLS_END, DS_CALL, DS_CALL_END, DS_SEP)
 _KIMI = (
     "<|tool_calls_section_begin|>",
     "<|tool_calls_section_end|>",
@@ -70,6 +79,8 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "kimi-k2": _KIMI,
     "functionary-v3.1": ("<function=", "</function>"),
     "functionary-v3.2": (">>>",),
+    "deepseek-r1": _DS,
+    "deepseek-v3": _DS,
     "command-r": (
         "<|START_ACTION|>",
         "<|END_ACTION|>",
@@ -92,6 +103,8 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "kimi-k2": ("<|tool_calls_section_begin|>",),
     "functionary-v3.1": ("<function=",),
     "command-r": ("<|START_ACTION|>",),
+    "deepseek-r1": (DS_CALLS,),
+    "deepseek-v3": (DS_CALLS,),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
@@ -111,6 +124,8 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
             r'<\|START_ACTION\|>\s*\[\s*\{\s*"tool_call_id"\s*:\s*"[^"]*"\s*,\s*"tool_name"\s*:\s*"probe_tool_fn"'
         ),
     ),
+    ("deepseek-r1", re.compile(re.escape(DS_CALL) + r"function" + re.escape(DS_SEP) + r"probe_tool_fn\n```json\n")),
+    ("deepseek-v3", re.compile(re.escape(DS_CALL) + r"probe_tool_fn" + re.escape(DS_SEP))),
     ("functionary-v3.1", re.compile(r"<function=probe_tool_fn>\s*\{")),
     ("functionary-v3.2", re.compile(r">>>probe_tool_fn\n\s*\{")),
     ("llama3", re.compile(r'\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"parameters"\s*:')),
@@ -127,6 +142,26 @@ def detect(rendered_call: str) -> ToolFormat | None:
         if pattern.search(rendered_call):
             return fmt
     return None
+
+
+# How tools are described in the system prompt, in the family's syntax, for templates that do not show tools.
+TOOLS_PROMPTS: dict[ToolFormat, str] = {
+    "hermes": (
+        "You can call functions. The functions are described in JSON inside <tools></tools>:\n<tools>\n{tools}\n"
+        "</tools>\nTo call a function, answer with one JSON object per call, each on its own line inside {open}{close}"
+        ' tags:\n{open}{{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}{close}\n'
+        "A function's result comes back in a <tool_response></tool_response> block."
+    ),
+    "deepseek-r1": (
+        "## Tools\nYou can call these functions (JSON descriptions):\n{tools}\n\nTo call a function, answer with:\n"
+        f"{DS_CALLS}{DS_CALL}function{DS_SEP}<function name>\n```json\n<arguments as JSON>\n```{DS_CALL_END}"
+        f"{DS_CALLS_END}"
+    ),
+    "deepseek-v3": (
+        "## Tools\nYou can call these functions (JSON descriptions):\n{tools}\n\nTo call a function, answer with:\n"
+        f"{DS_CALLS}{DS_CALL}<function name>{DS_SEP}<arguments as JSON>{DS_CALL_END}{DS_CALLS_END}"
+    ),
+}
 
 
 def marker_tokens(fmt: ToolFormat, tokenize: Callable[[str, bool], list[int]]) -> frozenset[int]:
@@ -192,6 +227,11 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
             )
             body += ' "<|tool_call_end|>"'
+        elif fmt == "deepseek-r1":
+            head = f'{_lit(DS_CALL)} "function" {_lit(DS_SEP)} {_lit(name)} "\\n```json\\n"'
+            body = f'{head} args-{i} "\\n"? "```" {_lit(DS_CALL_END)}'
+        elif fmt == "deepseek-v3":
+            body = f"{_lit(DS_CALL)} {_lit(name)} {_lit(DS_SEP)} args-{i} {_lit(DS_CALL_END)}"
         elif fmt == "command-r":
             head = '"{" ws "\\"tool_call_id\\"" ws ":" ws string "," ws "\\"tool_name\\"" ws ":" ws '
             head += _lit(json.dumps(name))
@@ -219,6 +259,9 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         rules.append(f"tc-one ::= {call}")
         one = "tc-one+" if many else "tc-one"
         root = f'"<|tool_calls_section_begin|>" {one} "<|tool_calls_section_end|>"'
+    elif fmt in ("deepseek-r1", "deepseek-v3"):
+        rules.append(f"tc-one ::= {call}")
+        root = f"{_lit(DS_CALLS)} {'tc-one+' if many else 'tc-one'} {_lit(DS_CALLS_END)}"
     elif fmt == "command-r":  # a plan first (it is how the model was trained), then the actions
         rules.append(f"tc-one ::= {call}")
         rules.append('tc-plan ::= "<|START_THINKING|>" ([^<] | "<" [^|])* "<|END_THINKING|>"')

@@ -19,6 +19,7 @@ from herd.api.toolgrammar import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser, parse_all
 from herd.config import bundled_model_path
 from herd.inference import ChatMessage, Tool, ToolConstraint
+from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP
 from herd.workers.template import ChatTemplate
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
@@ -57,9 +58,15 @@ DETECTED = {
     "meetkai-functionary-medium-v3.2": "functionary-v3.2",
     "CohereForAI-c4ai-command-r7b-12-2024-tool_use": "command-r",
     "Cohere2MoE": "command-r",
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "deepseek-r1",
+    "deepseek-ai-DeepSeek-V3.1": "deepseek-v3",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
-DESCRIBED = ["google-gemma-2-2b-it", "CohereForAI-c4ai-command-r-plus-tool_use", "deepseek-ai-DeepSeek-V3.1"]
+DESCRIBED = [
+    "google-gemma-2-2b-it",
+    "CohereForAI-c4ai-command-r-plus-tool_use",
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
+]
 
 # (format, generated text, content, [(name, arguments)]) - the families' own call syntax, as their templates and
 # llama.cpp's test-chat cases write it.
@@ -172,6 +179,20 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         [],
     ),
     (
+        "deepseek-r1",
+        f"<think>\nThe user wants weather.\n</think>\n\n{DS_CALLS}{DS_CALL}function{DS_SEP}get_weather\n```json\n"
+        f'{{"city": "Paris"}}\n```{DS_CALL_END}{DS_CALL}function{DS_SEP}get_time\n```json\n{{}}\n```{DS_CALL_END}'
+        f"{DS_CALLS_END}",
+        "<think>\nThe user wants weather.\n</think>\n\n",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    (
+        "deepseek-v3",
+        f'{DS_CALLS}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}',
+        "",
+        [("get_weather", {"city": "Paris"})],
+    ),
+    (
         "kimi-k2",
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
         '{"city": "Paris"}<|tool_call_end|><|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{}'
@@ -191,13 +212,18 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
 @pytest.mark.parametrize(("name", "fmt"), DETECTED.items())
 def test_the_family_is_detected_from_the_template(name: str, fmt: str) -> None:
     template = ChatTemplate((TEMPLATES / f"{name}.jinja").read_text(), "<s>", "</s>")
-    assert template.knows_tools and template.tool_format == fmt
+    assert template.native_calls and template.tool_format == fmt
+    prompt = template.render((ChatMessage("user", "Weather?"),), TOOLS)
+    assert "get_weather" in prompt and "Weather of a city" in prompt  # shown by the template or described by herd
+    assert template.knows_tools == (not fmt.startswith("deepseek"))  # DeepSeek's templates leave tools to the caller
+    if not template.knows_tools:
+        assert toolformat.DS_CALLS + toolformat.DS_CALL in prompt  # described in the family's own syntax
 
 
 @pytest.mark.parametrize("name", DESCRIBED)
 def test_other_syntaxes_fall_back_to_hermes_tags_described_in_the_prompt(name: str) -> None:
     template = ChatTemplate((TEMPLATES / f"{name}.jinja").read_text(), "<s>", "</s>")
-    assert not template.knows_tools and template.tool_format == "hermes"
+    assert not template.knows_tools and not template.native_calls and template.tool_format == "hermes"
     prompt = template.render((ChatMessage("user", "Weather?"),), TOOLS)
     assert "<tool_call>" in prompt and '"name": "get_weather"' in prompt
 
@@ -299,6 +325,9 @@ CALL_TEXT: dict[str, str] = {
     "glm": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
     "command-r": "<|START_THINKING|>Call it.<|END_THINKING|><|START_ACTION|>[\n"
     '    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": {"city": "Paris"}}\n]<|END_ACTION|>',
+    "deepseek-r1": f"{DS_CALLS}{DS_CALL}function{DS_SEP}get_weather\n```json\n"
+    f'{{"city": "Paris"}}\n```{DS_CALL_END}{DS_CALLS_END}',
+    "deepseek-v3": f'{DS_CALLS}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}',
     "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
     "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"

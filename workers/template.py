@@ -28,12 +28,7 @@ log = logging.getLogger("herd.workers.template")
 
 # Hermes/Qwen tool-call syntax: how tools are described to a model whose template renders none.
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
-TOOL_PROMPT = (
-    "You can call functions. The functions are described in JSON inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
-    "To call a function, answer with one JSON object per call, each on its own line inside {open}{close} tags:\n"
-    '{open}{{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}{close}\n'
-    "A function's result comes back in a <tool_response></tool_response> block."
-)
+TOOL_PROMPT = toolformat.TOOLS_PROMPTS["hermes"]
 
 # ChatML: the fallback when a GGUF carries no template (SmolLM2's own template is ChatML too).
 CHATML = (
@@ -87,10 +82,14 @@ class ChatTemplate:
         self._bos = bos_token
         self._eos = eos_token
         self.caps, rendered_call = self._probe()
-        # A template that renders tools and calls in a syntax herd reads speaks it; others get Hermes tags described
-        # in the system prompt (the fallback).
-        found = toolformat.detect(rendered_call) if self.caps.tools and self.caps.tool_calls else None
-        self.knows_tools = found is not None
+        # A template that writes calls in a syntax herd reads speaks it, if it also renders the tools or herd can
+        # describe them in that syntax (DeepSeek's templates leave that to the caller); others get Hermes tags
+        # described in the system prompt (the fallback).
+        found = toolformat.detect(rendered_call) if self.caps.tool_calls else None
+        if found is not None and not self.caps.tools and found not in toolformat.TOOLS_PROMPTS:
+            found = None
+        self.native_calls = found is not None  # calls and results in the history as the template writes them
+        self.knows_tools = self.native_calls and self.caps.tools  # the template shows the tools itself
         self.tool_format: toolformat.ToolFormat = found or "hermes"
 
     # ---- probing -------------------------------------------------------------------------------------------
@@ -156,13 +155,13 @@ class ChatTemplate:
         rows: list[dict[str, Any]] = []
         for m in messages:
             role = "system" if m.role == "developer" else m.role  # OpenAI's newer name; templates know the older
-            if m.tool_calls and self.knows_tools:
+            if m.tool_calls and self.native_calls:
                 calls = [(c.name, c.arguments or "{}", c.id) for c in m.tool_calls]
                 rows.append(_calls_row(caps, *calls, content=m.content))
             elif m.tool_calls:
                 text = (_described_call(c.name, c.arguments) for c in m.tool_calls)
                 rows.append({"role": role, "content": "\n".join(filter(None, [m.content, *text]))})
-            elif role == "tool" and self.knows_tools and caps.tool_results:
+            elif role == "tool" and self.native_calls and caps.tool_results:
                 call_id = m.tool_call_id or ""
                 row = {
                     "role": "tool",
@@ -176,7 +175,8 @@ class ChatTemplate:
                 rows.append({"role": role, "content": m.content})
         if tools and not self.knows_tools:
             described = "\n".join(json.dumps(_tool_schema(t)) for t in tools)
-            prompt = TOOL_PROMPT.format(tools=described, open=TOOL_OPEN, close=TOOL_CLOSE)
+            prompt = toolformat.TOOLS_PROMPTS.get(self.tool_format, TOOL_PROMPT)
+            prompt = prompt.format(tools=described, open=TOOL_OPEN, close=TOOL_CLOSE)
             if rows and rows[0]["role"] == "system":
                 rows[0] = {"role": "system", "content": f"{rows[0]['content']}\n\n{prompt}"}
             else:
@@ -289,5 +289,11 @@ def _arguments(text: str) -> Any:
 def _tool_schema(tool: Tool) -> dict[str, Any]:
     return {
         "type": "function",
-        "function": {"name": tool.name, "description": tool.description, "parameters": json.loads(tool.parameters)},
+        "function": {"name": tool.name, "description": tool.description, "parameters": _parameters(tool.parameters)},
     }
+
+
+def _parameters(schema: str) -> Any:
+    """A tool's schema; an empty one as an object without properties, which templates iterate over."""
+    parsed = json.loads(schema)
+    return parsed if parsed else {"type": "object", "properties": {}}

@@ -45,8 +45,17 @@ class GenerationExtension(Extension):
 def _tojson(
     value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
 ) -> str:
-    # Hugging Face's tojson: json.dumps' own options, and no HTML escaping (a prompt is not a web page).
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    # Hugging Face's tojson: json.dumps' own options, and no HTML escaping (a prompt is not a web page). What
+    # `map` and `select` return (iterators) prints as the list it yields, as minja prints it.
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys, default=_listed
+    )
+
+
+def _listed(value: Any) -> Any:
+    if isinstance(value, Iterator):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _strftime_now(fmt: str) -> str:

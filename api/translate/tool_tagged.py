@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from herd.api.translate.tool_json import GIVE_UP, CallArguments, Content, Piece, Scanner, held_back
+from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP
 
 
 @dataclass(slots=True)
@@ -334,3 +335,44 @@ class FunctionaryV32(Scanner):
 
     def _after_arguments(self) -> str:
         return "content"
+
+
+@dataclass(slots=True)
+class DeepSeek(Scanner):
+    """(calls begin) then per call (call begin)`function`(sep)`f` and fenced JSON (R1), or (call begin)`f`(sep)JSON
+    (V3.1), then (call end); (calls end) closes them. The markers are DeepSeek's full-width tokens."""
+
+    openers: tuple[str, ...] = (DS_CALLS,)
+
+    def _head(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith(DS_CALLS_END):
+            self._buf, self._state = text[len(DS_CALLS_END) :], "content"
+            return
+        if text and not any(text.startswith(tag[: len(text)]) for tag in (DS_CALL, DS_CALLS_END)):
+            self._give_up(out)
+            return
+        at = text.find(DS_SEP)
+        if at < 0:
+            if len(text) > GIVE_UP:
+                self._give_up(out)
+            return
+        name = text[len(DS_CALL) : at].strip()
+        rest = text[at + len(DS_SEP) :]
+        if name == "function":  # R1: the name on its own line, then the arguments fenced as JSON
+            fence = rest.find("```json")
+            if fence < 0:
+                if len(rest) > GIVE_UP:
+                    self._give_up(out)
+                return
+            name, rest = rest[:fence].strip(), rest[fence + len("```json") :]
+        self._start(name, out)
+        self._buf, self._state = rest, "arguments"
+
+    def _after_arguments(self) -> str:
+        return "call_end"
+
+    def _call_end(self, out: list[Piece]) -> None:
+        at = self._buf.find(DS_CALL_END)
+        if at >= 0:
+            self._buf, self._state, self._opener = self._buf[at + len(DS_CALL_END) :], "head", ""

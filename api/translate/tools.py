@@ -19,7 +19,16 @@ from herd.api.translate.tool_json import (
     Piece,
     Scanner,
 )
-from herd.api.translate.tool_tagged import FunctionaryV31, FunctionaryV32, Glm, Harmony, Kimi, MistralArgs, Xml
+from herd.api.translate.tool_tagged import (
+    DeepSeek,
+    FunctionaryV31,
+    FunctionaryV32,
+    Glm,
+    Harmony,
+    Kimi,
+    MistralArgs,
+    Xml,
+)
 
 __all__ = ["CallArguments", "CallEnd", "CallStart", "Content", "Piece", "ToolCallParser", "parse_all", "scanner"]
 
@@ -40,6 +49,8 @@ def scanner(fmt: str) -> Scanner:
         return Glm()
     if fmt == "kimi-k2":
         return Kimi()
+    if fmt in ("deepseek-r1", "deepseek-v3"):
+        return DeepSeek()
     if fmt == "command-r":
         return CommandR()
     if fmt == "functionary-v3.1":
