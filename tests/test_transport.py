@@ -18,17 +18,27 @@ from redis.asyncio import Redis
 REQUEST = GenerationRequest(id="req-1", model="m", prompt="hi")
 
 
-class _Gateway:
-    """Only what EventStream asks of its gateway when events keep coming."""
+class _Upstream:
+    """The Upstream of a stream whose events keep coming: never asked about progress, released at the end."""
 
-    settings = load_settings({"HERD_MODELS": "m=/dev/null"})
-    metrics = None
+    def __init__(self) -> None:
+        self.released = 0
+
+    async def check_progress(self, stream: EventStream) -> None:
+        raise AssertionError("events keep coming: nobody should ask whether the request is still running")
+
+    async def release(self, stream: EventStream) -> None:
+        self.released += 1
+
+
+def _stream(queue: asyncio.Queue[bytes]) -> EventStream:
+    return EventStream(_Upstream(), REQUEST, queue, heartbeat_s=5.0, wait_timeout_s=5.0)
 
 
 def test_gap_in_sequence_numbers_is_an_error() -> None:
     async def run() -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        stream = EventStream(_Gateway(), REQUEST, queue)  # type: ignore[arg-type]
+        stream = _stream(queue)
         queue.put_nowait(msgspec.msgpack.encode(Started(0, "w", 3)))
         queue.put_nowait(msgspec.msgpack.encode(TokenDelta(1, "a", 1)))
         queue.put_nowait(msgspec.msgpack.encode(TokenDelta(3, "c", 1)))  # 2 went missing
@@ -43,7 +53,7 @@ def test_gap_in_sequence_numbers_is_an_error() -> None:
 def test_in_order_events_end_with_finished() -> None:
     async def run() -> list[object]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        stream = EventStream(_Gateway(), REQUEST, queue)  # type: ignore[arg-type]
+        stream = _stream(queue)
         for event in (Started(0, "w", 3), TokenDelta(1, "a", 1), Finished(2, "stop", Usage(3, 1))):
             queue.put_nowait(msgspec.msgpack.encode(event))
         await stream.start()
