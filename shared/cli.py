@@ -1,7 +1,8 @@
-"""The `herd` command: `serve` (everything on one machine), `api` and `worker` (the parts, for scale-out)."""
+"""The `herd` command: `serve` (everything on one machine), `api` and `worker` (the parts, for scale-out), and
+Ollama's client verbs (`run`, `list`, `ps`, `show`, `create`, `cp`, `rm`, `stop`, `pull`) against a running herd."""
 
-# Parsing and dispatch only: the processes live in herd.supervisor, `pull` in herd.api.models.pull_cli and `key`
-# in herd.api.auth.key_cli.
+# Parsing and dispatch only: the processes live in herd.supervisor, the client verbs in herd.client, the local
+# `pull` in herd.api.models.pull_cli and `key` in herd.api.auth.key_cli.
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 
 from herd import logs, supervisor
 from herd.api.auth import key_cli
+from herd.client import commands as client_commands
 from herd.config import load_settings
 
 
@@ -23,7 +25,12 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
-    pl = sub.add_parser("pull", help="download models into the model store (hf.co/... names, allowed https URLs)")
+    client_commands.add_parsers(sub)
+    pl = sub.add_parser(
+        "pull",
+        help="download models (hf.co/... names, allowed https URLs): through the herd at HERD_HOST when one "
+        "answers, else straight into the local model store",
+    )
     pl.add_argument("models", nargs="+", help="what /api/pull accepts, e.g. hf.co/OWNER/REPO:Q4_K_M")
     w = sub.add_parser("worker", help="a worker process for one model")
     w.add_argument("--model", help="model name (default: the first configured)")
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--scope", default="inference,models:read", help="comma-separated (default: %(default)s)")
     t.add_argument("--stdin", action="store_true", help="read the secret from standard input (else HERD_CLIENT_SECRET)")
     args = parser.parse_args(argv)
+    if args.command in client_commands.VERBS:
+        sys.exit(client_commands.dispatch(args))
     if args.command == "key":
         sys.exit(key_cli.key(args.name, args.scopes, args.stdin))
     if args.command == "token":
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError) as exc:
             sys.exit(f"herd {args.command}: {exc}")
     if args.command == "pull":
+        remote = client_commands.pull_from_server(args.models)
+        if remote is not None:
+            sys.exit(remote)
         from herd.api.models import pull_cli  # the HTTP client stack, which no other command needs
 
         sys.exit(pull_cli.pull(settings, args.models))

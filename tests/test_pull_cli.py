@@ -16,6 +16,8 @@ import pytest
 from herd.api.models.store import ModelStore
 from herd.config import load_settings
 
+from tests.conftest import free_port
+
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
@@ -45,6 +47,7 @@ def herd_pull(models_dir: Path, base: str, *models: str) -> subprocess.Completed
         "HERD_MODELS_DIR": str(models_dir),
         "HERD_PULL_ALLOW": base,
         "HERD_PULL_ALLOW_PRIVATE": "true",  # the file server is on loopback
+        "HERD_HOST": f"127.0.0.1:{free_port()}",  # no herd answers there: the local path (else it pulls through it)
     }
     return subprocess.run(
         [sys.executable, "-m", "herd", "pull", *models], env=env, capture_output=True, text=True, timeout=300
