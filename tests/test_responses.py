@@ -512,6 +512,22 @@ def test_truncation_disabled_refuses_an_overflow_and_auto_drops_the_oldest_items
     assert fitted.truncation == "auto" and fitted.status in ("completed", "incomplete") and fitted.usage is not None
     assert 0 < fitted.usage.input_tokens <= N_CTX - 4
 
+    # In the background: the response was accepted before anything was tokenized, so an overflow fails it, or with
+    # truncation auto it is queued again, shorter; a stream follows the try that fit, numbered without a gap.
+    failed = wait_terminal(client, client.responses.create(model=MODEL, input=items, background=True).id)
+    assert failed.status == "failed" and failed.error is not None and "context length" in failed.error.message
+    events = [
+        strict_event(e)
+        for e in client.responses.create(
+            model=MODEL, input=items, truncation="auto", max_output_tokens=4, background=True, stream=True
+        )
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    again = [strict_event(e) for e in client.responses.retrieve(events[0].response.id, stream=True)]
+    assert [(e.type, e.sequence_number) for e in again] == [(e.type, e.sequence_number) for e in events]
+    assert 0 < events[-1].response.usage.input_tokens <= N_CTX - 4
+
 
 def test_a_response_whose_api_replica_and_worker_both_died_ends_failed(fleet: Fleet) -> None:
     """Nobody is left to finish it: the next reader on a live replica settles it as failed instead of waiting."""

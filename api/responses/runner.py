@@ -23,10 +23,12 @@ from herd.api.gateway import Gateway
 from herd.api.relay import close_shielded
 from herd.api.responses.store import ResponseStore, new_lease_token
 from herd.api.translate.responses_replies import ResponseAssembler, error_code
-from herd.errors import ServiceError
+from herd.api.translate.responses_requests import drop_oldest
+from herd.errors import ContextLengthExceeded, ServiceError
 from herd.inference import GenerationRequest, Started
 
 log = logging.getLogger("herd.api.responses")
+MAX_TRUNCATIONS = 64  # truncation auto: oldest items dropped one a try, at most this many times
 
 
 class BackgroundRunner:
@@ -38,7 +40,9 @@ class BackgroundRunner:
         self._cancelled: set[str] = set()
         self._interval = gateway.settings.heartbeat_interval_s
 
-    async def start(self, response_id: str, request: GenerationRequest, assembler: ResponseAssembler) -> None:
+    async def start(
+        self, response_id: str, request: GenerationRequest, assembler: ResponseAssembler, truncate: bool = False
+    ) -> None:
         """Queue the generation now (a full queue or a missing worker is still a real status for the POST), then
         follow it in a task."""
         stream = await self._gateway.open(request, wait=False)
@@ -47,7 +51,8 @@ class BackgroundRunner:
         except BaseException:
             await close_shielded(stream)
             raise
-        task = asyncio.create_task(self._run(response_id, stream, assembler), name=f"herd-response-{response_id}")
+        run = self._run(response_id, stream, assembler, truncate)
+        task = asyncio.create_task(run, name=f"herd-response-{response_id}")
         self._tasks[response_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(response_id, None))
 
@@ -71,12 +76,12 @@ class BackgroundRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self, response_id: str, opened: EventStream, assembler: ResponseAssembler) -> None:
+    async def _run(self, response_id: str, opened: EventStream, assembler: ResponseAssembler, truncate: bool) -> None:
         watch = asyncio.create_task(self._keep_lease(response_id, asyncio.current_task()))
         stream: EventStream | None = opened
         try:
             try:
-                await opened.start()
+                stream = opened = await self._fit(response_id, opened, truncate)
                 assembler.feed(Started(0, opened.worker_id or "", opened.prompt_tokens))
                 await self._settle(response_id, assembler)
                 async for event in opened.deltas():
@@ -97,6 +102,26 @@ class BackgroundRunner:
             if stream is not None:
                 await close_shielded(stream)  # cancels the generation if it did not finish
             await self._store.release(response_id, self._token)
+
+    async def _fit(self, response_id: str, opened: EventStream, truncate: bool) -> EventStream:
+        """Wait for a worker to admit the generation; with truncation auto, a prompt beyond the context is queued
+        again without its oldest item (a new request id each time, which the record names before it is queued, so
+        readers move to its events: see routes/responses.py) until it fits."""
+        tries = 0
+        while True:
+            try:
+                await opened.start()
+                return opened
+            except ContextLengthExceeded:
+                request = opened.request
+                assert isinstance(request, GenerationRequest)
+                shorter = drop_oldest(request.messages or ()) if truncate and tries < MAX_TRUNCATIONS else None
+                if shorter is None:
+                    raise
+                tries += 1
+                retry = msgspec.structs.replace(request, id=f"{request.id.split('-')[0]}-t{tries}", messages=shorter)
+                await self._store.retarget(response_id, retry.id)
+                opened = await self._gateway.open(retry, wait=False)
 
     async def _settle(self, response_id: str, assembler: ResponseAssembler) -> None:
         response = assembler.response

@@ -130,6 +130,16 @@ class ResponseStore:
             changed = await self._settle(keys=[channels.response(response_id)], args=[status, response, self._ttl])
         return bool(changed)
 
+    async def retarget(self, response_id: str, request_id: str) -> None:
+        """The response's generation is now `request_id` (truncation auto queued a shorter prompt)."""
+        async with _redis_errors():
+            await self._redis.hset(channels.response(response_id), "request_id", request_id)  # type: ignore[misc]
+
+    async def request_id(self, response_id: str) -> str | None:
+        async with _redis_errors():
+            raw = await self._redis.hget(channels.response(response_id), "request_id")  # type: ignore[misc]
+        return raw.decode() if raw else None
+
     async def delete(self, owner: str, response_id: str) -> Record:
         record = await self.get(owner, response_id)
         async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:

@@ -38,8 +38,8 @@ from herd.api.streaming import SSE_HEADERS
 from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event
 from herd.api.translate.responses_requests import drop_oldest, generation_request, input_items, wants_logprobs
 from herd.api.wire import responses as wire
-from herd.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, NotFound, ServiceError
-from herd.inference import GenerationRequest
+from herd.errors import ContextLengthExceeded, ErrorKind, InvalidRequest, ModelNotFound, NotFound, ServiceError
+from herd.inference import Failed, GenerationRequest, StreamEvent
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -100,7 +100,7 @@ async def create_response(request: AnyRequest, state: State) -> Response[bytes] 
     if background:
         await store.create(response_id, record)
         try:
-            await runner_of(state).start(response_id, req, assembler)
+            await runner_of(state).start(response_id, req, assembler, body.truncation == "auto")
         except BaseException:
             await store.delete(owner, response_id)  # refused before it was queued: nothing to keep
             raise
@@ -195,19 +195,49 @@ async def _follow(state: State, response_id: str, record: Record, starting_after
         if event.sequence_number > starting_after:
             yield sse_event(event)
     block_ms = max(100, int(settings.heartbeat_interval_s * 1000))
+    attempt: str | None = record.request_id
     try:
-        async for found in store.follow(record.request_id, block_ms):
-            if found is None:
-                events = await _check(store, response_id, record, assembler, settings.queue_wait_timeout_s)
-            else:
-                events = assembler.feed(found)
-            for event in events:
-                if event.sequence_number > starting_after:
-                    yield sse_event(event)
-            if assembler.terminal:
-                return
+        while attempt is not None:
+            current, attempt = attempt, None
+            async for found in store.follow(current, block_ms):
+                if _refused_for_length(found, assembler):
+                    attempt = await _next_attempt(store, response_id, current, block_ms)
+                    if attempt is not None:
+                        break  # truncation auto queued a shorter prompt: its events are the response's
+                if found is None:
+                    events = await _check(store, response_id, record, assembler, settings.queue_wait_timeout_s)
+                else:
+                    events = assembler.feed(found)
+                for event in events:
+                    if event.sequence_number > starting_after:
+                        yield sse_event(event)
+                if assembler.terminal:
+                    return
     except ServiceError as exc:
         yield sse_event(assembler.error(exc))
+
+
+def _refused_for_length(event: StreamEvent | None, assembler: ResponseAssembler) -> bool:
+    """A try that did not fit the context, before anything was generated, under truncation auto."""
+    return (
+        isinstance(event, Failed)
+        and event.kind == ErrorKind.CONTEXT_LENGTH_EXCEEDED
+        and assembler.response.truncation == "auto"
+        and assembler.response.status == "queued"
+    )
+
+
+async def _next_attempt(store: ResponseStore, response_id: str, current: str, block_ms: int) -> str | None:
+    """The generation the runner queued after `current` did not fit; None when it queued none (the response then
+    fails with `current`'s refusal)."""
+    while True:
+        found = await store.request_id(response_id)
+        if found is not None and found != current:
+            return found
+        status = await store.status(response_id)
+        if status is None or status in TERMINAL or not await store.leased(response_id):
+            return None
+        await asyncio.sleep(block_ms / 1000)
 
 
 async def _check(

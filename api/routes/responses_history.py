@@ -129,6 +129,7 @@ async def settle_orphan(store: ResponseStore, response_id: str, record: Record, 
     end it as failed if they will never end (the worker died too, or no worker took it in time)."""
     if record.terminal or not record.background or await store.leased(response_id):
         return record
+    record = await store.get(record.owner, response_id)  # as it is now: truncation auto may have queued anew
     assembler = assembler_of(record)
     for event in await store.events(record.request_id):
         assembler.feed(event)
