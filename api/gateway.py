@@ -46,12 +46,17 @@ log = logging.getLogger("herd.api.gateway")
 # KEYS: job, result, ledger (or the batch queue), request, overflow (or the batch queue), then the affinity keys to
 # look up (ARGV[12] of them), then the ones to set. ARGV: job id, score (ms), job expiry (ms), job bytes, bound (-1:
 # none), request bytes, request TTL (s), candidates (space-separated worker ids), worker queue prefix, announce
-# channel prefix, affinity TTL (s), lookups.
+# channel prefix, affinity TTL (s), lookups, arq's job key prefix, its in-progress key prefix.
+# Each admission also sweeps the ledger's oldest entry when it is a job nobody holds any more (no job key, not in
+# progress: its API and worker both died), so such entries do not count against the bound for long. A worker's queue
+# lives as long as a request (request TTL), renewed by each job: a dead worker's leaves no key behind.
 # Returns {0, depth, worker or "", affinity} admitted (affinity: 1 a key named the worker, 2 a key named a worker
 # without room, 0 none), {1, depth} queue full, {2, 0} a job with this id exists. The worker's keys are made here
 # from the prefixes: herd runs on one Redis (or Sentinel), not on a Redis Cluster.
 _ADMIT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {2, 0, '', 0} end
+local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+if head and redis.call('EXISTS', ARGV[13] .. head, ARGV[14] .. head) == 0 then redis.call('ZREM', KEYS[3], head) end
 local depth = redis.call('ZCARD', KEYS[3])
 local bound = tonumber(ARGV[5])
 if bound >= 0 and depth >= bound then return {1, depth, '', 0} end
@@ -78,6 +83,7 @@ if not target then
   return {0, depth + 1, '', affinity}
 end
 redis.call('ZADD', ARGV[9] .. target, ARGV[2], ARGV[1])
+redis.call('EXPIRE', ARGV[9] .. target, ARGV[7])
 redis.call('PUBLISH', ARGV[10] .. target, ARGV[1])
 for i = 6 + lookups, #KEYS do redis.call('SET', KEYS[i], target, 'EX', ARGV[11]) end
 return {0, depth + 1, target, affinity}
@@ -210,6 +216,7 @@ class Gateway:
         args: list[bytes | str | int] = [request.id, now_ms, int(expires_s * 1000), job, bound]
         args += [msgspec.msgpack.encode(request), s.request_ttl_s, " ".join(candidates)]
         args += [channels.worker_queue(model, ""), channels.announce(""), channels.AFFINITY_TTL_S, len(lookup)]
+        args += [job_key_prefix, in_progress_key_prefix]
         with map_redis_errors():
             outcome, depth, target, affine = await self._admit(keys=keys, args=args)
         if outcome == 1:
