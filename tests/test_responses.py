@@ -450,6 +450,11 @@ def test_background_stream_resumed_on_the_other_replica(fleet: Fleet) -> None:
     # A full replay from the start gives the same events again.
     replay = [strict_event(e) for e in other.responses.retrieve(head[0].response.id, stream=True)]
     assert [(e.type, e.sequence_number) for e in replay] == [(e.type, e.sequence_number) for e in events]
+    # The SDK's own resume helper (its accumulator sees the whole replay, the caller only what came after).
+    with other.responses.stream(response_id=head[0].response.id, starting_after=head[-1].sequence_number) as resumed:
+        rest = [strict_event(e) for e in resumed]
+    assert [e.sequence_number for e in rest] == [e.sequence_number for e in tail]
+    assert text_of(head) + text_of(rest) == reference.output_text
 
 
 def test_resume_after_sigkill_of_the_replica_that_ran_it(fleet: Fleet) -> None:

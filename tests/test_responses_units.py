@@ -19,7 +19,7 @@ from herd.api.translate.responses_requests import (
     response_of_item,
 )
 from herd.api.wire import responses as wire
-from herd.errors import ErrorKind, InvalidRequest
+from herd.errors import ErrorKind, InvalidRequest, Unavailable
 from herd.inference import Failed, Finished, Started, TokenDelta, TokenLogprob, Usage
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -249,3 +249,11 @@ def test_truncation_drops_the_oldest_items_but_keeps_the_instructions() -> None:
     shorter = drop_oldest(messages)
     assert shorter is not None and [m.role for m in shorter] == ["system", "user"]  # the orphaned result went too
     assert drop_oldest(shorter) is None
+
+
+def test_an_error_after_the_stream_began_is_an_error_event() -> None:
+    assembler, out = run(body(), [Started(0, "w", 1), TokenDelta(1, "x", 1)])
+    event = assembler.error(Unavailable("lost the connection to Redis"))
+    assert event.sequence_number == len(out) and assembler.terminal and assembler.feed(TokenDelta(2, "y", 1)) == []
+    checked = EVENTS.validate_python(as_json(event), strict=True)
+    assert checked.type == "error" and checked.code == "unavailable"
