@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("models", nargs="+", help="what /api/pull accepts, e.g. hf.co/OWNER/REPO:Q4_K_M")
     w = sub.add_parser("worker", help="a worker process for one model")
     w.add_argument("--model", help="model name (default: the first configured)")
+    w.add_argument(
+        "--simulate",
+        type=float,
+        default=0.0,
+        metavar="TOKENS_PER_S",
+        help="TEST AND BENCHMARK ONLY: no model; answer --model's requests with meaningless tokens at this rate",
+    )
     k = sub.add_parser(
         "key",
         help="make a new API key (or a built-in issuer client's secret) and print its configuration entry",
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         supervisor.run_api(settings)
     else:
         supervisor.check_redis("worker", settings, wait_s=10.0)  # arq used to retry its first connection like this
-        supervisor.run_worker(settings, args.model)
+        supervisor.run_worker(settings, args.model, args.simulate)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import msgspec
 from herd import redisconn
 from herd.api.models.names import canonical_name
 from herd.api.models.store import ModelStore
-from herd.config import Settings, models_dir
+from herd.config import ModelConfig, Settings, models_dir
 from herd.errors import InvalidRequest
 from herd.loading import LoadManager
 
@@ -43,10 +43,16 @@ def run_api(settings: Settings) -> None:
     )
 
 
-def run_worker(settings: Settings, model_name: str | None) -> None:
-    """A configured model's worker runs until stopped; a store model's exits once idle past its keep_alive."""
+def run_worker(settings: Settings, model_name: str | None, simulate_tokens_per_s: float = 0.0) -> None:
+    """A configured model's worker runs until stopped; a store model's exits once idle past its keep_alive.
+    `simulate_tokens_per_s` (test and benchmark only): a worker with no model that serves `model_name` anyway."""
     from herd.workers.jobs import build_worker
 
+    if simulate_tokens_per_s:
+        name = model_name or settings.models[0].name
+        fake = ModelConfig(name=name, path="", n_ctx=settings.n_ctx)
+        build_worker(settings, fake, simulate_tokens_per_s=simulate_tokens_per_s).run()
+        return
     model = settings.model(model_name) if model_name else settings.models[0]
     if model is not None:
         build_worker(settings, model).run()

@@ -21,6 +21,7 @@ from herd.redisconn import REDIS_ERRORS
 from herd.workers.batcher import Batcher
 from herd.workers.bus import WorkerBus, new_worker_id
 from herd.workers.engine import Engine
+from herd.workers.simulated import SimulatedEngine
 from herd.workers.speculate import Speculator
 
 log = logging.getLogger("herd.worker")
@@ -144,8 +145,11 @@ class HerdWorker(Worker):
             self._polling = False
 
 
-def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False) -> HerdWorker:
-    """`on_demand`: a store model started for a request; it exits once idle past its keep_alive (Ollama's unload)."""
+def build_worker(
+    settings: Settings, model: ModelConfig, on_demand: bool = False, simulate_tokens_per_s: float = 0.0
+) -> HerdWorker:
+    """`on_demand`: a store model started for a request; it exits once idle past its keep_alive (Ollama's unload).
+    `simulate_tokens_per_s`: TEST AND BENCHMARK ONLY, no model: a SimulatedEngine emitting tokens at that rate."""
     worker_id = new_worker_id()
     holder: dict[str, HerdWorker] = {}
 
@@ -157,11 +161,15 @@ def build_worker(settings: Settings, model: ModelConfig, on_demand: bool = False
         engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-engine")
         ctx["engine_thread"] = engine_thread
         loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(
-            engine_thread, Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads
-        )
+        engine: Engine | SimulatedEngine
+        if simulate_tokens_per_s:  # test and benchmark only: no model (workers/simulated.py)
+            engine = SimulatedEngine(settings.max_seqs, model.n_ctx, settings.n_batch, simulate_tokens_per_s)
+        else:
+            engine = await loop.run_in_executor(
+                engine_thread, Engine, model, settings.max_seqs, settings.n_batch, settings.n_threads
+            )
         speculator = None
-        if model.speculate:
+        if model.speculate and isinstance(engine, Engine):
             speculator = await loop.run_in_executor(engine_thread, Speculator, model, engine, settings.n_threads)
         bus = WorkerBus(settings, ctx["redis"], worker_id)
         provider = tracing.setup("worker")
