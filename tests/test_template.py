@@ -152,3 +152,24 @@ def test_a_template_cannot_reach_python(source: str) -> None:
 def test_a_template_cannot_run_away(source: str) -> None:
     with pytest.raises(InvalidRequest, match=r"bound|longer than"):
         ChatTemplate(source, "", "").render(PLAIN)
+
+
+# Moved from tests/test_units.py (the ChatML fallback and the sandbox, one case each).
+
+
+def test_chatml_fallback_and_developer_role() -> None:
+    t = ChatTemplate(None, "", "")
+    text = t.render([ChatMessage(role="developer", content="be brief"), ChatMessage(role="user", content="hi")])
+    assert text == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_template_raise_exception_is_a_400() -> None:
+    t = ChatTemplate("{{ raise_exception('roles must alternate') }}", "", "")
+    with pytest.raises(InvalidRequest, match="roles must alternate"):
+        t.render([ChatMessage(role="user", content="hi")])
+
+
+def test_template_cannot_reach_python() -> None:
+    t = ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}", "", "")
+    with pytest.raises(InvalidRequest):
+        t.render([ChatMessage(role="user", content="hi")])

@@ -1,21 +1,14 @@
-"""Unit tests of the Ollama adapters: options mapping, template subset, model names, NDJSON framing, GGUF header."""
+"""api/translate/ollama_requests.py as a unit: options mapping (Ollama's defaults and edge values), /api/generate
+into chat messages, the template subset, model names and the fields it refuses."""
 
 from __future__ import annotations
-
-import json
-import struct
-from pathlib import Path
 
 import msgspec
 import pytest
 from herd.api.grammar import GrammarCache
-from herd.api.models.gguf import GGUFError, human_number, read_info
-from herd.api.streaming import ndjson, ndjson_error
-from herd.api.translate import ollama_replies
 from herd.api.translate import ollama_requests as requests
 from herd.api.wire import ollama as wire
-from herd.errors import InvalidRequest, WorkerLost
-from herd.inference import Finished, Usage
+from herd.errors import InvalidRequest
 
 
 def generate(**fields: object) -> wire.GenerateRequest:
@@ -105,73 +98,3 @@ def test_unsupported_fields_are_400s() -> None:
 )
 def test_model_names(name: str, known: dict[str, int], served: str | None) -> None:
     assert requests.resolve_model(name, known) == served
-
-
-def test_ndjson_is_one_line_per_object() -> None:
-    line = ndjson(ollama_replies.generate_chunk("m", "two\nlines\n\n"))
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line)["response"] == "two\nlines\n\n"
-    error = ndjson_error(WorkerLost("the worker stopped"))
-    assert error == b'{"error":"the worker stopped"}\n'
-
-
-def test_final_chunk_fields() -> None:
-    end = Finished(3, "length", Usage(5, 2, prompt_eval_ns=10, eval_ns=20, queue_ns=0), tokens=(1, 2, 3, 4, 5, 6, 7))
-    body = json.loads(ndjson(ollama_replies.generate_done("m", "", end, 99)))
-    assert body["done"] is True and body["done_reason"] == "length" and body["context"] == [1, 2, 3, 4, 5, 6, 7]
-    assert (body["total_duration"], body["load_duration"], body["prompt_eval_duration"], body["eval_duration"]) == (
-        99,
-        0,
-        10,
-        20,
-    )
-    assert (body["prompt_eval_count"], body["eval_count"]) == (5, 2)
-    chunk = json.loads(ndjson(ollama_replies.chat_chunk("m", "x")))
-    assert chunk["message"] == {"role": "assistant", "content": "x"} and "done_reason" not in chunk
-
-
-def write_gguf(path: Path, kv: list[tuple[str, int, bytes]], tensors: list[tuple[str, list[int]]]) -> None:
-    def string(text: str) -> bytes:
-        return struct.pack("<Q", len(text)) + text.encode()
-
-    data = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
-    for key, kind, value in kv:
-        data += string(key) + struct.pack("<I", kind) + value
-    for name, dims in tensors:
-        data += string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
-        data += struct.pack("<IQ", 0, 0)
-    path.write_bytes(data)
-
-
-def test_gguf_reader(tmp_path: Path) -> None:
-    path = tmp_path / "m.gguf"
-    tokens = struct.pack("<IQ", 8, 2000) + b"".join(struct.pack("<Q", 1) + b"t" for _ in range(2000))
-    write_gguf(
-        path,
-        [
-            ("general.architecture", 8, struct.pack("<Q", 5) + b"llama"),
-            ("general.file_type", 4, struct.pack("<I", 15)),
-            ("general.languages", 9, struct.pack("<IQ", 8, 1) + struct.pack("<Q", 2) + b"en"),
-            ("tokenizer.ggml.tokens", 9, tokens),
-            ("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
-        ],
-        [("a", [10, 20]), ("b", [5])],
-    )
-    info = read_info(path)
-    assert (info.architecture, info.quantization, info.parameter_count) == ("llama", "Q4_K_M", 205)
-    assert info.metadata["general.languages"] == ["en"] and info.metadata["tokenizer.ggml.tokens"] == []
-    assert info.metadata["llama.rope.freq_base"] == 10000.0
-    assert len(read_info(path, arrays=True).metadata["tokenizer.ggml.tokens"]) == 2000
-    path.write_bytes(path.read_bytes()[:60])
-    with pytest.raises(GGUFError):
-        read_info(path)
-
-
-def test_human_number() -> None:
-    assert [human_number(n) for n in (134_515_008, 135_000_000, 8_030_000_000, 7_000_000_000, 1500)] == [
-        "134.52M",
-        "135M",
-        "8.0B",
-        "7B",
-        "2K",
-    ]
