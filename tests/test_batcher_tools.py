@@ -61,7 +61,7 @@ async def run(engine: GrammarEngine, req: GenerationRequest) -> list[StreamEvent
 
 
 async def test_a_forced_call_in_the_models_syntax_reaches_the_api_parser() -> None:
-    prompt = ChatTemplate(TEMPLATE, "<s>", "").render(MESSAGES, (WEATHER,))
+    prompt = ChatTemplate(TEMPLATE, "<s>", "", adds_bos=True).render(MESSAGES, (WEATHER,))
     engine = GrammarEngine({prompt: CALL})
     rules = argument_rules([ToolSpec(WEATHER.name, json.loads(WEATHER.parameters))], "tools")
     req = GenerationRequest(
@@ -85,13 +85,13 @@ async def test_a_forced_call_in_the_models_syntax_reaches_the_api_parser() -> No
 
 
 async def test_without_tools_no_syntax_is_named_and_auto_is_lazy() -> None:
-    prompt = ChatTemplate(TEMPLATE, "<s>", "").render(MESSAGES)
+    prompt = ChatTemplate(TEMPLATE, "<s>", "", adds_bos=True).render(MESSAGES)
     engine = GrammarEngine({prompt: "Sunny."})
     log = await run(engine, GenerationRequest(id="p", model="m", messages=MESSAGES))
     assert engine.grammars == [None]
     assert all(e.tool_format is None for e in log if isinstance(e, TokenDelta))
 
-    prompt = ChatTemplate(TEMPLATE, "<s>", "").render(MESSAGES, (WEATHER,))
+    prompt = ChatTemplate(TEMPLATE, "<s>", "", adds_bos=True).render(MESSAGES, (WEATHER,))
     engine = GrammarEngine({prompt: "Sunny."})
     rules = argument_rules([ToolSpec(WEATHER.name, json.loads(WEATHER.parameters))], "tools")
     constraint = ToolConstraint(("get_weather",), rules, forced=False)

@@ -154,6 +154,14 @@ def test_a_template_cannot_run_away(source: str) -> None:
         ChatTemplate(source, "", "").render(PLAIN)
 
 
+def test_a_bos_the_template_writes_is_dropped_when_the_tokenizer_adds_one() -> None:
+    source = (TEMPLATES[0].parent / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
+    written = ChatTemplate(source, "<|begin_of_text|>", "<|eot_id|>").render(PLAIN)
+    assert written.startswith("<|begin_of_text|><|start_header_id|>system")
+    added = ChatTemplate(source, "<|begin_of_text|>", "<|eot_id|>", adds_bos=True).render(PLAIN)
+    assert added == written.removeprefix("<|begin_of_text|>")
+
+
 # Moved from tests/test_units.py (the ChatML fallback and the sandbox, one case each).
 
 

@@ -115,7 +115,7 @@ class Batcher:
         self._worker_id = worker_id
         self._emit = emit
         self._cap = max_tokens_cap
-        self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text)
+        self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text, engine.add_bos)
         self._tool_markers = toolformat.marker_tokens(self._template.tool_format, engine.tokenize)
         self._inbox: queue.SimpleQueue[_Seq | EmbedJob | None] = queue.SimpleQueue()
         self._embeds: list[EmbedJob] = []

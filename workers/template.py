@@ -71,7 +71,10 @@ class Caps:
 
 
 class ChatTemplate:
-    def __init__(self, source: str | None, bos_token: str, eos_token: str) -> None:
+    def __init__(self, source: str | None, bos_token: str, eos_token: str, adds_bos: bool = False) -> None:
+        """`adds_bos`: the tokenizer puts BOS in front itself, so a BOS the template writes is dropped (as
+        llama.cpp's chat.cpp does; two BOS tokens in a row degrade some models)."""
+        self._adds_bos = adds_bos
         self._env = TemplateEnvironment()
         self._env.globals["raise_exception"] = _raise
         try:
@@ -195,11 +198,14 @@ class ChatTemplate:
         if tools and self.knows_tools:
             extra["tools"] = [_tool_schema(t) for t in tools]
         try:
-            return self._render(rows, **extra)
+            text = self._render(rows, **extra)
         except _Refused as exc:
             raise InvalidRequest(f"chat template: {exc}", param="messages") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
+        if self._adds_bos and self._bos and text.startswith(self._bos):
+            text = text[len(self._bos) :]
+        return text
 
 
 def _described_call(name: str, arguments: str) -> str:
