@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from herd.api.grammar import TOOL_CLOSE, TOOL_OPEN, GrammarCache
 from herd.api.routes.responses_history import listed, output_items, page
-from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event
+from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event, stored
 from herd.api.translate.responses_requests import (
     drop_oldest,
     generation_request,
@@ -257,3 +257,16 @@ def test_an_error_after_the_stream_began_is_an_error_event() -> None:
     assert event.sequence_number == len(out) and assembler.terminal and assembler.feed(TokenDelta(2, "y", 1)) == []
     checked = EVENTS.validate_python(as_json(event), strict=True)
     assert checked.type == "error" and checked.code == "unavailable"
+
+
+def test_a_stored_response_over_the_byte_bound_loses_its_logprobs_first() -> None:
+    b = body(include=["message.output_text.logprobs"], top_logprobs=5)
+    top = tuple((b"x", -1.0) for _ in range(5))
+    deltas = [TokenDelta(i + 1, "x", 1, logprobs=(TokenLogprob(b"x", -0.1, top),)) for i in range(50)]
+    assembler, _ = run(b, [Started(0, "w", 1), *deltas, Finished(51, "stop", usage())])
+    whole = stored(assembler.response, 1 << 20)
+    assert json.loads(whole)["output"][0]["content"][0]["logprobs"]
+    small = stored(assembler.response, len(whole) - 1)
+    assert len(small) < len(whole) // 4
+    kept = Response.model_validate_json(small, strict=True)
+    assert kept.output_text == "x" * 50 and kept.output[0].content[0].logprobs is None  # type: ignore[union-attr]

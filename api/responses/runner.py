@@ -22,7 +22,7 @@ from herd.api.events import EventStream
 from herd.api.gateway import Gateway
 from herd.api.relay import close_shielded
 from herd.api.responses.store import ResponseStore, new_lease_token
-from herd.api.translate.responses_replies import ResponseAssembler, error_code
+from herd.api.translate.responses_replies import ResponseAssembler, error_code, stored
 from herd.api.translate.responses_requests import drop_oldest
 from herd.errors import ContextLengthExceeded, ServiceError
 from herd.inference import GenerationRequest, Started
@@ -125,7 +125,7 @@ class BackgroundRunner:
 
     async def _settle(self, response_id: str, assembler: ResponseAssembler) -> None:
         response = assembler.response
-        await self._store.settle(response_id, response.status, msgspec.json.encode(response))
+        await self._store.settle(response_id, response.status, stored(response, self._store.max_bytes))
 
     async def _keep_lease(self, response_id: str, task: asyncio.Task[object] | None) -> None:
         """Renew the lease while the task runs; a response cancelled on another replica stops the task here."""

@@ -72,6 +72,7 @@ class ResponseStore:
         self._redis = redis
         self._ttl = settings.responses_ttl
         self._max_bytes = settings.responses_max_bytes
+        self.max_bytes = settings.responses_max_bytes
         self._lease_ms = max(1000, int(settings.heartbeat_ttl_s * 1000))
         self._settle = redis.register_script(_SETTLE)
         self._renew = redis.register_script(_RENEW)

@@ -35,7 +35,7 @@ from herd.api.routes.responses_history import (
     settle_orphan,
 )
 from herd.api.streaming import SSE_HEADERS
-from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event
+from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event, stored
 from herd.api.translate.responses_requests import drop_oldest, generation_request, input_items, wants_logprobs
 from herd.api.wire import responses as wire
 from herd.errors import ContextLengthExceeded, ErrorKind, InvalidRequest, ModelNotFound, NotFound, ServiceError
@@ -156,7 +156,7 @@ async def _drain(stream: EventStream, assembler: ResponseAssembler) -> None:
 
 async def _store_final(store: ResponseStore, record: Record, assembler: ResponseAssembler) -> None:
     response = assembler.response
-    final = msgspec.structs.replace(record, status=response.status, response=msgspec.json.encode(response))
+    final = msgspec.structs.replace(record, status=response.status, response=stored(response, store.max_bytes))
     await store.create(response.id, final)
 
 
@@ -301,7 +301,7 @@ async def cancel_response(request: AnyRequest, state: State, response_id: str) -
         for event in await store.events(record.request_id):
             assembler.feed(event)
         assembler.cancel()
-        await store.settle(response_id, assembler.response.status, msgspec.json.encode(assembler.response))
+        await store.settle(response_id, assembler.response.status, stored(assembler.response, store.max_bytes))
     return _json((await store.get(owner, response_id)).response)
 
 

@@ -7,7 +7,7 @@ import time
 
 import msgspec
 from herd.api.responses.store import Record, ResponseStore
-from herd.api.translate.responses_replies import ResponseAssembler
+from herd.api.translate.responses_replies import ResponseAssembler, stored
 from herd.api.translate.responses_requests import references, response_of_item
 from herd.api.wire import responses as wire
 from herd.errors import InvalidRequest, NotFound
@@ -142,5 +142,5 @@ async def settle_orphan(store: ResponseStore, response_id: str, record: Record, 
             assembler.fail("the response waited too long in the queue", "server_error")
     response = assembler.response
     if assembler.terminal or response.status != record.status:
-        await store.settle(response_id, response.status, msgspec.json.encode(response))
+        await store.settle(response_id, response.status, stored(response, store.max_bytes))
     return await store.get(record.owner, response_id)

@@ -329,6 +329,21 @@ class ResponseAssembler:
         )
 
 
+def stored(response: wire.Response, max_bytes: int) -> bytes:
+    """The Response as stored: whole while it fits `max_bytes`; else without its token logprobs (the one part of
+    an output that can outgrow its text many times over: up to 20 alternatives a token)."""
+    encoded = _encoder.encode(response)
+    if len(encoded) <= max_bytes:
+        return encoded
+    output = [
+        msgspec.structs.replace(item, content=[wire.OutputText(text=part.text) for part in item.content])
+        if isinstance(item, wire.OutputMessage)
+        else item
+        for item in response.output
+    ]
+    return _encoder.encode(msgspec.structs.replace(response, output=output))
+
+
 def sse_event(event: wire.StreamEvent) -> bytes:
     """`event: <type>` and `data: <json>`: both lines, as OpenAI sends them."""
     return b"event: " + event.type.encode() + b"\ndata: " + _encoder.encode(event) + b"\n\n"
