@@ -71,8 +71,7 @@ class ResponseStore:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._ttl = settings.responses_ttl
-        self._max_bytes = settings.responses_max_bytes
-        self.max_bytes = settings.responses_max_bytes
+        self.max_bytes = settings.responses_max_bytes  # one stored response, input and output
         self._lease_ms = max(1000, int(settings.heartbeat_ttl_s * 1000))
         self._settle = redis.register_script(_SETTLE)
         self._renew = redis.register_script(_RENEW)
@@ -83,9 +82,9 @@ class ResponseStore:
 
     async def create(self, response_id: str, record: Record) -> None:
         size = len(record.response) + len(record.input)
-        if size > self._max_bytes:
+        if size > self.max_bytes:
             raise InvalidRequest(
-                f"the input is too large to store ({size} bytes; at most {self._max_bytes}); send store: false",
+                f"the input is too large to store ({size} bytes; at most {self.max_bytes}); send store: false",
                 param="input",
             )
         fields = {
