@@ -27,7 +27,7 @@ from herd.api.origins import Doorman
 from herd.api.otlp_metrics import OtlpMetrics
 from herd.api.responses.runner import BackgroundRunner
 from herd.api.responses.store import ResponseStore
-from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses
+from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses, ui_chat
 from herd.api.routes.common import MODEL_LABEL
 from herd.api.tracing import instrument
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
         *health.ROUTES,
         *openai.ROUTES,
         *responses.ROUTES,
+        *ui_chat.ROUTES,
         *queue.ROUTES,
         *ollama.ROUTES,
         *models.ROUTES,

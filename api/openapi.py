@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import Any
 
 import msgspec
-from herd.api.wire import batch, ollama, openai, responses
+from herd.api.wire import batch, ollama, openai, responses, ui
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -25,6 +25,7 @@ BODIES: dict[tuple[str, str], type] = {
     ("POST", "/v1/embeddings"): openai.EmbeddingCreateParams,
     ("POST", "/v1/batches"): batch.BatchCreateParams,
     ("POST", "/v1/responses"): responses.ResponseCreateParams,
+    ("POST", "/v1/ui/chat"): ui.UIChatRequest,
     ("POST", "/api/chat"): ollama.ChatRequest,
     ("POST", "/api/generate"): ollama.GenerateRequest,
     ("POST", "/api/embed"): ollama.EmbedRequest,

@@ -8,7 +8,7 @@ import inspect
 import pytest
 from herd.api.app import create_app
 from herd.api.openapi import BODIES, NOT_JSON, document
-from herd.api.routes import batches, files, models, ollama, openai, responses
+from herd.api.routes import batches, files, models, ollama, openai, responses, ui_chat
 from herd.config import load_settings
 from litestar.handlers import HTTPRouteHandler
 
@@ -32,7 +32,15 @@ def test_every_route_that_decodes_a_body_is_documented() -> None:
 
 
 def test_documented_bodies_exist_as_routes() -> None:
-    handlers = [*openai.ROUTES, *responses.ROUTES, *ollama.ROUTES, *models.ROUTES, *batches.ROUTES, *files.ROUTES]
+    handlers = [
+        *openai.ROUTES,
+        *responses.ROUTES,
+        *ui_chat.ROUTES,
+        *ollama.ROUTES,
+        *models.ROUTES,
+        *batches.ROUTES,
+        *files.ROUTES,
+    ]
     doc = document(handlers, auth_on=False)
     for method, path in BODIES:
         operation = doc["paths"][path][method.lower()]

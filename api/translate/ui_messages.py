@@ -1,0 +1,137 @@
+"""AI SDK UI messages -> the internal GenerationRequest (by way of OpenAI's chat request, whose translator owns the
+tools, grammar and sampling rules), and internal events -> UI message stream chunks (the way back)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import msgspec
+from herd.api.grammar import GrammarCache
+from herd.api.translate import openai_requests
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser
+from herd.api.wire import openai
+from herd.api.wire import ui as wire
+from herd.errors import InvalidRequest
+from herd.inference import Finished, GenerationRequest, TokenDelta
+
+_REASONS: dict[str, wire.FinishReason] = {"stop": "stop", "length": "length", "tool_calls": "tool-calls"}
+
+
+def _tool_name(part: wire.UIMessagePart) -> str | None:
+    if part.type == "dynamic-tool":
+        return part.tool_name
+    return part.type.removeprefix("tool-") if part.type.startswith("tool-") else None
+
+
+def _assistant(message: wire.UIMessage, index: int) -> list[openai.ChatCompletionMessageParam]:
+    """An assistant UI message: its text, its tool calls and, for calls the client ran, one tool message each."""
+    text, calls, results = [], [], []
+    for j, part in enumerate(message.parts):
+        name = _tool_name(part)
+        if part.type == "text" and part.text:
+            text.append(part.text)
+        elif name is not None:
+            if not part.tool_call_id:
+                raise InvalidRequest("a tool part needs toolCallId", param=f"messages[{index}].parts[{j}].toolCallId")
+            arguments = json.dumps(part.input if part.input is not None else {})
+            calls.append(openai.ChatCompletionMessageToolCall(part.tool_call_id, openai.FunctionCall(name, arguments)))
+            if part.state == "output-available":
+                output = part.output if isinstance(part.output, str) else json.dumps(part.output)
+                results.append(openai.ChatCompletionMessageParam("tool", output, tool_call_id=part.tool_call_id))
+            elif part.state == "output-error":
+                content = f"error: {part.error_text or ''}"
+                results.append(openai.ChatCompletionMessageParam("tool", content, tool_call_id=part.tool_call_id))
+    turn = openai.ChatCompletionMessageParam("assistant", "".join(text), tool_calls=calls or None)
+    return [turn, *results]
+
+
+def chat_request(body: wire.UIChatRequest, request_id: str, grammars: GrammarCache) -> GenerationRequest:
+    if not body.model:
+        raise InvalidRequest("model is required (send it in the transport's body)", param="model")
+    messages = [openai.ChatCompletionMessageParam("system", body.system)] if body.system else []
+    for i, message in enumerate(body.messages):
+        if message.role == "assistant":
+            messages.extend(_assistant(message, i))
+            continue
+        text = "".join(part.text or "" for part in message.parts if part.type == "text")
+        unsupported = [p.type for p in message.parts if p.type not in ("text", "step-start", "reasoning")]
+        if unsupported:
+            raise InvalidRequest(f"unsupported part type {unsupported[0]!r}", param=f"messages[{i}].parts")
+        messages.append(openai.ChatCompletionMessageParam(message.role, text))
+    chat = openai.ChatCompletionRequest(
+        model=body.model,
+        messages=messages,
+        stream=True,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.max_tokens,
+        seed=body.seed,
+        tools=body.tools or None,
+        tool_choice=body.tool_choice,
+    )
+    return openai_requests.chat_request(chat, request_id, grammars)
+
+
+class UIStream:
+    """One answer as UI chunks: start, a text block per run of text, each tool call's input, finish with usage."""
+
+    def __init__(self, message_id: str, model: str, tools: bool) -> None:
+        self._message_id, self._model = message_id, model
+        self._parser = ToolCallParser() if tools else None
+        self._text_id: str | None = None
+        self._calls: dict[int, tuple[str, str]] = {}  # call index -> (toolCallId, tool name)
+        self._texts = 0
+
+    def opening(self) -> list[wire.UIMessageChunk]:
+        return [wire.Start(message_id=self._message_id), wire.StartStep()]
+
+    def _text(self, text: str) -> list[wire.UIMessageChunk]:
+        chunks: list[wire.UIMessageChunk] = []
+        if self._text_id is None:
+            self._texts += 1
+            self._text_id = f"text-{self._texts}"
+            chunks.append(wire.TextStart(self._text_id))
+        chunks.append(wire.TextDelta(self._text_id, text))
+        return chunks
+
+    def _close_text(self) -> list[wire.UIMessageChunk]:
+        if self._text_id is None:
+            return []
+        end, self._text_id = wire.TextEnd(self._text_id), None
+        return [end]
+
+    def feed(self, event: TokenDelta) -> list[wire.UIMessageChunk]:
+        if self._parser is None:
+            return self._text(event.text) if event.text else []
+        return self._pieces(self._parser.feed(event.text, event.tool_format))
+
+    def _pieces(self, pieces: list[Content | CallStart | CallArguments | CallEnd]) -> list[wire.UIMessageChunk]:
+        chunks: list[wire.UIMessageChunk] = []
+        for piece in pieces:
+            if isinstance(piece, Content):
+                if piece.text:
+                    chunks += self._text(piece.text)
+                continue
+            chunks += self._close_text()
+            if isinstance(piece, CallStart):
+                self._calls[piece.index] = (f"call_{secrets.token_hex(12)}", piece.name)
+                chunks.append(wire.ToolInputStart(*self._calls[piece.index]))
+            elif isinstance(piece, CallArguments):
+                chunks.append(wire.ToolInputDelta(self._calls[piece.index][0], piece.fragment))
+            else:
+                call_id, name = self._calls[piece.index]
+                chunks.append(wire.ToolInputAvailable(call_id, name, msgspec.json.decode(piece.arguments or "{}")))
+        return chunks
+
+    def finish(self, event: Finished) -> list[wire.UIMessageChunk]:
+        chunks = self._pieces(self._parser.finish()) if self._parser is not None else []
+        chunks += self._close_text()
+        reason = "tool_calls" if self._calls else event.finish_reason
+        usage = event.usage
+        rate = usage.completion_tokens / (usage.eval_ns / 1e9) if usage.eval_ns else None
+        metadata = wire.Metadata(self._model, wire.Usage(usage.prompt_tokens, usage.completion_tokens), rate)
+        return [*chunks, wire.FinishStep(), wire.Finish(_REASONS.get(reason, "other"), metadata)]
+
+    def failed(self, message: str) -> list[wire.UIMessageChunk]:
+        return [*self._close_text(), wire.Error(message), wire.Finish("error")]

@@ -1,0 +1,93 @@
+"""/v1/ui/chat, the AI SDK's UI message stream protocol, driven by the AI SDK's own DefaultChatTransport in node
+(tests/node/uichat.mjs): text, a follow-up turn, a stop that reaches the worker, a tool call and its result, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import openai
+from herd.inference import RequestStats
+
+from tests.conftest import MODEL, HerdServer
+from tests.test_node_clients import node_clients  # noqa: F401 (the fixture: npm ci once)
+
+
+def _cancelled(server: HerdServer) -> list[RequestStats]:
+    stats = [server.stats(key.decode().rpartition(":")[2]) for key in server.redis.scan_iter(match="herd:stats:*")]
+    return [s for s in stats if s is not None and s.finish_reason == "cancelled"]
+
+
+def test_default_chat_transport_streams_from_herd(server: HerdServer, node_clients: Path) -> None:  # noqa: F811
+    before = {s.request_id for s in _cancelled(server)}
+    run = subprocess.run(
+        ["node", "uichat.mjs", server.base_url, MODEL], cwd=node_clients, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as sdk:
+        python = sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=16, temperature=0
+        )
+    text = seen["text"]
+    assert text["types"][:3] == ["start", "start-step", "text-start"]
+    assert text["types"][-3:] == ["text-end", "finish-step", "finish"] and "text-delta" in text["types"]
+    [step, part] = text["message"]["parts"]
+    assert step == {"type": "step-start"} and part["type"] == "text" and part["state"] == "done"
+    assert part["text"] == python.choices[0].message.content  # the same generation path as /v1/chat/completions
+    metadata = text["message"]["metadata"]
+    assert python.usage is not None
+    assert metadata["usage"] == {
+        "inputTokens": python.usage.prompt_tokens,
+        "outputTokens": python.usage.completion_tokens,
+    }
+    assert metadata["model"] == MODEL and metadata["tokensPerSecond"] > 0
+
+    follow = seen["followUp"]["message"]
+    assert follow["metadata"]["usage"]["inputTokens"] > metadata["usage"]["inputTokens"]  # the history went along
+
+    # Stopped by the client after three deltas: the worker drops the sequence.
+    assert seen["stopped"]["types"][-1] == "aborted:AbortError"
+    deadline = time.monotonic() + 60
+    while not [s for s in _cancelled(server) if s.request_id not in before]:
+        assert time.monotonic() < deadline, "the worker never saw the cancel"
+        time.sleep(0.2)
+
+    tool = seen["tool"]
+    assert tool["types"][2] == "tool-input-start" and "tool-input-delta" in tool["types"]
+    assert tool["types"][-3:] == ["tool-input-available", "finish-step", "finish"]
+    [_, call] = tool["message"]["parts"]
+    assert call["type"] == "tool-get_weather" and call["state"] == "input-available"
+    assert isinstance(call["input"]["city"], str) and call["toolCallId"].startswith("call_")
+    after = seen["toolResult"]["message"]["parts"]
+    assert after[-1]["type"] == "text" and after[-1]["text"]
+
+    assert seen["notFound"]["thrown"] and "model_not_found" in seen["notFound"]["message"]
+
+
+def test_headers_errors_and_reconnect(server: HerdServer) -> None:
+    url = f"{server.base_url}/v1/ui/chat"
+    body = {
+        "model": MODEL,
+        "maxTokens": 2,
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+    }
+    with httpx.stream("POST", url, json=body, timeout=120) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        frames = [line for line in reply.iter_lines() if line]
+    assert frames[-1] == "data: [DONE]"
+    last = msgspec.json.decode(frames[-2].removeprefix("data: "))
+    assert last["type"] == "finish" and last["finishReason"] == "length"
+
+    missing = httpx.post(url, json={**body, "model": ""}, timeout=30)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    bad = httpx.post(url, json={**body, "messages": [{"role": "user", "parts": [{"type": "file"}]}]}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].parts"
+    assert httpx.get(f"{url}/chat-1/stream", timeout=30).status_code == 204
