@@ -135,6 +135,7 @@ class Gateway:
         self._rescue = redis.register_script(_RESCUE)
         # worker id -> (its latest heartbeat's time, jobs this process gave it since): slots the heartbeat misses
         self._sent: dict[str, tuple[float, int]] = {}
+        self._ended: dict[str, tuple[float, int]] = {}  # the same for its jobs that ended here since
         self._targets: dict[str, str] = {}  # request id -> the worker its job was put on, while it waits
 
     async def ping(self) -> bool:
@@ -228,11 +229,15 @@ class Gateway:
         target = target.decode() if isinstance(target, bytes) else str(target)
         if target:
             self._targets[request.id] = target
-            beat = next((w.heartbeat_at for w in self._workers if w.worker_id == target), 0.0)
-            seen, sent = self._sent.get(target, (beat, 0))
-            self._sent[target] = (beat, sent + 1 if seen == beat else 1)
+            self._count(self._sent, target)
         if self._metrics is not None:
             self._metrics.observe_dispatch(model, AFFINITY_OUTCOMES[int(affine)] if target else "overflow")
+
+    def _count(self, counts: dict[str, tuple[float, int]], worker_id: str) -> None:
+        """One more job sent to (or ended on) a worker since the heartbeat of it this process holds."""
+        beat = next((w.heartbeat_at for w in self._workers if w.worker_id == worker_id), 0.0)
+        seen, n = counts.get(worker_id, (beat, 0))
+        counts[worker_id] = (beat, n + 1 if seen == beat else 1)
 
     async def _candidates(self, model: str) -> list[str]:
         """Workers of `model` with a free slot, most free first (ties in random order, so that API replicas reading
@@ -240,7 +245,8 @@ class Gateway:
         found = []
         for w in await self.workers():
             if model in w.models:
-                free = w.slots_total - w.slots_busy - self._sent.get(w.worker_id, (0.0, 0))[1]
+                sent, ended = self._sent.get(w.worker_id, (0.0, 0))[1], self._ended.get(w.worker_id, (0.0, 0))[1]
+                free = min(w.slots_total, w.slots_total - w.slots_busy - sent + ended)
                 if free > 0:
                     found.append((-free, random.random(), w.worker_id))
         return [worker_id for _, _, worker_id in sorted(found)]
@@ -304,6 +310,8 @@ class Gateway:
         """Unsubscribe; if the request did not finish, tell its worker (or the queue) to drop it."""
         stream.telemetry.close()
         self._targets.pop(stream.request.id, None)
+        if stream.worker_id is not None:  # its slot is free again, before the worker's next heartbeat says so
+            self._count(self._ended, stream.worker_id)
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)
@@ -333,6 +341,7 @@ class Gateway:
         self._workers_at = time.monotonic()
         beats = {w.worker_id: w.heartbeat_at for w in self._workers}
         self._sent = {k: v for k, v in self._sent.items() if beats.get(k) == v[0]}  # a newer heartbeat counts them
+        self._ended = {k: v for k, v in self._ended.items() if beats.get(k) == v[0]}
         return self._workers
 
     async def stored(self) -> dict[str, int]:
