@@ -14,7 +14,13 @@ requests per second, and so how many GPU workers, one Redis could serve.
 This machine has 2 cores shared with other work: more workers cannot add throughput here (they split the same
 cores), and any other busy process skews every figure. Do not run it while tests run; run it twice and compare.
 
+With --simulate RATE the workers have no model (`herd worker --simulate`, workers/simulated.py): each sequence gets
+RATE tokens/s, so fleets of 100 workers fit here and the figures are the Redis and dispatch side alone; --busy 0.8
+keeps 80 % of the fleet's slots in flight. Dispatch time is from the admission script to the worker's claim of the
+request, both as Redis' MONITOR saw them.
+
 Usage (from the repo root): .venv/bin/python -m bench.scaleout [--workers 1 2 3] [--requests 48] [--json out.json]
+    .venv/bin/python -m bench.scaleout --simulate 20 --max-seqs 2 --busy 0.8 --max-tokens 48 --workers 1 3 20 100
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,36 +84,77 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
 
 
 def start_fleet(
-    n_workers: int, redis_port: int, threads: int, workdir: Path
+    n_workers: int, redis_port: int, args: argparse.Namespace, workdir: Path
 ) -> tuple[list[subprocess.Popen[bytes]], str]:
     port = free_port()
     env = {
         **os.environ,
         "HERD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "HERD_N_THREADS": str(threads),
+        "HERD_N_THREADS": str(args.threads),
+        "HERD_MAX_SEQS": str(args.max_seqs),
+        "HERD_QUEUE_MAX": "100000",
         "HERD_MODELS_DIR": str(workdir / "models"),
         "HERD_FILES_DIR": str(workdir / "files"),
         "HERD_LOG_LEVEL": "warning",
     }
+    worker = ["worker", "--model", MODEL]
+    if args.simulate:  # no model: tokens at this rate (workers/simulated.py), so 100 workers fit here
+        worker += ["--simulate", str(args.simulate)]
     procs = []
-    for i, args in enumerate([["api", "--port", str(port)], *[["worker"]] * n_workers]):
+    for i, argv in enumerate([["api", "--port", str(port)], *[worker] * n_workers]):
         with (workdir / f"proc{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "herd", *args], env=env, stdout=log, stderr=log))
+            procs.append(subprocess.Popen([sys.executable, "-m", "herd", *argv], env=env, stdout=log, stderr=log))
     base = f"http://127.0.0.1:{port}"
-    client = redis.Redis(port=redis_port)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 60 + 3 * n_workers
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError(f"a herd process exited; logs in {workdir}")
-        if len(list(client.scan_iter(match="herd:worker:*"))) == n_workers:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    client.close()
-                    return procs, base
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.3)
+        try:
+            if httpx.get(f"{base}/readyz?workers={n_workers}", timeout=5).status_code == 200:
+                return procs, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
     raise RuntimeError("the fleet did not get ready")
+
+
+class Monitor:
+    """Redis' MONITOR in a thread: when each admission (the API's EVALSHA) and each start (the worker's SET NX of
+    herd:started:<id>) reached Redis, by Redis' own clock, so dispatch time is measured where it happens."""
+
+    def __init__(self, port: int) -> None:
+        self.admitted: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+        self._client = redis.Redis(port=port)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self._client.monitor() as monitor:
+            for item in monitor.listen():
+                if self._stop.is_set():
+                    return
+                words = [w.strip('"') for w in item["command"].split()]
+                if words[0].upper() == "EVALSHA" and len(words) > 3 and words[3].startswith("arq:job:"):
+                    # the admission: KEYS are job, result, ledger, request, overflow, ...; ARGV[1] the id
+                    rid = words[3].removeprefix("arq:job:")
+                    self.admitted.setdefault(rid, item["time"])
+                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith("herd:started:"):
+                    self.started.setdefault(words[1].removeprefix("herd:started:"), item["time"])
+
+    def dispatch_ms(self, ids: list[str]) -> list[float]:
+        self._stop.set()
+        self._client.set("bench-monitor-wakeup", 1)
+        self._thread.join(10)
+        self._client.close()
+        return sorted(
+            (self.started[r] - self.admitted[r]) * 1000 for r in ids if r in self.started and r in self.admitted
+        )
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 async def load(base: str, requests: int, concurrency: int, max_tokens: int) -> tuple[float, list[str], int]:
@@ -139,17 +187,22 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
     client = redis.Redis(port=redis_port)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs, base = start_fleet(n, redis_port, args.threads, workdir)
-        asyncio.run(load(base, args.concurrency, args.concurrency, 8))  # warm-up: first prefill, connections
+        procs, base = start_fleet(n, redis_port, args, workdir)
+        # In flight: --concurrency, or with --busy a share of the fleet's slots (e.g. 0.8 of n * max_seqs).
+        concurrency = max(1, round(args.busy * n * args.max_seqs)) if args.busy else args.concurrency
+        requests = max(args.requests, 2 * concurrency)
+        asyncio.run(load(base, concurrency, concurrency, 8))  # warm-up: first prefill, connections
         time.sleep(1.5)  # a heartbeat period, so idle-time commands are counted the same way below
-        before, t0 = commands_processed(client), time.perf_counter()
-        wall, ids, tokens = asyncio.run(load(base, args.requests, args.concurrency, args.max_tokens))
-        elapsed = time.perf_counter() - t0
-        commands = commands_processed(client) - before
         # Heartbeats, arq's polls and health checks run whether or not requests come: measure that rate alone.
         idle_before = commands_processed(client)
-        time.sleep(3)
-        idle_rate = (commands_processed(client) - idle_before - 1) / 3
+        time.sleep(5)
+        idle_rate = (commands_processed(client) - idle_before - 1) / 5
+        monitor = Monitor(redis_port)
+        before, t0 = commands_processed(client), time.perf_counter()
+        wall, ids, tokens = asyncio.run(load(base, requests, concurrency, args.max_tokens))
+        elapsed = time.perf_counter() - t0
+        commands = commands_processed(client) - before
+        dispatch = monitor.dispatch_ms(ids)
         spread = Counter()
         for rid in ids:
             raw = client.get(f"herd:stats:{rid}")
@@ -157,6 +210,10 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         per_request = max(0.0, commands - idle_rate * elapsed) / len(ids)
         return {
             "workers": n,
+            "simulate_tokens_per_s": args.simulate,
+            "in_flight": concurrency,
+            "dispatch_ms_p50": round(percentile(dispatch, 0.5), 2),
+            "dispatch_ms_p99": round(percentile(dispatch, 0.99), 2),
             "requests": len(ids),
             "wall_s": round(wall, 2),
             "requests_per_s": round(len(ids) / wall, 2),
@@ -164,6 +221,7 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "spread": sorted(spread.values(), reverse=True),
             "redis_commands": commands,
             "redis_commands_idle_per_s": round(idle_rate, 1),
+            "redis_commands_idle_per_worker_s": round(idle_rate / n, 1),
             "redis_commands_per_request": round(per_request, 1),
             "redis_commands_per_token": round(per_request * len(ids) / max(tokens, 1), 2),
         }
@@ -261,6 +319,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=12)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="HERD_N_THREADS of each worker")
+    p.add_argument("--max-seqs", type=int, default=8, help="HERD_MAX_SEQS of each worker")
+    p.add_argument("--simulate", type=float, default=0.0, help="tokens/s of simulated workers (0: the real model)")
+    p.add_argument("--busy", type=float, default=0.0, help="in flight as a share of all slots (0: --concurrency)")
     p.add_argument("--loop-clients", type=int, default=16)
     p.add_argument("--loop-seconds", type=float, default=5.0)
     p.add_argument("--json", type=Path)
@@ -279,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{n} worker(s): {row['requests_per_s']:6.2f} req/s {row['tokens_per_s']:7.1f} tok/s "
                 f"spread {row['spread']}  Redis: {row['redis_commands_per_request']} cmds/request, "
-                f"{row['redis_commands_per_token']} cmds/token, {row['redis_commands_idle_per_s']} cmds/s idle",
+                f"{row['redis_commands_per_token']} cmds/token, {row['redis_commands_idle_per_s']} cmds/s idle "
+                f"({row['redis_commands_idle_per_worker_s']}/worker); {row['in_flight']} in flight, dispatch "
+                f"p50 {row['dispatch_ms_p50']} ms p99 {row['dispatch_ms_p99']} ms",
                 flush=True,
             )
         redis_proc, port = start_redis(Path(tmp))
