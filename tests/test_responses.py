@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter
 from tests.conftest import MODEL, free_port
 
 N_CTX = 1024
+MAX_BYTES = 64 * 1024
 
 DB = 0  # the shared Redis's db 0 (test_redis_restart's db 0 is on a private redis-server)
 ALICE, BOB = "sk-alice-responses", "sk-bob-responses"
@@ -61,7 +62,10 @@ class Fleet:
             "HERD_MODELS_DIR": str(workdir / "models"),
             "HERD_FILES_DIR": str(workdir / "files"),
             "HERD_MAX_SEQS": "4",
-            "HERD_N_THREADS": "1",  # the worker shares two cores with the API replicas and other test sessions
+            "HERD_N_THREADS": "1",
+            "HERD_RESPONSES_MAX_BYTES": str(
+                MAX_BYTES
+            ),  # the worker shares two cores with the API replicas and other test sessions
             # A small context keeps the truncation test's prefills short.
             "HERD_MODELS": f"{MODEL}={bundled_model_path()}?n_ctx={N_CTX}",
             "HERD_LOG_LEVEL": "info",
@@ -348,6 +352,17 @@ def test_store_false_keeps_nothing(fleet: Fleet) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(made.id)
     assert not fleet.redis.exists(f"herd:response:{made.id}")
+
+
+def test_an_input_too_large_to_store_is_refused_before_it_runs(fleet: Fleet) -> None:
+    client = fleet.client()
+    big = "x" * (MAX_BYTES + 1)
+    for background in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=MODEL, input=big, background=background)
+        assert refused.value.body["param"] == "input"  # type: ignore[index]
+        rid = refused.value.response.headers["x-request-id"]
+        assert not fleet.redis.exists(f"herd:request:{rid}", f"herd:response:resp_{rid}")  # nothing queued or kept
 
 
 def test_another_principal_gets_404(fleet: Fleet) -> None:

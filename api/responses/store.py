@@ -80,13 +80,17 @@ class ResponseStore:
 
     # ---- records -------------------------------------------------------------------------------------------
 
-    async def create(self, response_id: str, record: Record) -> None:
-        size = len(record.response) + len(record.input)
+    def check(self, record: Record) -> None:
+        """Refuse, before anything runs, an input too large to store (the output is kept within the bound by
+        translate's `stored`, which drops logprobs first)."""
+        size = len(record.input)
         if size > self.max_bytes:
             raise InvalidRequest(
                 f"the input is too large to store ({size} bytes; at most {self.max_bytes}); send store: false",
                 param="input",
             )
+
+    async def create(self, response_id: str, record: Record) -> None:
         fields = {
             "owner": record.owner,
             "status": record.status,

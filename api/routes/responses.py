@@ -97,6 +97,8 @@ async def create_response(request: AnyRequest, state: State) -> Response[bytes] 
         background=background,
         logprobs=wants_logprobs(body),
     )
+    if keep:
+        store.check(record)
     if background:
         await store.create(response_id, record)
         try:
