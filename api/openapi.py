@@ -48,6 +48,9 @@ REPLIES: dict[tuple[str, str], tuple[type, str | None]] = {
     ("POST", "/api/embed"): (ollama.EmbedResponse, None),
 }
 
+# Routes whose 503 is their own report, not an error body (a readiness probe says why it is not ready).
+NOT_READY = {("GET", "/readyz")}
+
 # Routes that take a body that is not JSON (multipart uploads, blobs, forms): documented by Litestar as they are.
 NOT_JSON = {("POST", "/v1/files"), ("POST", "/api/blobs/{digest}"), ("POST", "/oauth/token")}
 
@@ -86,6 +89,8 @@ def document(handlers: Sequence[ControllerRouterHandler], auth_on: bool) -> dict
                 "description": "An error",
                 "content": {"application/json": {"schema": ref_of[error]}},
             }
+            if key in NOT_READY and "200" in responses:
+                responses["503"] = {**responses["200"], "description": "Not ready: the same report"}
             if auth_on:
                 operation.setdefault("security", [{"bearer": []}])
     if auth_on:
