@@ -16,6 +16,7 @@ tell from the template's text; herd reads how the template writes a call in the 
     command-r     <|START_ACTION|>[{"tool_call_id": "0", "tool_name": "f", "parameters": {...}}]<|END_ACTION|>  R7B
     deepseek-r1   (tool calls begin)(tool call begin)function(sep)f + ```json fenced args (call end)(calls end)  R1
     deepseek-v3   (tool calls begin)(tool call begin)f(sep){...}(call end)(calls end)   DeepSeek V3.1
+    nemotron-v2   <TOOLCALL>[{"name": "f", "arguments": {...}}]</TOOLCALL>      NVIDIA Nemotron Nano 2
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -48,10 +49,11 @@ ToolFormat = Literal[
     "command-r",
     "deepseek-r1",
     "deepseek-v3",
+    "nemotron-v2",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
-    "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3",
+    "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3", "nemotron-v2",
 )  # fmt: skip
 # DeepSeek's markers use full-width bars and the SentencePiece space (written out here).
 DS_CALLS, DS_CALLS_END = "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581calls\u2581end\uff5c>"
@@ -81,6 +83,7 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "functionary-v3.2": (">>>",),
     "deepseek-r1": _DS,
     "deepseek-v3": _DS,
+    "nemotron-v2": ("<TOOLCALL>", "</TOOLCALL>"),
     "command-r": (
         "<|START_ACTION|>",
         "<|END_ACTION|>",
@@ -105,6 +108,7 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "command-r": ("<|START_ACTION|>",),
     "deepseek-r1": (DS_CALLS,),
     "deepseek-v3": (DS_CALLS,),
+    "nemotron-v2": ("<TOOLCALL>",),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
@@ -117,6 +121,7 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("qwen3-coder", re.compile(r"<tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
     ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("nemotron-v2", re.compile(r'<TOOLCALL>\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("hermes", re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     (
         "command-r",
@@ -212,7 +217,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     calls: list[str] = []
     by_name = {t.name: t for t in tools}
     for i, name in enumerate(names):
-        if fmt == "hermes":
+        if fmt in ("hermes", "nemotron-v2"):
             body = _json_call(i, name, "arguments")
         elif fmt == "llama3":
             body = _json_call(i, name, "parameters")
@@ -277,6 +282,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     elif fmt == "llama3":
         rules.append(f"tc-one ::= {call}")
         root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'
+    elif fmt == "nemotron-v2":
+        rules.append(f"tc-one ::= {call}")
+        more = '("," ws tc-one)*' if many else ""
+        root = f'"<TOOLCALL>" "[" ws tc-one {more} "]" "</TOOLCALL>"'
     elif fmt == "mistral":
         rules.append(f"tc-one ::= {call}")
         root = '"[TOOL_CALLS]" "[" ws tc-one ("," ws tc-one)* "]"' if many else '"[TOOL_CALLS]" "[" ws tc-one "]"'

@@ -60,6 +60,7 @@ DETECTED = {
     "Cohere2MoE": "command-r",
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "deepseek-r1",
     "deepseek-ai-DeepSeek-V3.1": "deepseek-v3",
+    "NVIDIA-Nemotron-Nano-v2": "nemotron-v2",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
 DESCRIBED = [
@@ -191,6 +192,13 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         f'{DS_CALLS}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}',
         "",
         [("get_weather", {"city": "Paris"})],
+    ),
+    (
+        "nemotron-v2",
+        'Checking.\n<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+        '{"name": "get_time", "arguments": {}}]</TOOLCALL>',
+        "Checking.\n",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
     ),
     (
         "kimi-k2",
@@ -328,6 +336,7 @@ CALL_TEXT: dict[str, str] = {
     "deepseek-r1": f"{DS_CALLS}{DS_CALL}function{DS_SEP}get_weather\n```json\n"
     f'{{"city": "Paris"}}\n```{DS_CALL_END}{DS_CALLS_END}',
     "deepseek-v3": f'{DS_CALLS}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}',
+    "nemotron-v2": '<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</TOOLCALL>',
     "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
     "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"

@@ -117,6 +117,9 @@ class ChatTemplate:
                 "probe_tool_fn", '{"probe_arg": "probe value"}', "abcDEF123" if short else "call_probe_0001", as_text
             )
             out = self._try([user, call], tools=[_PROBE_TOOL])
+            if out is None or "probe value" not in out:  # some write an assistant turn only once a turn follows it
+                result = {"role": "tool", "content": "probe result", "tool_call_id": call["tool_calls"][0]["id"]}
+                out = self._try([user, call, result, {"role": "user", "content": "probe later"}], tools=[_PROBE_TOOL])
             if out is not None and "probe_tool_fn" in out and "probe value" in out:
                 caps.tool_calls, caps.short_ids, caps.string_arguments = True, short, as_text
                 rendered_call = out[out.rfind("probe user") :]

@@ -311,3 +311,23 @@ class CommandR(Mistral):
             self._buf, self._state = text[len("<|END_ACTION|>") :], "content"
         elif text and not "<|END_ACTION|>".startswith(text):
             self._buf, self._state = text, "content"
+
+
+@dataclass(slots=True)
+class Nemotron(Mistral):
+    """`<TOOLCALL>[{"name": "f", "arguments": {...}}, ...]</TOOLCALL>` (NVIDIA Nemotron Nano 2)."""
+
+    openers: tuple[str, ...] = ("<TOOLCALL>",)
+
+    def _list_next(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text:
+            self._buf = text[1:] if text[0] in ",]" else text
+            self._state = "head" if text[0] == "," else "list_close"
+
+    def _list_close(self, out: list[Piece]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith("</TOOLCALL>"):
+            self._buf, self._state = text[len("</TOOLCALL>") :], "content"
+        elif text and not "</TOOLCALL>".startswith(text):
+            self._buf, self._state = text, "content"

@@ -16,6 +16,7 @@ from herd.api.translate.tool_json import (
     Hermes,
     Llama3,
     Mistral,
+    Nemotron,
     Piece,
     Scanner,
 )
@@ -37,6 +38,8 @@ def scanner(fmt: str) -> Scanner:
     """A fresh scanner for a herd.toolformat name (Hermes for a name it does not know)."""
     if fmt == "llama3":
         return Llama3()
+    if fmt == "nemotron-v2":
+        return Nemotron()
     if fmt == "mistral":
         return Mistral()
     if fmt == "mistral-args":
