@@ -13,6 +13,7 @@ from herd import channels, redisconn, tracing
 from herd.api import openapi
 from herd.api.auth.security import Security
 from herd.api.batches.runner import BatchRunner
+from herd.api.cors import Cors
 from herd.api.demux import Demux
 from herd.api.error_handlers import http_error, service_error, unexpected
 from herd.api.files.filestore import FileStore
@@ -149,11 +150,14 @@ def create_app(settings: Settings) -> Litestar:
         *batches.ROUTES,
         *(oauth.ROUTES if security.issuer is not None else []),
     ]
+    doorman = Doorman(settings, security.enabled)
+    cors = Cors(doorman)
     app = Litestar(
         route_handlers=[*handlers, openapi.route(handlers, security.enabled)],  # the document: /openapi.json
         lifespan=[lifespan],
-        before_send=[add_request_id, count_response, *security.before_send],
-        middleware=[Doorman(settings, security.enabled), *security.middleware],  # Origin and Host before all else
+        before_send=[add_request_id, count_response, cors.before_send, *security.before_send],
+        # Origin and Host before all else; CORS preflights answered before authentication (the same allow-list)
+        middleware=[doorman, cors, *security.middleware],
         exception_handlers={
             ServiceError: service_error(settings),  # type: ignore[dict-item]
             HTTPException: http_error(security.enabled),  # type: ignore[dict-item]
