@@ -98,3 +98,53 @@ def test_unsupported_fields_are_400s() -> None:
 )
 def test_model_names(name: str, known: dict[str, int], served: str | None) -> None:
     assert requests.resolve_model(name, known) == served
+
+
+def test_a_chat_body_becomes_a_generation_request() -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }
+    body = msgspec.convert(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}],
+                },
+                {"role": "tool", "content": "cold", "tool_name": "weather"},
+            ],
+            "tools": [tool],
+            "options": {"temperature": 0, "num_predict": 9, "stop": ["\n\n"]},
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+        wire.ChatRequest,
+    )
+    req = requests.chat_request(body, "m:latest", 4096, "r9", GrammarCache())
+    assert (req.id, req.model, req.max_tokens, req.stop, req.logprobs, req.fit_context) == (
+        "r9",
+        "m:latest",  # the served name it resolved to
+        9,
+        ("\n\n",),
+        2,
+        True,  # Ollama fills the context rather than refusing a large num_predict
+    )
+    assert req.sampling.temperature == 0.0 and [t.name for t in req.tools] == ["weather"]
+    user, assistant, result = req.messages or ()
+    assert (user.role, user.content, result.role, result.content) == ("user", "weather?", "tool", "cold")
+    (call,) = assistant.tool_calls
+    assert (call.name, msgspec.json.decode(call.arguments)) == ("weather", {"city": "Oslo"})
+    formatted = requests.chat_request(
+        msgspec.convert(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "format": "json"}, wire.ChatRequest
+        ),
+        "m",
+        4096,
+        "r10",
+        GrammarCache(),
+    )
+    assert formatted.grammar is not None  # format: json constrains the answer
