@@ -2,7 +2,8 @@
 prompt with a scripted reply, read from the KV cells the batcher put in each sequence, so a sequence fed the wrong
 positions, another sequence's cells or a stale cache answers wrongly, and every such mistake is also recorded.
 
-Tokens: 0 is end-of-generation, 1 is BOS, any other id is the character chr(id) (ASCII only).
+Tokens: 0 is end-of-generation, 1 is BOS, any other id is the character chr(id) (ASCII only); "<" stands for a
+template's control tokens (so ChatML's "<|im_start|>" opens each message, as the real token does).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from herd.errors import EngineError, InvalidRequest
 from herd.inference import Grammar, SamplingParams, TokenLogprob
 from herd.workers.protocol import Sampler
 
-EOG, BOS = 0, 1
+EOG, BOS, CONTROL = 0, 1, ord("<")
 BAD_GRAMMAR = "unparseable"  # new_sampler refuses this grammar as the real Engine refuses one llama.cpp cannot parse
 POISON = "\x7f"  # a decode that holds this token fails, as llama_decode can
 
@@ -69,6 +70,9 @@ class ScriptedEngine:
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
+
+    def is_control(self, token: int) -> bool:
+        return token in (EOG, BOS, CONTROL)
 
     def infill_tokens(self) -> tuple[int, int, int] | None:
         return None

@@ -7,6 +7,7 @@ through the `emit` callback (a list of (request_id, event) per decode step, so a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import logging
 import queue
@@ -34,7 +35,7 @@ from herd.inference import (
 from herd.workers.embedder import EmbedJob
 from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike, Sampler
-from herd.workers.slots import Slots
+from herd.workers.slots import Slots, chunk_ends, message_opener
 from herd.workers.spans import record_sequence, timeline
 from herd.workers.speculate import Acceptance, Speculator
 from herd.workers.template import ChatTemplate
@@ -63,6 +64,7 @@ class _Seq:
     index: int = 0  # the choice
     seq_id: int = -1
     prompt: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # where its prefill chunks end (workers/slots.py)
     n_prefilled: int = 0
     kv_len: int = 0  # tokens of prompt + out whose KV cells are in the slot
     cached: int = 0  # prompt tokens found in the slot's cache at admission
@@ -123,7 +125,7 @@ class Batcher:
         self._cancels: dict[str, float] = {}  # request id -> when; kept briefly so a late submit sees it
         self._waiting: list[_Seq] = []
         self._active: list[_Seq] = []
-        self._slots = Slots(engine.max_seqs, self._prefill_chunk)
+        self._slots = Slots(engine.max_seqs)
         self._events: list[tuple[str, StreamEvent]] = []
         self._stats: list[RequestStats] = []
         self._resolved: list[asyncio.Future[None]] = []
@@ -247,10 +249,10 @@ class Batcher:
                 self._fail(seq, exc if isinstance(exc, ServiceError) else EngineError(str(exc)), admitted=False)
                 continue
             for _ in range(seq.req.n - 1):
-                slot = self._slots.take([])[0]
+                slot = self._slots.take([], [])[0]
                 self._engine.drop(slot)  # its cached prompt is given up: the fork's copy replaces it
                 seq.family.fork_slots.append(slot)
-            seq.seq_id, reused, held = self._slots.take(seq.prompt)
+            seq.seq_id, reused, held = self._slots.take(seq.prompt, seq.ends)
             if reused < held:
                 self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
             seq.n_prefilled = seq.kv_len = seq.cached = reused
@@ -292,6 +294,8 @@ class Batcher:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
+        opener = message_opener(seq.prompt, engine.is_control, engine.bos_id)
+        seq.ends = chunk_ends(seq.prompt, opener, self._prefill_chunk)
 
     def _infill(self, prefix: str, suffix: str) -> list[int]:
         engine = self._engine
@@ -330,9 +334,9 @@ class Batcher:
         """Prefill chunks of new prompts, then one llama_decode for the next token of every generating sequence.
 
         Batching must not change what a request generates, and llama.cpp's arithmetic depends on how tokens are
-        grouped into micro-batches. So a prompt is always prefilled in the same chunks, [0, C), [C, 2C), ...,
-        each a llama_decode of its own, whatever else is running (and a cached prefix ends on a chunk boundary);
-        and the decode step holds exactly one token per sequence.
+        grouped into micro-batches. So a prompt is always prefilled in the same chunks (its messages, cut every
+        C tokens: workers/slots.py), each a llama_decode of its own, whatever else is running (and a cached prefix
+        ends where one of them does); and the decode step holds exactly one token per sequence.
         """
         decoding = [seq for seq in self._active if seq.next_token >= 0]
         # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
@@ -414,9 +418,9 @@ class Batcher:
                     break
 
     def _prefill(self, seq: _Seq) -> int:
-        """One aligned chunk of `seq`'s prompt; samples its first token when the prompt is done."""
-        start, chunk = seq.n_prefilled, self._prefill_chunk
-        end = min(len(seq.prompt), (start // chunk + 1) * chunk)
+        """The next chunk of `seq`'s prompt; samples its first token when the prompt is done."""
+        start = seq.n_prefilled
+        end = seq.ends[bisect.bisect_right(seq.ends, start)]
         last = end == len(seq.prompt)
         n = end - start
         self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
@@ -433,7 +437,7 @@ class Batcher:
         family, forks = seq.family, list[_Seq]()
         for slot in family.fork_slots:
             self._engine.fork(seq.seq_id, slot)
-            fork = _Seq(req=seq.req, family=family, index=len(forks) + 1, seq_id=slot, prompt=seq.prompt)
+            fork = _Seq(req=seq.req, family=family, index=len(forks) + 1, seq_id=slot, prompt=seq.prompt, ends=seq.ends)
             fork.n_prefilled = fork.kv_len = len(seq.prompt)
             fork.max_tokens = seq.max_tokens
             fork.sampler = self._engine.new_sampler(seq.req.sampling, self._grammar(seq.req), seed_offset=fork.index)
@@ -540,9 +544,9 @@ class Batcher:
         else:
             held = []
             self._engine.drop(seq.seq_id)
-        self._slots.give_back(seq.seq_id, held)
+        self._slots.give_back(seq.seq_id, held, seq.ends)
         for slot in seq.family.fork_slots:  # reserved for forks that never came (the prompt failed or was cancelled)
-            self._slots.give_back(slot, [])
+            self._slots.give_back(slot, [], [])
         seq.family.fork_slots = []
         if seq.sampler is not None:
             self._engine.free_sampler(seq.sampler)

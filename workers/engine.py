@@ -133,6 +133,9 @@ class Engine:
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
 
+    def is_control(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_control(self._vocab, token))
+
     def new_sampler(self, params: SamplingParams, grammar: Grammar | None = None, seed_offset: int = 0) -> Sampler:
         """A per-sequence sampler chain: an opaque handle for sample() and free_sampler().
 

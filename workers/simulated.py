@@ -48,6 +48,9 @@ class SimulatedEngine:
     def is_eog(self, token: int) -> bool:
         return token == EOG
 
+    def is_control(self, token: int) -> bool:
+        return token in (EOG, BOS)
+
     def infill_tokens(self) -> tuple[int, int, int] | None:
         return None
 
