@@ -17,6 +17,9 @@ tell from the template's text; herd reads how the template writes a call in the 
     deepseek-r1   (tool calls begin)(tool call begin)function(sep)f + ```json fenced args (call end)(calls end)  R1
     deepseek-v3   (tool calls begin)(tool call begin)f(sep){...}(call end)(calls end)   DeepSeek V3.1
     nemotron-v2   <TOOLCALL>[{"name": "f", "arguments": {...}}]</TOOLCALL>      NVIDIA Nemotron Nano 2
+    apriel        <tool_calls>[{"name": "f", "arguments": {...}}]</tool_calls>    Apriel
+    minimax-m1    <tool_calls> one {"name": ..., "arguments": ...} per line </tool_calls>  MiniMax M1
+    firefunction-v2   functools[{"name": "f", "arguments": {...}}]                FireFunction v2
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -50,10 +53,14 @@ ToolFormat = Literal[
     "deepseek-r1",
     "deepseek-v3",
     "nemotron-v2",
+    "apriel",
+    "minimax-m1",
+    "firefunction-v2",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
     "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3", "nemotron-v2",
+    "apriel", "minimax-m1", "firefunction-v2",
 )  # fmt: skip
 # DeepSeek's markers use full-width bars and the SentencePiece space (written out here).
 DS_CALLS, DS_CALLS_END = "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581calls\u2581end\uff5c>"
@@ -84,6 +91,9 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "deepseek-r1": _DS,
     "deepseek-v3": _DS,
     "nemotron-v2": ("<TOOLCALL>", "</TOOLCALL>"),
+    "apriel": ("<tool_calls>", "</tool_calls>"),
+    "minimax-m1": ("<tool_calls>", "</tool_calls>"),
+    "firefunction-v2": (" functools",),
     "command-r": (
         "<|START_ACTION|>",
         "<|END_ACTION|>",
@@ -109,9 +119,13 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "deepseek-r1": (DS_CALLS,),
     "deepseek-v3": (DS_CALLS,),
     "nemotron-v2": ("<TOOLCALL>",),
+    "apriel": ("<tool_calls>",),
+    "minimax-m1": ("<tool_calls>",),
+    "firefunction-v2": ("functools[",),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
+_JSON_LIST_TAGS = (("<TOOLCALL>", "</TOOLCALL>"), ("<tool_calls>", "</tool_calls>"))
 # How each family's template writes a call of `probe_tool_fn` in the conversation's history, most specific first.
 _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("gpt-oss", re.compile(r"to=functions\.probe_tool_fn\b")),
@@ -122,6 +136,9 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
     ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("nemotron-v2", re.compile(r'<TOOLCALL>\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("apriel", re.compile(r'<tool_calls>\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("minimax-m1", re.compile(r'<tool_calls>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("firefunction-v2", re.compile(r'functools\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("hermes", re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     (
         "command-r",
@@ -217,7 +234,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     calls: list[str] = []
     by_name = {t.name: t for t in tools}
     for i, name in enumerate(names):
-        if fmt in ("hermes", "nemotron-v2"):
+        if fmt in ("hermes", "nemotron-v2", "apriel", "minimax-m1", "firefunction-v2"):
             body = _json_call(i, name, "arguments")
         elif fmt == "llama3":
             body = _json_call(i, name, "parameters")
@@ -282,10 +299,16 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     elif fmt == "llama3":
         rules.append(f"tc-one ::= {call}")
         root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'
-    elif fmt == "nemotron-v2":
+    elif fmt in ("nemotron-v2", "apriel", "firefunction-v2"):
         rules.append(f"tc-one ::= {call}")
         more = '("," ws tc-one)*' if many else ""
-        root = f'"<TOOLCALL>" "[" ws tc-one {more} "]" "</TOOLCALL>"'
+        opener, closer = {"nemotron-v2": _JSON_LIST_TAGS[0], "apriel": _JSON_LIST_TAGS[1]}.get(fmt, ("functools", ""))
+        opening = _lit(opener) if closer else '" "? "functools"'  # FireFunction: ` functools[...]`, no closer
+        root = f'{opening} "[" ws tc-one {more} "]" {_lit(closer) if closer else ""}'.rstrip()
+    elif fmt == "minimax-m1":
+        rules.append(f"tc-one ::= {call}")
+        more = '("\\n" tc-one)*' if many else ""
+        root = f'"<tool_calls>" "\\n"? tc-one {more} "\\n"? "</tool_calls>"'
     elif fmt == "mistral":
         rules.append(f"tc-one ::= {call}")
         root = '"[TOOL_CALLS]" "[" ws tc-one ("," ws tc-one)* "]"' if many else '"[TOOL_CALLS]" "[" ws tc-one "]"'

@@ -61,6 +61,10 @@ DETECTED = {
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "deepseek-r1",
     "deepseek-ai-DeepSeek-V3.1": "deepseek-v3",
     "NVIDIA-Nemotron-Nano-v2": "nemotron-v2",
+    "unsloth-Apriel-1.5": "apriel",
+    "Apriel-1.6-15b-Thinker-fixed": "apriel",
+    "MiniMax-M1": "minimax-m1",
+    "fireworks-ai-llama-3-firefunction-v2": "firefunction-v2",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
 DESCRIBED = [
@@ -201,6 +205,25 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         [("get_weather", {"city": "Paris"}), ("get_time", {})],
     ),
     (
+        "apriel",
+        'Sure.<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls>',
+        "Sure.",
+        [("get_weather", {"city": "Paris"})],
+    ),
+    (
+        "minimax-m1",
+        '<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        '{"name": "get_time", "arguments": {}}\n</tool_calls>',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    (
+        "firefunction-v2",
+        ' functools[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    (
         "kimi-k2",
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
         '{"city": "Paris"}<|tool_call_end|><|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{}'
@@ -337,6 +360,9 @@ CALL_TEXT: dict[str, str] = {
     f'{{"city": "Paris"}}\n```{DS_CALL_END}{DS_CALLS_END}',
     "deepseek-v3": f'{DS_CALLS}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}',
     "nemotron-v2": '<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</TOOLCALL>',
+    "apriel": '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls>',
+    "minimax-m1": '<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>',
+    "firefunction-v2": ' functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
     "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
     "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"

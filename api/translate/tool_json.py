@@ -314,20 +314,23 @@ class CommandR(Mistral):
 
 
 @dataclass(slots=True)
-class Nemotron(Mistral):
-    """`<TOOLCALL>[{"name": "f", "arguments": {...}}, ...]</TOOLCALL>` (NVIDIA Nemotron Nano 2)."""
+class JsonList(Mistral):
+    """JSON call objects between an opener and a closer, in a list or one per line: Nemotron Nano 2's
+    `<TOOLCALL>[...]</TOOLCALL>`, Apriel's `<tool_calls>[...]</tool_calls>`, MiniMax M1's `<tool_calls>` with an
+    object per line, FireFunction's ` functools[...]` (no closer)."""
 
     openers: tuple[str, ...] = ("<TOOLCALL>",)
+    closer: str = "</TOOLCALL>"
 
     def _list_next(self, out: list[Piece]) -> None:
         text = self._buf.lstrip()
         if text:
             self._buf = text[1:] if text[0] in ",]" else text
-            self._state = "head" if text[0] == "," else "list_close"
+            self._state = "head" if text[0] in ",{" else "list_close"
 
     def _list_close(self, out: list[Piece]) -> None:
         text = self._buf.lstrip()
-        if text.startswith("</TOOLCALL>"):
-            self._buf, self._state = text[len("</TOOLCALL>") :], "content"
-        elif text and not "</TOOLCALL>".startswith(text):
+        if self.closer and text.startswith(self.closer):
+            self._buf, self._state = text[len(self.closer) :], "content"
+        elif text and not (self.closer and self.closer.startswith(text)):
             self._buf, self._state = text, "content"

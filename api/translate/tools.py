@@ -14,9 +14,9 @@ from herd.api.translate.tool_json import (
     CommandR,
     Content,
     Hermes,
+    JsonList,
     Llama3,
     Mistral,
-    Nemotron,
     Piece,
     Scanner,
 )
@@ -39,7 +39,11 @@ def scanner(fmt: str) -> Scanner:
     if fmt == "llama3":
         return Llama3()
     if fmt == "nemotron-v2":
-        return Nemotron()
+        return JsonList()
+    if fmt in ("apriel", "minimax-m1"):
+        return JsonList(openers=("<tool_calls>",), closer="</tool_calls>")
+    if fmt == "firefunction-v2":
+        return JsonList(openers=(" functools", "functools["), closer="")
     if fmt == "mistral":
         return Mistral()
     if fmt == "mistral-args":
