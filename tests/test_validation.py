@@ -44,7 +44,15 @@ NASTY: list[tuple[str, str, str | None]] = [
     ("/api/generate", f'{{"model":"{MODEL}","prompt":"a","options":{{"num_predict":{HUGE}}}}}', "options.num_predict"),
     ("/api/generate", f'{{"model":"{MODEL}","prompt":"a","context":[{HUGE}]}}', "context[0]"),
     ("/api/embed", f'{{"model":"{MODEL}","input":{DEEP}}}', None),
-    ("/v1/batches", f'{{"input_file_id":"file-x","endpoint":"/v1/embeddings","metadata":{DEEP}}}', "metadata"),
+    ("/v1/batches", f'{{"input_file_id":"file-x","endpoint":"/v1/embeddings","metadata":{DEEP[:20_000]}}}', "metadata"),
+    ("/v1/responses", f'{{"model":"{MODEL}","input":"hi","max_output_tokens":{HUGE}}}', "max_output_tokens"),
+    ("/v1/responses", f'{{"model":"{MODEL}","input":"hi","metadata":{{"x":{DEEP}}}}}', None),
+    (
+        "/v1/responses",
+        f'{{"model":"{MODEL}","input":"hi","text":{{"format":{{"type":"json_schema","name":"x",'
+        f'"schema":{{"a":{DEEP}}}}}}}}}',
+        None,
+    ),
 ]
 
 
@@ -124,3 +132,13 @@ def test_a_refused_prompt_leaves_no_record(server: HerdServer) -> None:
         time.sleep(0.1)
         left = set(server.redis.scan_iter(match="herd:request:*")) - before
     assert not left, f"request records left behind: {left}"
+
+
+@pytest.mark.parametrize("path", ["/api/show", "/api/pull", "/v1/batches"])
+def test_small_routes_take_small_bodies(server: HerdServer, path: str) -> None:
+    """Control routes (a model name, ids) refuse a large body with 413; inference routes take it (up to the app's)."""
+    padding = "x" * 200_000
+    body = {"model": MODEL, "name": MODEL, "input_file_id": "file-x", "endpoint": "/v1/embeddings", "pad": padding}
+    assert httpx.post(server.base_url + path, json=body, timeout=60).status_code == 413
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "pad": padding}
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, timeout=120).status_code == 200

@@ -8,7 +8,7 @@ import time
 import msgspec
 from herd.api.auth.principal import principal_of
 from herd.api.batches.runner import BatchRunner
-from herd.api.routes.common import decode
+from herd.api.routes.common import SMALL_BODY, decode
 from herd.api.routes.files import records
 from herd.api.wire.batch import BATCH_ENDPOINTS, Batch, BatchCreateParams, BatchList
 from herd.errors import InvalidRequest
@@ -25,7 +25,7 @@ def runner(state: State) -> BatchRunner:
     return value
 
 
-@post("/v1/batches", status_code=200)
+@post("/v1/batches", status_code=200, request_max_body_size=SMALL_BODY)
 async def create_batch(request: AnyRequest, state: State) -> Batch:
     body = await decode(request, BatchCreateParams)
     owner = principal_of(request).subject
@@ -68,7 +68,7 @@ async def list_batches(request: AnyRequest, state: State, limit: int = 20, after
     )
 
 
-@post("/v1/batches/{batch_id:str}/cancel", status_code=200)
+@post("/v1/batches/{batch_id:str}/cancel", status_code=200, request_max_body_size=SMALL_BODY)
 async def cancel_batch(request: AnyRequest, state: State, batch_id: str) -> Batch:
     await records(state).batch(principal_of(request).subject, batch_id)  # 404 unless it is the caller's
 

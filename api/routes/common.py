@@ -42,6 +42,10 @@ async def decode(request: Request[object, object, State], type_: type[T]) -> T:
     return decode_json(await request.body(), type_)
 
 
+# Routes whose body is a few fields (model names, ids, an OAuth form) take at most this much: 413 before reading more.
+# The others take up to settings.max_body_bytes (app-wide); uploads stream under their own limits.
+SMALL_BODY = 64 * 1024
+
 MODEL_LABEL = "herd_model"  # scope["state"] key: the model an admitted request is for (the metrics' label)
 
 

@@ -10,7 +10,7 @@ from herd.api.models.manage import receive_blob
 from herd.api.models.names import canonical_name, parse_digest
 from herd.api.models.pull import Puller, resolve_name
 from herd.api.models.store import ModelStore
-from herd.api.routes.common import decode, gateway, unless_gone
+from herd.api.routes.common import SMALL_BODY, decode, gateway, unless_gone
 from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, ServiceError
@@ -65,14 +65,14 @@ async def create(request: AnyRequest, state: State) -> Response[wire.ProgressRes
     return Stream(_lines(_replay(statuses)), media_type=NDJSON_MEDIA_TYPE, headers=NDJSON_HEADERS)
 
 
-@post("/api/copy", status_code=200)
+@post("/api/copy", status_code=200, request_max_body_size=SMALL_BODY)
 async def copy(request: AnyRequest, state: State) -> None:
     body = await decode(request, wire.CopyRequest)
     canonical_name(body.destination)
     await asyncio.to_thread(_store(state).copy, body.source, body.destination)
 
 
-@delete("/api/delete", status_code=200)
+@delete("/api/delete", status_code=200, request_max_body_size=SMALL_BODY)
 async def remove(request: AnyRequest, state: State) -> None:
     body = await decode(request, wire.DeleteRequest)
     name = canonical_name(body.model or body.name)
@@ -83,7 +83,7 @@ async def remove(request: AnyRequest, state: State) -> None:
     await gw.loads.set_keep_alive(name, 0)  # a loaded worker for it exits once idle
 
 
-@post("/api/pull", status_code=200)
+@post("/api/pull", status_code=200, request_max_body_size=SMALL_BODY)
 async def pull(request: AnyRequest, state: State) -> Response[wire.ProgressResponse] | Stream:
     body = await decode(request, wire.PullRequest)
     model = body.model or body.name

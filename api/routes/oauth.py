@@ -7,6 +7,7 @@ import binascii
 from urllib.parse import unquote_plus
 
 from herd.api.auth.issuer import Issuer, TokenResponse
+from herd.api.routes.common import SMALL_BODY
 from herd.errors import InvalidRequest, Unauthenticated
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -33,7 +34,7 @@ def _basic(header: str | None) -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-@post("/oauth/token", status_code=200)
+@post("/oauth/token", status_code=200, request_max_body_size=SMALL_BODY)
 async def token(request: Request[object, object, State], state: State) -> Response[TokenResponse]:
     form = await request.form()
     if form.get("grant_type") != "client_credentials":

@@ -11,7 +11,7 @@ from herd.api.events import EventStream
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import Manifest, ModelStore
 from herd.api.relay import close_shielded
-from herd.api.routes.common import admit, decode, gateway, grammars, request_id, unless_gone
+from herd.api.routes.common import SMALL_BODY, admit, decode, gateway, grammars, request_id, unless_gone
 from herd.api.streaming import NDJSON_HEADERS, NDJSON_MEDIA_TYPE, ndjson, ndjson_error
 from herd.api.translate import ollama_models, ollama_replies, ollama_requests
 from herd.api.translate.ollama_replies import OllamaReply, Reply
@@ -195,7 +195,7 @@ async def tags(state: State) -> wire.ListResponse:
     return wire.ListResponse(models=models)
 
 
-@post("/api/show", status_code=200)
+@post("/api/show", status_code=200, request_max_body_size=SMALL_BODY)
 async def show(request: AnyRequest, state: State) -> wire.ShowResponse:
     body = await decode(request, wire.ShowRequest)
     served, _ = await _resolve(state, body.model or body.name)
