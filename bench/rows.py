@@ -12,6 +12,8 @@ lookup    input-grounded prompts (repeat / edit / extract from a given text), on
           acceptance.
 lookup16  the same on the F16 conversion below (where verifying extra tokens is cheap on a CPU: F16 decode is
           bound by memory, Q4_1 decode by arithmetic); herd f16 with and without prompt lookup.
+chat1, rag, repeat, multiturn
+          issue 20's prompt-side rows, herd vs llama-server -np 8 over chat completions (see bench/prompt_rows.py).
 draft     target = the bundled Q4_1 model converted to F16 by this script (llama.cpp's quantize API, allowing
           requantization: it dequantizes), draft = the Q4_1 file (``?speculate=draft&draft_path=...``) vs herd
           without, on the story prompts (bench/common.py's PROMPTS); decode tok/s and acceptance rate.
@@ -23,6 +25,7 @@ alternating), ``--spec-repeats`` times; the row's ratio is the median of the per
 Usage (repo root)::
 
     .venv/bin/python -m bench.rows --llama-server /path/to/llama-server [--rows queued,prefix,lookup,lookup16,draft]
+    .venv/bin/python -m bench.rows --llama-server /path/to/llama-server --rows chat1,rag,repeat,multiturn
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import httpx
 
 try:
     from bench import common as C
+    from bench import prompt_rows
 except ModuleNotFoundError as exc:  # `python bench/rows.py` puts bench/ on the path, not the repository
     if exc.name != "bench":
         raise
@@ -139,6 +143,7 @@ def measure(name: str, base: str, model: str, rows: set[str], args: argparse.Nam
             "ratio": statistics.median(s / f for f, s in zip(firsts, seconds, strict=True)) if firsts else None,
             "cached_tokens_second": cached / max(len(seconds), 1),
         }
+    res.update(prompt_rows.measure(base, model, rows, args))
     return res
 
 
@@ -230,7 +235,7 @@ def report(results: dict[str, dict]) -> None:
 
     print()
     for system, res in results.items():
-        for row in ("queued", "prefix", "lookup", "lookup16", "draft"):
+        for row in ("queued", "prefix", "lookup", "lookup16", "draft", *prompt_rows.PROMPT_ROWS):
             if row in res:
                 print(f"{system:<22} {row:<7} " + "  ".join(f"{k}={C.fmt(v, '.2f')}" for k, v in res[row].items()))
     print()
@@ -248,6 +253,7 @@ def report(results: dict[str, dict]) -> None:
         ("draft: f16+draft tok/s / f16 (pairs)", get("draft", "draft", ratio), "> 1.0"),
         ("draft: acceptance rate", get("draft", "draft", acc), ""),
     ]  # fmt: skip
+    lines += prompt_rows.report_lines(get)
     for label, value, target in lines:
         print(f"{label:<48} {C.fmt(value, '.3f'):>8}   {('target ' + target) if target else ''}")
 
@@ -259,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--queued", type=int, default=32)
     p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--rag", type=int, default=8, help="concurrent documents in the rag and repeat rows")
+    p.add_argument("--users", type=int, default=8, help="users in the multiturn row")
+    p.add_argument("--turns", type=int, default=5, help="turns per user in the multiturn row")
     p.add_argument("--spec-prompts", type=int, default=4)
     p.add_argument("--spec-repeats", type=int, default=2, help="pairs per prompt in the speculation rows")
     p.add_argument("--threads", type=int, default=2)
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     with lock, tempfile.TemporaryDirectory(prefix="herd-rows-") as tmp:
         log_dir = Path(tmp)
         steps: list[tuple[str, Callable[[], dict]]] = []
-        base_rows = rows & {"queued", "prefix"}
+        base_rows = rows & {"queued", "prefix", *prompt_rows.PROMPT_ROWS}
         if base_rows:
             steps.append(("herd", lambda: run_herd("herd", args, base_rows, log_dir, {})))
         q4, f16 = C.default_model_path(), str(log_dir / "smollm2-135m-f16.gguf")
@@ -292,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             if row in rows:
                 steps.append((row, functools.partial(run_pairs, row, args, path, spec, prompts, log_dir)))
         if args.llama_server and base_rows:
-            steps.append(("llama-server -np 8", lambda: run_llama(args, rows & {"queued", "prefix"}, log_dir)))
+            steps.append(("llama-server -np 8", lambda: run_llama(args, base_rows, log_dir)))
         for name, step in steps:
             print(f"running {name} ...", flush=True)
             load = C.wait_for_quiet(C.NOISY_CORES, args.quiet_wait)
