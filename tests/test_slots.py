@@ -26,12 +26,13 @@ def test_chunks_end_before_every_message_and_every_chunk_within_one() -> None:
     assert chunk_ends([5], OPEN, 4) == [1]
 
 
-def test_the_opener_is_the_first_control_token_after_bos() -> None:
+def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
     def is_control(token: int) -> bool:
         return token in (BOS, OPEN, 8)
 
-    assert message_opener([BOS, 5, OPEN, 6, 8, OPEN], is_control, BOS) == OPEN
-    assert message_opener([BOS, 5, 6], is_control, BOS) == -1
+    assert message_opener([BOS, OPEN, 6, 8, OPEN], is_control) == OPEN  # Llama 3: BOS, then <|start_header_id|>
+    assert message_opener([OPEN, 6, 8, OPEN, 5], is_control) == OPEN  # ChatML where BOS is <|im_start|>
+    assert message_opener([5, 6, 7], is_control) == -1
 
 
 def test_prompts_sharing_a_message_share_its_chunks() -> None:

@@ -294,7 +294,7 @@ class Batcher:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
-        opener = message_opener(seq.prompt, engine.is_control, engine.bos_id)
+        opener = message_opener(seq.prompt, engine.is_control)
         seq.ends = chunk_ends(seq.prompt, opener, self._prefill_chunk)
 
     def _infill(self, prefix: str, suffix: str) -> list[int]:

@@ -10,6 +10,7 @@ the system prompt's length; a cached prefix is only ever reused up to a cut that
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 
@@ -21,11 +22,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def message_opener(prompt: list[int], is_control: Callable[[int], bool], bos: int) -> int:
+def message_opener(prompt: list[int], is_control: Callable[[int], bool]) -> int:
     """The token that opens each message of a rendered chat (ChatML's <|im_start|>, Llama 3's <|start_header_id|>):
-    the prompt's first control token other than BOS; -1 when it has none (a plain completion prompt)."""
-    for token in prompt:
-        if token != bos and is_control(token):
+    the prompt's first control token followed by text (so a BOS before the first message is not taken for it, nor
+    is it missed where BOS is the opener itself); -1 when there is none (a plain completion prompt)."""
+    for token, after in itertools.pairwise(prompt):
+        if is_control(token) and not is_control(after):
             return token
     return -1
 
