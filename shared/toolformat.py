@@ -20,6 +20,8 @@ tell from the template's text; herd reads how the template writes a call in the 
     apriel        <tool_calls>[{"name": "f", "arguments": {...}}]</tool_calls>    Apriel
     minimax-m1    <tool_calls> one {"name": ..., "arguments": ...} per line </tool_calls>  MiniMax M1
     firefunction-v2   functools[{"name": "f", "arguments": {...}}]                FireFunction v2
+    minimax-m2    <minimax:tool_call><invoke name="f"><parameter name="k">v</parameter></invoke>...  MiniMax M2
+    deepseek-v32/-v4  the same shape with DeepSeek's DSML-prefixed tags (function_calls / tool_calls)
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
 
@@ -56,12 +58,22 @@ ToolFormat = Literal[
     "apriel",
     "minimax-m1",
     "firefunction-v2",
+    "minimax-m2",
+    "deepseek-v32",
+    "deepseek-v4",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
     "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3", "nemotron-v2",
-    "apriel", "minimax-m1", "firefunction-v2",
+    "apriel", "minimax-m1", "firefunction-v2", "minimax-m2", "deepseek-v32", "deepseek-v4",
 )  # fmt: skip
+DSML = "\uff5cDSML\uff5c"
+# <PREFIX WRAPPER><PREFIX invoke name="f"><PREFIX parameter name="k"[ string="true"]>v</PREFIX parameter>...
+INVOKE: dict[ToolFormat, tuple[str, str]] = {
+    "minimax-m2": ("", "minimax:tool_call"),
+    "deepseek-v32": (DSML, "function_calls"),
+    "deepseek-v4": (DSML, "tool_calls"),
+}
 # DeepSeek's markers use full-width bars and the SentencePiece space (written out here).
 DS_CALLS, DS_CALLS_END = "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581calls\u2581end\uff5c>"
 DS_CALL, DS_CALL_END = "<\uff5ctool\u2581call\u2581begin\uff5c>", "<\uff5ctool\u2581call\u2581end\uff5c>"
@@ -94,6 +106,9 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "apriel": ("<tool_calls>", "</tool_calls>"),
     "minimax-m1": ("<tool_calls>", "</tool_calls>"),
     "firefunction-v2": (" functools",),
+    "minimax-m2": ("<minimax:tool_call>", "</minimax:tool_call>"),
+    "deepseek-v32": (f"<{DSML}function_calls>", f"</{DSML}function_calls>"),
+    "deepseek-v4": (f"<{DSML}tool_calls>", f"</{DSML}tool_calls>"),
     "command-r": (
         "<|START_ACTION|>",
         "<|END_ACTION|>",
@@ -122,10 +137,20 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "apriel": ("<tool_calls>",),
     "minimax-m1": ("<tool_calls>",),
     "firefunction-v2": ("functools[",),
+    "minimax-m2": ("<minimax:tool_call>",),
+    "deepseek-v32": (f"<{DSML}function_calls>",),
+    "deepseek-v4": (f"<{DSML}tool_calls>",),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
 _JSON_LIST_TAGS = (("<TOOLCALL>", "</TOOLCALL>"), ("<tool_calls>", "</tool_calls>"))
+
+
+def _invoke_pattern(fmt: ToolFormat) -> re.Pattern[str]:
+    prefix, wrapper = INVOKE[fmt]
+    return re.compile(re.escape(f"<{prefix}{wrapper}>") + r"\s*" + re.escape(f'<{prefix}invoke name="probe_tool_fn">'))
+
+
 # How each family's template writes a call of `probe_tool_fn` in the conversation's history, most specific first.
 _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("gpt-oss", re.compile(r"to=functions\.probe_tool_fn\b")),
@@ -136,6 +161,9 @@ _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("mistral-args", re.compile(r"\[TOOL_CALLS\]probe_tool_fn(\[CALL_ID\]\w+)?\[ARGS\]")),
     ("mistral", re.compile(r'\[TOOL_CALLS\]\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("nemotron-v2", re.compile(r'<TOOLCALL>\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
+    ("minimax-m2", _invoke_pattern("minimax-m2")),
+    ("deepseek-v32", _invoke_pattern("deepseek-v32")),
+    ("deepseek-v4", _invoke_pattern("deepseek-v4")),
     ("apriel", re.compile(r'<tool_calls>\s*\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("minimax-m1", re.compile(r'<tool_calls>\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
     ("firefunction-v2", re.compile(r'functools\[\s*\{\s*"name"\s*:\s*"probe_tool_fn"\s*,\s*"arguments"\s*:')),
@@ -227,6 +255,24 @@ def _glm_call(name: str, tool: Tool | None) -> str:
     return f'{_lit(name)} "\\n"? {" ".join(parts) if parts else any_pair}'
 
 
+def _invoke_call(prefix: str, name: str, tool: Tool | None) -> str:
+    """<invoke name="f"> then each parameter of the schema in order (optional ones may be left out)."""
+    schema: Any = json.loads(tool.parameters) if tool is not None else {}
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
+    attr = '(" string=\\"" ("true" | "false") "\\"")?'
+    parts = []
+    for key in props if isinstance(props, dict) else ():
+        opening = _lit(f'<{prefix}parameter name="{key}"')
+        param = f'{opening} {attr} ">" xml-value {_lit(f"</{prefix}parameter>")} "\\n"?'
+        parts.append(param if key in required else f"({param})?")
+    param_open, param_close = _lit(f"<{prefix}parameter name="), _lit(f"</{prefix}parameter>")
+    any_param = f'({param_open} "\\"" [^"]+ "\\"" {attr} ">" xml-value {param_close} "\\n"?)*'
+    body = " ".join(parts) if parts else any_param
+    invoke = _lit(f'<{prefix}invoke name="{name}">')
+    return f'{invoke} "\\n"? {body} {_lit(f"</{prefix}invoke>")} "\\n"?'
+
+
 def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]) -> Grammar:
     """The grammar of the constrained calls in `fmt`'s syntax; lazy (from its triggers on) unless forced."""
     names = constraint.names
@@ -244,6 +290,8 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
             body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
         elif fmt == "glm":
             body = _glm_call(name, by_name.get(name))
+        elif fmt in INVOKE:
+            body = _invoke_call(INVOKE[fmt][0], name, by_name.get(name))
         elif fmt == "kimi-k2":
             body = (
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
@@ -274,6 +322,11 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         opener, closer = MARKERS[fmt][:2]
         rules.append(f'tc-one ::= {_lit(opener)} "\\n"? ws ({call}) {_lit(closer)}')
         root = 'tc-one ("\\n" tc-one)*' if many else "tc-one"
+    elif fmt in INVOKE:
+        prefix, wrapper = INVOKE[fmt]
+        rules.append(f"tc-one ::= {call}")
+        calls_ = "tc-one+" if many else "tc-one"
+        root = f'{_lit(f"<{prefix}{wrapper}>")} "\\n"? {calls_} {_lit(f"</{prefix}{wrapper}>")}'
     elif fmt == "glm":
         rules.append(f'tc-one ::= "<tool_call>" ({call}) "</tool_call>"')
         root = 'tc-one ("\\n"? tc-one)*' if many else "tc-one"

@@ -19,7 +19,7 @@ from herd.api.toolgrammar import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser, parse_all
 from herd.config import bundled_model_path
 from herd.inference import ChatMessage, Tool, ToolConstraint
-from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP
+from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP, DSML
 from herd.workers.template import ChatTemplate
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
@@ -65,6 +65,9 @@ DETECTED = {
     "Apriel-1.6-15b-Thinker-fixed": "apriel",
     "MiniMax-M1": "minimax-m1",
     "fireworks-ai-llama-3-firefunction-v2": "firefunction-v2",
+    "MiniMax-M2": "minimax-m2",
+    "deepseek-ai-DeepSeek-V3.2": "deepseek-v32",
+    "deepseek-ai-DeepSeek-V4": "deepseek-v4",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
 DESCRIBED = [
@@ -224,6 +227,21 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         [("get_weather", {"city": "Paris"}), ("get_time", {})],
     ),
     (
+        "minimax-m2",
+        'Let me check.\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+        '<parameter name="days">2</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
+        "Let me check.\n",
+        [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})],
+    ),
+    (
+        "deepseek-v32",
+        f'<{DSML}function_calls>\n<{DSML}invoke name="get_weather">\n<{DSML}parameter name="city" string="true">'
+        f'2</{DSML}parameter>\n<{DSML}parameter name="days" string="false">3</{DSML}parameter>\n</{DSML}invoke>\n'
+        f"</{DSML}function_calls>",
+        "",
+        [("get_weather", {"city": "2", "days": 3})],
+    ),
+    (
         "kimi-k2",
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
         '{"city": "Paris"}<|tool_call_end|><|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{}'
@@ -246,7 +264,8 @@ def test_the_family_is_detected_from_the_template(name: str, fmt: str) -> None:
     assert template.native_calls and template.tool_format == fmt
     prompt = template.render((ChatMessage("user", "Weather?"),), TOOLS)
     assert "get_weather" in prompt and "Weather of a city" in prompt  # shown by the template or described by herd
-    assert template.knows_tools == (not fmt.startswith("deepseek"))  # DeepSeek's templates leave tools to the caller
+    # DeepSeek R1's and V3.1's templates leave the tools to the caller
+    assert template.knows_tools == (fmt not in ("deepseek-r1", "deepseek-v3"))
     if not template.knows_tools:
         assert toolformat.DS_CALLS + toolformat.DS_CALL in prompt  # described in the family's own syntax
 
@@ -363,6 +382,12 @@ CALL_TEXT: dict[str, str] = {
     "apriel": '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls>',
     "minimax-m1": '<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>',
     "firefunction-v2": ' functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+    "minimax-m2": '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+    "</invoke>\n</minimax:tool_call>",
+    "deepseek-v32": f'<{DSML}function_calls>\n<{DSML}invoke name="get_weather">\n<{DSML}parameter name="city" '
+    f'string="true">Paris</{DSML}parameter>\n</{DSML}invoke>\n</{DSML}function_calls>',
+    "deepseek-v4": f'<{DSML}tool_calls>\n<{DSML}invoke name="get_weather">\n<{DSML}parameter name="city" '
+    f'string="true">Paris</{DSML}parameter>\n</{DSML}invoke>\n</{DSML}tool_calls>',
     "functionary-v3.1": '<function=get_weather>{"city": "Paris"}</function>',
     "functionary-v3.2": 'get_weather\n{"city": "Paris"}',
     "kimi-k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
@@ -385,8 +410,10 @@ def test_forced_grammar_takes_the_familys_call_and_nothing_else(vocab: Any, fmt:
             assert not accepts(vocab, grammar.gbnf, text), other
     # Arguments are held to the schema (XML-like families: the parameter names).
     key = ('"city"', '"town"')
-    if fmt in ("qwen3-coder", "seed-oss", "glm"):
-        key = ("=city>", "=town>") if fmt != "glm" else ("<arg_key>city", "<arg_key>town")
+    if fmt in ("qwen3-coder", "seed-oss", "glm", "minimax-m2", "deepseek-v32", "deepseek-v4"):
+        key = {"glm": ("<arg_key>city", "<arg_key>town"), "qwen3-coder": ("=city>", "=town>")}.get(
+            fmt, ("=city>", "=town>") if fmt == "seed-oss" else ('name="city"', 'name="town"')
+        )
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace(*key))
     # A tool that was not offered cannot be called.
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace("get_weather", "get_wether"))

@@ -1,11 +1,9 @@
 """Tool-call scanners for the families that mark a call's parts with tags: Mistral's [ARGS], gpt-oss's harmony
-channels, Qwen3-Coder's and Seed-OSS's XML parameters."""
+channels, Kimi K2's and DeepSeek's call tokens, Functionary's recipients (XML-like parameters: tool_xml.py)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from herd.api.translate.tool_json import GIVE_UP, CallArguments, Content, Piece, Scanner, held_back
 from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP
@@ -121,125 +119,6 @@ class Harmony(Scanner):
             self._end(out, "".join(self._args).rstrip())
         self._buf = ""
         return out
-
-
-@dataclass(slots=True)
-class Xml(Scanner):
-    """`<tool_call><function=f><parameter=k>value</parameter>...</function></tool_call>` (Qwen3-Coder, Qwen 3.5;
-    Seed-OSS in <seed:tool_call> tags). Values are text; one that reads as a JSON number, boolean, null, object or
-    array is that value. Arguments go out one parameter at a time."""
-
-    closer: str = "</tool_call>"
-    _key: str = ""
-
-    def _head(self, out: list[Piece]) -> None:
-        text = self._buf.lstrip()
-        if not text.startswith("<function="[: len(text)]) and text:
-            self._give_up(out)
-            return
-        end = text.find(">")
-        if end < 0:
-            if len(text) > GIVE_UP:
-                self._give_up(out)
-            return
-        self._start(text[len("<function=") : end].strip(), out)
-        self._buf = text[end + 1 :]
-        self._state = "parameters"
-
-    def _parameters(self, out: list[Piece]) -> None:
-        text = self._buf.lstrip()
-        for tag, state in (("<parameter=", "parameter"), ("</function>", "close")):
-            if text.startswith(tag):
-                self._buf, self._state = text, state
-                return
-        if text and not any(tag.startswith(text) for tag in ("<parameter=", "</function>")):
-            self._buf, self._state = text, "close"  # not a parameter: the function ends here
-
-    def _parameter(self, out: list[Piece]) -> None:
-        end = self._buf.find(">")
-        if end >= 0:
-            self._key = self._buf[len("<parameter=") : end].strip()
-            self._buf, self._state = self._buf[end + 1 :], "value"
-
-    def _value(self, out: list[Piece]) -> None:
-        at = self._buf.find("</parameter>")
-        if at < 0:
-            return
-        value = self._buf[:at].removeprefix("\n").removesuffix("\n")
-        self._buf = self._buf[at + len("</parameter>") :]
-        fragment = ("{" if not self._args else ", ") + json.dumps(self._key) + ": " + json.dumps(_value(value))
-        self._args.append(fragment)
-        out.append(CallArguments(self.calls, fragment))
-        self._state = "parameters"
-
-    def _close(self, out: list[Piece]) -> None:
-        fragment = "}" if self._args else "{}"
-        self._args.append(fragment)
-        out.append(CallArguments(self.calls, fragment))
-        self._end(out)
-        self._buf = self._buf.removeprefix("</function>")
-        self._state = "tail"
-
-    def _tail(self, out: list[Piece]) -> None:
-        at = self._buf.find(self.closer)
-        if at >= 0:
-            self._buf, self._state = self._buf[at + len(self.closer) :], "content"
-        elif len(self._buf) > len(self.closer) + 64:
-            self._buf, self._state = "", "content"
-
-
-def _value(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return text if isinstance(value, str) else value
-
-
-@dataclass(slots=True)
-class Glm(Scanner):
-    """`<tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value>...</tool_call>` (GLM 4.5 - 4.7, Ling, Laguna).
-    Values as in Xml: text, or the JSON value they read as."""
-
-    _key: str = ""
-
-    def _head(self, out: list[Piece]) -> None:
-        ends = [(at, m) for m in ("<arg_key>", "</tool_call>") if (at := self._buf.find(m)) >= 0]
-        if not ends:
-            if len(self._buf) > GIVE_UP or "{" in self._buf:  # JSON after the tag: another family's call
-                self._give_up(out)
-            return
-        at, _ = min(ends)
-        name = self._buf[:at].strip()
-        if not name or any(c in name for c in '{}<>"\n'):
-            self._give_up(out)
-            return
-        self._start(name, out)
-        self._buf, self._state = self._buf[at:], "pairs"
-
-    def _pairs(self, out: list[Piece]) -> None:
-        text = self._buf.lstrip()
-        if text.startswith("</tool_call>"):
-            fragment = "}" if self._args else "{}"
-            self._args.append(fragment)
-            out.append(CallArguments(self.calls, fragment))
-            self._end(out)
-            self._buf, self._state = text[len("</tool_call>") :], "content"
-            return
-        key_end = text.find("</arg_key>")
-        value_end = text.find("</arg_value>")
-        if not any(text.startswith(tag[: len(text)]) for tag in ("<arg_key>", "</tool_call>")):
-            self._buf, self._state = "", "content"  # not GLM's shape after all: what is left of the call is dropped
-            return
-        if key_end < 0 or value_end < 0:
-            return
-        key = text[len("<arg_key>") : key_end].strip()
-        value = text[key_end + len("</arg_key>") : value_end].strip()
-        value = value.removeprefix("<arg_value>")
-        fragment = ("{" if not self._args else ", ") + json.dumps(key) + ": " + json.dumps(_value(value))
-        self._args.append(fragment)
-        out.append(CallArguments(self.calls, fragment))
-        self._buf = text[value_end + len("</arg_value>") :]
 
 
 _KIMI_CALL, _KIMI_ARGS, _KIMI_END = "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"

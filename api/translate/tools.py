@@ -24,12 +24,12 @@ from herd.api.translate.tool_tagged import (
     DeepSeek,
     FunctionaryV31,
     FunctionaryV32,
-    Glm,
     Harmony,
     Kimi,
     MistralArgs,
-    Xml,
 )
+from herd.api.translate.tool_xml import Glm, Invoke, Xml
+from herd.toolformat import INVOKE
 
 __all__ = ["CallArguments", "CallEnd", "CallStart", "Content", "Piece", "ToolCallParser", "parse_all", "scanner"]
 
@@ -52,6 +52,9 @@ def scanner(fmt: str) -> Scanner:
         return Harmony()
     if fmt == "qwen3-coder":
         return Xml()
+    if fmt in INVOKE:
+        prefix, wrapper = INVOKE[fmt]
+        return Invoke(openers=(f"<{prefix}{wrapper}>",), prefix=prefix, closer=f"</{prefix}{wrapper}>")
     if fmt == "glm":
         return Glm()
     if fmt == "kimi-k2":
