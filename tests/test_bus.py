@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from arq.constants import in_progress_key_prefix
 from herd import channels, redisconn
-from herd.config import Settings
+from herd.config import Settings, load_settings
 from herd.errors import ErrorKind
 from herd.inference import (
     Failed,
@@ -27,6 +27,7 @@ from herd.inference import (
 )
 from herd.workers.bus import WorkerBus
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 DB = 2  # on the shared Redis no other test uses 2 (test_chaos's and test_redis_conn's are private servers)
 MODEL = "bus-model"
@@ -77,11 +78,20 @@ async def start(bus: WorkerBus, redis: Redis, messages: list[tuple[str, str]] | 
     await eventually(subscribed)
 
 
+async def subscribe(redis: Redis, channel: str) -> PubSub:
+    """A subscription Redis has confirmed: a message published after this returns reaches it."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    deadline = time.monotonic() + WAIT_S
+    while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+        assert time.monotonic() < deadline, "the subscription was never confirmed"
+    return pubsub
+
+
 async def flushed(bus: WorkerBus, redis: Redis) -> None:
     """Wait until every command the bus has been given so far ran: its publisher sends them in order on one
     connection, so once a marker event emitted last arrives, Redis has run everything before it."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channels.events("marker"))
+    pubsub = await subscribe(redis, channels.events("marker"))
     bus.emit([("marker", Started(0, "worker-1", 0))], [])
     deadline = time.monotonic() + WAIT_S
     while await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0) is None:
@@ -114,8 +124,7 @@ async def test_a_cancelled_or_expired_request_is_not_claimed(bus: WorkerBus, red
 
 async def test_events_arrive_on_the_request_channel_in_order_and_stats_are_stored(bus: WorkerBus, redis: Redis) -> None:
     await put_request(redis, GenerationRequest(id="r2", model=MODEL, prompt="hi"))
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channels.events("r2"))  # the API subscribes before it enqueues
+    pubsub = await subscribe(redis, channels.events("r2"))  # the API subscribes before it enqueues
     await start(bus, redis)
     sent: list[StreamEvent] = [
         Started(0, "worker-1", 3),
@@ -230,3 +239,27 @@ async def test_free_slots_take_the_overflow_first_then_batch_lines(bus: WorkerBu
     assert await bus.give_back(MODEL) == 2
     assert await redis.zrange(mine, 0, -1) == [b"line-1"]
     assert set(await redis.zrange(overflow, 0, -1)) == {b"waiting-1", b"waiting-2", b"line-2"}
+
+
+# Moved from tests/test_transport.py (now test_events.py): two workers race for one request; a cancelled one.
+
+TRANSPORT_REQUEST = GenerationRequest(id="req-1", model="m", prompt="hi")
+
+
+async def test_a_request_is_claimed_at_most_once(redis: Redis) -> None:
+    settings = load_settings({"HERD_MODELS": "m=/dev/null"})
+    await redis.set(channels.request(TRANSPORT_REQUEST.id), msgspec.msgpack.encode(TRANSPORT_REQUEST))
+    first = WorkerBus(settings, redis, "worker-a")
+    second = WorkerBus(settings, redis, "worker-b")
+    assert await first.claim(TRANSPORT_REQUEST.id, GenerationRequest) == TRANSPORT_REQUEST
+    assert (
+        await second.claim(TRANSPORT_REQUEST.id, GenerationRequest) is None
+    )  # e.g. arq re-delivering the job of a killed worker
+    assert await redis.get(channels.started(TRANSPORT_REQUEST.id)) == b"worker-a"
+
+
+async def test_a_cancelled_request_is_never_claimed(redis: Redis) -> None:
+    settings = load_settings({"HERD_MODELS": "m=/dev/null"})
+    await redis.set(channels.request(TRANSPORT_REQUEST.id), msgspec.msgpack.encode(TRANSPORT_REQUEST))
+    await redis.set(channels.cancelled(TRANSPORT_REQUEST.id), b"1")
+    assert await WorkerBus(settings, redis, "worker-a").claim(TRANSPORT_REQUEST.id, GenerationRequest) is None

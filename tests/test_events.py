@@ -1,19 +1,15 @@
-"""The event transport's guarantees, on the real Redis: ordered events, gaps detected, a request runs at most once."""
+"""api/events.py's EventStream: ordered events end with Finished, a gap in sequence numbers is an error (a request's
+claim, at most once, is tested with the bus in tests/test_bus.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from herd import channels
 from herd.api.events import EventStream
-from herd.config import load_settings
 from herd.errors import StreamBroken
 from herd.inference import Finished, GenerationRequest, Started, TokenDelta, Usage
-from herd.workers.bus import WorkerBus
-from redis.asyncio import Redis
 
 REQUEST = GenerationRequest(id="req-1", model="m", prompt="hi")
 
@@ -61,31 +57,3 @@ def test_in_order_events_end_with_finished() -> None:
 
     events = asyncio.run(run())
     assert events == [TokenDelta(1, "a", 1), Finished(2, "stop", Usage(3, 1))]
-
-
-@pytest.fixture
-async def redis_db(redis_port: int) -> AsyncIterator[Redis]:
-    client = Redis(host="127.0.0.1", port=redis_port, db=13)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-async def test_a_request_is_claimed_at_most_once(redis_db: Redis) -> None:
-    settings = load_settings({"HERD_MODELS": "m=/dev/null"})
-    await redis_db.set(channels.request(REQUEST.id), msgspec.msgpack.encode(REQUEST))
-    first = WorkerBus(settings, redis_db, "worker-a")
-    second = WorkerBus(settings, redis_db, "worker-b")
-    assert await first.claim(REQUEST.id, GenerationRequest) == REQUEST
-    assert (
-        await second.claim(REQUEST.id, GenerationRequest) is None
-    )  # e.g. arq re-delivering the job of a killed worker
-    assert await redis_db.get(channels.started(REQUEST.id)) == b"worker-a"
-
-
-async def test_a_cancelled_request_is_never_claimed(redis_db: Redis) -> None:
-    settings = load_settings({"HERD_MODELS": "m=/dev/null"})
-    await redis_db.set(channels.request(REQUEST.id), msgspec.msgpack.encode(REQUEST))
-    await redis_db.set(channels.cancelled(REQUEST.id), b"1")
-    assert await WorkerBus(settings, redis_db, "worker-a").claim(REQUEST.id, GenerationRequest) is None

@@ -68,6 +68,16 @@ async def heartbeat(redis: Redis, worker_id: str, busy: int = 0, total: int = 4,
     return status
 
 
+async def subscribe(redis: Redis, channel: str) -> PubSub:
+    """A subscription Redis has confirmed: a message published after this returns reaches it."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    deadline = time.monotonic() + WAIT_S
+    while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+        assert time.monotonic() < deadline, "the subscription was never confirmed"
+    return pubsub
+
+
 async def received(pubsub: PubSub) -> bytes:
     """The next message's data (a bounded wait: it comes within milliseconds, or never)."""
     deadline = time.monotonic() + WAIT_S
@@ -102,8 +112,7 @@ async def test_an_unknown_or_unserved_model_is_refused_before_anything_is_stored
 
 async def test_open_subscribes_enqueues_on_a_worker_and_streams_its_events(gateway: Gateway, redis: Redis) -> None:
     await heartbeat(redis, "w1")
-    wakeups = redis.pubsub()
-    await wakeups.subscribe(channels.announce("w1"))
+    wakeups = await subscribe(redis, channels.announce("w1"))
     opening = asyncio.create_task(gateway.open(request("r1")))  # returns once a worker admitted the request
     assert await received(wakeups) == b"r1"  # only the chosen worker is woken
     await wakeups.aclose()
@@ -147,8 +156,7 @@ async def test_the_worker_with_the_most_free_slots_is_chosen(gateway: Gateway, r
 
 
 async def test_cancel_reaches_a_queued_or_running_job(gateway: Gateway, redis: Redis) -> None:
-    listener = redis.pubsub()
-    await listener.subscribe(channels.CANCEL_CHANNEL)
+    listener = await subscribe(redis, channels.CANCEL_CHANNEL)
     await gateway.cancel("c1")
     assert await received(listener) == b"c1"  # every worker hears it; the one running c1 drops it
     await listener.aclose()
