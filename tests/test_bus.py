@@ -29,7 +29,7 @@ from herd.workers.bus import WorkerBus
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-DB = 2  # on the shared Redis no other test uses 2 (test_chaos's and test_redis_conn's are private servers)
+DB = 2  # on the shared Redis no other test uses 2 (test_chaos's and test_redisconn's are private servers)
 MODEL = "bus-model"
 WAIT_S = 30  # a bounded wait for something that happens within milliseconds; no test relies on its length
 
