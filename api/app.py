@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from herd import channels, redisconn, tracing
+from herd import channels, mdns, redisconn, tracing
 from herd.api import openapi
 from herd.api.auth.security import Security
 from herd.api.batches.runner import BatchRunner
@@ -72,6 +72,21 @@ def _locate(settings: Settings, store: ModelStore) -> Callable[[str], str | None
     return locate
 
 
+async def _announce(settings: Settings, auth_on: bool) -> mdns.Announcer | None:
+    """The LAN announcement, if the settings call for one; a failure to announce is logged, never fatal."""
+    found = mdns.plan(settings, auth_on)
+    if found is None:
+        return None
+    announcer = mdns.Announcer(found)
+    try:
+        await announcer.start()
+    except (OSError, RuntimeError, ValueError) as exc:  # no multicast-capable interface, a name clash left over...
+        log.warning("mDNS announcement failed: %s", exc)
+        await announcer.close()
+        return None
+    return announcer
+
+
 def create_app(settings: Settings) -> Litestar:
     provider = tracing.setup("api")
     tracer = tracing.tracer(provider, "herd.api")
@@ -125,9 +140,12 @@ def create_app(settings: Settings) -> Litestar:
 
             otlp = OtlpMetrics(exporter, metrics, fleet, tracing.resource("api"))
             otlp.start()
+        announcer = await _announce(settings, security.enabled)
         try:
             yield
         finally:
+            if announcer is not None:
+                await announcer.close()  # the goodbye: browsers drop this herd at once
             if otlp is not None:
                 await otlp.close()  # a last export, then the exporter's shutdown
             await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once

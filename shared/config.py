@@ -139,6 +139,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # HTTP hygiene (api/connections.py, api/origins.py; README "Security").
     origins: str = ""  # comma-separated Origins browsers may call from, besides loopback ones (`*` wildcards; `*`: any)
     allowed_hosts: str = ""  # with auth off: Host names accepted besides loopback names and IP literals (`*.lan`; `*`)
+    mdns: Literal["auto", "on", "off"] = "auto"  # LAN announcement (shared/mdns.py); auto: when bound to a LAN address
     max_body_bytes: int = 16 * 1024 * 1024  # a request body (413 beyond it); uploads have their own limits below
     http_max_header_bytes: int = 32 * 1024  # a request's line and headers (431 beyond it)
     http_header_timeout_s: float = 10.0  # a request head must arrive within this (408 and close otherwise)

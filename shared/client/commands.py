@@ -11,7 +11,7 @@ from pathlib import Path
 from herd.client import chat, models, transfer
 from herd.client.http import Client, ClientError
 
-VERBS = ("run", "list", "ls", "ps", "show", "create", "cp", "rm", "stop")
+VERBS = ("run", "list", "ls", "ps", "show", "create", "cp", "rm", "stop", "discover")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rm.add_argument("models", nargs="+")
     st = sub.add_parser("stop", help="unload a running model")
     st.add_argument("model")
+    d = sub.add_parser("discover", help="list the herds announcing themselves on the LAN (mDNS)")
+    d.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default: %(default)s)")
+    d.add_argument("--interface", help="the IP address of the interface to browse on (default: all)")
 
 
 def _guarded(work: Callable[[Client], str | int | None]) -> int:
@@ -73,6 +76,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return _guarded(lambda c: models.remove(c, args.models))
     if command == "stop":
         return _guarded(lambda c: models.stop(c, args.model))
+    if command == "discover":
+        from herd.client.discover import discover  # zeroconf, which no other verb needs
+
+        print(discover(args.timeout, args.interface))
+        return 0
     raise AssertionError(command)
 
 
