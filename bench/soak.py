@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -164,6 +165,8 @@ def main() -> int:
     parser.add_argument("--redis-url", default="", help="default: a private redis-server (never a shared database)")
     parser.add_argument("--herd", default="herd")
     args = parser.parse_args()
+    # A SIGTERM (timeout, Ctrl-\) unwinds like Ctrl-C, so the herd and the Redis this started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     tally = Tally()
     private = None
     if not args.redis_url:
