@@ -6,6 +6,8 @@ memory allows, and any number of sockets may be open. This protocol adds, per co
 - a deadline for each request head (from a connection's start, or from the first byte of a later request): a silent
   or slow ("slowloris") socket is answered 408 and closed;
 - a cap on the head's bytes: 431 and close;
+- the same deadline between two pieces of a request body: a body that stalls is answered 408 (or, once the app has
+  begun its response, the connection is closed and the app sees the client gone);
 - a cap on the connections one process holds: beyond it a new socket is answered 503 and closed at once.
 """
 
@@ -19,7 +21,7 @@ from herd.config import Settings
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 _REASONS = {
-    408: b"the request head did not arrive in time\n",
+    408: b"the request did not arrive in time\n",
     431: b"the request head is too large\n",
     503: b"too many connections; try again shortly\n",
 }
@@ -34,6 +36,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._max_header_bytes = max_header_bytes
         self._max_connections = max_connections
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False
 
@@ -46,6 +49,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._body_wait(False)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -67,6 +71,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size <= self._max_header_bytes:
             super().on_headers_complete()
+            self._body_wait(self.cycle is not None and self.cycle.more_body)
             return
         app = self.app  # the head arrived in one piece but is too large: answer with 431 instead of the app
         self.app = _head_too_large
@@ -74,6 +79,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._body_wait(True)  # a piece came: the next one has the whole timeout again
+
+    def on_message_complete(self) -> None:
+        self._body_wait(False)
+        super().on_message_complete()
+
+    def _body_wait(self, waiting: bool) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if waiting:
+            self._body_timer = self.loop.call_later(self._header_timeout_s, self._body_stalled)
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # too late for a status: the app sees the client gone
+        else:
+            self._refuse(408)
 
     def _arm(self) -> None:
         self._disarm()

@@ -1,5 +1,6 @@
 """HTTP hygiene against a real `herd serve`: header size (431), head deadline (408 and close: silent and slowloris
-sockets), idle keep-alive close, a cap on connections (503), early 413 from Content-Length, Origin and Host checks."""
+sockets), a stalled body (408), idle keep-alive close, a cap on connections (503), early 413 from Content-Length,
+Origin and Host checks."""
 
 from __future__ import annotations
 
@@ -93,6 +94,16 @@ def test_a_slowloris_socket_is_closed(herd: HerdServer) -> None:
                 break
     assert reply.startswith(b"HTTP/1.1 408") or reply == b""
     assert sent < len(head)
+
+
+def test_a_stalled_body_is_closed(herd: HerdServer) -> None:
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    with connect(herd) as sock:
+        sock.sendall(head + b'{"model":')  # then nothing more: the app waits for a body that never comes
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408")
 
 
 def test_an_idle_keep_alive_connection_is_closed(herd: HerdServer) -> None:
