@@ -38,7 +38,7 @@ def run_api(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through ours (JSON lines)
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # streams in progress get as long as a worker's drain
         **uvicorn_options(settings),  # header size and time limits, idle timeout, connection cap
     )
 

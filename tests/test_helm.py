@@ -233,8 +233,16 @@ def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], 
             "needs keda.address",
         ),
         ({"files": {"persistence": {"enabled": False}}}, "with more than one API pod"),
+        ({"api": {"terminationGracePeriodSeconds": 9, "preStopDelaySeconds": 5}}, "leaves no time to drain"),
     ],
-    ids=["no-redis", "model-without-file", "duplicate-group", "keda-without-address", "files-per-pod-with-replicas"],
+    ids=[
+        "no-redis",
+        "model-without-file",
+        "duplicate-group",
+        "keda-without-address",
+        "files-per-pod-with-replicas",
+        "grace-without-drain",
+    ],
 )
 def test_inconsistent_values_fail_with_a_clear_message(bad_values: dict[str, Any], expected: str) -> None:
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(expected)):
@@ -540,6 +548,10 @@ def test_defaults_deploy_api_one_bundled_worker_and_redis() -> None:
     # The chart's default settings are herd's own (speculation off, CPU repacking auto, ...).
     literal = {k: v["value"] for k, v in env_of(worker).items() if k.startswith("HERD_") and "value" in v}
     assert literal.pop("HERD_MODELS_DIR") == "/models"  # nothing under the read-only root: the models volume
+    # Shutdown follows the pod's one value: the drain ends 5 s before the kubelet's SIGKILL (the API's after preStop).
+    assert literal.pop("HERD_DRAIN_TIMEOUT_S") == str(worker_pod["terminationGracePeriodSeconds"] - 5)
+    assert env_value(api, "HERD_DRAIN_TIMEOUT_S") == "20"  # 30 s grace - 5 s preStop - 5 s
+    assert api["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert load_settings(literal) == load_settings({"HERD_REDIS_URL": literal["HERD_REDIS_URL"]})
     # The API writes only to declared volumes: the shared files volume (a PVC, RWX with 2 replicas) and its store.
     api_pod = pod_spec(deployments["herd-api"])

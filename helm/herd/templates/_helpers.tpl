@@ -80,6 +80,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.models.persistence.existingClaim | default (printf "%s-models" (include "herd.fullname" .)) }}
 {{- end }}
 
+{{/*
+HERD_DRAIN_TIMEOUT_S from a pod's one shutdown value: terminationGracePeriodSeconds less the preStop delay and a
+5 s margin, so the process ends by itself before the kubelet's SIGKILL. Call with (dict "grace" N "delay" N).
+*/}}
+{{- define "herd.drainSeconds" -}}
+{{- $drain := sub (sub (int .grace) (int .delay)) 5 }}
+{{- if lt $drain 1 }}
+{{- fail (printf "terminationGracePeriodSeconds %d leaves no time to drain after a %d s preStop delay and a 5 s margin" (int .grace) (int .delay)) }}
+{{- end }}
+{{- $drain }}
+{{- end }}
+
 {{- define "herd.filesClaimName" -}}
 {{- .Values.files.persistence.existingClaim | default (printf "%s-files" (include "herd.fullname" .)) }}
 {{- end }}
