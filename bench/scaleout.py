@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -325,16 +326,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loop-clients", type=int, default=16)
     p.add_argument("--loop-seconds", type=float, default=5.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--logs", type=Path, help="keep the processes' logs in this (new) directory")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict[str, Any] = {"cpus": os.cpu_count(), "fleet": [], "redis": {}}
-    with tempfile.TemporaryDirectory(prefix="herd-scaleout-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = str(args.logs) if args.logs else stack.enter_context(tempfile.TemporaryDirectory(prefix="herd-scaleout-"))
         for n in args.workers:
             workdir = Path(tmp) / f"n{n}"
-            workdir.mkdir()
+            workdir.mkdir(parents=True)
             row = measure_fleet(n, args, workdir)
             report["fleet"].append(row)
             print(
