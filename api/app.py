@@ -28,7 +28,7 @@ from herd.api.origins import Doorman
 from herd.api.otlp_metrics import OtlpMetrics
 from herd.api.responses.runner import BackgroundRunner
 from herd.api.responses.store import ResponseStore
-from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses, ui_chat
+from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses, ui_chat, web
 from herd.api.routes.common import MODEL_LABEL
 from herd.api.tracing import instrument
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
@@ -171,7 +171,8 @@ def create_app(settings: Settings) -> Litestar:
     doorman = Doorman(settings, security.enabled)
     cors = Cors(doorman)
     app = Litestar(
-        route_handlers=[*handlers, openapi.route(handlers, security.enabled)],  # the document: /openapi.json
+        # the document at /openapi.json; the chat page's static files at /chat/
+        route_handlers=[*handlers, openapi.route(handlers, security.enabled), web.router()],
         lifespan=[lifespan],
         before_send=[add_request_id, count_response, cors.before_send, *security.before_send],
         # Origin and Host before all else; CORS preflights answered before authentication (the same allow-list)

@@ -17,6 +17,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("HEAD", "/", OPEN),
     ("GET", "/api/version", OPEN),
     ("GET", "/openapi.json", OPEN),  # herd's OpenAPI document (api/openapi.py)
+    ("GET", "/chat", OPEN),  # the chat page's static files (api/routes/web.py); its API calls carry the key
+    ("GET", "/chat/*", OPEN),
     ("GET", "/metrics", OPEN),  # unless HERD_METRICS_SCOPE names a scope (see `required`)
     # The built-in issuer: the token endpoint authenticates clients itself; keys and metadata are public.
     ("POST", "/oauth/token", OPEN),

@@ -1,0 +1,83 @@
+// herd's chat page (/chat/) in Debian's headless Chromium, driven by playwright-core (no browser download).
+// node chatpage.mjs CASE JSON_ARGS -> one JSON object with what the page showed.
+//   same-origin {page, screenshot}: a streamed answer, tokens/s, a stopped answer, a screenshot
+//   cross-origin {page, herd, key}: the page on another origin asks for a key, then chats (CORS); `blocked` is
+//   the same page on an Origin herd does not allow.
+import { chromium } from "playwright-core";
+
+const [which, raw] = process.argv.slice(2);
+const args = JSON.parse(raw);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  // Test host names resolve to loopback inside the browser only; nothing leaves the machine.
+  args: ["--host-resolver-rules=MAP chat.example 127.0.0.1, MAP evil.example 127.0.0.1", "--no-sandbox"],
+});
+const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+const urls = [];
+page.on("request", (request) => urls.push(request.url()));
+const out = {};
+
+async function ask(text) {
+  const before = await page.locator("article.assistant").count();
+  await page.getByLabel("message").fill(text);
+  await page.getByLabel("message").press("Enter");
+  const answer = page.locator("article.assistant").nth(before);
+  await answer.waitFor();
+  return answer;
+}
+
+async function lengthsWhileStreaming(answer) {
+  // The answer's text length each time it changes, until its stats line shows (the finish chunk came).
+  const seen = [];
+  for (;;) {
+    const length = (await answer.locator("p, li, pre, h4").allInnerTexts()).join("").length;
+    if (seen.at(-1) !== length) seen.push(length);
+    if (await answer.locator(".stats").count()) return seen;
+    await page.waitForTimeout(25);
+  }
+}
+
+try {
+  if (which === "same-origin") {
+    await page.goto(args.page);
+    await page.getByLabel("model").waitFor();
+    out.models = await page.getByLabel("model").locator("option").allInnerTexts();
+    const first = await ask("Name three colors.");
+    out.lengths = await lengthsWhileStreaming(first);
+    out.text = (await first.locator("p, li, pre, h4").allInnerTexts()).join("\n");
+    out.stats = await first.locator(".stats").innerText();
+    out.listItems = await first.locator("li").count(); // markdown: a numbered list renders as <ol><li>
+    await page.screenshot({ path: args.screenshot });
+
+    const long = await ask("Write a very long story about a dragon and a knight, with many chapters.");
+    await long.locator("p, li").first().waitFor();
+    await page.getByRole("button", { name: "Stop" }).click();
+    await page.getByRole("button", { name: "Send" }).waitFor();
+    const stoppedAt = (await long.innerText()).length;
+    await page.waitForTimeout(1500); // a stopped answer stays as it was
+    out.stopped = { grew: (await long.innerText()).length !== stoppedAt, stats: await long.locator(".stats").count() };
+  } else if (which === "cross-origin") {
+    await page.goto(args.page);
+    await page.getByLabel("server").fill(args.herd);
+    await page.getByRole("button", { name: "Connect" }).click();
+    await page.getByLabel("API key").waitFor(); // herd answered 401 (readable: CORS) and the page asks for a key
+    await page.getByLabel("API key").fill(args.key);
+    await page.getByRole("button", { name: "Connect" }).click();
+    await page.getByLabel("model").waitFor();
+    const answer = await ask("Say hello.");
+    await answer.locator(".stats").waitFor();
+    out.text = await answer.innerText();
+    out.keyInUrl = urls.some((u) => u.includes(args.key));
+    out.herdRequests = urls.filter((u) => u.startsWith(args.herd)).map((u) => new URL(u).pathname);
+    out.storedKey = await page.evaluate(() => sessionStorage.getItem("herd-api-key") !== null);
+  } else if (which === "blocked") {
+    await page.goto(args.page);
+    await page.getByLabel("server").fill(args.herd);
+    await page.getByRole("button", { name: "Connect" }).click();
+    out.alert = await page.getByRole("alert").innerText();
+  }
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(out));
