@@ -65,6 +65,7 @@ class HerdWorker(Worker):
         self._reserved_slots = reserved_slots
         self._polling = False
         self._poll_again = False
+        self._starting = 0  # announced jobs whose start is under way (their slots are taken)
         self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
@@ -78,8 +79,11 @@ class HerdWorker(Worker):
         return bus
 
     def announce(self, job_id: str) -> None:
-        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free."""
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. A slot is
+        reserved here, synchronously: two announcements for one free slot must not both wait in arq's start_jobs
+        (the second would wait there for a job to end, however long, instead of going to a free worker)."""
+        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
+            self._starting += 1
             self._spawn(self._start_announced(job_id))
         elif self._bus is not None:  # its heartbeat said there was room; there is not (any more): another may have
             self._spawn(self._bus.give_back(self._model, job_id))
@@ -89,6 +93,8 @@ class HerdWorker(Worker):
             await self.start_jobs([job_id.encode()])
         except Exception as exc:  # the poll loop will still find the job
             log.warning("could not start announced job %s: %s", job_id, exc)
+        finally:
+            self._starting -= 1
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         super().handle_sig_wait_for_completion(signum)  # no new jobs; running ones finish
@@ -121,7 +127,7 @@ class HerdWorker(Worker):
     async def _take_waiting(self) -> None:
         """Free slots take jobs no worker had room for; batch lines fill what is left, less a reserve kept for the
         next interactive request."""
-        free = self.max_jobs - self.job_counter
+        free = self.max_jobs - self.job_counter - self._starting
         if free > 0 and self.allow_pick_jobs and self._bus is not None:
             await self._bus.take(self._model, free, free - self._reserved_slots)
 
