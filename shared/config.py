@@ -77,8 +77,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: tuple[ModelConfig, ...] = ()
     max_seqs: int = 8  # sequences decoded together in one llama.cpp context
     n_batch: int = 512  # tokens per llama_decode call (decode tokens plus prefill chunks)
-    prefill_chunk: int = 64  # prompts are prefilled in aligned chunks of this many tokens, one decode call each
-    prefill_budget: int = 64  # prompt tokens prefilled per step while other sequences wait for their next token
+    prefill_chunk: int = 256  # the most tokens of one chat message prefilled per decode call (workers/slots.py)
+    prefill_budget: int = 64  # prompt tokens prefilled per step while others wait for their next token (>= 1 chunk)
     n_threads: int = 0  # 0: all cores
     speculate: str = ""  # HERD_SPECULATE: speculative decoding per model name (configured or store models)
     queue_max: int = 64  # jobs waiting per model before the API answers 503
