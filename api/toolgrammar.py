@@ -11,7 +11,6 @@ from collections import OrderedDict
 
 from herd.api.grammar import MAX_GRAMMAR_BYTES, PRIMITIVES, ToolSpec, _Compiler
 from herd.errors import InvalidRequest
-from herd.inference import ToolConstraint
 
 
 def argument_rules(tools: list[ToolSpec], param: str) -> str:
@@ -28,7 +27,3 @@ def argument_rules(tools: list[ToolSpec], param: str) -> str:
     if len(text) > MAX_GRAMMAR_BYTES:
         raise InvalidRequest("the tools' schemas compile to a grammar that is too large", param=param)
     return text
-
-
-def tool_constraint(tools: list[ToolSpec], parallel: bool, forced: bool, rules: str) -> ToolConstraint:
-    return ToolConstraint(names=tuple(t.name for t in tools), rules=rules, parallel=parallel, forced=forced)
