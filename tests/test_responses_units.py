@@ -90,10 +90,15 @@ def test_item_references_are_replaced_by_what_they_name() -> None:
 
 
 def test_tools_tool_choice_and_text_format_compile_to_grammars() -> None:
+    # Tools become a constraint the worker writes in its model's own call syntax (as chat's do).
     auto = translate(body(tools=TOOLS))
-    assert auto.grammar is not None and auto.grammar.triggers == (TOOL_OPEN,) and auto.tools[0].name == "get_weather"
+    assert auto.tool_constraint is not None and not auto.tool_constraint.forced and auto.grammar is None
+    assert auto.tool_constraint.names == ("get_weather",) and "args-0" in auto.tool_constraint.rules
+    assert auto.tools[0].name == "get_weather"
     forced = translate(body(tools=TOOLS, tool_choice={"type": "function", "name": "get_weather"}))
-    assert forced.grammar is not None and not forced.grammar.triggers
+    assert forced.tool_constraint is not None and forced.tool_constraint.forced
+    required = translate(body(tools=TOOLS, tool_choice="required", text={"format": {"type": "json_object"}}))
+    assert required.tool_constraint is not None and required.tool_constraint.forced and required.grammar is None
     assert translate(body(tools=TOOLS, tool_choice="none")).tools == ()
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     shaped = translate(body(text={"format": {"type": "json_schema", "name": "s", "schema": schema}}))

@@ -149,7 +149,7 @@ class ResponseAssembler:
                 self._pending.extend(_logprob(event.logprobs))
             if self._parser is None:
                 return self._pieces([Content(event.text)] if event.text else [])
-            return self._pieces(self._parser.feed(event.text))
+            return self._pieces(self._parser.feed(event.text, event.tool_format))
         if isinstance(event, Finished):
             return self._finish(event)
         if isinstance(event, Failed):

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, TOOL_OPEN, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.toolgrammar import argument_rules
 from herd.api.wire import responses as wire
 from herd.errors import InvalidRequest
-from herd.inference import ChatMessage, GenerationRequest, Grammar, SamplingParams, Tool, ToolCall
+from herd.inference import ChatMessage, GenerationRequest, Grammar, SamplingParams, Tool, ToolCall, ToolConstraint
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _ROLES = ("user", "assistant", "system", "developer")
@@ -173,8 +174,9 @@ def function_tools(body: wire.ResponseCreateParams) -> list[wire.ToolParam]:
     return tools
 
 
-def _tools(body: wire.ResponseCreateParams, grammars: GrammarCache) -> tuple[tuple[Tool, ...], Grammar | None]:
-    """The tools shown to the model and the grammar that enforces tool_choice (as chat does, see openai_requests)."""
+def _tools(body: wire.ResponseCreateParams, grammars: GrammarCache) -> tuple[tuple[Tool, ...], ToolConstraint | None]:
+    """The tools shown to the model and the constraint that enforces tool_choice (as chat does, see openai_requests):
+    the worker writes it in its model's own call syntax."""
     choice = tool_choice(body)
     tools = function_tools(body)
     if not tools:
@@ -192,11 +194,10 @@ def _tools(body: wire.ResponseCreateParams, grammars: GrammarCache) -> tuple[tup
             )
     parallel = body.parallel_tool_calls is True and not isinstance(choice, wire.ToolChoiceParam)
     specs = [ToolSpec(t.name or "", t.parameters or {}) for t in allowed]
-    key = json.dumps(["tools", parallel, [[s.name, s.parameters] for s in specs]], sort_keys=True)
-    gbnf = grammars.get_or_compile(key, lambda: tool_grammar(specs, parallel, "tools"))
-    triggers = (TOOL_OPEN,) if choice == "auto" else ()
+    key = json.dumps(["tool-args", [[s.name, s.parameters] for s in specs]], sort_keys=True)
+    rules = grammars.get_or_compile(key, lambda: argument_rules(specs, "tools"))
     shown = tuple(Tool(t.name or "", t.description or "", json.dumps(t.parameters or {})) for t in tools)
-    return shown, Grammar(gbnf, triggers)
+    return shown, ToolConstraint(tuple(s.name for s in specs), rules, parallel, forced=choice != "auto")
 
 
 def _text_format(body: wire.ResponseCreateParams, grammars: GrammarCache) -> Grammar | None:
@@ -241,9 +242,9 @@ def generation_request(
     """`history`: the earlier turns (from previous_response_id) followed by this request's checked input items."""
     if not history:
         raise InvalidRequest("input must not be empty", param="input")
-    tools, grammar = _tools(body, grammars)
-    if grammar is None or grammar.triggers:
-        grammar = _text_format(body, grammars) or grammar
+    tools, constraint = _tools(body, grammars)
+    # A forced tool call wins over text.format; with `auto` the text before a call follows the format.
+    grammar = _text_format(body, grammars) if constraint is None or not constraint.forced else None
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     if top_p == 0.0:  # only the most likely token: greedy
@@ -256,6 +257,7 @@ def generation_request(
         max_tokens=body.max_output_tokens,
         tools=tools,
         grammar=grammar,
+        tool_constraint=constraint,
         logprobs=(body.top_logprobs or 0) if wants_logprobs(body) else None,
         enqueued_at=time.time(),
         durable=durable,
