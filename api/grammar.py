@@ -1,6 +1,6 @@
 """JSON Schema -> llama.cpp GBNF, compiled in the API so a bad or abusive schema is a 400 that never reaches a worker.
 
-One compiler serves OpenAI `response_format`, Ollama `format` and the tool-call grammar. Supported: type (and type
+One compiler serves OpenAI `response_format`, Ollama `format` and tool arguments (api/toolgrammar.py). Supported: type (and type
 lists), properties/required/additionalProperties, items/prefixItems/minItems/maxItems, enum, const, anyOf/oneOf,
 allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength, `pattern` (herd.api.pattern compiles
 the regex into the grammar; one it cannot compile is refused, since a constraint we would silently drop is worse
@@ -344,26 +344,6 @@ class ToolSpec:
     def __init__(self, name: str, parameters: Any) -> None:
         self.name = name
         self.parameters = parameters
-
-
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
-
-
-def tool_grammar(tools: list[ToolSpec], parallel: bool, param: str) -> str:
-    """Grammar of one (or, if parallel, several) `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks."""
-    compiler = _Compiler({"tools": [t.parameters for t in tools]}, param)
-    calls = []
-    for i, tool in enumerate(tools):
-        compiler._root = tool.parameters  # local $refs of a tool's schema resolve inside that schema
-        schema = tool.parameters if tool.parameters else {"type": "object"}
-        args = compiler.visit(schema, f"[{i}].function.parameters", f"{tool.name}-args", 0)
-        name = literal(json.dumps(tool.name))
-        head = f'"{{" ws "\\"name\\"" ws ":" ws {name} ws "," ws "\\"arguments\\"" ws ":" ws'
-        calls.append(compiler.add(f"{tool.name}-call", f'{head} {args} "}}" ws'))
-    call = compiler.add("call", f"{literal(TOOL_OPEN)} ws ({' | '.join(calls)}) {literal(TOOL_CLOSE)}")
-    root = compiler.add("calls", f'{call} ("\\n" {call})*') if parallel else call
-    return _render(compiler.rules, root, param)
 
 
 class GrammarCache:

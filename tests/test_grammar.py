@@ -9,10 +9,13 @@ from typing import Any, Literal
 import llama_cpp as L
 import pydantic
 import pytest
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar, tool_grammar
+from herd import toolformat
+from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.toolgrammar import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser, parse_all
 from herd.config import bundled_model_path
 from herd.errors import InvalidRequest
+from herd.inference import Tool, ToolConstraint
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,12 @@ def test_json_object_and_tool_grammars_parse(vocab: Any) -> None:
         ToolSpec("get-time", {}),
         ToolSpec("lookup", Person.model_json_schema()),
     ]
-    assert parses(vocab, tool_grammar(tools, parallel=True, param="tools"))
-    assert parses(vocab, tool_grammar(tools[:1], parallel=False, param="tools"))
+    # The API compiles the arguments; the worker wraps them in its model's call syntax (Hermes tags here).
+    for chosen, parallel in ((tools, True), (tools[:1], False)):
+        rules = argument_rules(chosen, "tools")
+        constraint = ToolConstraint(tuple(s.name for s in chosen), rules, parallel, forced=True)
+        shown = tuple(Tool(s.name, "", json.dumps(s.parameters)) for s in chosen)
+        assert parses(vocab, toolformat.grammar("hermes", constraint, shown).gbnf)
 
 
 @pytest.mark.parametrize(

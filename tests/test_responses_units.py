@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from herd.api.grammar import TOOL_CLOSE, TOOL_OPEN, GrammarCache
+from herd.api.grammar import GrammarCache
 from herd.api.routes.responses_history import listed, output_items, page
 from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event, stored
 from herd.api.translate.responses_requests import (
@@ -18,6 +18,7 @@ from herd.api.translate.responses_requests import (
     references,
     response_of_item,
 )
+from herd.api.translate.tool_json import TOOL_CLOSE, TOOL_OPEN
 from herd.api.wire import responses as wire
 from herd.errors import ErrorKind, InvalidRequest, Unavailable
 from herd.inference import Failed, Finished, Started, TokenDelta, TokenLogprob, Usage
