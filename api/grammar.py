@@ -1,11 +1,12 @@
 """JSON Schema -> llama.cpp GBNF, compiled in the API so a bad or abusive schema is a 400 that never reaches a worker.
 
-One compiler serves OpenAI `response_format`, Ollama `format` and tool arguments (api/toolgrammar.py). Supported: type (and type
-lists), properties/required/additionalProperties, items/prefixItems/minItems/maxItems, enum, const, anyOf/oneOf,
-allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength, `pattern` (herd.api.pattern compiles
-the regex into the grammar; one it cannot compile is refused, since a constraint we would silently drop is worse
-than a clear error) and the formats date, time, date-time, uuid, email, hostname, ipv4, ipv6 and uri. With a
-`pattern`, `format` is not checked (zod sends both; its pattern is the stricter). Numeric bounds are left to the model.
+One compiler serves OpenAI `response_format`, Ollama `format` and tool arguments (api/toolgrammar.py). Supported: type
+(and type lists), properties/required/additionalProperties, items/prefixItems/minItems/maxItems, enum, const,
+anyOf/oneOf, allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength, `pattern`
+(herd.api.pattern compiles the regex into the grammar; one it cannot compile is refused, since a constraint we would
+silently drop is worse than a clear error) and the formats date, time, date-time, uuid, email, hostname, ipv4, ipv6
+and uri. With a `pattern`, `format` is not checked (zod sends both; its pattern is the stricter). Numeric bounds are
+left to the model.
 """
 
 from __future__ import annotations
