@@ -201,3 +201,20 @@ async def test_the_fleet_view(gateway: Gateway, redis: Redis) -> None:
     assert (await gateway.request_position("a")).state == "done"
     for stream in streams:
         await stream.close()
+
+
+async def test_the_queue_bound_holds_under_a_burst(gateway: Gateway, redis: Redis) -> None:
+    """40 requests at once against a bound of 2: exactly 2 admitted (a depth read and an enqueue as two steps let
+    a whole burst see the same short queue; the admission script makes them one)."""
+    await heartbeat(redis, "w1", busy=4)
+    outcomes = await asyncio.gather(
+        *(gateway.open(request(f"b{i}"), wait=False) for i in range(40)), return_exceptions=True
+    )
+    admitted = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert (len(admitted), len(refused)) == (2, 38), [type(o).__name__ for o in outcomes]
+    assert await redis.zcard(channels.queue(MODEL)) == 2
+    stored = [key for key in await redis.keys(channels.request("*")) if key]
+    assert len(stored) == 2  # a refused request leaves no record behind
+    for stream in admitted:
+        await stream.close()
