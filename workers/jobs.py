@@ -86,7 +86,12 @@ class HerdWorker(Worker):
             self._starting += 1
             self._spawn(self._start_announced(job_id))
         elif self._bus is not None:  # its heartbeat said there was room; there is not (any more): another may have
-            self._spawn(self._bus.give_back(self._model, job_id))
+            self._spawn(self._hand_back(self._bus, job_id))
+
+    async def _hand_back(self, bus: WorkerBus, job_id: str) -> None:
+        await bus.give_back(self._model, job_id)
+        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
+            self.poll_soon()  # a slot freed while the job went back: take it (or an older one) from the overflow now
 
     async def _start_announced(self, job_id: str) -> None:
         try:
