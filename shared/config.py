@@ -94,7 +94,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_ttl_s: int = 3600  # how long request records and stats live in Redis
     max_tokens_cap: int = 32768
     log_level: str = "info"
-    # The model store (shared/store.py) and Ollama-style model management.
+    # The model store (api/models/store.py) and Ollama-style model management.
     models_dir: str = ""  # empty: $XDG_DATA_HOME/herd/models (~/.local/share/herd/models)
     n_ctx: int = 2048  # context per sequence for models loaded from the store (a manifest's num_ctx wins)
     n_gpu_layers: int = 0  # defaults for every model (HERD_MODELS entries and store models) unless it sets its own

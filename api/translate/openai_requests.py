@@ -7,8 +7,8 @@ import time
 
 from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
 from herd.api.toolgrammar import argument_rules
-from herd.api.wire import openai as wire
 from herd.api.translate.openai_functions import as_tools
+from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest
 from herd.inference import (
     ChatMessage,

@@ -265,7 +265,7 @@ class CreateRequest(msgspec.Struct):
     quantize: str | None = None
     stream: bool | None = None
     name: str = ""  # the deprecated spelling of `model`
-    modelfile: str | None = None  # what older clients send instead of the fields above (api/modelfile.py)
+    modelfile: str | None = None  # what older clients send instead of the fields above (api/models/modelfile.py)
 
 
 class CopyRequest(msgspec.Struct):

@@ -275,7 +275,7 @@ class ErrorResponse(msgspec.Struct):
 class EmbeddingCreateParams(msgspec.Struct):
     model: str
     # str | list[str] | list[int] | list[list[int]]: msgspec takes one list type per union, so the list items are
-    # decoded as a union and checked for being all of one kind in api/translate/openai.py.
+    # decoded as a union and checked for being all of one kind in api/translate/openai_requests.py.
     input: str | Annotated[list[str | int | list[int]], msgspec.Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
