@@ -13,24 +13,24 @@ from herd import channels, mdns, redisconn, tracing
 from herd.api import openapi
 from herd.api.auth.security import Security
 from herd.api.batches.runner import BatchRunner
-from herd.api.cors import Cors
 from herd.api.demux import Demux
+from herd.api.edge.cors import Cors
+from herd.api.edge.origins import Doorman
 from herd.api.error_handlers import http_error, service_error, unexpected
 from herd.api.files.filestore import FileStore
 from herd.api.files.records import Records
 from herd.api.gateway import Gateway
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.ids import add_request_id
-from herd.api.metrics import Metrics
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import ModelStore
-from herd.api.origins import Doorman
-from herd.api.otlp_metrics import OtlpMetrics
 from herd.api.responses.runner import BackgroundRunner
 from herd.api.responses.store import ResponseStore
 from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses, ui_chat, web
 from herd.api.routes.common import MODEL_LABEL
-from herd.api.tracing import instrument
+from herd.api.telemetry.http_spans import instrument
+from herd.api.telemetry.metrics import Metrics
+from herd.api.telemetry.otlp import OtlpMetrics
 from herd.config import BUNDLED_MODEL_NAME, Settings, bundled_model_path, files_path, models_dir
 from herd.errors import ServiceError
 from herd.inference import QueueStatus, WorkerStatus

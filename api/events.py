@@ -9,7 +9,7 @@ from typing import Protocol
 import msgspec
 from herd.api.auth.ratelimit import METER
 from herd.api.demux import LOST
-from herd.api.telemetry import RequestTelemetry
+from herd.api.telemetry.genai import RequestTelemetry
 from herd.errors import StreamBroken, Unavailable, from_kind
 from herd.inference import (
     Embedded,
@@ -52,7 +52,8 @@ class EventStream:
         self.request = request
         self._queue = queue
         self._heartbeat_s = heartbeat_s  # how long to wait for an event before asking whether anyone still works
-        # The GenAI span and metrics of the request: sees every event and the error it ends with (api/telemetry.py).
+        # The GenAI span and metrics of the request (api/telemetry/genai.py): sees every event and the error it ends
+        # with.
         self.telemetry = telemetry if telemetry is not None else RequestTelemetry(None, None, request)
         # How long the request may wait for a worker before it is given up (interactive: queue_wait_timeout_s).
         self.wait_timeout_s = wait_timeout_s

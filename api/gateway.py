@@ -25,9 +25,9 @@ from herd.api import affinity
 from herd.api.auth.ratelimit import METER
 from herd.api.demux import Demux
 from herd.api.events import AnyRequest, EventStream
-from herd.api.metrics import Metrics
 from herd.api.models.store import ModelStore
-from herd.api.telemetry import RequestTelemetry
+from herd.api.telemetry.genai import RequestTelemetry
+from herd.api.telemetry.metrics import Metrics
 from herd.config import Settings
 from herd.errors import ModelNotFound, Overloaded, Unavailable, WorkerLost
 from herd.inference import EmbeddingRequest, ModelQueue, QueueStatus, RequestPosition, WorkerStatus

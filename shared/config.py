@@ -136,7 +136,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_rpm: int = 0  # requests per minute per principal (0: no limit); counted in Redis across replicas
     rate_limit_tpm: int = 0  # tokens (prompt + completion) per minute per principal (0: no limit)
     rate_limits: str = ""  # per-principal overrides: `<subject>=<rpm>/<tpm>` entries separated by `;`
-    # HTTP hygiene (api/connections.py, api/origins.py; README "Security").
+    # HTTP hygiene (api/edge/connections.py, api/edge/origins.py; README "Security").
     origins: str = ""  # comma-separated Origins browsers may call from, besides loopback ones (`*` wildcards; `*`: any)
     allowed_hosts: str = ""  # with auth off: Host names accepted besides loopback names and IP literals (`*.lan`; `*`)
     mdns: Literal["auto", "on", "off"] = "auto"  # LAN announcement (shared/mdns.py); auto: when bound to a LAN address

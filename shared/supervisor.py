@@ -29,7 +29,7 @@ log = logging.getLogger("herd")
 def run_api(settings: Settings) -> None:
     import uvicorn
     from herd.api.app import create_app
-    from herd.api.connections import uvicorn_options
+    from herd.api.edge.connections import uvicorn_options
 
     uvicorn.run(
         create_app(settings),

@@ -8,8 +8,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from herd.api.grammar import ToolSpec
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import ToolSpec
+from herd.api.grammar.tools import argument_rules
 from herd.api.translate.tools import CallEnd, ToolCallParser
 from herd.inference import (
     ChatMessage,

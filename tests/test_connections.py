@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from herd.api.origins import Doorman
+from herd.api.edge.origins import Doorman
 from herd.config import load_settings
 
 from tests.conftest import MODEL, HerdServer

@@ -1,4 +1,4 @@
-"""CORS (api/cors.py) on the Doorman's allow-list (HERD_ORIGINS plus loopback Origins), with auth on: preflights
+"""CORS (api/edge/cors.py) on the Doorman's allow-list (HERD_ORIGINS plus loopback Origins), with auth on: preflights
 answered without credentials, replies naming the Origin, Origins outside the list refused."""
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import llama_cpp as L
 import pydantic
 import pytest
 from herd import toolformat
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.grammar.tools import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser, parse_all
 from herd.config import bundled_model_path
 from herd.errors import InvalidRequest

@@ -40,7 +40,7 @@ WIRE_USERS = {
     "herd.api.wire.*": "the wire types themselves",
     # Present offenders, kept so the list tells the truth (each is a candidate to tighten):
     "herd.api.error_handlers": "renders Litestar's own exceptions as OpenAI / Ollama error bodies",
-    "herd.api.origins": "refuses a foreign Origin with an OpenAI / Ollama error body",
+    "herd.api.edge.origins": "refuses a foreign Origin with an OpenAI / Ollama error body",
     "herd.api.openapi": "publishes the wire types as the OpenAPI document's schemas",
     "herd.api.files.records": "stores Batch and FileObject records as their wire shape",
 }

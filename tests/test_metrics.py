@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from herd.api.metrics import GEN_AI_DURATION_S, GEN_AI_TTFT_S, HTTP_DURATION_S
+from herd.api.telemetry.metrics import GEN_AI_DURATION_S, GEN_AI_TTFT_S, HTTP_DURATION_S
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, HerdServer
@@ -257,8 +257,8 @@ def test_dashboard_queries_name_what_herd_exports(server: HerdServer) -> None:
 
 def test_heartbeat_engine_stats_render_as_families() -> None:
     """A unit check of the heartbeat -> exposition path (the live tests above cannot make a worker speculate)."""
-    from herd.api.exposition import OPENMETRICS, render
-    from herd.api.metrics import fleet
+    from herd.api.telemetry.exposition import OPENMETRICS, render
+    from herd.api.telemetry.metrics import fleet
     from herd.inference import Buckets, EngineStats, WorkerStatus
 
     engine = EngineStats(

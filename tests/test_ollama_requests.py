@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.translate import ollama_requests as requests
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest

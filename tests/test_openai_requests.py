@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.translate import openai_requests as translate
 from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest

@@ -13,8 +13,8 @@ import llama_cpp as L
 import openai
 import pydantic
 import pytest
-from herd.api.grammar import schema_grammar
-from herd.api.pattern import MAX_DFA_STATES, Dfa, compile_pattern
+from herd.api.grammar.pattern import MAX_DFA_STATES, Dfa, compile_pattern
+from herd.api.grammar.schema import schema_grammar
 from herd.config import bundled_model_path
 from herd.errors import InvalidRequest
 

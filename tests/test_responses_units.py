@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.routes.responses_history import listed, output_items, page
 from herd.api.translate.responses_replies import ResponseAssembler, initial, sse_event, stored
 from herd.api.translate.responses_requests import (

@@ -14,8 +14,8 @@ from typing import Any
 import llama_cpp as L
 import pytest
 from herd import toolformat
-from herd.api.grammar import ToolSpec
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import ToolSpec
+from herd.api.grammar.tools import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser, parse_all
 from herd.config import bundled_model_path
 from herd.inference import ChatMessage, Tool, ToolConstraint

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from herd.api.metrics import GEN_AI_DURATION_S, GEN_AI_TPOT_S, GEN_AI_TTFT_S, HTTP_DURATION_S
+from herd.api.telemetry.metrics import GEN_AI_DURATION_S, GEN_AI_TPOT_S, GEN_AI_TTFT_S, HTTP_DURATION_S
 
 from tests.conftest import MODEL, HerdServer
 from tests.otlp_receiver import Collected, Record, grpc_receiver, http_receiver

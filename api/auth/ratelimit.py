@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 from herd import channels
-from herd.api.metrics import Metrics
+from herd.api.telemetry.metrics import Metrics
 from herd.errors import RateLimited
 from herd.inference import EmbeddingRequest, GenerationRequest
 from herd.redisconn import map_redis_errors

@@ -11,7 +11,7 @@ from herd.api.auth.issuer import Issuer, SigningKeys
 from herd.api.auth.middleware import Authenticator, access_control, add_rate_limit_headers
 from herd.api.auth.ratelimit import Quotas
 from herd.api.auth.tokens import JwksKeys, KeySource, Validator
-from herd.api.metrics import Metrics
+from herd.api.telemetry.metrics import Metrics
 from herd.config import Settings
 from litestar.types import ASGIApp, BeforeMessageSendHookHandler
 from redis.asyncio import Redis

@@ -21,7 +21,7 @@ from herd.api.errors import TABLE, openai_body
 from herd.api.files.filestore import FileStore, ResultLog
 from herd.api.files.records import Records
 from herd.api.gateway import Gateway
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.wire.batch import (
     Batch,
     BatchError,

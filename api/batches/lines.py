@@ -9,7 +9,7 @@ from typing import TypeVar
 import msgspec
 from herd.api.events import EventStream
 from herd.api.gateway import Gateway
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.relay import close_shielded, merged
 from herd.api.translate import openai_replies, openai_requests
 from herd.api.translate.openai_chat_replies import ChatAssembler

@@ -15,7 +15,7 @@ from herd.api.batches.driver import BatchDriver
 from herd.api.files.filestore import FileStore
 from herd.api.files.records import Records
 from herd.api.gateway import Gateway
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.config import Settings
 from herd.errors import ServiceError
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from herd.api.events import AnyRequest, EventStream
 from herd.api.gateway import Gateway
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.ids import request_id_of
 from herd.api.relay import close_shielded
 from herd.api.validation import decode_json

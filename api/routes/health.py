@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import msgspec
-from herd.api import exposition
-from herd.api.metrics import Metrics
 from herd.api.routes.common import gateway
+from herd.api.telemetry import exposition
+from herd.api.telemetry.metrics import Metrics
 from herd.errors import ServiceError
 from litestar import Request, Response, get
 from litestar.datastructures import State

@@ -6,8 +6,8 @@ import json
 import re
 import time
 
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.grammar.tools import argument_rules
 from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest
 from herd.inference import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.grammar.tools import argument_rules
 from herd.api.translate.openai_functions import as_tools
 from herd.api.wire import openai as wire
 from herd.errors import InvalidRequest

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
-from herd.api.grammar import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
-from herd.api.toolgrammar import argument_rules
+from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
+from herd.api.grammar.tools import argument_rules
 from herd.api.wire import responses as wire
 from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, GenerationRequest, Grammar, SamplingParams, Tool, ToolCall, ToolConstraint

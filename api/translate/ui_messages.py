@@ -7,7 +7,7 @@ import json
 import secrets
 
 import msgspec
-from herd.api.grammar import GrammarCache
+from herd.api.grammar.schema import GrammarCache
 from herd.api.translate import openai_requests
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser
 from herd.api.wire import openai

@@ -2,8 +2,8 @@
 histograms (the conventions' names, buckets and attributes), and the fleet's gauges and engine measures read from
 Redis (queues) and the workers' heartbeats at collection time.
 
-`collect()` gives every family in one neutral shape; api/exposition.py renders it as Prometheus text or OpenMetrics
-(with trace-id exemplars) and api/otlp_metrics.py as OTLP. Label keys are the OpenTelemetry attribute names
+`collect()` gives every family in one neutral shape; exposition.py renders it as Prometheus text or OpenMetrics
+(with trace-id exemplars) and otlp.py as OTLP. Label keys are the OpenTelemetry attribute names
 (`gen_ai.request.model`); Prometheus sees them with dots as underscores (`gen_ai_request_model`).
 
 Fleet families (herd_queue_*, herd_model_workers, herd_worker_*) describe shared state, not this process: every API
@@ -88,7 +88,7 @@ def _from_buckets(buckets: Buckets) -> HistogramPoint:
 
 
 class Metrics:
-    """Held in app.state; the request telemetry (api/telemetry.py) and the response hook record into it."""
+    """Held in app.state; the request telemetry (api/telemetry/genai.py) and the response hook record into it."""
 
     def __init__(self) -> None:
         self.started_at = time.time()

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 
 from herd.api.errors import TABLE
-from herd.api.metrics import Labels, Metrics, Trace
-from herd.api.tracing import CURRENT
+from herd.api.telemetry.http_spans import CURRENT
+from herd.api.telemetry.metrics import Labels, Metrics, Trace
 from herd.errors import ServiceError
 from herd.inference import (
     Embedded,

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from herd.api.regex import (
+from herd.api.grammar.regex import (
     UNIVERSE,
     Alt,
     Anchor,

@@ -7,7 +7,7 @@ the reply names the caller's Origin rather than `*`, so a page sending an Author
 
 from __future__ import annotations
 
-from herd.api.origins import Doorman
+from herd.api.edge.origins import Doorman
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 

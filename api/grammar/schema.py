@@ -1,9 +1,9 @@
 """JSON Schema -> llama.cpp GBNF, compiled in the API so a bad or abusive schema is a 400 that never reaches a worker.
 
-One compiler serves OpenAI `response_format`, Ollama `format` and tool arguments (api/toolgrammar.py). Supported: type
+One compiler serves OpenAI `response_format`, Ollama `format` and tool arguments (api/grammar/tools.py). Supported: type
 (and type lists), properties/required/additionalProperties, items/prefixItems/minItems/maxItems, enum, const,
 anyOf/oneOf, allOf of objects, local `$ref` (recursive ones too), string minLength/maxLength, `pattern`
-(herd.api.pattern compiles the regex into the grammar; one it cannot compile is refused, since a constraint we would
+(pattern.py compiles the regex into the grammar; one it cannot compile is refused, since a constraint we would
 silently drop is worse than a clear error) and the formats date, time, date-time, uuid, email, hostname, ipv4, ipv6
 and uri. With a `pattern`, `format` is not checked (zod sends both; its pattern is the stricter). Numeric bounds are
 left to the model.
@@ -15,8 +15,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from herd.api.pattern import compile_pattern, gbnf_rules
-from herd.api.regex import PatternError
+from herd.api.grammar.pattern import compile_pattern, gbnf_rules
+from herd.api.grammar.regex import PatternError
 from herd.errors import InvalidRequest
 
 MAX_SCHEMA_BYTES = 64 * 1024

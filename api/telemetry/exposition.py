@@ -1,9 +1,9 @@
-"""Metric families (api/metrics.py) as Prometheus text 0.0.4, or OpenMetrics 1.0.0 with the latest traced observation
+"""Metric families (metrics.py) as Prometheus text 0.0.4, or OpenMetrics 1.0.0 with the latest traced observation
 of each histogram bucket as an exemplar (`# {trace_id="...",span_id="..."} value timestamp`). Pure functions."""
 
 from __future__ import annotations
 
-from herd.api.metrics import Family, HistogramPoint, Labels
+from herd.api.telemetry.metrics import Family, HistogramPoint, Labels
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

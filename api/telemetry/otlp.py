@@ -1,7 +1,7 @@
 """OTLP metrics export: every OTEL_METRIC_EXPORT_INTERVAL ms (default 60000) the same families /metrics shows go to
 the OTLP exporter of shared/tracing.py (gRPC or HTTP), with cumulative temporality and the histograms' exemplars.
 
-The families are herd's own (api/metrics.py), so Prometheus and OTLP never disagree; only the naming differs
+The families are herd's own (api/telemetry/metrics.py), so Prometheus and OTLP never disagree; only the naming differs
 (OpenTelemetry names and units here, `gen_ai.server.request.duration` for `gen_ai_server_request_duration_seconds`).
 Fleet families come from Redis and are the same on every replica, as on /metrics.
 """
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from herd.api.metrics import Family, HistogramPoint, Labels, Metrics
+from herd.api.telemetry.metrics import Family, HistogramPoint, Labels, Metrics
 from herd.inference import QueueStatus, WorkerStatus
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -34,7 +34,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-log = logging.getLogger("herd.api.otlp_metrics")
+log = logging.getLogger("herd.api.telemetry.otlp")
 
 Fleet = Callable[[], Awaitable[tuple[QueueStatus | None, list[WorkerStatus]]]]
 INT_ATTRIBUTES = frozenset({"http.response.status_code", "server.port"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from herd.api.grammar import MAX_GRAMMAR_BYTES, PRIMITIVES, ToolSpec, _Compiler
+from herd.api.grammar.schema import MAX_GRAMMAR_BYTES, PRIMITIVES, ToolSpec, _Compiler
 from herd.errors import InvalidRequest
 
 

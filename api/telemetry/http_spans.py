@@ -14,7 +14,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from herd.api.metrics import Metrics
+from herd.api.telemetry.metrics import Metrics
 from herd.tracing import context_from
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -41,7 +41,7 @@ class ServerRequest:
         self.error_type = error_type
 
 
-# The request being served, for code deeper down (api/telemetry.py): a copy of the context goes to every task the
+# The request being served, for code deeper down (api/telemetry/genai.py): a copy of the context goes to every task the
 # handler starts, and they all share this one object.
 CURRENT: ContextVar[ServerRequest | None] = ContextVar("herd_server_request", default=None)
 
