@@ -5,15 +5,15 @@ records with their own concurrency rules (WATCH/MULTI updates, Lua for create-on
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import msgspec
 import redis.exceptions
 from herd import channels
+from herd.api.leases import Leases
 from herd.api.wire.batch import Batch, FileObject
 from herd.errors import NotFound
-from herd.redisconn import REDIS_ERRORS, map_redis_errors
+from herd.redisconn import map_redis_errors
 from redis.asyncio import Redis
 
 _IDEMPOTENCY_TTL_S = 24 * 3600
@@ -31,14 +31,6 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 return ARGV[1]
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class StoredFile(msgspec.Struct):
@@ -55,8 +47,7 @@ class Records:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._create_once = redis.register_script(_CREATE_ONCE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._leases = Leases(redis)
 
     # ---- files -------------------------------------------------------------------------------------------
 
@@ -180,16 +171,13 @@ class Records:
     # ---- who drives a batch ------------------------------------------------------------------------------
 
     async def acquire(self, batch_id: str, token: str, ttl_ms: int) -> bool:
-        with map_redis_errors():
-            return bool(await self._redis.set(channels.batch_lease(batch_id), token, nx=True, px=ttl_ms))
+        return await self._leases.take(channels.batch_lease(batch_id), token, ttl_ms)
 
     async def renew(self, batch_id: str, token: str, ttl_ms: int) -> bool:
-        with map_redis_errors():
-            return bool(await self._renew([channels.batch_lease(batch_id)], [token, ttl_ms]))
+        return await self._leases.renew(channels.batch_lease(batch_id), token, ttl_ms)
 
     async def release(self, batch_id: str, token: str) -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self._release([channels.batch_lease(batch_id)], [token])
+        await self._leases.release(channels.batch_lease(batch_id), token)
 
     async def set_inflight(self, batch_id: str, line: int, request_id: str | None) -> None:
         with map_redis_errors():

@@ -9,16 +9,16 @@ runner's own end and a reader settling an orphaned response cannot overwrite eac
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import msgspec
 from herd import channels
+from herd.api.leases import Leases
 from herd.config import Settings
 from herd.errors import InvalidRequest, NotFound, Unavailable
 from herd.inference import Failed, Finished, StreamEvent
-from herd.redisconn import REDIS_ERRORS
+from herd.redisconn import map_redis_errors
 from redis.asyncio import Redis
 
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
@@ -33,14 +33,6 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'response', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -59,14 +51,6 @@ class Record(msgspec.Struct):
         return self.status in TERMINAL
 
 
-@contextlib.asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except REDIS_ERRORS as exc:
-        raise Unavailable("the API cannot reach Redis; try again shortly") from exc
-
-
 class ResponseStore:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
@@ -74,8 +58,7 @@ class ResponseStore:
         self.max_bytes = settings.responses_max_bytes  # one stored response, input and output
         self._lease_ms = max(1000, int(settings.heartbeat_ttl_s * 1000))
         self._settle = redis.register_script(_SETTLE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._leases = Leases(redis)
         self._decoder = msgspec.msgpack.Decoder(StreamEvent)
 
     # ---- records -------------------------------------------------------------------------------------------
@@ -101,14 +84,14 @@ class ResponseStore:
             "background": "1" if record.background else "0",
             "logprobs": "1" if record.logprobs else "0",
         }
-        async with _redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(channels.response(response_id), mapping=fields)
             pipe.expire(channels.response(response_id), self._ttl)
             await pipe.execute()
 
     async def get(self, owner: str, response_id: str) -> Record:
         """The caller's response; NotFound for a missing one and for someone else's alike."""
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await self._redis.hgetall(channels.response(response_id))  # type: ignore[misc]
         if not raw or raw.get(b"owner", b"").decode() != owner:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
@@ -124,29 +107,29 @@ class ResponseStore:
         )
 
     async def status(self, response_id: str) -> str | None:
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await self._redis.hget(channels.response(response_id), "status")  # type: ignore[misc]
         return raw.decode() if raw else None
 
     async def settle(self, response_id: str, status: str, response: bytes) -> bool:
         """Record a new status and Response unless the record already ended; True when it changed."""
-        async with _redis_errors():
+        with map_redis_errors():
             changed = await self._settle(keys=[channels.response(response_id)], args=[status, response, self._ttl])
         return bool(changed)
 
     async def retarget(self, response_id: str, request_id: str) -> None:
         """The response's generation is now `request_id` (truncation auto queued a shorter prompt)."""
-        async with _redis_errors():
+        with map_redis_errors():
             await self._redis.hset(channels.response(response_id), "request_id", request_id)  # type: ignore[misc]
 
     async def request_id(self, response_id: str) -> str | None:
-        async with _redis_errors():
+        with map_redis_errors():
             raw = await self._redis.hget(channels.response(response_id), "request_id")  # type: ignore[misc]
         return raw.decode() if raw else None
 
     async def delete(self, owner: str, response_id: str) -> Record:
         record = await self.get(owner, response_id)
-        async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:
+        async with map_redis_errors(), self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(channels.response(response_id), channels.response_lease(response_id))
             if record.request_id:
                 pipe.delete(channels.durable_events(record.request_id))
@@ -156,25 +139,21 @@ class ResponseStore:
     # ---- leases: which API process runs a background response ---------------------------------------------
 
     async def lease(self, response_id: str, token: str) -> None:
-        async with _redis_errors():
-            await self._redis.set(channels.response_lease(response_id), token, px=self._lease_ms)
+        await self._leases.take(channels.response_lease(response_id), token, self._lease_ms, only_if_free=False)
 
     async def renew(self, response_id: str, token: str) -> bool:
-        async with _redis_errors():
-            return bool(await self._renew(keys=[channels.response_lease(response_id)], args=[token, self._lease_ms]))
+        return await self._leases.renew(channels.response_lease(response_id), token, self._lease_ms)
 
     async def release(self, response_id: str, token: str) -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self._release(keys=[channels.response_lease(response_id)], args=[token])
+        await self._leases.release(channels.response_lease(response_id), token)
 
     async def leased(self, response_id: str) -> bool:
-        async with _redis_errors():
-            return bool(await self._redis.exists(channels.response_lease(response_id)))
+        return await self._leases.held(channels.response_lease(response_id))
 
     async def worker_state(self, request_id: str) -> str:
         """Where the generation stands, from what workers leave in Redis: `running` (a live worker took it),
         `lost` (the worker that took it stopped heartbeating) or `waiting` (no worker took it yet)."""
-        async with _redis_errors():
+        with map_redis_errors():
             started = await self._redis.get(channels.started(request_id))
             if started is None:
                 return "waiting"
@@ -185,7 +164,7 @@ class ResponseStore:
 
     async def events(self, request_id: str) -> list[StreamEvent]:
         """Every event of the generation so far (the stream may not exist yet: no worker took it)."""
-        async with _redis_errors():
+        with map_redis_errors():
             entries = await self._redis.xrange(channels.durable_events(request_id))
         return [self._decoder.decode(fields[b"e"]) for _, fields in entries]
 
@@ -196,7 +175,7 @@ class ResponseStore:
         last = b"0-0"
         seq = 0
         while True:
-            async with _redis_errors():
+            with map_redis_errors():
                 found = await self._redis.xread({key: last}, count=512, block=block_ms)
             if not found:
                 yield None
