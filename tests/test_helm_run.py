@@ -33,6 +33,7 @@ from tests.test_helm import Manifest, by_kind, container, manifests, pod_spec, r
 
 DB = 10
 VENV_BIN = str(Path(sys.executable).parent)
+REPO = Path(__file__).resolve().parent.parent
 # What the Dockerfile's final stages set (ENV, USER's home): the environment a container starts with.
 IMAGE_ENV = {
     "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -123,7 +124,7 @@ class Pod:
         argv = [*self.container["command"], *self.container.get("args", [])]
         spec = {
             "scratch": str(self.workdir / "root"),
-            "mounts": self.mounts,
+            "mounts": [*self.mounts, *image_mounts(self.mounts)],
             "uid": self.uid,
             "gid": self.gid,
             "groups": sorted({self.gid, self.fs_group}),
@@ -204,6 +205,17 @@ class Pod:
             self.proc.kill()
             self.proc.wait()
             return None
+
+
+def image_mounts(volumes: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What the image holds (herd's code and its virtualenv) where a declared volume would hide it: a checkout under
+    /tmp (CI's clone may be one) disappears behind the pod's /tmp emptyDir, so it is bound again, read-only, on top."""
+    image = {str(REPO), str(Path(sys.prefix).resolve())}
+    return [
+        {"source": path, "target": path, "readOnly": True}
+        for path in sorted(image)
+        if any(path == str(v["target"]) or path.startswith(f"{v['target']}/") for v in volumes)
+    ]
 
 
 def interpreter_dirs() -> list[str]:
