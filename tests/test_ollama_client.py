@@ -280,7 +280,11 @@ def test_bad_field_type_is_400(server: HerdServer, client: ollama.Client) -> Non
         ("/api/generate", {"model": MODEL, "prompt": "hi", "context": [10**9]}, "context"),
         ("/api/chat", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ("/api/chat", {"model": MODEL, "messages": MESSAGES, "format": "yaml"}, "invalid format"),
-        ("/api/chat", {"model": MODEL, "messages": MESSAGES, "format": {"type": "string", "pattern": "(?<=a)b"}}, "pattern"),
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": MESSAGES, "format": {"type": "string", "pattern": "(?<=a)b"}},
+            "pattern",
+        ),
         ("/api/chat", {"model": MODEL, "messages": MESSAGES, "think": True}, "does not support thinking"),
     ],
 )
