@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 from arq.constants import health_check_key_suffix
-from herd.channels import queue
+from herd.channels import WORKER_PATTERN, worker, worker_queue
 
 from tests.conftest import MODEL, HerdServer, free_port, redis_answers
 
@@ -83,9 +83,12 @@ def test_redis_outage_mid_stream_is_an_error_frame_then_recovery(outage: tuple[P
     # The worker's queue poll survived the outage. arq's own loop ends on a Redis error, and a job whose
     # announcement was lost while Redis came back would then wait forever. Each poll refreshes arq's health-check
     # key (every 5 s, for 6 s); a finished job polls once, so past those 6 s only a live loop keeps it there.
+    # The worker polls its own queue (the API puts the jobs it chose it for there): that queue's key.
     time.sleep(8)
-    key = f"{queue(MODEL)}{health_check_key_suffix}"
     with redis.Redis(port=redis_server.port) as restarted:
+        (heartbeat,) = list(restarted.scan_iter(match=WORKER_PATTERN))
+        worker_id = heartbeat.decode().removeprefix(worker("")).strip(":")
+        key = f"{worker_queue(MODEL, worker_id)}{health_check_key_suffix}"
         deadline = time.monotonic() + 10
         while not restarted.exists(key):
             assert time.monotonic() < deadline, "the worker's queue poll did not come back after the outage"
