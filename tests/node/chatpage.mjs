@@ -75,7 +75,10 @@ try {
     await page.goto(args.page);
     await page.getByLabel("server").fill(args.herd);
     await page.getByRole("button", { name: "Connect" }).click();
-    out.alert = await page.getByRole("alert").innerText();
+    // The page first tried its own origin and may show that alert already: wait for the one about herd.
+    const alert = page.getByRole("alert").filter({ hasText: args.herd });
+    await alert.waitFor();
+    out.alert = await alert.innerText();
   }
 } finally {
   await browser.close();
