@@ -13,9 +13,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import llama_cpp as L
 import msgspec
 import pytest
 import redis
@@ -158,3 +159,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for report in terminalreporter.stats.get(outcome, []):
             if getattr(report, "when", None) == "call" and "slow" in report.keywords:
                 terminalreporter.write_line(f"slow: {report.nodeid} {outcome} in {report.duration:.1f}s")
+
+
+@pytest.fixture(scope="session")
+def vocab() -> Iterator[Any]:
+    """The bundled model's vocabulary alone (no weights): what llama.cpp's grammar parser and sampler need."""
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(bundled_model_path().encode(), params)
+    assert model
+    yield L.llama_model_get_vocab(model)
+    L.llama_model_free(model)

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
-import llama_cpp as L
 import pydantic
 import pytest
 from herd import toolformat
 from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
 from herd.api.grammar.tools import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser, parse_all
-from herd.config import bundled_model_path
 from herd.errors import InvalidRequest
 from herd.inference import Tool, ToolConstraint
 
-
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[Any]:
-    params = L.llama_model_default_params()
-    params.vocab_only = True
-    model = L.llama_model_load_from_file(bundled_model_path().encode(), params)
-    assert model
-    yield L.llama_model_get_vocab(model)
-    L.llama_model_free(model)
-
-
-def parses(vocab: Any, gbnf: str) -> bool:
-    sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-    if not sampler:
-        return False
-    L.llama_sampler_free(sampler)
-    return True
+from tests.gbnf import parses
 
 
 class Address(pydantic.BaseModel):

@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any
 
-import llama_cpp as L
 import openai
 import pydantic
 import pytest
 from herd.api.grammar.pattern import MAX_DFA_STATES, Dfa, compile_pattern
 from herd.api.grammar.schema import schema_grammar
-from herd.config import bundled_model_path
 from herd.errors import InvalidRequest
 
 from tests.conftest import MODEL, HerdServer
+from tests.gbnf import parses
 
 # What zod 4's toJSONSchema emits for z.email(), z.uuid(), z.guid(), z.iso.datetime(), z.iso.date(), z.iso.time(),
 # z.ipv4(), z.ipv6(), z.cidrv4(), z.ulid(), z.nanoid(), z.cuid(), z.base64(), z.hex(), with strings each matches
@@ -116,24 +114,6 @@ def sample(dfa: Dfa, rng: random.Random) -> str:
         lo, hi = rng.choice(ascii_ or list(ranges))
         out.append(chr(rng.randint(lo, min(hi, lo + 200))))
     return "".join(out)
-
-
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[Any]:
-    params = L.llama_model_default_params()
-    params.vocab_only = True
-    model = L.llama_model_load_from_file(bundled_model_path().encode(), params)
-    assert model
-    yield L.llama_model_get_vocab(model)
-    L.llama_model_free(model)
-
-
-def parses(vocab: Any, gbnf: str) -> bool:
-    sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-    if not sampler:
-        return False
-    L.llama_sampler_free(sampler)
-    return True
 
 
 @pytest.mark.parametrize("name", ZOD)

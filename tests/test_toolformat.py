@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from herd import toolformat
 from herd.api.grammar.schema import ToolSpec
 from herd.api.grammar.tools import argument_rules
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser, parse_all
-from herd.config import bundled_model_path
 from herd.inference import ChatMessage, Tool, ToolConstraint
 from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP, DSML
 from herd.workers.template import ChatTemplate
@@ -319,16 +317,6 @@ def test_the_format_is_taken_only_before_any_text() -> None:
 
 
 # ---- grammars ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[Any]:
-    params = L.llama_model_default_params()
-    params.vocab_only = True
-    model = L.llama_model_load_from_file(bundled_model_path().encode(), params)
-    assert model
-    yield L.llama_model_get_vocab(model)
-    L.llama_model_free(model)
 
 
 def tokenize(vocab: Any, text: str) -> list[int]:
