@@ -113,25 +113,35 @@ async def _burst(url: str, bodies: list[dict[str, Any]], timeout_s: float) -> di
 
 async def _conversation(
     client: httpx.AsyncClient, url: str, model: str, user: int, turns: int, timeout_s: float
-) -> list[float]:
+) -> tuple[list[float], str | None]:
+    """One user's turns; a failed turn ends the conversation (the next turn needs its reply) and is reported,
+    without discarding the turns measured before it or the other users'."""
     history: list[dict[str, str]] = []
     ttfts: list[float] = []
     for turn in range(turns):
         history.append({"role": "user", "content": f"User {user}, turn {turn}: {QUESTIONS[(user + turn) % 5]}"})
         stream = await stream_chat(client, url, chat_body(model, history, 16), timeout_s)
         if not stream.ok:
-            raise RuntimeError(f"multiturn: {stream.error}")
+            return ttfts, f"user {user} turn {turn}: {stream.error}"
         ttfts.extend(_ttfts([stream]))
         history.append({"role": "assistant", "content": str(stream.usage["text"])})
-    return ttfts
+    return ttfts, None
 
 
 async def _multiturn(url: str, model: str, users: int, turns: int, timeout_s: float) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=users + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, trust_env=False) as client:
         per_user = await asyncio.gather(*(_conversation(client, url, model, u, turns, timeout_s) for u in range(users)))
-    ttfts = [t for user in per_user for t in user]
-    return {"turns": len(ttfts), "ttft_p50_ms": C.percentile(ttfts, 50), "ttft_p99_ms": C.percentile(ttfts, 99)}
+    ttfts = [t for user, _ in per_user for t in user]
+    failed = [error for _, error in per_user if error is not None]
+    for error in failed:
+        print(f"  multiturn: {error}", flush=True)
+    return {
+        "turns": len(ttfts),
+        "errors": len(failed),
+        "ttft_p50_ms": C.percentile(ttfts, 50),
+        "ttft_p99_ms": C.percentile(ttfts, 99),
+    }
 
 
 async def _measure(base: str, model: str, rows: set[str], args: argparse.Namespace) -> dict[str, Any]:
