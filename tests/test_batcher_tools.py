@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from herd.api.grammar.schema import ToolSpec
 from herd.api.grammar.tools import argument_rules
@@ -25,9 +24,10 @@ from herd.workers.batcher import Batcher
 from herd.workers.protocol import Sampler
 from herd.workers.template import ChatTemplate
 
+from tests import llama_sources
 from tests.fake_engine import ScriptedEngine
 
-TEMPLATE = (Path(__file__).parent / "data" / "templates" / "unsloth-mistral-Devstral-Small-2507.jinja").read_text()
+TEMPLATE = (llama_sources.templates_dir() / "unsloth-mistral-Devstral-Small-2507.jinja").read_text()
 WEATHER = Tool("get_weather", "Weather of a city", '{"type": "object", "properties": {"city": {"type": "string"}}}')
 MESSAGES = (ChatMessage("user", "Weather in Paris?"),)
 CALL = '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'

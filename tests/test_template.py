@@ -1,7 +1,7 @@
 """Chat templates: every template of llama.cpp's collection renders through herd, adapted where it refuses a shape.
 
-The templates in tests/data/templates/ are llama.cpp's `models/templates/*.jinja` (MIT, see LICENSE-llama.cpp
-beside them), copied from the llama.cpp sources vendored in the llama-cpp-python 0.3.36 sdist.
+The templates are llama.cpp's `models/templates/*.jinja`, read from the llama.cpp sources vendored in the installed
+llama-cpp-python's sdist (tests/llama_sources.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, Tool, ToolCall
 from herd.workers.template import ChatTemplate
 
-TEMPLATES = sorted((Path(__file__).parent / "data" / "templates").glob("*.jinja"))
+from tests import llama_sources
+
+TEMPLATES = sorted(llama_sources.templates_dir().glob("*.jinja"))
 # Before issue 16, 57 of these rendered the plain conversation and 42 the tool conversation.
 COLLECTION_SIZE = 70
 

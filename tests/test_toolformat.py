@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import llama_cpp as L
@@ -20,7 +20,10 @@ from herd.inference import ChatMessage, Tool, ToolConstraint
 from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP, DSML
 from herd.workers.template import ChatTemplate
 
-TEMPLATES = Path(__file__).parent / "data" / "templates"
+from tests import llama_sources
+from tests.gbnf import parses
+
+TEMPLATES = llama_sources.templates_dir()
 WEATHER_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -430,3 +433,57 @@ def test_auto_grammars_are_lazy_on_the_familys_opener(vocab: Any, fmt: toolforma
     )
     assert sampler
     L.llama_sampler_free(sampler)
+
+
+# Families whose own tokenizer is among llama.cpp's vocab-only GGUFs (the model the grammar constrains tokenizes
+# the call with its special tokens: `<tool_call>`, `<|python_tag|>`, `<|START_ACTION|>`...).
+FAMILY_VOCABS = {"hermes": "qwen2", "qwen3-coder": "qwen35", "llama3": "llama-bpe", "command-r": "command-r"}
+
+
+@pytest.fixture(scope="module")
+def family_vocab() -> Iterator[Callable[[str], Any]]:
+    loaded: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in loaded:
+            params = L.llama_model_default_params()
+            params.vocab_only = True
+            model = L.llama_model_load_from_file(str(llama_sources.vocab_path(name)).encode(), params)
+            assert model, name
+            loaded[name] = model
+        return L.llama_model_get_vocab(loaded[name])
+
+    yield get
+    for model in loaded.values():
+        L.llama_model_free(model)
+
+
+def special_tokens(vocab: Any, text: str) -> list[int]:
+    data = text.encode()
+    buf = (L.llama_token * (len(data) + 8))()
+    n = L.llama_tokenize(vocab, data, len(data), buf, len(buf), False, True)
+    assert n >= 0
+    return list(buf[:n])
+
+
+@pytest.mark.parametrize(("fmt", "vocab_name"), FAMILY_VOCABS.items())
+def test_forced_grammar_on_the_familys_own_vocabulary(
+    family_vocab: Callable[[str], Any], fmt: toolformat.ToolFormat, vocab_name: str
+) -> None:
+    vocab = family_vocab(vocab_name)
+    gbnf = toolformat.grammar(fmt, constraint(False, ("get_weather",)), TOOLS).gbnf
+    assert parses(vocab, gbnf)
+    assert accepts(vocab, gbnf, CALL_TEXT[fmt])
+    assert not accepts(vocab, gbnf, "The weather is nice.")
+    # The call as the model writes it, its markers as single special tokens where the vocabulary has them.
+    tokens = special_tokens(vocab, CALL_TEXT[fmt])
+    sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    try:
+        for token in tokens:
+            cell = (L.llama_token_data * 1)(L.llama_token_data(token, 0.0, 0.0))
+            array = L.llama_token_data_array(cell, 1, -1, False)
+            L.llama_sampler_apply(sampler, ctypes.byref(array))
+            assert cell[0].logit != float("-inf"), (fmt, token)
+            L.llama_sampler_accept(sampler, token)
+    finally:
+        L.llama_sampler_free(sampler)
