@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,25 @@ def start(args: argparse.Namespace, redis_port: int, workdir: Path) -> tuple[lis
     raise RuntimeError(f"the fleet did not get ready; logs in {workdir}")
 
 
-async def one_stream(port: int, tokens: int, gaps: list[float], steady: list[float], started: list[int]) -> bool:
-    """One streaming completion over a raw socket; True when it ended in [DONE] with `tokens` tokens. Appends the
-    gaps between its tokens that fall after `steady[0]` (once every stream of the step is running: a simulated
-    worker spends a whole step on each prompt it admits, which would stall the others while the step ramps up)."""
+@dataclass
+class Step:
+    """One step's streams: the gaps between tokens counted once every stream runs (`steady`), since a simulated
+    worker spends a whole step on each prompt it admits, which stalls the others while the step ramps up."""
+
+    streams: int
+    gaps: list[float] = field(default_factory=list)
+    started: int = 0
+    all_started: asyncio.Event = field(default_factory=asyncio.Event)
+    steady: float = float("inf")
+
+    def first_token(self) -> None:
+        self.started += 1
+        if self.started == self.streams:
+            self.all_started.set()
+
+
+async def one_stream(port: int, tokens: int, step: Step) -> bool:
+    """One streaming completion over a raw socket; True when it ended in [DONE] with `tokens` tokens."""
     body = json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": tokens, "stream": True}).encode()
     head = (  # HTTP/1.0: the body is not chunked, so every line read is a line of the event stream
         f"POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
@@ -116,9 +132,9 @@ async def one_stream(port: int, tokens: int, gaps: list[float], steady: list[flo
             if line.startswith(b"data: {") and b'"finish_reason":null' in line:  # a token (not the last chunk)
                 now = time.perf_counter()
                 if last is None:
-                    started[0] += 1
-                elif last >= steady[0]:
-                    gaps.append(now - last)
+                    step.first_token()
+                elif last >= step.steady:
+                    step.gaps.append(now - last)
                 last = now
                 seen += 1
         return False
@@ -129,21 +145,23 @@ async def one_stream(port: int, tokens: int, gaps: list[float], steady: list[flo
 
 
 async def run_step(n: int, args: argparse.Namespace, port: int, api_pid: int) -> dict[str, Any]:
-    gaps: list[float] = []
-    steady, started = [float("inf")], [0]
+    step = Step(n)
     tasks = []
     for _ in range(n):  # ramp over --ramp seconds so the connects do not all land in one instant
-        tasks.append(asyncio.create_task(one_stream(port, args.tokens, gaps, steady, started)))
+        tasks.append(asyncio.create_task(one_stream(port, args.tokens, step)))
         if args.ramp > 0 and n > 1:
             await asyncio.sleep(args.ramp / n)
-    # The peak: every stream has its first token, most of their tokens still to come.
-    while started[0] < n and not all(t.done() for t in tasks):
-        await asyncio.sleep(0.05)
-    steady[0] = time.perf_counter()
+    # The peak: every stream has its first token, most of their tokens still to come (or some failed).
+    everyone = asyncio.create_task(step.all_started.wait())
+    finished = asyncio.ensure_future(asyncio.gather(*tasks))
+    await asyncio.wait([everyone, finished], return_when=asyncio.FIRST_COMPLETED)  # all finished: some failed
+    everyone.cancel()
+    step.steady = time.perf_counter()
     peak_rss, peak_fds = proc_rss_mib(api_pid), proc_fds(api_pid)
-    results = await asyncio.gather(*tasks)
+    results = await finished
     await asyncio.sleep(2.0)
     interval = 1.0 / args.rate
+    gaps = step.gaps
     p99 = percentile(gaps, 99)
     return {
         "streams": n,
