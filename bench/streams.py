@@ -154,7 +154,8 @@ async def run_step(n: int, args: argparse.Namespace, port: int, api_pid: int) ->
     # The peak: every stream has its first token, most of their tokens still to come (or some failed).
     everyone = asyncio.create_task(step.all_started.wait())
     finished = asyncio.ensure_future(asyncio.gather(*tasks))
-    await asyncio.wait([everyone, finished], return_when=asyncio.FIRST_COMPLETED)  # all finished: some failed
+    waiting: list[asyncio.Future[Any]] = [everyone, finished]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)  # all finished first: some failed
     everyone.cancel()
     step.steady = time.perf_counter()
     peak_rss, peak_fds = proc_rss_mib(api_pid), proc_fds(api_pid)
