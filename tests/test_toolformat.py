@@ -322,10 +322,11 @@ def test_the_format_is_taken_only_before_any_text() -> None:
 # ---- grammars ------------------------------------------------------------------------------------------------
 
 
-def tokenize(vocab: Any, text: str) -> list[int]:
+def tokenize(vocab: Any, text: str, special: bool = False) -> list[int]:
+    """`special`: markers that are special tokens of the vocabulary become those tokens."""
     data = text.encode()
     buf = (L.llama_token * (len(data) + 8))()
-    n = L.llama_tokenize(vocab, data, len(data), buf, len(buf), False, False)
+    n = L.llama_tokenize(vocab, data, len(data), buf, len(buf), False, special)
     assert n >= 0
     return list(buf[:n])
 
@@ -458,14 +459,6 @@ def family_vocab() -> Iterator[Callable[[str], Any]]:
         L.llama_model_free(model)
 
 
-def special_tokens(vocab: Any, text: str) -> list[int]:
-    data = text.encode()
-    buf = (L.llama_token * (len(data) + 8))()
-    n = L.llama_tokenize(vocab, data, len(data), buf, len(buf), False, True)
-    assert n >= 0
-    return list(buf[:n])
-
-
 @pytest.mark.parametrize(("fmt", "vocab_name"), FAMILY_VOCABS.items())
 def test_forced_grammar_on_the_familys_own_vocabulary(
     family_vocab: Callable[[str], Any], fmt: toolformat.ToolFormat, vocab_name: str
@@ -476,7 +469,7 @@ def test_forced_grammar_on_the_familys_own_vocabulary(
     assert accepts(vocab, gbnf, CALL_TEXT[fmt])
     assert not accepts(vocab, gbnf, "The weather is nice.")
     # The call as the model writes it, its markers as single special tokens where the vocabulary has them.
-    tokens = special_tokens(vocab, CALL_TEXT[fmt])
+    tokens = tokenize(vocab, CALL_TEXT[fmt], special=True)
     sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
     try:
         for token in tokens:
