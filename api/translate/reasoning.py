@@ -59,8 +59,8 @@ class ThinkSplitter:
         self._pending += text[len(body) :]
 
     def _say(self, text: str, out: list[Content | Reasoning]) -> None:
-        if not self._said:
-            text = text.lstrip()
+        if not self._said:  # the reasoning's leading whitespace (held as pending, too) is dropped
+            text, self._pending = text.lstrip(), ""
         if text:
             out.append(Reasoning(self._pending + text))
             self._pending, self._said = "", True
