@@ -3,6 +3,7 @@ object of stream:false) and /api/embed's answer.
 
 Tool calls go out whole, one line each, as Ollama sends them (arguments as a JSON object); logprobs ride on the
 line their tokens' text is on.
+A reasoning model's reasoning goes out as `thinking` (message.thinking in chat), unless the request said think=false.
 """
 
 from __future__ import annotations

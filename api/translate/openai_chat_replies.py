@@ -5,6 +5,8 @@ at the end. Tool calls follow OpenAI's streaming rules: per call an `index`; the
 `function.name` (with empty arguments), later ones only `function.arguments` fragments; `finish_reason: tool_calls`.
 A request with the legacy `functions` gets the legacy shape: `function_call` (one call) and `finish_reason:
 function_call`.
+What a reasoning model reasoned (api/translate/reasoning.py) goes out as `reasoning_content`, in deltas and on the
+message, as vLLM, llama-server and DeepSeek send it; its tokens in `usage.completion_tokens_details`.
 """
 
 from __future__ import annotations
