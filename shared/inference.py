@@ -84,6 +84,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     tools: tuple[Tool, ...] = ()  # described to the model in the prompt (chat only)
     grammar: Grammar | None = None
     tool_constraint: ToolConstraint | None = None  # used when `grammar` is None
+    # Reasoning asked for (herd.reasoning.Effort: "off", "on", "low", "medium", "high"); None: the model's default.
+    reasoning: Literal["off", "on", "low", "medium", "high"] | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None  # None: off; else how many alternatives
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] = 1  # choices, forked from one prefill of the prompt
     suffix: str | None = None  # fill in the middle between prompt and suffix (models with infill tokens)
@@ -146,6 +148,9 @@ class TokenDelta(msgspec.Struct, frozen=True, tag="delta"):
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token generated since the last delta, when asked for
     # A choice's first delta, when the request offered tools, names the syntax its calls come in (herd.toolformat).
     tool_format: str | None = None
+    # A choice's first delta, for a chat model that reasons, names how its reasoning comes in the text (herd.reasoning):
+    # "think" (<think> blocks), "thinking" (the prompt opened <think>: the text starts inside it) or "harmony".
+    reasoning: str | None = None
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finished"):

@@ -605,7 +605,7 @@ def test_a_response_whose_api_replica_and_worker_both_died_ends_failed(fleet: Fl
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
             "input[0].content[0].type",
         ),
-        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
         ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
         ({"input": [{"type": "item_reference", "id": "msg_unknown_o0"}]}, "input[0].id"),
         ({"input": []}, "input"),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from herd import toolformat
+from herd import reasoning, toolformat
 from herd.errors import ContextLengthExceeded, EngineError, InvalidRequest, ServiceError
 from herd.inference import (
     EmbeddingRequest,
@@ -55,6 +55,7 @@ class _Family:
     event_seq: int = 0
     live: int = 1  # choices not yet finished (the forks join when the prompt is prefilled)
     fork_slots: list[int] = field(default_factory=list)  # reserved at admission for choices 1..n-1
+    reasoning: str | None = None  # how the choices' reasoning comes in their text (herd.reasoning.start)
 
 
 @dataclass(slots=True)
@@ -81,7 +82,7 @@ class _Seq:
     acceptance: Acceptance | None = None  # its drafts' recent acceptance; None: this sequence does not speculate
     drafted: int = 0
     accepted: int = 0
-    tool_format_sent: bool = False
+    first_sent: bool = False  # the choice's first delta went out (it names the tool and reasoning formats)
 
     def next_seq(self) -> int:
         self.family.event_seq += 1
@@ -119,6 +120,8 @@ class Batcher:
         self._cap = max_tokens_cap
         self._template = ChatTemplate(engine.chat_template, engine.bos_text, engine.eos_text, engine.add_bos)
         self._tool_markers = toolformat.marker_tokens(self._template.tool_format, engine.tokenize)
+        if self._template.reasoning == "harmony":  # its channels show where reasoning ends
+            self._tool_markers |= toolformat.marker_tokens("gpt-oss", engine.tokenize)
         self._inbox: queue.SimpleQueue[_Seq | EmbedJob | None] = queue.SimpleQueue()
         self._embeds: list[EmbedJob] = []
         self._cancel_lock = threading.Lock()
@@ -267,7 +270,8 @@ class Batcher:
     def _prepare(self, seq: _Seq) -> None:
         req, engine = seq.req, self._engine
         if req.messages is not None:
-            text, add_special = self._template.render(req.messages, req.tools), engine.add_bos
+            text, add_special = self._template.render(req.messages, req.tools, req.reasoning), engine.add_bos
+            seq.family.reasoning = reasoning.start(self._template.reasoning, text)
         else:
             text, add_special = req.prompt or "", True
         if req.suffix is not None:
@@ -462,8 +466,10 @@ class Batcher:
         if seq.req.logprobs is not None:
             seq.logprobs.append(self._engine.logprobs(batch_index, token, seq.req.logprobs))
         assert seq.text is not None
-        # A request with tools sees its model's call markers, control tokens that text otherwise leaves out.
-        special = seq.req.tool_constraint is not None and token in self._tool_markers
+        # A request with tools sees its model's call markers, control tokens that text otherwise leaves out; so does
+        # one whose model reasons on harmony channels (the markers are gpt-oss's then).
+        marked = seq.req.tool_constraint is not None or seq.family.reasoning == "harmony"
+        special = marked and token in self._tool_markers
         text = seq.text.feed(self._engine.piece(token, special))
         if text:
             self._delta(seq, text, 1)
@@ -510,10 +516,12 @@ class Batcher:
     def _delta(self, seq: _Seq, text: str, tokens: int) -> None:
         logprobs = tuple(seq.logprobs)
         seq.logprobs.clear()
-        tool_format = None
-        if seq.req.tool_constraint is not None and not seq.tool_format_sent:
-            tool_format, seq.tool_format_sent = self._template.tool_format, True
-        delta = TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs, tool_format)
+        tool_format = thinking = None
+        if not seq.first_sent:
+            seq.first_sent = True
+            tool_format = self._template.tool_format if seq.req.tool_constraint is not None else None
+            thinking = seq.family.reasoning
+        delta = TokenDelta(seq.next_seq(), text, tokens, seq.index, logprobs, tool_format, thinking)
         self._events.append((seq.req.id, delta))
 
     def _grammar(self, req: GenerationRequest) -> Grammar | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from herd import toolformat
+from herd import reasoning, toolformat
 from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, Tool
 from herd.workers.template_env import TemplateEnvironment
@@ -94,6 +94,7 @@ class ChatTemplate:
         self.native_calls = found is not None  # calls and results in the history as the template writes them
         self.knows_tools = self.native_calls and self.caps.tools  # the template shows the tools itself
         self.tool_format: toolformat.ToolFormat = found or "hermes"
+        self.reasoning = reasoning.detect(source or "")  # how the model reasons before answering, if it does
 
     # ---- probing -------------------------------------------------------------------------------------------
 
@@ -195,9 +196,12 @@ class ChatTemplate:
             rows = _after_results(rows, caps.after_result)
         return rows
 
-    def render(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> str:
+    def render(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = (), effort: reasoning.Effort | None = None
+    ) -> str:
+        """The prompt; `effort` reaches templates that take one (enable_thinking, reasoning_effort)."""
         rows = self.rows(messages, tools)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = reasoning.variables(self.reasoning, effort)
         if tools and self.knows_tools:
             extra["tools"] = [_tool_schema(t) for t in tools]
         try:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
+from herd import reasoning
 from herd.api.events import EventStream
 from herd.api.models.catalog import Catalog
 from herd.api.models.store import Manifest, ModelStore
@@ -78,6 +79,15 @@ async def _resolve(state: State, name: str) -> tuple[str, int]:
     return served, known[served]
 
 
+async def _thinks(state: State, served: str, think: bool | str | None) -> bool:
+    """Whether the model's chat template reasons (read only when a request asks it to think). A model whose file
+    this API cannot read is given the benefit of the doubt."""
+    if think in (None, False, ""):
+        return False
+    file = await _catalog(state).describe(served)
+    return file is None or reasoning.detect(str(file.info.metadata.get("tokenizer.chat_template", ""))) is not None
+
+
 @post("/api/chat", status_code=200)
 async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     started = time.perf_counter_ns()
@@ -88,10 +98,11 @@ async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
         reason = await unless_gone(request, _load(state, served, keep_alive))
         return Response(msgspec.structs.replace(ollama_replies.chat_loaded(body.model), done_reason=reason))
     body = ollama_models.chat_defaults(body, await _manifest(state, served))
-    req = ollama_requests.chat_request(body, served, n_ctx, request_id(request), grammars(state))
+    thinks = await _thinks(state, served, body.think)
+    req = ollama_requests.chat_request(body, served, n_ctx, request_id(request), grammars(state), thinks)
     stream = await admit(request, state, req)
     tools = req.tool_constraint is not None
-    reply = OllamaReply("chat", body.model, tools, req.logprobs is not None)
+    reply = OllamaReply("chat", body.model, tools, req.logprobs is not None, req.reasoning != "off")
     return await _reply(request, stream, body.stream, reply, started)
 
 
@@ -105,9 +116,10 @@ async def generate(request: AnyRequest, state: State) -> Response[Reply] | Strea
         reason = await unless_gone(request, _load(state, served, keep_alive))
         return Response(msgspec.structs.replace(ollama_replies.generate_loaded(body.model), done_reason=reason))
     body = ollama_models.generate_defaults(body, await _manifest(state, served))
-    req = ollama_requests.generate_request(body, served, n_ctx, request_id(request), grammars(state))
+    thinks = await _thinks(state, served, body.think)
+    req = ollama_requests.generate_request(body, served, n_ctx, request_id(request), grammars(state), thinks)
     stream = await admit(request, state, req)
-    reply = OllamaReply("generate", body.model, False, req.logprobs is not None)
+    reply = OllamaReply("generate", body.model, False, req.logprobs is not None, req.reasoning != "off")
     return await _reply(request, stream, body.stream, reply, started)
 
 

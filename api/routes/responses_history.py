@@ -33,6 +33,8 @@ def output_items(response: wire.Response) -> list[wire.InputItem]:
         if isinstance(item, wire.OutputMessage):
             text = "".join(part.text for part in item.content)
             items.append(wire.InputItem(type="message", id=item.id, role="assistant", content=text))
+        elif isinstance(item, wire.ReasoningItem):
+            continue  # the model's reasoning is not part of the conversation it sees next
         else:
             items.append(
                 wire.InputItem(

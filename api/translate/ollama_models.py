@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from herd import reasoning
 from herd.api.models.catalog import ModelFile
 from herd.api.models.gguf import human_number
 from herd.api.models.store import Manifest
@@ -103,6 +104,8 @@ def show(name: str, manifest: Manifest | None, file: ModelFile | None, started_a
     capabilities = ["completion"]
     if metadata.get(f"{file.info.architecture}.pooling_type") if file else False:
         capabilities = ["embedding"]  # an embedding model (BERT-like) declares its pooling in the GGUF
+    elif reasoning.detect(gguf_template) is not None:
+        capabilities.append("thinking")  # its template reasons: `think` may ask for it
     parameters = manifest.parameters if manifest else {}
     modified = manifest.modified_at if manifest else file.modified_at if file else started_at
     return wire.ShowResponse(

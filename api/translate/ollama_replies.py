@@ -3,6 +3,7 @@ object of stream:false) and /api/embed's answer.
 
 Tool calls go out whole, one line each, as Ollama sends them (arguments as a JSON object); logprobs ride on the
 line their tokens' text is on.
+A reasoning model's reasoning goes out as `thinking` (message.thinking in chat), unless the request said think=false.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 from herd.api.translate.logprobs import rows
-from herd.api.translate.tools import CallEnd, Content, Piece, ToolCallParser
+from herd.api.translate.reasoning import OutputParser, Reasoning
+from herd.api.translate.tools import CallEnd, Content, Piece
 from herd.api.wire import ollama as wire
 from herd.inference import Embedded, Finished, TokenDelta, TokenLogprob
 
@@ -93,22 +95,37 @@ def _logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.Logprob]:
 
 
 class OllamaReply:
-    def __init__(self, kind: Literal["chat", "generate"], model: str, tools: bool, logprobs: bool) -> None:
+    def __init__(
+        self, kind: Literal["chat", "generate"], model: str, tools: bool, logprobs: bool, thinking: bool = True
+    ) -> None:
+        """`thinking`: the model's reasoning goes out as `thinking` (else it is dropped: think=false)."""
         self._kind = kind
         self._model = model
-        self._parser = ToolCallParser() if tools else None
+        self._parser = OutputParser(tools, thinking)
         self._want_logprobs = logprobs
         self._text: list[str] = []
+        self._thinking: list[str] = []
         self._calls: list[wire.ToolCall] = []
         self._logprobs: list[wire.Logprob] = []
 
-    def _line(self, text: str, logprobs: list[wire.Logprob] | None, calls: list[wire.ToolCall] | None = None) -> Reply:
+    def _line(
+        self,
+        text: str,
+        logprobs: list[wire.Logprob] | None,
+        calls: list[wire.ToolCall] | None = None,
+        thinking: str | None = None,
+    ) -> Reply:
         if self._kind == "generate":
-            reply: Reply = generate_chunk(self._model, text)
+            line = generate_chunk(self._model, text)
+            if thinking is not None:
+                line.thinking = thinking
+            reply: Reply = line
         else:
             reply = chat_chunk(self._model, text)
             if calls:
                 reply.message.tool_calls = calls
+            if thinking is not None:
+                reply.message.thinking = thinking
         if logprobs:
             reply.logprobs = logprobs
         return reply
@@ -119,6 +136,9 @@ class OllamaReply:
             if isinstance(piece, Content):
                 self._text.append(piece.text)
                 lines.append(self._line(piece.text, logprobs))
+            elif isinstance(piece, Reasoning):
+                self._thinking.append(piece.text)
+                lines.append(self._line("", logprobs, thinking=piece.text))
             elif isinstance(piece, CallEnd):
                 try:
                     arguments = json.loads(piece.arguments)
@@ -137,27 +157,27 @@ class OllamaReply:
         logprobs = _logprobs(event.logprobs) if self._want_logprobs else None
         if logprobs:
             self._logprobs.extend(logprobs)
-        if self._parser is None:
-            pieces: list[Piece] = [Content(event.text)] if event.text else []
-        else:
-            pieces = self._parser.feed(event.text, event.tool_format)
-        lines = self._pieces(pieces, logprobs)
+        lines = self._pieces(self._parser.feed(event), logprobs)
         if not lines and logprobs:
             lines = [self._line("", logprobs)]
         return lines
 
     def finish(self, end: Finished, total_ns: int) -> list[Reply]:
         """The last lines of a stream: text held back by the tool-call parser, then the done line."""
-        lines = self._pieces(self._parser.finish(), None) if self._parser is not None else []
+        lines = self._pieces(self._parser.finish(), None)
         return [*lines, self._done("", end, total_ns)]
 
     def whole(self, end: Finished, total_ns: int) -> Reply:
         """stream:false: everything in one object (call after feeding every event)."""
-        if self._parser is not None:
-            self._pieces(self._parser.finish(), None)
+        self._pieces(self._parser.finish(), None)
         reply = self._done("".join(self._text), end, total_ns)
         if isinstance(reply, wire.ChatResponse) and self._calls:
             reply.message.tool_calls = self._calls
+        if self._thinking:
+            if isinstance(reply, wire.ChatResponse):
+                reply.message.thinking = "".join(self._thinking)
+            else:
+                reply.thinking = "".join(self._thinking)
         if self._want_logprobs:
             reply.logprobs = self._logprobs
         return reply

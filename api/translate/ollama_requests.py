@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+from herd import reasoning
 from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
 from herd.api.grammar.tools import argument_rules
 from herd.api.wire import ollama as wire
@@ -89,9 +90,14 @@ def _options(options: wire.Options | None, n_ctx: int) -> tuple[SamplingParams, 
     return sampling, max_tokens, stop
 
 
-def _refuse_unsupported(model: str, think: bool | str | None) -> None:
-    if think not in (None, False, ""):
+def _think(model: str, think: bool | str | None, thinks: bool) -> reasoning.Effort | None:
+    """`think` as an effort; a 400 when it asks a model whose template cannot reason (`thinks`) to think, as Ollama."""
+    if isinstance(think, str) and think and think not in ("low", "medium", "high"):
+        message = f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)'
+        raise InvalidRequest(message, param="think")
+    if think not in (None, False, "") and not thinks:
         raise InvalidRequest(f'"{model}" does not support thinking', param="think")
+    return reasoning.effort(think)
 
 
 def _format(format_: wire.Format | None, grammars: GrammarCache) -> Grammar | None:
@@ -142,10 +148,11 @@ def _message(m: wire.Message, i: int) -> ChatMessage:
 
 
 def chat_request(
-    body: wire.ChatRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache
+    body: wire.ChatRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache, thinks: bool = False
 ) -> GenerationRequest:
-    """`model` is the resolved served name; `body.messages` is not empty (an empty list only loads the model)."""
-    _refuse_unsupported(body.model, body.think)
+    """`model` is the resolved served name; `body.messages` is not empty (an empty list only loads the model).
+    `thinks`: the model's chat template reasons (herd.reasoning.detect), so `think` may ask for it."""
+    effort = _think(body.model, body.think, thinks)
     sampling, max_tokens, stop = _options(body.options, n_ctx)
     tools, constraint = _tools(body.tools, body.tool_choice, grammars)
     # A format constrains the whole answer; with tools too, the format wins (as in Ollama, which then cannot call).
@@ -161,13 +168,14 @@ def chat_request(
         grammar=grammar,
         tool_constraint=constraint,
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
+        reasoning=effort,
         fit_context=True,  # Ollama generates until the context is full rather than refusing a large num_predict
         enqueued_at=time.time(),
     )
 
 
 def generate_request(
-    body: wire.GenerateRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache
+    body: wire.GenerateRequest, model: str, n_ctx: int, request_id: str, grammars: GrammarCache, thinks: bool = False
 ) -> GenerationRequest:
     """`/api/generate` with a non-empty prompt (an empty one only loads the model).
 
@@ -176,7 +184,7 @@ def generate_request(
     very tokens (Ollama detokenizes and retokenizes it; the tokens are the same or better). Raw: the prompt goes
     to the model as-is, and, as in Ollama, `system`, `template` and `context` play no part.
     """
-    _refuse_unsupported(body.model, body.think)
+    effort = _think(body.model, body.think, thinks)
     if body.images:
         raise InvalidRequest("this model does not support images", param="images")
     sampling, max_tokens, stop = _options(body.options, n_ctx)
@@ -189,6 +197,7 @@ def generate_request(
         grammar=_format(body.format, grammars),
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
         suffix=body.suffix or None,  # the worker refuses it for a model without fill-in-the-middle tokens
+        reasoning=effort,
         fit_context=True,
         enqueued_at=time.time(),
     )

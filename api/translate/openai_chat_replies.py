@@ -5,6 +5,8 @@ at the end. Tool calls follow OpenAI's streaming rules: per call an `index`; the
 `function.name` (with empty arguments), later ones only `function.arguments` fragments; `finish_reason: tool_calls`.
 A request with the legacy `functions` gets the legacy shape: `function_call` (one call) and `finish_reason:
 function_call`.
+What a reasoning model reasoned (api/translate/reasoning.py) goes out as `reasoning_content`, in deltas and on the
+message, as vLLM, llama-server and DeepSeek send it; its tokens in `usage.completion_tokens_details`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 
 from herd.api.translate.logprobs import rows
 from herd.api.translate.openai_replies import fingerprint, speculation
-from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
+from herd.api.translate.reasoning import OutputParser, Reasoning
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from msgspec import UNSET
@@ -29,8 +32,9 @@ def token_logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.ChatCompletionT
 
 @dataclass(slots=True)
 class _Choice:
-    parser: ToolCallParser | None
+    parser: OutputParser
     content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     calls: list[wire.ChatCompletionMessageToolCall] = field(default_factory=list)
     call_ids: list[str] = field(default_factory=list)
     logprobs: list[wire.ChatCompletionTokenLogprob] = field(default_factory=list)
@@ -57,7 +61,7 @@ class ChatAssembler:
         self._created = created
         self._logprobs = logprobs
         self._include_usage = include_usage
-        self._choices = [_Choice(ToolCallParser() if tools else None) for _ in range(n)]
+        self._choices = [_Choice(OutputParser(tools)) for _ in range(n)]
 
     def _chunk(
         self,
@@ -84,7 +88,7 @@ class ChatAssembler:
         choice = self._choices[index]
         if isinstance(event, Finished):
             choice.usage = event.usage
-            pieces: list[Piece] = choice.parser.finish() if choice.parser is not None else []
+            pieces: list[Piece] = choice.parser.finish()
             chunks = self._pieces(index, choice, pieces, None)
             called = "function_call" if self._functions else "tool_calls"
             choice.finish_reason = called if choice.calls else event.finish_reason
@@ -92,10 +96,7 @@ class ChatAssembler:
         logprobs = token_logprobs(event.logprobs) if self._logprobs else None
         if logprobs:
             choice.logprobs.extend(logprobs)
-        if choice.parser is None:
-            pieces = [Content(event.text)] if event.text else []
-        else:
-            pieces = choice.parser.feed(event.text, event.tool_format)
+        pieces = choice.parser.feed(event)
         chunks = self._pieces(index, choice, pieces, logprobs)
         if not chunks and logprobs:  # text held back (a possible tool call): its logprobs still go out now
             chunks = [self._chunk(index, wire.ChoiceDelta(), None, logprobs)]
@@ -113,6 +114,9 @@ class ChatAssembler:
             if isinstance(piece, Content):
                 choice.content.append(piece.text)
                 delta = wire.ChoiceDelta(content=piece.text)
+            elif isinstance(piece, Reasoning):
+                choice.reasoning.append(piece.text)
+                delta = wire.ChoiceDelta(reasoning_content=piece.text)
             elif isinstance(piece, CallStart):
                 call_id = f"call_{secrets.token_hex(12)}"
                 choice.call_ids.append(call_id)
@@ -147,11 +151,13 @@ class ChatAssembler:
         prompt = usages[0].prompt_tokens if usages else 0
         completion = sum(u.completion_tokens for u in usages)
         cached = usages[0].cached_tokens if usages else 0
+        reasoned = sum(c.parser.reasoning_tokens for c in self._choices)
         return wire.CompletionUsage(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=cached),
+            completion_tokens_details=wire.CompletionTokensDetails(reasoned) if reasoned else UNSET,
             speculation=speculation(usages),
         )
 
@@ -172,7 +178,10 @@ class ChatAssembler:
             calls = choice.calls if choice.calls and not self._functions else UNSET
             legacy = choice.calls[0].function if choice.calls and self._functions else UNSET
             message = wire.ChatCompletionMessage(
-                content=content if content or not choice.calls else None, tool_calls=calls, function_call=legacy
+                content=content if content or not choice.calls else None,
+                tool_calls=calls,
+                function_call=legacy,
+                reasoning_content="".join(choice.reasoning) if choice.reasoning else UNSET,
             )
             logprobs = wire.ChoiceLogprobs(content=choice.logprobs) if self._logprobs else None
             choices.append(wire.Choice(index=i, message=message, finish_reason=choice.finish_reason, logprobs=logprobs))

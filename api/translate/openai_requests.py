@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from herd import reasoning
 from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
 from herd.api.grammar.tools import argument_rules
 from herd.api.translate.openai_functions import as_tools
@@ -146,6 +147,7 @@ def chat_request(body: wire.ChatCompletionRequest, request_id: str, grammars: Gr
         tool_constraint=constraint,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         n=body.n or 1,
+        reasoning=reasoning.effort(body.reasoning_effort),
         enqueued_at=time.time(),
     )
 

@@ -9,6 +9,7 @@ replay that skips what the client has. The sequence, as OpenAI sends it:
     per message: output_item.added, content_part.added, output_text.delta*, output_text.done,
                  content_part.done, output_item.done
     per call:    output_item.added, function_call_arguments.delta*, function_call_arguments.done, output_item.done
+    reasoning:   output_item.added, reasoning_text.delta*, reasoning_text.done, output_item.done  (before the answer)
     response.completed | response.incomplete | response.failed   (or `error`, for a failure outside the response)
 """
 
@@ -20,8 +21,9 @@ import msgspec
 from herd.api.errors import TABLE
 from herd.api.translate.logprobs import rows
 from herd.api.translate.openai_replies import speculation
+from herd.api.translate.reasoning import OutputParser, Reasoning
 from herd.api.translate.responses_requests import function_tools, item_id, tool_choice, wants_logprobs
-from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece, ToolCallParser
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece
 from herd.api.wire import responses as wire
 from herd.errors import ErrorKind, ServiceError
 from herd.inference import Failed, Finished, Started, StreamEvent, TokenDelta, TokenLogprob
@@ -102,7 +104,9 @@ class ResponseAssembler:
         self.response = response
         self._rid = rid_of(response.id)
         self._logprobs = logprobs
-        self._parser = ToolCallParser() if tools else None
+        self._parser = OutputParser(tools)
+        self._thought: wire.ReasoningItem | None = None  # the open reasoning item
+        self._thinking: list[str] = []
         self._seq = 0
         self._message: wire.OutputMessage | None = None
         self._text: list[str] = []
@@ -147,9 +151,7 @@ class ResponseAssembler:
         if isinstance(event, TokenDelta):
             if self._logprobs:
                 self._pending.extend(_logprob(event.logprobs))
-            if self._parser is None:
-                return self._pieces([Content(event.text)] if event.text else [])
-            return self._pieces(self._parser.feed(event.text, event.tool_format))
+            return self._pieces(self._parser.feed(event))
         if isinstance(event, Finished):
             return self._finish(event)
         if isinstance(event, Failed):
@@ -161,6 +163,8 @@ class ResponseAssembler:
         for piece in pieces:
             if isinstance(piece, Content):
                 out.extend(self._content(piece.text))
+            elif isinstance(piece, Reasoning):
+                out.extend(self._reasoning(piece.text))
             elif isinstance(piece, CallStart):
                 out.extend(self._close_message("completed"))
                 index = len(self.response.output)
@@ -217,6 +221,7 @@ class ResponseAssembler:
         out: list[wire.StreamEvent] = []
         message = self._message
         if message is None:
+            out.extend(self._close_reasoning("completed"))
             index = len(self.response.output)
             message = wire.OutputMessage(id=item_id("msg", self._rid, f"o{index}"), status="in_progress", content=[])
             self._message, self._text, self._tokens = message, [], []
@@ -251,10 +256,46 @@ class ResponseAssembler:
             sequence_number=self._next(),
         )
 
+    def _reasoning(self, text: str) -> list[wire.StreamEvent]:
+        out: list[wire.StreamEvent] = []
+        item = self._thought
+        if item is None:
+            out.extend(self._close_message("completed"))
+            index = len(self.response.output)
+            item = wire.ReasoningItem(id=item_id("rs", self._rid, f"o{index}"), status="in_progress", content=[])
+            self._thought, self._thinking = item, []
+            self.response.output.append(item)
+            out.append(self._item("added", index, item))
+        self._pending = []  # reasoning tokens' logprobs are not the answer's
+        self._thinking.append(text)
+        item.content = [wire.ReasoningText("".join(self._thinking))]
+        index = self.response.output.index(item)
+        out.append(
+            wire.ReasoningTextDelta(
+                item_id=item.id, output_index=index, content_index=0, delta=text, sequence_number=self._next()
+            )
+        )
+        return out
+
+    def _close_reasoning(self, status: wire.ItemStatus) -> list[wire.StreamEvent]:
+        item = self._thought
+        if item is None:
+            return []
+        self._thought = None
+        item.status = status
+        index = self.response.output.index(item)
+        text = item.content[0].text if item.content else ""
+        done = wire.ReasoningTextDone(
+            item_id=item.id, output_index=index, content_index=0, text=text, sequence_number=self._next()
+        )
+        return [done, self._item("done", index, item)]
+
     def _close_message(self, status: wire.ItemStatus) -> list[wire.StreamEvent]:
+        """Close the open message (and the reasoning before it, when it is still open)."""
+        closed = self._close_reasoning(status)
         message = self._message
         if message is None:
-            return []
+            return closed
         self._message = None
         index = self.response.output.index(message)
         part = message.content[0]
@@ -267,7 +308,7 @@ class ResponseAssembler:
             logprobs=_delta_logprobs(part.logprobs or []),
             sequence_number=self._next(),
         )
-        return [done, self._part("done", message, part), self._item("done", index, message)]
+        return [*closed, done, self._part("done", message, part), self._item("done", index, message)]
 
     def _close_calls(self) -> None:
         for call in self._calls.values():
@@ -275,13 +316,13 @@ class ResponseAssembler:
                 call.status = "incomplete"
 
     def _finish(self, event: Finished) -> list[wire.StreamEvent]:
-        out = self._pieces(self._parser.finish()) if self._parser is not None else []
+        out = self._pieces(self._parser.finish())
         usage = event.usage
         self.response.usage = wire.ResponseUsage(
             input_tokens=usage.prompt_tokens,
             input_tokens_details=wire.InputTokensDetails(cached_tokens=usage.cached_tokens),
             output_tokens=usage.completion_tokens,
-            output_tokens_details=wire.OutputTokensDetails(),
+            output_tokens_details=wire.OutputTokensDetails(self._parser.reasoning_tokens),
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
             speculation=speculation([usage]),
         )

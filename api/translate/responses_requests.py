@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
+from herd import reasoning
 from herd.api.grammar.schema import JSON_OBJECT_GRAMMAR, GrammarCache, ToolSpec, schema_grammar
 from herd.api.grammar.tools import argument_rules
 from herd.api.wire import responses as wire
@@ -105,6 +106,8 @@ def _checked(item: wire.InputItem, i: int, rid: str) -> wire.InputItem:
                 raise InvalidRequest(f"a function_call item needs {name}", param=f"input[{i}].{name}")
         own = item.id or item_id("fc", rid, f"i{i}")
         return msgspec.structs.replace(item, id=own, status="completed")
+    if item.type == "reasoning":  # an earlier turn's reasoning, sent back: kept, and left out of the prompt
+        return wire.InputItem(type="reasoning", id=item.id or item_id("rs", rid, f"i{i}"))
     if item.type == "function_call_output":
         if not item.call_id:
             raise InvalidRequest("a function_call_output needs the call_id it answers", param=f"input[{i}].call_id")
@@ -112,8 +115,8 @@ def _checked(item: wire.InputItem, i: int, rid: str) -> wire.InputItem:
         own = item.id or item_id("fco", rid, f"i{i}")
         return wire.InputItem(type="function_call_output", id=own, call_id=item.call_id, output=output)
     raise InvalidRequest(
-        f"input item type '{item.type}' is not supported; send message, function_call, function_call_output "
-        "or item_reference items",
+        f"input item type '{item.type}' is not supported; send message, function_call, function_call_output, "
+        "reasoning or item_reference items",
         param=f"input[{i}].type",
     )
 
@@ -131,6 +134,8 @@ def messages(instructions: str | None, history: list[wire.InputItem]) -> tuple[C
                 out.append(ChatMessage(role="assistant", content="", tool_calls=(call,)))
         elif item.type == "function_call_output":
             out.append(ChatMessage(role="tool", content=_text(item.output, "output"), tool_call_id=item.call_id))
+        elif item.type == "reasoning":
+            continue  # templates drop earlier turns' reasoning
         else:
             role = item.role if item.role in _ROLES else "user"
             out.append(ChatMessage(role=role, content=_text(item.content, "content")))  # type: ignore[arg-type]
@@ -259,6 +264,7 @@ def generation_request(
         grammar=grammar,
         tool_constraint=constraint,
         logprobs=(body.top_logprobs or 0) if wants_logprobs(body) else None,
+        reasoning=reasoning.effort(body.reasoning.effort if body.reasoning is not None else None),
         enqueued_at=time.time(),
         durable=durable,
     )

@@ -42,7 +42,14 @@ class CallEnd:
     arguments: str  # the whole JSON text
 
 
-Piece = Content | CallStart | CallArguments | CallEnd
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """Text the model reasoned in before its answer (api/translate/reasoning.py, harmony's analysis channel)."""
+
+    text: str
+
+
+Piece = Content | Reasoning | CallStart | CallArguments | CallEnd
 
 
 def held_back(text: str, markers: tuple[str, ...]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from herd.api.translate.tool_json import GIVE_UP, CallArguments, Content, Piece, Scanner, held_back
+from herd.api.translate.tool_json import GIVE_UP, CallArguments, Content, Piece, Reasoning, Scanner, held_back
 from herd.toolformat import DS_CALL, DS_CALL_END, DS_CALLS, DS_CALLS_END, DS_SEP
 
 
@@ -38,7 +38,7 @@ class MistralArgs(Scanner):
 # Harmony (gpt-oss): every message is `<|channel|>NAME[ to=RECIPIENT][ <|constrain|>json]<|message|>BODY` ended by
 # <|end|> (then `<|start|>assistant` and the next message), <|call|> or <|return|> (both end generation, so they
 # never reach the text). Calls go to the commentary channel with a `to=functions.NAME` recipient (also written
-# before the channel); `final` is the answer; `analysis` is reasoning, which is not content.
+# before the channel); `final` is the answer; `analysis` is reasoning (Reasoning pieces), which is not content.
 _ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
 _RECIPIENT = "to=functions."
 
@@ -61,7 +61,7 @@ class Harmony(Scanner):
             self._start(name, out)
             self._state = "call_body"
         else:
-            self._state = "skip_body" if "analysis" in header else "content_body"
+            self._state = "reasoning_body" if "analysis" in header else "content_body"
 
     @staticmethod
     def _could_be_header(text: str) -> bool:
@@ -92,8 +92,11 @@ class Harmony(Scanner):
         if ended:
             self._state = "header"
 
-    def _skip_body(self, out: list[Piece]) -> None:
-        if self._body()[1]:
+    def _reasoning_body(self, out: list[Piece]) -> None:
+        text, ended = self._body()
+        if text:
+            out.append(Reasoning(text))
+        if ended:
             self._state = "header"
 
     def _call_body(self, out: list[Piece]) -> None:
@@ -112,6 +115,8 @@ class Harmony(Scanner):
         loose = self._state in ("header", "plain") and "<|" not in self._buf  # text that was never a message
         if (loose or self._state == "content_body") and self._buf.strip():
             out.append(Content(self._buf))
+        elif self._state == "reasoning_body" and self._buf:  # generation ended while it reasoned
+            out.append(Reasoning(self._buf))
         elif self._state == "call_body":  # <|call|> ended generation: the call is complete
             if self._buf:
                 self._args.append(self._buf)

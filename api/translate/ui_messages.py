@@ -9,7 +9,8 @@ import secrets
 import msgspec
 from herd.api.grammar.schema import GrammarCache
 from herd.api.translate import openai_requests
-from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, ToolCallParser
+from herd.api.translate.reasoning import OutputParser
+from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece
 from herd.api.wire import openai
 from herd.api.wire import ui as wire
 from herd.errors import InvalidRequest
@@ -78,7 +79,7 @@ class UIStream:
 
     def __init__(self, message_id: str, model: str, tools: bool) -> None:
         self._message_id, self._model = message_id, model
-        self._parser = ToolCallParser() if tools else None
+        self._parser = OutputParser(tools, reasoning=False)  # the UI shows the answer, not the reasoning
         self._text_id: str | None = None
         self._calls: dict[int, tuple[str, str]] = {}  # call index -> (toolCallId, tool name)
         self._texts = 0
@@ -102,11 +103,9 @@ class UIStream:
         return [end]
 
     def feed(self, event: TokenDelta) -> list[wire.UIMessageChunk]:
-        if self._parser is None:
-            return self._text(event.text) if event.text else []
-        return self._pieces(self._parser.feed(event.text, event.tool_format))
+        return self._pieces(self._parser.feed(event))
 
-    def _pieces(self, pieces: list[Content | CallStart | CallArguments | CallEnd]) -> list[wire.UIMessageChunk]:
+    def _pieces(self, pieces: list[Piece]) -> list[wire.UIMessageChunk]:
         chunks: list[wire.UIMessageChunk] = []
         for piece in pieces:
             if isinstance(piece, Content):
@@ -119,13 +118,13 @@ class UIStream:
                 chunks.append(wire.ToolInputStart(*self._calls[piece.index]))
             elif isinstance(piece, CallArguments):
                 chunks.append(wire.ToolInputDelta(self._calls[piece.index][0], piece.fragment))
-            else:
+            elif isinstance(piece, CallEnd):
                 call_id, name = self._calls[piece.index]
                 chunks.append(wire.ToolInputAvailable(call_id, name, msgspec.json.decode(piece.arguments or "{}")))
         return chunks
 
     def finish(self, event: Finished) -> list[wire.UIMessageChunk]:
-        chunks = self._pieces(self._parser.finish()) if self._parser is not None else []
+        chunks = self._pieces(self._parser.finish())
         chunks += self._close_text()
         reason = "tool_calls" if self._calls else event.finish_reason
         usage = event.usage

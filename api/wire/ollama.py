@@ -144,6 +144,7 @@ class GenerateResponse(msgspec.Struct, omit_defaults=True):
     done: bool
     # Ollama sends `context` only on the final line; the AI SDK's Ollama provider requires it on every line.
     context: list[int]
+    thinking: str | UnsetType = UNSET  # the model's reasoning (a request's think)
     done_reason: DoneReason | UnsetType = UNSET
     total_duration: int = 0
     load_duration: int | UnsetType = UNSET  # sent on the final chunk of a generation, even when 0

@@ -104,6 +104,7 @@ class ChatCompletionRequest(msgspec.Struct):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     logit_bias: dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
 
 class CompletionRequest(msgspec.Struct):
@@ -138,11 +139,16 @@ class SpeculationUsage(msgspec.Struct):
     accepted_tokens: int = 0
 
 
+class CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
 class CompletionUsage(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET  # set when the model reasoned
     speculation: SpeculationUsage | None = None  # herd extension, set when the model speculates
 
 
@@ -152,6 +158,7 @@ class ChatCompletionMessage(msgspec.Struct):
     refusal: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | UnsetType = UNSET
     function_call: FunctionCall | UnsetType = UNSET  # legacy: a request with `functions` gets this, not tool_calls
+    reasoning_content: str | UnsetType = UNSET  # what the model reasoned before answering (vLLM's, DeepSeek's field)
 
 
 class TopLogprob(msgspec.Struct):
@@ -206,6 +213,7 @@ class ChoiceDelta(msgspec.Struct, omit_defaults=True):
     content: str | UnsetType = UNSET
     tool_calls: list[ChoiceDeltaToolCall] | UnsetType = UNSET
     function_call: ChoiceDeltaFunction | UnsetType = UNSET  # legacy
+    reasoning_content: str | UnsetType = UNSET
 
 
 class ChunkChoice(msgspec.Struct):

@@ -156,7 +156,20 @@ class FunctionCallOutput(msgspec.Struct, tag="function_call_output", tag_field="
     status: ItemStatus = "completed"
 
 
-OutputItem = OutputMessage | FunctionCall
+class ReasoningText(msgspec.Struct, tag="reasoning_text", tag_field="type"):
+    text: str
+
+
+class ReasoningItem(msgspec.Struct, tag="reasoning", tag_field="type"):
+    """What the model reasoned before its answer (its text as one reasoning_text part; no summary is made)."""
+
+    id: str
+    status: ItemStatus
+    content: list[ReasoningText]
+    summary: list[Any] = msgspec.field(default_factory=list)
+
+
+OutputItem = OutputMessage | FunctionCall | ReasoningItem
 StoredItem = InputMessage | OutputMessage | FunctionCall | FunctionCallOutput  # not decoded as a union: see store
 
 
@@ -318,6 +331,22 @@ class OutputTextDone(ResponseEvent, kw_only=True):
     type: Literal["response.output_text.done"] = "response.output_text.done"
 
 
+class ReasoningTextDelta(ResponseEvent, kw_only=True):
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+    type: Literal["response.reasoning_text.delta"] = "response.reasoning_text.delta"
+
+
+class ReasoningTextDone(ResponseEvent, kw_only=True):
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    type: Literal["response.reasoning_text.done"] = "response.reasoning_text.done"
+
+
 class FunctionCallArgumentsDelta(ResponseEvent, kw_only=True):
     item_id: str
     output_index: int
@@ -348,6 +377,8 @@ StreamEvent = (
     | ContentPartEvent
     | OutputTextDelta
     | OutputTextDone
+    | ReasoningTextDelta
+    | ReasoningTextDone
     | FunctionCallArgumentsDelta
     | FunctionCallArgumentsDone
     | ErrorEvent

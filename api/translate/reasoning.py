@@ -1,0 +1,144 @@
+"""Generated text -> reasoning, answer and tool-call pieces, incrementally (whatever the split of the deltas).
+
+The worker names on a choice's first delta how its model reasons (`TokenDelta.reasoning`, herd.reasoning): "think"
+(a `<think>...</think>` block may open the answer), "thinking" (the prompt opened `<think>`, so the text starts
+inside it) or "harmony" (gpt-oss: the analysis channel is reasoning; its scanner in tool_tagged.py splits it). The
+answer's text then goes through the tool-call parser when the request offered tools.
+"""
+
+from __future__ import annotations
+
+from herd.api.translate.tool_json import Content, Piece, Reasoning, held_back
+from herd.api.translate.tools import ToolCallParser
+from herd.inference import TokenDelta
+from herd.reasoning import THINK_CLOSE, THINK_OPEN
+
+__all__ = ["OutputParser", "Reasoning", "ThinkSplitter"]
+
+
+class ThinkSplitter:
+    """`<think>reasoning</think>answer`: the block counts only at the start of the text (after whitespace); the
+    whitespace around the reasoning and between it and the answer is dropped, as reasoning parsers do."""
+
+    __slots__ = ("_buf", "_pending", "_said", "_state")
+
+    def __init__(self, inside: bool = False) -> None:
+        self._state = "reasoning" if inside else "start"
+        self._buf = ""
+        self._pending = ""  # reasoning's trailing whitespace: sent once more reasoning follows it
+        self._said = False  # some reasoning went out (its leading whitespace is dropped)
+
+    def feed(self, text: str) -> list[Content | Reasoning]:
+        self._buf += text
+        out: list[Content | Reasoning] = []
+        while self._buf:
+            before = (self._state, len(self._buf))
+            getattr(self, f"_{self._state}")(out)
+            if (self._state, len(self._buf)) == before:
+                break
+        return out
+
+    def _start(self, out: list[Content | Reasoning]) -> None:
+        text = self._buf.lstrip()
+        if text.startswith(THINK_OPEN):
+            self._buf, self._state = text[len(THINK_OPEN) :], "reasoning"
+        elif text and not THINK_OPEN.startswith(text):
+            self._state = "content"
+
+    def _reasoning(self, out: list[Content | Reasoning]) -> None:
+        at = self._buf.find(THINK_CLOSE)
+        if at >= 0:
+            self._say(self._buf[:at].rstrip(), out)
+            self._buf, self._state, self._pending = self._buf[at + len(THINK_CLOSE) :], "after", ""
+            return
+        keep = held_back(self._buf, (THINK_CLOSE,))
+        text = self._buf[: len(self._buf) - keep]
+        self._buf = self._buf[len(text) :]
+        body = text.rstrip()
+        self._say(body, out)
+        self._pending += text[len(body) :]
+
+    def _say(self, text: str, out: list[Content | Reasoning]) -> None:
+        if not self._said:  # the reasoning's leading whitespace (held as pending, too) is dropped
+            text, self._pending = text.lstrip(), ""
+        if text:
+            out.append(Reasoning(self._pending + text))
+            self._pending, self._said = "", True
+
+    def _after(self, out: list[Content | Reasoning]) -> None:
+        self._buf = self._buf.lstrip()
+        if self._buf:
+            self._state = "content"
+
+    def _content(self, out: list[Content | Reasoning]) -> None:
+        out.append(Content(self._buf))
+        self._buf = ""
+
+    def finish(self) -> list[Content | Reasoning]:
+        """The end of generation: a `<think>` never closed is all reasoning; text held back goes out."""
+        out: list[Content | Reasoning] = []
+        if self._state == "reasoning":
+            self._say(self._buf.rstrip(), out)
+        elif self._state in ("start", "content") and self._buf:
+            out.append(Content(self._buf))
+        self._buf = ""
+        return out
+
+
+class OutputParser:
+    """Feed a choice's deltas; get its reasoning, content and tool-call pieces in order. `tools`: the request
+    offered tools (their calls are parsed out of the answer); `reasoning`: keep the reasoning (else it is dropped,
+    as for Ollama's think=false). `reasoning_tokens` counts the tokens of deltas that were reasoning only."""
+
+    __slots__ = ("_keep", "_last", "_think", "_tools", "_wants_tools", "reasoning_tokens")
+
+    def __init__(self, tools: bool, reasoning: bool = True) -> None:
+        self._wants_tools = tools
+        self._tools: ToolCallParser | None = None
+        self._think: ThinkSplitter | None = None
+        self._keep = reasoning
+        self._last: type | None = None  # the kind of the last piece out
+        self.reasoning_tokens = 0
+
+    def feed(self, event: TokenDelta) -> list[Piece]:
+        if event.reasoning is not None or event.tool_format is not None:
+            self._configure(event.tool_format, event.reasoning)
+        elif self._wants_tools and self._tools is None:
+            self._tools = ToolCallParser()
+        pieces = self._answer(self._think.feed(event.text) if self._think is not None else [Content(event.text)])
+        kinds = {type(p) for p in pieces}
+        if kinds == {Reasoning} or (not kinds and self._last is Reasoning):
+            self.reasoning_tokens += event.tokens
+        if pieces:
+            self._last = type(pieces[-1])
+        return self._kept(pieces)
+
+    def _configure(self, tool_format: str | None, reasoning: str | None) -> None:
+        if self._tools is not None or self._think is not None:
+            return
+        if reasoning == "harmony":  # its scanner tells the channels apart, calls or not
+            self._tools = ToolCallParser(tool_format or "gpt-oss")
+            return
+        if reasoning in ("think", "thinking"):
+            self._think = ThinkSplitter(inside=reasoning == "thinking")
+        if self._wants_tools:
+            self._tools = ToolCallParser(tool_format or "hermes")
+
+    def _answer(self, pieces: list[Content | Reasoning]) -> list[Piece]:
+        """The answer's text through the tool-call parser (when there is one); reasoning as it is."""
+        out: list[Piece] = []
+        for piece in pieces:
+            if isinstance(piece, Content) and self._tools is not None:
+                out.extend(self._tools.feed(piece.text))
+            elif piece.text:
+                out.append(piece)
+        return out
+
+    def _kept(self, pieces: list[Piece]) -> list[Piece]:
+        return pieces if self._keep else [p for p in pieces if not isinstance(p, Reasoning)]
+
+    def finish(self) -> list[Piece]:
+        pieces = self._answer(self._think.finish()) if self._think is not None else []
+        if self._tools is not None:
+            pieces.extend(self._tools.finish())
+        return self._kept(pieces)

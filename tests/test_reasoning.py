@@ -1,0 +1,212 @@
+"""Reasoning output: the splitter over every split of canonical outputs (R1, Qwen 3, gpt-oss harmony), the pieces
+the reply translators make of it, and a request's effort reaching real templates (llama.cpp's collection)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from herd import reasoning
+from herd.api.translate.ollama_replies import OllamaReply
+from herd.api.translate.openai_chat_replies import ChatAssembler
+from herd.api.translate.reasoning import OutputParser
+from herd.api.translate.tool_json import CallEnd, Content, Piece, Reasoning
+from herd.api.wire import ollama as ollama_wire
+from herd.inference import ChatMessage, Finished, TokenDelta, Usage
+from herd.workers.template import ChatTemplate
+
+TEMPLATES = Path(__file__).parent / "data" / "templates"
+ASK = (ChatMessage("user", "What is 2+2?"),)
+
+# (mode the worker names, the model's whole output, reasoning, answer, calls)
+CANONICAL = [
+    pytest.param(  # Qwen 3: the model opens the block itself
+        "think",
+        "<think>\nThe user asks for 2+2.\nThat is 4.\n</think>\n\nThe answer is 4.",
+        "The user asks for 2+2.\nThat is 4.",
+        "The answer is 4.",
+        [],
+        id="qwen3",
+    ),
+    pytest.param(  # DeepSeek R1: the generation prompt opened <think>
+        "thinking",
+        "Okay, 2+2 is 4.  \nSimple.\n</think>\n\n4",
+        "Okay, 2+2 is 4.  \nSimple.",
+        "4",
+        [],
+        id="r1",
+    ),
+    pytest.param(  # a thinking model that answers without a block: all of it is the answer
+        "think",
+        "No <think> here, just < and > signs.",
+        "",
+        "No <think> here, just < and > signs.",
+        [],
+        id="no-block",
+    ),
+    pytest.param(  # generation cut off while reasoning
+        "thinking",
+        "Let me count: 1, 2, 3 </thi",
+        "Let me count: 1, 2, 3 </thi",
+        "",
+        [],
+        id="cut-off",
+    ),
+    pytest.param(  # gpt-oss: analysis then final
+        "harmony",
+        "<|channel|>analysis<|message|>User asks 2+2. Answer 4.<|end|><|start|>assistant<|channel|>final<|message|>"
+        "2 + 2 = 4.",
+        "User asks 2+2. Answer 4.",
+        "2 + 2 = 4.",
+        [],
+        id="gpt-oss",
+    ),
+    pytest.param(  # gpt-oss: analysis then a call (the request offered tools)
+        "harmony",
+        "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        "Need weather.",
+        "",
+        [("get_weather", '{"city": "Paris"}')],
+        id="gpt-oss-call",
+    ),
+]
+
+
+def delta(text: str, first: bool, mode: str | None, tool_format: str | None = None) -> TokenDelta:
+    return TokenDelta(0, text, 1, reasoning=mode if first else None, tool_format=tool_format if first else None)
+
+
+def run(mode: str, text: str, size: int, tools: bool = False) -> list[Piece]:
+    parser = OutputParser(tools)
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    pieces = [p for i, chunk in enumerate(chunks) for p in parser.feed(delta(chunk, i == 0, mode))]
+    return [*pieces, *parser.finish()]
+
+
+@pytest.mark.parametrize(("mode", "output", "thought", "answer", "calls"), CANONICAL)
+def test_every_split_size_gives_the_same_reasoning_and_answer(
+    mode: str, output: str, thought: str, answer: str, calls: list[tuple[str, str]]
+) -> None:
+    for size in range(1, len(output) + 1):
+        pieces = run(mode, output, size, tools=bool(calls))
+        assert "".join(p.text for p in pieces if isinstance(p, Reasoning)) == thought, size
+        assert "".join(p.text for p in pieces if isinstance(p, Content)) == answer, size
+        assert [(p.name, p.arguments) for p in pieces if isinstance(p, CallEnd)] == calls, size
+        kinds = [type(p) for p in pieces if not isinstance(p, CallEnd)]
+        if Reasoning in kinds and Content in kinds:  # all reasoning comes before the answer
+            assert kinds.index(Content) > max(i for i, k in enumerate(kinds) if k is Reasoning), size
+
+
+def test_think_block_then_a_hermes_call() -> None:
+    output = '<think>I should call it.</think>\n<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+    for size in range(1, len(output) + 1):
+        pieces = run("think", output, size, tools=True)
+        assert "".join(p.text for p in pieces if isinstance(p, Reasoning)) == "I should call it."
+        assert [(p.name, p.arguments) for p in pieces if isinstance(p, CallEnd)] == [("f", '{"a": 1}')]
+        assert "".join(p.text for p in pieces if isinstance(p, Content)).strip() == ""
+
+
+def test_a_model_that_does_not_reason_passes_text_through() -> None:
+    text = "<think>is just text here</think> for a model whose template does not reason"
+    pieces = run(None, text, 3)  # type: ignore[arg-type]
+    assert "".join(p.text for p in pieces if isinstance(p, Content)) == text
+    assert not any(isinstance(p, Reasoning) for p in pieces)
+
+
+def test_think_false_drops_the_reasoning_and_counts_its_tokens() -> None:
+    parser = OutputParser(False, reasoning=False)
+    pieces = parser.feed(delta("<think>a b", True, "think")) + parser.feed(delta(" c</think>ok", False, None))
+    assert pieces == [Content("ok")]
+    assert parser.reasoning_tokens == 1
+
+
+def test_chat_completion_carries_reasoning_content_and_reasoning_tokens() -> None:
+    chat = ChatAssembler("r", "m", 0, 1, tools=False, logprobs=False, include_usage=True)
+    chunks = [*chat.feed(0, delta("<think>hmm", True, "think")), *chat.feed(0, delta("</think>Four.", False, None))]
+    chunks += chat.feed(0, Finished(2, "stop", Usage(5, 2)))
+    assert [c.choices[0].delta.reasoning_content for c in chunks if c.choices[0].delta.reasoning_content] == ["hmm"]
+    message = chat.completion().choices[0].message
+    assert (message.reasoning_content, message.content) == ("hmm", "Four.")
+    details = chat.usage().completion_tokens_details
+    assert not isinstance(details, type(None)) and getattr(details, "reasoning_tokens", None) == 1
+
+
+def test_ollama_lines_carry_thinking() -> None:
+    reply = OllamaReply("chat", "m", False, False)
+    lines = [*reply.feed(delta("hmm</think>", True, "thinking")), *reply.feed(delta("Four.", False, None))]
+    assert [
+        (line.message.thinking, line.message.content) for line in lines if isinstance(line, ollama_wire.ChatResponse)
+    ] == [
+        ("hmm", ""),
+        (ollama_wire.UNSET, "Four."),
+    ]
+    whole = OllamaReply("generate", "m", False, False)
+    whole.feed(delta("hmm</think>Four.", True, "thinking"))
+    done = whole.whole(Finished(1, "stop", Usage(5, 1)), 1)
+    assert isinstance(done, ollama_wire.GenerateResponse) and (done.thinking, done.response) == ("hmm", "Four.")
+
+
+# ---- the template side: format, start, effort ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("Qwen-Qwen3-0.6B.jinja", "think"),
+        ("llama-cpp-deepseek-r1.jinja", "think"),
+        ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "think"),
+        ("openai-gpt-oss-120b.jinja", "harmony"),
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", None),
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", None),
+    ],
+)
+def test_format_is_read_from_the_template(name: str, fmt: str | None) -> None:
+    assert load(name).reasoning == fmt
+
+
+def load(name: str) -> ChatTemplate:
+    return ChatTemplate((TEMPLATES / name).read_text(), "<s>", "</s>")
+
+
+def test_qwen3_enable_thinking_follows_the_request() -> None:
+    template = load("Qwen-Qwen3-0.6B.jinja")
+    off = template.render(ASK, effort="off")
+    assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert reasoning.start(template.reasoning, off) == "think"  # the empty block is closed: the answer follows
+    for effort in (None, "on", "high"):
+        on = template.render(ASK, effort=effort)  # type: ignore[arg-type]
+        assert on.endswith("<|im_start|>assistant\n") and reasoning.start(template.reasoning, on) == "think"
+
+
+def test_r1_prompt_opens_think_so_the_output_starts_inside_it() -> None:
+    for name in ("llama-cpp-deepseek-r1.jinja", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"):
+        template = load(name)
+        prompt = template.render(ASK)
+        assert prompt.rstrip().endswith("<think>"), name
+        assert reasoning.start(template.reasoning, prompt) == "thinking"
+    distill = load("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja")  # it closes the block when thinking is off
+    assert distill.render(ASK, effort="off").endswith("<think>\n</think>")
+
+
+def test_gpt_oss_reasoning_effort_reaches_the_system_message() -> None:
+    template = load("openai-gpt-oss-120b.jinja")
+    assert "Reasoning: medium" in template.render(ASK)
+    for effort in ("low", "medium", "high"):
+        assert f"Reasoning: {effort}" in template.render(ASK, effort=effort)  # type: ignore[arg-type]
+    assert reasoning.start(template.reasoning, template.render(ASK)) == "harmony"
+
+
+def test_a_template_that_does_not_reason_gets_no_variables() -> None:
+    template = ChatTemplate(None, "<s>", "</s>")  # ChatML, SmolLM2's shape
+    assert template.reasoning is None
+    assert template.render(ASK, effort="high") == template.render(ASK)
+    assert reasoning.start(None, template.render(ASK)) is None
+
+
+@pytest.mark.parametrize(
+    ("asked", "effort"),
+    [(None, None), (True, "on"), (False, "off"), ("high", "high"), ("none", "off"), ("minimal", "low"), ("x", None)],
+)
+def test_effort_of_requests(asked: bool | str | None, effort: str | None) -> None:
+    assert reasoning.effort(asked) == effort
