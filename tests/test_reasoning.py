@@ -3,8 +3,6 @@ the reply translators make of it, and a request's effort reaching real templates
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from herd import reasoning
 from herd.api.translate.ollama_replies import OllamaReply
@@ -15,7 +13,9 @@ from herd.api.wire import ollama as ollama_wire
 from herd.inference import ChatMessage, Finished, TokenDelta, Usage
 from herd.workers.template import ChatTemplate
 
-TEMPLATES = Path(__file__).parent / "data" / "templates"
+from tests import llama_sources
+
+TEMPLATES = llama_sources.templates_dir()
 ASK = (ChatMessage("user", "What is 2+2?"),)
 
 # (mode the worker names, the model's whole output, reasoning, answer, calls)
