@@ -77,6 +77,11 @@ def worker(worker_id: str) -> str:
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
+# The registry of live workers: a sorted set of worker ids scored by when each one's heartbeat expires (ms, Redis'
+# clock), written with every heartbeat and pruned by score as it is read (herd/registry.py), so the fleet view and the
+# probes read the fleet with one command and never SCAN the keyspace.
+WORKERS = f"{PREFIX}:workers"
+
 
 def batch_queue(model: str) -> str:
     """arq-format sorted set of one model's batch-line jobs. Low priority: a worker moves ids from here into its own

@@ -1199,23 +1199,40 @@ def run_script(tmp_path: Path, name: str, env: dict[str, str]) -> subprocess.Com
 
 
 def test_worker_probe_follows_this_hosts_heartbeat(tmp_path: Path, redis_port: int) -> None:
+    """The probe finds this pod's heartbeat through the registry of live workers, as workers/bus.py writes it, and
+    issues no SCAN (counted by Redis' INFO commandstats) however many other keys there are."""
+    from herd import channels, registry
+
     url = f"redis://127.0.0.1:{redis_port}/{PROBE_DB}"
     client = redis.Redis(host="127.0.0.1", port=redis_port, db=PROBE_DB)
-    mine, other = "herd:worker:test-helm-probe-mine", "herd:worker:test-helm-probe-other"
+    beat = client.register_script(registry.BEAT)
     heartbeat = {"worker_id": "x", "models": ["m"], "pid": 1, "heartbeat_at": 0.0}
+
+    def scans() -> int:
+        return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
     try:
-        client.delete(mine, other)
-        client.set(other, json.dumps({**heartbeat, "host": "some-other-pod"}), px=30_000)
-        client.set("herd:worker:test-helm-probe-garbage", b"\x00not json", px=30_000)
+        client.flushdb()
+        client.mset({f"unrelated:{i}": b"x" for i in range(500)})
+        beat(
+            keys=[channels.worker("other"), channels.WORKERS],
+            args=["other", json.dumps({**heartbeat, "host": "some-other-pod"}), 30_000],
+        )
+        beat(keys=[channels.worker("garbage"), channels.WORKERS], args=["garbage", b"\x00not json", 30_000])
+        # a stale heartbeat key of this host that is not in the registry (a worker of an older build) is not enough
+        client.set(channels.worker("unlisted"), json.dumps({**heartbeat, "host": socket.gethostname()}), px=30_000)
+        scanned = scans()
         absent = run_script(tmp_path, "worker_alive.py", {"HERD_REDIS_URL": url})
         assert absent.returncode == 1, absent.stdout + absent.stderr
-        assert "no herd:worker:* heartbeat" in absent.stderr
+        assert "no live herd worker heartbeat" in absent.stderr
 
-        client.set(mine, json.dumps({**heartbeat, "host": socket.gethostname()}), px=30_000)
+        mine = json.dumps({**heartbeat, "host": socket.gethostname()})
+        beat(keys=[channels.worker("mine"), channels.WORKERS], args=["mine", mine, 30_000])
         present = run_script(tmp_path, "worker_alive.py", {"HERD_REDIS_URL": url})
         assert present.returncode == 0, present.stdout + present.stderr
+        assert scans() == scanned
     finally:
-        client.delete(mine, other, "herd:worker:test-helm-probe-garbage")
+        client.flushdb()
         client.close()
 
     # Redis unreachable: the probe does not restart workers for Redis's sake
