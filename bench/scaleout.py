@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 import redis
+from herd import channels
 
 try:
     from bench.common import free_port
@@ -187,8 +188,8 @@ class Monitor:
                     # the admission: KEYS are job, result, ledger, request, overflow, ...; ARGV[1] the id
                     rid = words[3].removeprefix("arq:job:")
                     self.admitted.setdefault(rid, item["time"])
-                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith("herd:started:"):
-                    self.started.setdefault(words[1].removeprefix("herd:started:"), item["time"])
+                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith(channels.started("")):
+                    self.started.setdefault(words[1].removeprefix(channels.started("")), item["time"])
 
     def dispatch_ms(self, ids: list[str]) -> list[float]:
         self._stop.set()
@@ -257,7 +258,7 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         dispatch = monitor.dispatch_ms(ids)
         spread = Counter()
         for rid in ids:
-            raw = client.get(f"herd:stats:{rid}")
+            raw = client.get(channels.stats(rid))
             spread[json.loads(raw)["worker_id"] if raw else "?"] += 1
         per_request = max(0.0, commands - idle_rate * elapsed) / len(ids)
         return {

@@ -39,6 +39,7 @@ import kubernetes_validate.utils as kv
 import pytest
 import redis
 import yaml
+from herd import channels
 from herd.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -692,6 +693,7 @@ def test_pods_run_as_the_dockerfile_user() -> None:
 def test_env_names_are_settings_herd_reads() -> None:
     """Every HERD_* variable the chart sets is one shared/config.py reads (catches drift when settings change)."""
     known = {f"HERD_{field.upper()}" for field in Settings.__struct_fields__} | {"HERD_N_CTX", "HERD_N_GPU_LAYERS"}
+    known.add(channels.PREFIX_ENV)  # read by herd.channels itself, at import
     for name in ["default", *VALUE_FILES]:
         _, docs = rendered_set(name)
         for d in docs:
@@ -1050,7 +1052,6 @@ def test_redis_maxmemory_below_its_limit_refuses_writes(tmp_path: Path) -> None:
 
 
 def test_queue_key_matches_herd() -> None:
-    from herd import channels
 
     assert channels.queue("m:1") == "herd:queue:m:1"
     assert channels.WORKER_PATTERN == "herd:worker:*"
@@ -1095,6 +1096,10 @@ def test_external_redis() -> None:
         "secret": {"secretName": "herd-api-keys", "items": [{"key": "keys.txt", "path": "keys.txt"}]},
     } in (pod_spec(api)["volumes"])
     (trigger,) = by_kind(docs, "ScaledObject")["herd-worker-tinyllama"]["spec"]["triggers"]
+    # a deployment prefix names herd's keys and channels (HERD_REDIS_PREFIX) and so the queue KEDA reads
+    assert trigger["metadata"]["listName"] == "team-a.herd:queue:tinyllama:1.1b"
+    for d in deployments.values():
+        assert env_value(pod_spec(d)["containers"][0], "HERD_REDIS_PREFIX") == "team-a.herd"
     assert trigger["metadata"] | {"listName": ""} == {
         "address": "redis.example.internal:6380",
         "listName": "",
@@ -1201,7 +1206,7 @@ def run_script(tmp_path: Path, name: str, env: dict[str, str]) -> subprocess.Com
 def test_worker_probe_follows_this_hosts_heartbeat(tmp_path: Path, redis_port: int) -> None:
     """The probe finds this pod's heartbeat through the registry of live workers, as workers/bus.py writes it, and
     issues no SCAN (counted by Redis' INFO commandstats) however many other keys there are."""
-    from herd import channels, registry
+    from herd import registry
 
     url = f"redis://127.0.0.1:{redis_port}/{PROBE_DB}"
     client = redis.Redis(host="127.0.0.1", port=redis_port, db=PROBE_DB)

@@ -161,6 +161,8 @@ Environment giving a herd container HERD_REDIS_URL. For the bundled Redis with a
 Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears in the pod spec.
 */}}
 {{- define "herd.redisEnv" -}}
+- name: HERD_REDIS_PREFIX
+  value: {{ .Values.redisPrefix | quote }}
 {{- if .Values.redis.enabled }}
 {{- if .Values.redis.auth.enabled }}
 - name: REDIS_PASSWORD
