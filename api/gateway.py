@@ -33,6 +33,7 @@ from herd.errors import ModelNotFound, Overloaded, Unavailable, WorkerLost
 from herd.inference import EmbeddingRequest, ModelQueue, QueueStatus, RequestPosition, WorkerStatus
 from herd.loading import LoadClient
 from herd.redisconn import REDIS_ERRORS, map_redis_errors
+from herd.registry import Registry
 from opentelemetry.trace import Tracer
 
 log = logging.getLogger("herd.api.gateway")
@@ -133,6 +134,7 @@ class Gateway:
         self._worker_decoder = msgspec.json.Decoder(WorkerStatus)
         self._admit = redis.register_script(_ADMIT)  # EVALSHA: the script is sent once
         self._rescue = redis.register_script(_RESCUE)
+        self._registry = Registry(redis)
         # worker id -> (its latest heartbeat's time, jobs this process gave it since): slots the heartbeat misses
         self._sent: dict[str, tuple[float, int]] = {}
         self._ended: dict[str, tuple[float, int]] = {}  # the same for its jobs that ended here since
@@ -335,9 +337,8 @@ class Gateway:
         if time.monotonic() - self._workers_at < max_age_s:
             return self._workers
         with map_redis_errors():
-            keys = [key async for key in self._redis.scan_iter(match=channels.WORKER_PATTERN, count=200)]
-            values = await self._redis.mget(keys) if keys else []
-        self._workers = [self._worker_decoder.decode(v) for v in values if v]
+            values = await self._registry.live()  # one command, whatever else the keyspace holds
+        self._workers = [self._worker_decoder.decode(v) for v in values]
         self._workers_at = time.monotonic()
         beats = {w.worker_id: w.heartbeat_at for w in self._workers}
         self._sent = {k: v for k, v in self._sent.items() if beats.get(k) == v[0]}  # a newer heartbeat counts them

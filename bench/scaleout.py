@@ -19,6 +19,9 @@ RATE tokens/s, so fleets of 100 workers fit here and the figures are the Redis a
 keeps 80 % of the fleet's slots in flight. Dispatch time is from the admission script to the worker's claim of the
 request, both as Redis' MONITOR saw them.
 
+Every process it starts (Redis, the API, the workers) is in a process group of its own that ends with the script:
+on a normal exit, an exception, Ctrl-C or SIGTERM (ProcessGroup; tests/test_bench_processes.py).
+
 Usage (from the repo root): .venv/bin/python -m bench.scaleout [--workers 1 2 3] [--requests 48] [--json out.json]
     .venv/bin/python -m bench.scaleout --simulate 20 --max-seqs 2 --busy 0.8 --max-tokens 48 --workers 1 3 20 100
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -44,6 +48,7 @@ from typing import Any
 
 import httpx
 import redis
+from herd import channels
 
 try:
     from bench.common import free_port
@@ -56,9 +61,62 @@ MODEL = "smollm2:135m"
 PROMPT = "Write a short story about a lighthouse keeper:"
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when this script dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ProcessGroup:
+    """Processes started in one process group of their own, ended together: SIGTERM to the whole group,
+    SIGKILL to whatever is left after the grace period. Used as a context manager, so the group ends on a normal exit,
+    on an exception and on SIGINT/SIGTERM (main turns SIGTERM into SystemExit); a second signal during the clean-up is
+    held back until it is done. The children are not in this script's group, so a terminal's Ctrl-C reaches only the
+    script, which then ends them itself; and they get SIGTERM from the kernel should the script be killed outright."""
+
+    def __init__(self, grace_s: float = 40) -> None:
+        self.grace_s = grace_s
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pgid: int | None = None
+
+    def start(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        # the first process leads a new group (in this session: setpgid cannot join a group of another session)
+        kwargs["process_group"] = 0 if self.pgid is None else self.pgid
+        proc: subprocess.Popen[bytes] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kwargs)
+        if self.pgid is None:
+            self.pgid = proc.pid
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        if self.pgid is None:
+            return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                for proc in self.procs:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):  # what is left, and anything they started themselves
+                os.killpg(self.pgid, signal.SIGKILL)
+            for proc in self.procs:
+                proc.wait()
+            self.pgid = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis(group: ProcessGroup, workdir: Path) -> int:
     port = free_port()
-    proc = subprocess.Popen(
+    group.start(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
@@ -67,25 +125,14 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
         try:
             if client.ping():
                 client.close()
-                return proc, port
+                return port
         except redis.RedisError:
             time.sleep(0.05)
-    proc.kill()
     raise RuntimeError("redis-server did not start")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def start_fleet(
-    n_workers: int, redis_port: int, args: argparse.Namespace, workdir: Path
+    fleet: ProcessGroup, n_workers: int, redis_port: int, args: argparse.Namespace, workdir: Path
 ) -> tuple[list[subprocess.Popen[bytes]], str]:
     port = free_port()
     env = {
@@ -104,7 +151,7 @@ def start_fleet(
     procs = []
     for i, argv in enumerate([["api", "--port", str(port)], *[worker] * n_workers]):
         with (workdir / f"proc{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "herd", *argv], env=env, stdout=log, stderr=log))
+            procs.append(fleet.start([sys.executable, "-m", "herd", *argv], env=env, stdout=log, stderr=log))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60 + 3 * n_workers
     while time.monotonic() < deadline:
@@ -141,8 +188,8 @@ class Monitor:
                     # the admission: KEYS are job, result, ledger, request, overflow, ...; ARGV[1] the id
                     rid = words[3].removeprefix("arq:job:")
                     self.admitted.setdefault(rid, item["time"])
-                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith("herd:started:"):
-                    self.started.setdefault(words[1].removeprefix("herd:started:"), item["time"])
+                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith(channels.started("")):
+                    self.started.setdefault(words[1].removeprefix(channels.started("")), item["time"])
 
     def dispatch_ms(self, ids: list[str]) -> list[float]:
         self._stop.set()
@@ -184,11 +231,16 @@ def commands_processed(client: redis.Redis) -> int:
 
 
 def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    redis_proc, redis_port = start_redis(workdir)
+    # The fleet's group ends before Redis's (the workers drain against it); both end however this function is left.
+    with ProcessGroup(grace_s=10) as redis_group, ProcessGroup() as fleet:
+        redis_port = start_redis(redis_group, workdir)
+        return _measure(fleet, n, redis_port, args, workdir)
+
+
+def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     client = redis.Redis(port=redis_port)
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs, base = start_fleet(n, redis_port, args, workdir)
+        _, base = start_fleet(fleet, n, redis_port, args, workdir)
         # In flight: --concurrency, or with --busy a share of the fleet's slots (e.g. 0.8 of n * max_seqs).
         concurrency = max(1, round(args.busy * n * args.max_seqs)) if args.busy else args.concurrency
         requests = max(args.requests, 2 * concurrency)
@@ -206,7 +258,7 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         dispatch = monitor.dispatch_ms(ids)
         spread = Counter()
         for rid in ids:
-            raw = client.get(f"herd:stats:{rid}")
+            raw = client.get(channels.stats(rid))
             spread[json.loads(raw)["worker_id"] if raw else "?"] += 1
         per_request = max(0.0, commands - idle_rate * elapsed) / len(ids)
         return {
@@ -227,10 +279,7 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "redis_commands_per_token": round(per_request * len(ids) / max(tokens, 1), 2),
         }
     finally:
-        for p in reversed(procs):
-            stop(p)
         client.close()
-        stop(redis_proc, 10)
 
 
 def redis_benchmark(port: int) -> dict[str, float]:
@@ -330,8 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C's KeyboardInterrupt: every ProcessGroup ends its processes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report: dict[str, Any] = {"cpus": os.cpu_count(), "fleet": [], "redis": {}}
     with contextlib.ExitStack() as stack:
         tmp = str(args.logs) if args.logs else stack.enter_context(tempfile.TemporaryDirectory(prefix="herd-scaleout-"))
@@ -348,12 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {row['dispatch_ms_p50']} ms p99 {row['dispatch_ms_p99']} ms",
                 flush=True,
             )
-        redis_proc, port = start_redis(Path(tmp))
-        try:
+        with ProcessGroup(grace_s=10) as redis_group:
+            port = start_redis(redis_group, Path(tmp))
             bench = redis_benchmark(port)
             loop_rps = asyncio.run(herd_like_loop(port, args.loop_clients, args.loop_seconds))
-        finally:
-            stop(redis_proc, 10)
     report["redis"] = {"redis_benchmark_rps": bench, "herd_like_requests_per_s": round(loop_rps, 1)}
     for name, rps in bench.items():
         print(f"redis-benchmark {name:14s} {rps:10.0f} ops/s")

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-PREFIX = "herd"
+import os
+import re
+
+PREFIX_ENV = "HERD_REDIS_PREFIX"
+
+
+def deployment_prefix(value: str) -> str:
+    """A valid HERD_REDIS_PREFIX: letters, digits and `_.-` (no `:` and no glob characters), at most 64."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError(f"{PREFIX_ENV}={value!r}: use letters, digits and _.- (at most 64, no ':' or '*')")
+    return value
+
+
+# Every name below starts with it. Redis databases do not separate pub/sub channels, so several herds on one Redis
+# each set their own HERD_REDIS_PREFIX (the API, the workers and the chart's probe of one deployment the same).
+# Read once, at import, from the environment; arq's own keys (arq:job:<id>, ...) are named by request ids, which are
+# unique, so they need none.
+PREFIX = deployment_prefix(os.environ.get(PREFIX_ENV) or "herd")
 
 
 def queue(model: str) -> str:
@@ -76,6 +93,11 @@ def worker(worker_id: str) -> str:
 
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
+
+# The registry of live workers: a sorted set of worker ids scored by when each one's heartbeat expires (ms, Redis'
+# clock), written with every heartbeat and pruned by score as it is read (herd/registry.py), so the fleet view and the
+# probes read the fleet with one command and never SCAN the keyspace.
+WORKERS = f"{PREFIX}:workers"
 
 
 def batch_queue(model: str) -> str:

@@ -25,6 +25,7 @@ from herd.inference import (
     Usage,
     WorkerStatus,
 )
+from herd.registry import Registry
 from herd.workers.bus import WorkerBus
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -218,8 +219,51 @@ async def test_the_heartbeat_appears_refreshes_and_goes_with_stop(bus: WorkerBus
 
     await eventually(refreshed)
     assert any(key.decode() == channels.WORKER_PATTERN.replace("*", "worker-1") for key in await redis.keys())
+    # each beat also scores the worker in the registry of live workers with its heartbeat's expiry (Redis' clock)
+    seconds, micros = await redis.time()
+    expiry = await redis.zscore(channels.WORKERS, "worker-1")
+    assert expiry is not None and seconds * 1000 + micros // 1000 < expiry <= seconds * 1000 + micros // 1000 + 2000
+    assert [msgspec.json.decode(raw, type=WorkerStatus).worker_id for raw in await Registry(redis).live()] == [
+        "worker-1"
+    ]
     await bus.stop()
     assert await redis.exists(key) == 0
+    assert await redis.zscore(channels.WORKERS, "worker-1") is None  # a clean stop leaves the registry at once
+    assert await Registry(redis).live() == []
+
+
+async def test_a_dead_worker_drops_out_of_the_registry(settings: Settings, redis: Redis) -> None:
+    """A worker that dies (its tasks end with no stop) is listed until its heartbeat's TTL runs out, then not, and its
+    registry entry is pruned by score on the next read."""
+    short = msgspec.structs.replace(settings, heartbeat_ttl_s=0.3)
+    client = redisconn.async_client(short)
+    dying = WorkerBus(short, client, "worker-1")
+    try:
+        await start(dying, redis)
+        registry = Registry(redis)
+
+        async def listed() -> bool:
+            return len(await registry.live()) == 1
+
+        await eventually(listed)
+        for task in dying._tasks:  # the process dies: no more beats, no clean-up
+            task.cancel()
+        await asyncio.gather(*dying._tasks, return_exceptions=True)
+        dying._tasks = []
+
+        async def gone() -> bool:
+            return await registry.live() == []
+
+        await eventually(gone)
+        assert await redis.zcard(channels.WORKERS) == 0  # pruned by score, not only filtered
+
+        async def expired() -> bool:
+            return not await redis.exists(channels.worker("worker-1"))
+
+        await eventually(expired)  # its heartbeat key goes by its own TTL, set in the same script
+    finally:
+        await dying.stop()
+        await client.aclose()
 
 
 async def test_free_slots_take_the_overflow_first_then_batch_lines(bus: WorkerBus, redis: Redis) -> None:

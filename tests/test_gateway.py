@@ -28,6 +28,7 @@ from herd.inference import (
     WorkerStatus,
 )
 from herd.loading import LoadClient
+from herd.registry import Registry
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
@@ -61,11 +62,19 @@ async def gateway(redis_port: int, redis: Redis) -> AsyncIterator[Gateway]:
     await client.aclose()
 
 
-async def heartbeat(redis: Redis, worker_id: str, busy: int = 0, total: int = 4, model: str = MODEL) -> WorkerStatus:
-    """A worker's heartbeat, as workers/bus.py writes it."""
+async def heartbeat(
+    redis: Redis, worker_id: str, busy: int = 0, total: int = 4, model: str = MODEL, ttl_ms: int = 60_000
+) -> WorkerStatus:
+    """A worker's heartbeat, as workers/bus.py writes it (its key and its entry in the registry of live workers)."""
     status = WorkerStatus(worker_id, (model,), 1024, total, busy, 0, 0, 0, 1, "host", time.time())
-    await redis.set(channels.worker(worker_id), msgspec.json.encode(status), px=60_000)
+    await Registry(redis).beat(worker_id, msgspec.json.encode(status), ttl_ms)
     return status
+
+
+async def commandstats(redis: Redis) -> dict[str, int]:
+    """Calls per command since the server started (Redis' own INFO commandstats)."""
+    info = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in info.items()}
 
 
 async def subscribe(redis: Redis, channel: str) -> PubSub:
@@ -182,6 +191,33 @@ async def test_a_worker_that_stops_heartbeating_fails_its_request(gateway: Gatew
         await asyncio.wait_for(stream.next(), WAIT_S)  # no event for a heartbeat interval: the gateway checks
     await stream.close()
     assert await redis.zcard(channels.queue(MODEL)) == 0  # its job leaves the ledger at once
+
+
+async def test_the_fleet_view_reads_the_registry_without_a_scan(gateway: Gateway, redis: Redis) -> None:
+    """The fleet view is one command (a script over the registry of live workers) whatever the keyspace holds: no
+    SCAN, counted by Redis itself. A worker that stops beating drops out when its TTL runs out, and its entry goes."""
+    await redis.mset({f"unrelated:{i}": b"x" for i in range(2000)})  # what a SCAN for heartbeats would walk
+    await heartbeat(redis, "steady")
+    await heartbeat(redis, "dying", ttl_ms=300)
+    before = await commandstats(redis)
+    reads = 0
+
+    async def live() -> set[str]:
+        nonlocal reads
+        reads += 1
+        return {w.worker_id for w in await gateway.workers(max_age_s=0)}
+
+    assert await live() == {"steady", "dying"}
+    deadline = time.monotonic() + WAIT_S
+    while await live() != {"steady"}:  # "dying" beats no more
+        assert time.monotonic() < deadline, "a dead worker stayed in the fleet view"
+        await asyncio.sleep(0.02)
+    assert await redis.zrange(channels.WORKERS, 0, -1) == [b"steady"]  # pruned by score
+    await redis.delete(channels.worker("steady"))  # a heartbeat key gone before its score passed: not listed either
+    assert await live() == set()
+    after = await commandstats(redis)
+    assert after.get("scan", 0) == before.get("scan", 0) and after.get("keys", 0) == before.get("keys", 0)
+    assert after["evalsha"] - before.get("evalsha", 0) == reads  # one command per read of the fleet
 
 
 async def test_the_fleet_view(gateway: Gateway, redis: Redis) -> None:

@@ -39,6 +39,7 @@ import kubernetes_validate.utils as kv
 import pytest
 import redis
 import yaml
+from herd import channels
 from herd.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,10 @@ RELEASE, NAMESPACE = "herd", "llm"
 # The newest Kubernetes the installed kubernetes-validate bundles schemas for (checked in test_tool_versions).
 NEWEST_KUBE = "1.37.0"
 KEDA_API = "keda.sh/v1alpha1"
+MONITORING_API = "monitoring.coreos.com/v1"
+# Custom resources kubernetes-validate has no schema for: checked against CUSTOM_SCHEMAS below instead.
+CUSTOM_APIS = (KEDA_API, MONITORING_API)
+CUSTOM_TEMPLATES = ("/worker-scaledobject.yaml", "/servicemonitor.yaml")
 
 Manifest = dict[str, Any]
 
@@ -189,6 +194,11 @@ def test_helm_lint_strict(values_name: str, kube_version: str) -> None:
             {"workers": [{"name": "w", "model": {"name": "smollm2:135m"}, "config": {"cpuRepack": "yes"}}]},
             "/workers/0/config/cpuRepack",
         ),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        (
+            {"workerDefaults": {"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "Never"}}},
+            "unhealthyPodEvictionPolicy",
+        ),
     ],
     ids=[
         "replicas-many",
@@ -199,6 +209,8 @@ def test_helm_lint_strict(values_name: str, kube_version: str) -> None:
         "unknown-key",
         "speculate-draft-without-path",
         "worker-cpu-repack",
+        "image-digest",
+        "pdb-policy",
     ],
 )
 def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], expected: str) -> None:
@@ -234,6 +246,7 @@ def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], 
         ),
         ({"files": {"persistence": {"enabled": False}}}, "with more than one API pod"),
         ({"api": {"terminationGracePeriodSeconds": 9, "preStopDelaySeconds": 5}}, "leaves no time to drain"),
+        ({"redis": {"resources": {"limits": {"memory": "1.5Gi"}}}}, "redis.resources.limits.memory"),
     ],
     ids=[
         "no-redis",
@@ -242,6 +255,7 @@ def test_values_violating_the_schema_make_helm_fail(bad_values: dict[str, Any], 
         "keda-without-address",
         "files-per-pod-with-replicas",
         "grace-without-drain",
+        "redis-limit-unparsed",
     ],
 )
 def test_inconsistent_values_fail_with_a_clear_message(bad_values: dict[str, Any], expected: str) -> None:
@@ -433,10 +447,74 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# monitoring.coreos.com_servicemonitors.yaml (v1): the fields of .spec the chart sets, strict.
+_SECRET_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "key"],
+    "properties": {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
+}
+_DURATION = {
+    "type": "string",
+    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": MONITORING_API},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {**_META, "properties": {**_META["properties"], "namespace": {"type": "string"}}},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _STR_MAP},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                            "authorization": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"type": {"type": "string"}, "credentials": _SECRET_KEY},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_SCHEMAS = {**KEDA_SCHEMAS, "ServiceMonitor": SERVICE_MONITOR_SCHEMA}
+
+
 def validate_manifest(doc: Manifest, kube_version: str) -> None:
-    """kubernetes-validate --strict for Kubernetes kinds; KEDA_SCHEMAS for KEDA's (no schema is a failure)."""
-    if doc["apiVersion"] == KEDA_API:
-        jsonschema.Draft202012Validator(KEDA_SCHEMAS[doc["kind"]]).validate(doc)
+    """kubernetes-validate --strict for Kubernetes kinds; CUSTOM_SCHEMAS for KEDA's and the Prometheus Operator's
+    (no schema is a failure)."""
+    if doc["apiVersion"] in CUSTOM_APIS:
+        jsonschema.Draft202012Validator(CUSTOM_SCHEMAS[doc["kind"]]).validate(doc)
         if doc["kind"] == "ScaledObject":
             spec = doc["spec"]  # the CRD's CEL rule
             assert spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100)
@@ -461,13 +539,13 @@ def test_every_manifest_passes_kubernetes_validate_strict(values_name: str, kube
 
 def test_kubernetes_validate_cli_strict(tmp_path: Path) -> None:
     """The same check through the `kubernetes-validate --strict` command line, on the rendered files as Helm wrote
-    them. Left out: NOTES.txt (not a manifest) and worker-scaledobject.yaml, whose kinds are KEDA's custom
-    resources: kubernetes-validate has no schema for them (it would only WARN), KEDA_SCHEMAS checks them above."""
+    them. Left out: NOTES.txt (not a manifest) and the templates of custom resources (KEDA's, the Prometheus
+    Operator's): kubernetes-validate has no schema for them (it would only WARN), CUSTOM_SCHEMAS checks them above."""
     files: list[str] = []
     for name in ["default", *VALUE_FILES]:
         rendered, _ = rendered_set(name)
         for path, text in sorted(rendered.items()):
-            if path.endswith(("NOTES.txt", "/worker-scaledobject.yaml")) or not text.strip():
+            if path.endswith(("NOTES.txt", *CUSTOM_TEMPLATES)) or not text.strip():
                 continue
             out = tmp_path / name / path
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -485,10 +563,10 @@ def test_kubernetes_validate_cli_strict(tmp_path: Path) -> None:
     # every document passed at both versions; a WARN (no schema for a kind) would be a manifest left unchecked
     assert lines and all(line.startswith("INFO ") and " passed for resource " in line for line in lines), result.stdout
     documents = sum(len(rendered_set(n)[1]) for n in ["default", *VALUE_FILES])
-    keda_documents = sum(
-        1 for n in ["default", *VALUE_FILES] for d in rendered_set(n)[1] if d["apiVersion"] == KEDA_API
+    custom_documents = sum(
+        1 for n in ["default", *VALUE_FILES] for d in rendered_set(n)[1] if d["apiVersion"] in CUSTOM_APIS
     )
-    assert len(lines) == (documents - keda_documents) * len(KUBE_VERSIONS)
+    assert len(lines) == (documents - custom_documents) * len(KUBE_VERSIONS)
 
 
 def test_the_validators_reject_broken_manifests() -> None:
@@ -521,6 +599,7 @@ def test_defaults_deploy_api_one_bundled_worker_and_redis() -> None:
         ("Deployment", "herd-api"),
         ("Deployment", "herd-worker-smollm2"),
         ("PersistentVolumeClaim", "herd-files"),
+        ("PodDisruptionBudget", "herd-worker-smollm2"),
         ("Secret", "herd"),
         ("Service", "herd"),
         ("Service", "herd-redis"),
@@ -614,6 +693,7 @@ def test_pods_run_as_the_dockerfile_user() -> None:
 def test_env_names_are_settings_herd_reads() -> None:
     """Every HERD_* variable the chart sets is one shared/config.py reads (catches drift when settings change)."""
     known = {f"HERD_{field.upper()}" for field in Settings.__struct_fields__} | {"HERD_N_CTX", "HERD_N_GPU_LAYERS"}
+    known.add(channels.PREFIX_ENV)  # read by herd.channels itself, at import
     for name in ["default", *VALUE_FILES]:
         _, docs = rendered_set(name)
         for d in docs:
@@ -711,7 +791,10 @@ def test_full_values_wire_every_option() -> None:
     assert small["spec"]["replicas"] == 2
     assert pod_spec(small)["terminationGracePeriodSeconds"] == 90
     assert env_value(container(small, "worker"), "HERD_MAX_SEQS") == "16"
-    assert container(small, "worker")["image"] == "registry.example.com/herd:0.1.0"
+    # image.digest pins the global image; a group with its own tag (the cuda build) is another image, not pinned
+    digest = "sha256:4b1f0c3a9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e3d"
+    assert container(small, "worker")["image"] == f"registry.example.com/herd@{digest}"
+    assert api["image"] == f"registry.example.com/herd@{digest}"
     assert "initContainers" not in pod_spec(deployments["prod-herd-worker-qwen"])  # no url: the file must be there
 
 
@@ -748,8 +831,227 @@ def test_keda_scales_each_group_on_its_model_queue() -> None:
     assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": "prod-herd", "key": "redis-password"}]
 
 
+def test_worker_groups_have_their_own_startup_probes_and_disruption_budgets() -> None:
+    _, docs = rendered_set("full")
+    deployments, budgets = by_kind(docs, "Deployment"), by_kind(docs, "PodDisruptionBudget")
+    gpu = container(deployments["prod-herd-worker-llama-gpu"], "worker")
+    qwen = container(deployments["prod-herd-worker-qwen"], "worker")
+    # the big model's group waits 30 minutes for its model; the others keep workerDefaults' 15
+    timing = ("periodSeconds", "timeoutSeconds", "failureThreshold")
+    assert [gpu["startupProbe"][k] for k in timing] == [10, 10, 180]
+    assert [qwen["startupProbe"][k] for k in timing] == [10, 5, 90]
+    assert [gpu["livenessProbe"][k] for k in timing] == [20, 10, 3]
+    assert [qwen["livenessProbe"][k] for k in timing] == [15, 5, 4]
+    assert gpu["startupProbe"]["exec"] == qwen["startupProbe"]["exec"]
+
+    # one budget per group that keeps it (smollm2 turned its off), selecting exactly that group's pods
+    assert set(budgets) == {"prod-herd-api", "prod-herd-worker-llama-gpu", "prod-herd-worker-qwen"}
+    assert budgets["prod-herd-worker-llama-gpu"]["spec"]["maxUnavailable"] == 1
+    assert budgets["prod-herd-worker-llama-gpu"]["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    assert budgets["prod-herd-worker-qwen"]["spec"]["maxUnavailable"] == "25%"
+    assert budgets["prod-herd-worker-qwen"]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert budgets["prod-herd-api"]["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    for name, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        selected = [
+            d["metadata"]["name"]
+            for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet")
+            and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert selected == [name], f"PodDisruptionBudget {name} selects {selected}"
+    # the defaults: every group gets one, and an unready pod never blocks a drain
+    (default_budget,) = by_kind(rendered_set("default")[1], "PodDisruptionBudget").values()
+    assert default_budget["spec"] | {"selector": None} == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": None,
+    }
+
+
+def test_keda_fallback_and_scaling_behaviour() -> None:
+    _, docs = rendered_set("full")
+    scaled = by_kind(docs, "ScaledObject")
+    gpu, qwen = scaled["prod-herd-worker-llama-gpu"]["spec"], scaled["prod-herd-worker-qwen"]["spec"]
+    assert gpu["fallback"] == {"failureThreshold": 5, "replicas": 2}
+    assert qwen["fallback"] == {"failureThreshold": 5, "replicas": 1}  # the group's minReplicas
+    gpu_behavior = gpu["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert gpu_behavior == {
+        "scaleDown": {
+            "stabilizationWindowSeconds": 900,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+        }
+    }
+    qwen_behavior = qwen["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert qwen_behavior["scaleUp"]["policies"] == [{"type": "Percent", "value": 100, "periodSeconds": 60}]
+    assert qwen_behavior["scaleDown"]["stabilizationWindowSeconds"] == 300  # the chart's default, merged by Helm
+    # the behaviour is an autoscaling/v2 HorizontalPodAutoscalerBehavior: validate it as part of a real HPA
+    for behavior in (gpu_behavior, qwen_behavior):
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "check"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2, "behavior": behavior},
+        }
+        for version in KUBE_VERSIONS:
+            validate_manifest(hpa, version)
+    off = manifests(
+        render(
+            {
+                "keda": {"fallback": {"enabled": False}},
+                "workers": [{"name": "a", "model": {"name": "smollm2:135m"}, "autoscaling": {"enabled": True}}],
+            }
+        )
+    )
+    (spec,) = [so["spec"] for so in by_kind(off, "ScaledObject").values()]
+    assert "fallback" not in spec and spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+
+
+def test_service_monitor_scrapes_herds_metrics_route() -> None:
+    from herd.api.routes import health
+
+    assert health.metrics.paths == {"/metrics"}  # the path the annotations and the ServiceMonitor name
+    assert not by_kind(rendered_set("default")[1], "ServiceMonitor")
+    _, docs = rendered_set("full")
+    monitor = by_kind(docs, "ServiceMonitor")["prod-herd"]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {
+        "port": "http",
+        "path": "/metrics",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+        "authorization": {"type": "Bearer", "credentials": {"name": "herd-metrics-key", "key": "token"}},
+    }
+    # it selects the API Service (one), whose port named http reaches the API container's port
+    services = [
+        s
+        for s in by_kind(docs, "Service").values()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert [s["metadata"]["name"] for s in services] == ["prod-herd"]
+    assert {p["name"] for p in services[0]["spec"]["ports"]} == {"http"}
+    api = by_kind(docs, "Deployment")["prod-herd-api"]
+    assert api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def test_network_policy_admits_only_herd_pods_and_keda() -> None:
+    assert not by_kind(rendered_set("default")[1], "NetworkPolicy")
+    _, docs = rendered_set("full")
+    policy = by_kind(docs, "NetworkPolicy")["prod-herd-redis"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    herd_peer, keda_peer, extra = rule["from"]
+
+    def admitted(labels: dict[str, str]) -> bool:
+        selector = herd_peer["podSelector"]
+        if not selector["matchLabels"].items() <= labels.items():
+            return False
+        return all(labels.get(e["key"]) in e["values"] for e in selector["matchExpressions"])
+
+    workloads = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    }
+    # the policy applies to the Redis pod, and admits every herd pod of the release but Redis itself
+    assert [n for n, labels in workloads.items() if policy["podSelector"]["matchLabels"].items() <= labels.items()] == [
+        "prod-herd-redis"
+    ]
+    assert {n for n, labels in workloads.items() if admitted(labels)} == set(by_kind(docs, "Deployment"))
+    # a pod of another release of the chart (same name and component labels) is not admitted
+    other = dict(workloads["prod-herd-api"], **{"app.kubernetes.io/instance": "other"})
+    assert not admitted(other)
+    assert keda_peer == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda-system"}},
+        "podSelector": {"matchLabels": {"app": "keda-operator"}},
+    }
+    assert extra == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "backups"}}}
+    redis_ports = {p["name"] for p in container(by_kind(docs, "StatefulSet")["prod-herd-redis"], "redis")["ports"]}
+    assert "redis" in redis_ports
+    # with an external Redis there is no bundled Redis to protect
+    assert not by_kind(rendered_set("external-redis")[1], "NetworkPolicy")
+
+
+def test_extra_volumes_env_from_and_objects() -> None:
+    _, docs = rendered_set("full")
+    deployments = by_kind(docs, "Deployment")
+    api_pod, api = pod_spec(deployments["prod-herd-api"]), container(deployments["prod-herd-api"], "api")
+    assert api["envFrom"] == [
+        {"configMapRef": {"name": "prod-herd-extra-env"}},
+        {"secretRef": {"name": "herd-api-env"}},
+    ]
+    assert {"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True} in api["volumeMounts"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in api["volumeMounts"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}} in api_pod["volumes"]
+    gpu_pod, gpu = (
+        pod_spec(deployments["prod-herd-worker-llama-gpu"]),
+        container(deployments["prod-herd-worker-llama-gpu"], "worker"),
+    )
+    assert [s.get("configMapRef", {}).get("name") for s in gpu["envFrom"]] == ["prod-herd-extra-env", "corporate-ca"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in gpu["volumeMounts"]
+    assert {"name": "ca-bundle", "configMap": {"name": "corporate-ca"}} in gpu_pod["volumes"]
+    qwen = container(deployments["prod-herd-worker-qwen"], "worker")
+    assert "scratch" not in {m["name"] for m in qwen["volumeMounts"]}  # api.* stays on the API
+    # extraObjects: a map and a string, both through tpl
+    configmaps = by_kind(docs, "ConfigMap")
+    assert configmaps["prod-herd-extra-env"]["data"] == {"LANG": "C.UTF-8"}
+    assert configmaps["corporate-ca"]["metadata"]["labels"] == {"release": RELEASE}
+    assert "envFrom" not in container(by_kind(rendered_set("default")[1], "Deployment")["herd-api"], "api")
+
+
+def test_redis_maxmemory_below_its_limit_refuses_writes(tmp_path: Path) -> None:
+    """The rendered --maxmemory is maxmemoryPercent of the memory limit; a real redis-server started with the chart's
+    arguments takes it and refuses a write past it (an OOM error) instead of growing or evicting."""
+    args = container(by_kind(rendered_set("default")[1], "StatefulSet")["herd-redis"], "redis")["args"]
+    assert args[args.index("--maxmemory") + 1] == str(1024**3 * 80 // 100)  # 80 % of the default 1Gi
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    for limit, percent, expected in (
+        ("3G", 50, 1_500_000_000),
+        ("512Mi", 75, 402653184),
+        ("2147483648", 90, 1932735283),
+    ):
+        docs = manifests(render({"redis": {"resources": {"limits": {"memory": limit}}, "maxmemoryPercent": percent}}))
+        rendered = container(by_kind(docs, "StatefulSet")["herd-redis"], "redis")["args"]
+        assert rendered[rendered.index("--maxmemory") + 1] == str(expected)
+    unlimited = manifests(render({"redis": {"resources": {"requests": {"memory": "1Gi"}, "limits": None}}}))
+    assert "--maxmemory" not in container(by_kind(unlimited, "StatefulSet")["herd-redis"], "redis")["args"]
+
+    small = manifests(render({"redis": {"resources": {"limits": {"memory": "8Mi"}}, "maxmemoryPercent": 50}}))
+    small_args = container(by_kind(small, "StatefulSet")["herd-redis"], "redis")["args"]
+    start = small_args.index("--maxmemory")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    server = subprocess.Popen(
+        [*command, *small_args[start : start + 4]],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                threading.Event().wait(0.05)
+        assert client.config_get("maxmemory") == {"maxmemory": str(4 * 1024**2)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
+            for i in range(64):
+                client.set(f"job:{i}", b"x" * (256 * 1024))
+        assert client.exists("job:0")  # nothing was evicted to make room
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_queue_key_matches_herd() -> None:
-    from herd import channels
 
     assert channels.queue("m:1") == "herd:queue:m:1"
     assert channels.WORKER_PATTERN == "herd:worker:*"
@@ -794,6 +1096,10 @@ def test_external_redis() -> None:
         "secret": {"secretName": "herd-api-keys", "items": [{"key": "keys.txt", "path": "keys.txt"}]},
     } in (pod_spec(api)["volumes"])
     (trigger,) = by_kind(docs, "ScaledObject")["herd-worker-tinyllama"]["spec"]["triggers"]
+    # a deployment prefix names herd's keys and channels (HERD_REDIS_PREFIX) and so the queue KEDA reads
+    assert trigger["metadata"]["listName"] == "team-a.herd:queue:tinyllama:1.1b"
+    for d in deployments.values():
+        assert env_value(pod_spec(d)["containers"][0], "HERD_REDIS_PREFIX") == "team-a.herd"
     assert trigger["metadata"] | {"listName": ""} == {
         "address": "redis.example.internal:6380",
         "listName": "",
@@ -828,6 +1134,7 @@ def test_references_resolve() -> None:
             (values.get("externalRedis") or {}).get("tls", {}).get("secret"),
             (values.get("externalRedis") or {}).get("passwordSecret", {}).get("name"),
             (values.get("externalRedis") or {}).get("sentinel", {}).get("passwordSecret", {}).get("name"),
+            *(s["secretRef"]["name"] for s in (values.get("api") or {}).get("envFrom", []) if "secretRef" in s),
         } - {None, ""}
         secrets = set(by_kind(docs, "Secret")) | external
         configmaps = set(by_kind(docs, "ConfigMap"))
@@ -846,6 +1153,16 @@ def test_references_resolve() -> None:
                     assert volume["configMap"]["name"] in configmaps
                 if "persistentVolumeClaim" in volume:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims
+            mounts = {m["name"] for c in spec["containers"] + spec.get("initContainers", []) for m in c["volumeMounts"]}
+            claimed = {c["metadata"]["name"] for c in d["spec"].get("volumeClaimTemplates", [])}
+            declared = {v["name"] for v in spec.get("volumes", [])} | claimed
+            assert mounts <= declared, f"{d['metadata']['name']} mounts undeclared volumes {mounts - declared}"
+            for c in spec["containers"]:
+                for source in c.get("envFrom", []):
+                    if "configMapRef" in source:
+                        assert source["configMapRef"]["name"] in configmaps or source["configMapRef"].get("optional")
+                    if "secretRef" in source:
+                        assert source["secretRef"]["name"] in secrets
             for c in spec["containers"] + spec.get("initContainers", []):
                 for e in c.get("env", []):
                     ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -887,23 +1204,40 @@ def run_script(tmp_path: Path, name: str, env: dict[str, str]) -> subprocess.Com
 
 
 def test_worker_probe_follows_this_hosts_heartbeat(tmp_path: Path, redis_port: int) -> None:
+    """The probe finds this pod's heartbeat through the registry of live workers, as workers/bus.py writes it, and
+    issues no SCAN (counted by Redis' INFO commandstats) however many other keys there are."""
+    from herd import registry
+
     url = f"redis://127.0.0.1:{redis_port}/{PROBE_DB}"
     client = redis.Redis(host="127.0.0.1", port=redis_port, db=PROBE_DB)
-    mine, other = "herd:worker:test-helm-probe-mine", "herd:worker:test-helm-probe-other"
+    beat = client.register_script(registry.BEAT)
     heartbeat = {"worker_id": "x", "models": ["m"], "pid": 1, "heartbeat_at": 0.0}
+
+    def scans() -> int:
+        return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
     try:
-        client.delete(mine, other)
-        client.set(other, json.dumps({**heartbeat, "host": "some-other-pod"}), px=30_000)
-        client.set("herd:worker:test-helm-probe-garbage", b"\x00not json", px=30_000)
+        client.flushdb()
+        client.mset({f"unrelated:{i}": b"x" for i in range(500)})
+        beat(
+            keys=[channels.worker("other"), channels.WORKERS],
+            args=["other", json.dumps({**heartbeat, "host": "some-other-pod"}), 30_000],
+        )
+        beat(keys=[channels.worker("garbage"), channels.WORKERS], args=["garbage", b"\x00not json", 30_000])
+        # a stale heartbeat key of this host that is not in the registry (a worker of an older build) is not enough
+        client.set(channels.worker("unlisted"), json.dumps({**heartbeat, "host": socket.gethostname()}), px=30_000)
+        scanned = scans()
         absent = run_script(tmp_path, "worker_alive.py", {"HERD_REDIS_URL": url})
         assert absent.returncode == 1, absent.stdout + absent.stderr
-        assert "no herd:worker:* heartbeat" in absent.stderr
+        assert "no live herd worker heartbeat" in absent.stderr
 
-        client.set(mine, json.dumps({**heartbeat, "host": socket.gethostname()}), px=30_000)
+        mine = json.dumps({**heartbeat, "host": socket.gethostname()})
+        beat(keys=[channels.worker("mine"), channels.WORKERS], args=["mine", mine, 30_000])
         present = run_script(tmp_path, "worker_alive.py", {"HERD_REDIS_URL": url})
         assert present.returncode == 0, present.stdout + present.stderr
+        assert scans() == scanned
     finally:
-        client.delete(mine, other, "herd:worker:test-helm-probe-garbage")
+        client.flushdb()
         client.close()
 
     # Redis unreachable: the probe does not restart workers for Redis's sake

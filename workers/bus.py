@@ -25,6 +25,7 @@ from herd.inference import (
     WorkerStatus,
 )
 from herd.redisconn import REDIS_ERRORS
+from herd.registry import Registry
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
@@ -91,6 +92,7 @@ class WorkerBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._take = redis.register_script(_TAKE)
         self._give_back = redis.register_script(_GIVE_BACK)
+        self._registry = Registry(redis)
 
     # ---- requests ----------------------------------------------------------------------------------
 
@@ -226,7 +228,8 @@ class WorkerBus:
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         while True:
             try:
-                await self._redis.set(channels.worker(self.worker_id), msgspec.json.encode(status()), px=ttl_ms)
+                # the heartbeat key and this worker's entry in the registry of live workers, in one command
+                await self._registry.beat(self.worker_id, msgspec.json.encode(status()), ttl_ms)
             except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
@@ -245,7 +248,10 @@ class WorkerBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._redis.delete(channels.worker(self.worker_id))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(channels.worker(self.worker_id))
+                pipe.zrem(channels.WORKERS, self.worker_id)
+                await pipe.execute()
 
 
 def new_worker_id() -> str:

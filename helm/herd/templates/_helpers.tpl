@@ -54,8 +54,29 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* image reference; call with (dict "ctx" $ "image" <override map or nil>). */}}
 {{- define "herd.image" -}}
-{{- $img := merge (deepCopy (.image | default dict)) .ctx.Values.image }}
-{{- printf "%s:%s" $img.repository (toString ($img.tag | default .ctx.Chart.AppVersion)) }}
+{{- $own := .image | default dict }}
+{{- $img := merge (deepCopy $own) .ctx.Values.image }}
+{{- /* a group naming its own repository or tag is another image: the global digest does not pin it */}}
+{{- $digest := $img.digest }}
+{{- if or $own.repository $own.tag $own.digest }}
+{{- $digest = $own.digest }}
+{{- end }}
+{{- include "herd.imageRef" (dict "repository" $img.repository "tag" ($img.tag | default .ctx.Chart.AppVersion) "digest" $digest) }}
+{{- end }}
+
+{{/*
+repository:tag, or repository@digest when a digest is set (it pins the image whatever the tag now points at).
+Call with (dict "repository" R "tag" T "digest" D).
+*/}}
+{{- define "herd.imageRef" -}}
+{{- if .digest }}
+{{- if not (regexMatch "^[a-z0-9]+:[a-f0-9]{32,}$" (toString .digest)) }}
+{{- fail (printf "image digest %q is not of the form sha256:<hex>" (toString .digest)) }}
+{{- end }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository (toString .tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "herd.imagePullPolicy" -}}
@@ -140,6 +161,8 @@ Environment giving a herd container HERD_REDIS_URL. For the bundled Redis with a
 Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears in the pod spec.
 */}}
 {{- define "herd.redisEnv" -}}
+- name: HERD_REDIS_PREFIX
+  value: {{ .Values.redisPrefix | quote }}
 {{- if .Values.redis.enabled }}
 {{- if .Values.redis.auth.enabled }}
 - name: REDIS_PASSWORD
@@ -288,4 +311,32 @@ Kubernetes from REDIS_PASSWORD ($(VAR) expansion), so the password never appears
 {{- end }}
 {{- end }}
 {{- $entries | uniq | join "," }}
+{{- end }}
+
+{{/*
+The bundled Redis's --maxmemory in bytes: redis.maxmemoryPercent of the container's memory limit, so Redis refuses
+writes (noeviction) before the kubelet kills it for exceeding the limit. Empty when there is no memory limit.
+*/}}
+{{- define "herd.redisMaxmemory" -}}
+{{- $limit := "" }}
+{{- with .Values.redis.resources }}{{ with .limits }}{{ $limit = toString (.memory | default "") }}{{ end }}{{ end }}
+{{- if $limit }}
+{{- $m := regexFindAll "^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$" $limit 1 }}
+{{- if not $m }}
+{{- fail (printf "redis.resources.limits.memory %q: use an integer with an optional Ki, Mi, Gi, Ti, k, M, G or T suffix" $limit) }}
+{{- end }}
+{{- $number := regexFind "^[0-9]+" $limit | int64 }}
+{{- $unit := trimPrefix (toString $number) $limit }}
+{{- $scale := get (dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $unit }}
+{{- div (mul $number $scale (int64 .Values.redis.maxmemoryPercent)) 100 }}
+{{- end }}
+{{- end }}
+
+{{/* A worker group's setting: the group's own value when it has the key, else workerDefaults'. */}}
+{{- define "herd.workerProbe" -}}
+{{- $probe := deepCopy (get .defaults .name) }}
+{{- range $key, $value := (get .group .name | default dict) }}
+{{- $_ := set $probe $key $value }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
