@@ -379,13 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C's KeyboardInterrupt: every ProcessGroup ends its processes
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     report: dict[str, Any] = {"cpus": os.cpu_count(), "fleet": [], "redis": {}}
     with contextlib.ExitStack() as stack:
         tmp = str(args.logs) if args.logs else stack.enter_context(tempfile.TemporaryDirectory(prefix="herd-scaleout-"))

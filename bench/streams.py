@@ -26,7 +26,7 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -34,11 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 try:
-    from bench.common import free_port, percentile
-    from bench.scaleout import MODEL, start_redis, stop
+    from bench.common import percentile
+    from bench.scaleout import MODEL, ProcessGroup, exit_on_sigterm, start_fleet, start_redis
 except ModuleNotFoundError as exc:  # `python bench/streams.py` puts bench/ on the path, not the repository
     if exc.name != "bench":
         raise
@@ -56,39 +54,12 @@ def proc_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def start(args: argparse.Namespace, redis_port: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
-    port = free_port()
-    slots = -(-max(args.steps) // args.workers)  # every stream of the largest step has a slot
-    env = {
-        **os.environ,
-        "HERD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "HERD_MAX_SEQS": str(slots),
-        "HERD_QUEUE_MAX": "100000",
-        "HERD_HTTP_MAX_CONNECTIONS": str(max(args.steps) + 256),
-        "HERD_MODELS_DIR": str(workdir / "models"),
-        "HERD_FILES_DIR": str(workdir / "files"),
-        "HERD_LOG_LEVEL": "warning",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    worker = ["worker", "--model", MODEL, "--simulate", str(args.rate)]
-    for i, argv in enumerate([["api", "--port", str(port)], *[worker] * args.workers]):
-        with (workdir / f"proc{i}.log").open("wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "herd", *argv], env=env, stdout=log, stderr=log, start_new_session=True
-                )
-            )
-    deadline = time.monotonic() + 60 + 3 * args.workers
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a herd process exited; logs in {workdir}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz?workers={args.workers}", timeout=5).status_code == 200:
-                return procs, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the fleet did not get ready; logs in {workdir}")
+def start(group: ProcessGroup, args: argparse.Namespace, workdir: Path) -> tuple[int, int]:
+    """The fleet, with a slot for every stream of the largest step; returns (API port, API pid)."""
+    os.environ["HERD_HTTP_MAX_CONNECTIONS"] = str(max(args.steps) + 256)  # the fleet's environment is ours
+    fleet = argparse.Namespace(threads=1, max_seqs=-(-max(args.steps) // args.workers), simulate=args.rate)
+    procs, base = start_fleet(group, args.workers, start_redis(group, workdir), fleet, workdir)
+    return int(base.rsplit(":", 1)[1]), procs[0].pid
 
 
 @dataclass
@@ -194,19 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which a step's streams are opened")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # the fleet's group ends with the script
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * max(args.steps) + 1024)), hard))
-    with tempfile.TemporaryDirectory(prefix="herd-streams-") as tmp:
-        workdir = Path(tmp)
-        redis_proc, redis_port = start_redis(workdir)
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            procs, port = start(args, redis_port, workdir)
-            idle, rows = asyncio.run(measure(args, port, procs[0].pid))
-        finally:
-            for proc in procs:
-                stop(proc, timeout=20)
-            stop(redis_proc)
+    with tempfile.TemporaryDirectory(prefix="herd-streams-") as tmp, ProcessGroup() as group:
+        port, api_pid = start(group, args, Path(tmp))
+        idle, rows = asyncio.run(measure(args, port, api_pid))
     print(f"API idle RSS {idle:.1f} MiB; {args.workers} simulated workers at {args.rate:g} tokens/s per sequence, "
           f"{args.tokens} tokens per stream")  # fmt: skip
     print(f"{'streams':>8} {'ok':>6} {'failed':>6} {'peak RSS':>9} {'KiB/stream':>10} {'peak fds':>8} "
