@@ -20,9 +20,9 @@ WAIT_S = 30  # bound on waits for things that happen within milliseconds
 SCRIPT = f"""
 import signal, sys, time
 sys.path.insert(0, {str(REPO)!r})
-from bench.scaleout import ProcessGroup, _exit_on_sigterm
+from bench.scaleout import ProcessGroup, exit_on_sigterm
 
-signal.signal(signal.SIGTERM, _exit_on_sigterm)  # as bench.scaleout.main does
+signal.signal(signal.SIGTERM, exit_on_sigterm)  # as bench.scaleout.main does
 with ProcessGroup(grace_s=5) as group:
     children = [group.start(["sh", "-c", "sleep 600 & exec sleep 601"]) for _ in range(3)]
     print(group.pgid, " ".join(str(c.pid) for c in children), flush=True)
