@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from herd.client import transfer
-from herd.client.http import Client, ClientError, Refused
+from herd.client.http import Client, Refused
 
 HELP = """Available Commands:
   /set system <text>          Set the system message
@@ -149,15 +149,7 @@ def interactive(session: Session) -> int:
 def _present(client: Client, model: str) -> str:
     """The model's name on the server, pulled first (with progress) when it is not there, as `ollama run` does. A
     URL is stored under a name of its own; a name herd cannot pull stays a one-line "not found"."""
-    local = model
-    if model.startswith(("https://", "http://")):
-        from herd.api.models.pull import url_name  # the server's own rule for the name a URL is stored under
-        from herd.errors import ServiceError
-
-        try:
-            local = url_name(model)
-        except ServiceError as exc:
-            raise ClientError(exc.message) from exc
+    local = transfer.local_name(model)
     try:
         client.request("POST", "/api/show", {"model": local})
         return local
