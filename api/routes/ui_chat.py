@@ -7,6 +7,7 @@ useChat's reconnect, replays it from the durable event log and follows it live, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +46,12 @@ class _Resumable:
 
     async def end(self) -> None:
         await self.chats.end(self.owner, self.chat_id, self.answer.request_id)
+
+    async def delivered(self) -> None:
+        """A client read the answer to its end. Redis away: the record outlives it (up to its TTL), and a reload
+        replays the whole answer once more, which is harmless; the stream this client reads still ends well."""
+        with contextlib.suppress(ServiceError):
+            await self.end()
 
 
 def _stream(frames: AsyncIterator[bytes]) -> Stream:
@@ -100,7 +107,7 @@ async def _frames(
         if not handed_over:
             await close_shielded(stream)
     if resume is not None:
-        await resume.end()  # this client has it all
+        await resume.delivered()
     yield SSE_DONE
 
 
@@ -161,7 +168,7 @@ async def _replay(state: State, resume: _Resumable) -> AsyncIterator[bytes]:
     except ServiceError as exc:
         for chunk in answer.failed(exc.message):
             yield sse(chunk)
-    await resume.end()
+    await resume.delivered()
     yield SSE_DONE
 
 
