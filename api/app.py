@@ -26,6 +26,7 @@ from herd.api.models.catalog import Catalog
 from herd.api.models.store import ModelStore
 from herd.api.responses.runner import BackgroundRunner
 from herd.api.responses.store import ResponseStore
+from herd.api.responses.ui_chats import ChatStreams
 from herd.api.routes import batches, files, health, models, oauth, ollama, openai, queue, responses, ui_chat, web
 from herd.api.routes.common import MODEL_LABEL
 from herd.api.telemetry.http_spans import instrument
@@ -131,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.batch_runner.start()
         app.state.responses = ResponseStore(redis, settings)
         app.state.response_runner = BackgroundRunner(gateway, app.state.responses)
+        app.state.ui_chats = ChatStreams(redis, settings)
         exporter = tracing.metric_exporter()  # OTLP metrics when OTEL_EXPORTER_* asks for them
         otlp = None
         if exporter is not None:
@@ -150,6 +152,7 @@ def create_app(settings: Settings) -> Litestar:
                 await otlp.close()  # a last export, then the exporter's shutdown
             await app.state.batch_runner.close()  # releases its batches' leases: another API takes over at once
             await app.state.response_runner.close()  # the workers go on; readers settle the responses (runner.py)
+            await app.state.ui_chats.close()
             await security.close()
             await demux.close()
             await redis.aclose()

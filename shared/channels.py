@@ -200,6 +200,12 @@ def durable_events(request_id: str) -> str:
 DURABLE_EVENTS_MAXLEN = 100_000  # events (about one per generated token): more than any context holds
 
 
+def ui_chat(owner: str, chat_id: str) -> str:
+    """A useChat chat's answer that no client has read to its end yet (api/responses/ui_chats.py): the generation's
+    id (its durable_events), the answer's message id, model and whether it has tools. TTL responses_ttl."""
+    return f"{PREFIX}:ui-chat:{owner}:{chat_id}"
+
+
 def response_lease(response_id: str) -> str:
     """The API process running a background response: its token, PX a few heartbeats, renewed while it runs. Gone
     while the response is not finished: that process died, and a reader settles the response from its events."""

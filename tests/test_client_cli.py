@@ -37,6 +37,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, model_path: str) -> Iterator
     """A folder with the model file, also served over loopback HTTP (what `pull` downloads)."""
     root = tmp_path_factory.mktemp("files")
     (root / "smol.gguf").symlink_to(model_path)
+    (root / "smol-run.gguf").symlink_to(model_path)  # pulled by `herd run` alone
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -175,6 +176,36 @@ def test_pull_create_and_manage(herd: HerdServer, env: dict[str, str], files: tu
 
     gone = herd_cli(env, "rm", "tiny-copy")
     assert gone.returncode == 1 and gone.stderr.startswith("Error: ") and len(gone.stderr.splitlines()) == 1
+
+
+def test_run_pulls_a_missing_model_first(herd: HerdServer, env: dict[str, str], files: tuple[Path, str]) -> None:
+    _, url = files
+    assert "smol-run:latest" not in _names(herd_cli(env, "list").stdout)
+    term = Terminal(["run", f"{url}smol-run.gguf"], env)
+    try:
+        term.expect("━")  # the pull's bar, as `herd pull` shows it
+        term.expect(r"100%")
+        term.expect("success")
+        term.expect(">>> ")  # then the chat, with the model just pulled
+        term.type("/set parameter num_predict 8\n")
+        term.expect("Set parameter 'num_predict' to '8'")
+        term.type("Name a color.\n")
+        answer = term.expect(r"Name a color\.\n(.+?)\n\n>>> ").group(1)
+        assert answer.strip()
+        term.type("/bye\n")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    assert "smol-run:latest" in _names(herd_cli(env, "list").stdout)
+    # Present now: a second run goes straight to the prompt (nothing is pulled again).
+    term = Terminal(["run", f"{url}smol-run.gguf"], env)
+    try:
+        term.expect(">>> ")
+        term.type("/bye\n")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    assert "success" not in term.seen and "━" not in term.seen
 
 
 def test_run_one_shot_and_piped(env: dict[str, str]) -> None:

@@ -27,7 +27,9 @@ ENTRY_POINTS = {
     "herd.__main__",
     "herd.cli",
     "herd.supervisor",
-    "herd.client.transfer",  # `herd create -f` reads the Modelfile with the server's parser (models.modelfile)
+    # `herd create -f` reads the Modelfile with the server's parser (models.modelfile); `herd run URL` names the model
+    # as a pull stores it (models.pull)
+    "herd.client.transfer",
 }
 
 # Who may import herd.api.wire.*: a module name, or a package followed by ".*" for everything in it.

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -91,3 +93,58 @@ def test_headers_errors_and_reconnect(server: HerdServer) -> None:
     bad = httpx.post(url, json={**body, "messages": [{"role": "user", "parts": [{"type": "file"}]}]}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].parts"
     assert httpx.get(f"{url}/chat-1/stream", timeout=30).status_code == 204
+
+
+def _chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield msgspec.json.decode(line.removeprefix("data: "))
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
+def test_a_dropped_answer_resumes_from_another_connection(server: HerdServer) -> None:
+    url = f"{server.base_url}/v1/ui/chat"
+    story = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Write a long story about a dragon."}]}]
+    body = {"model": MODEL, "id": "chat-resume", "resumable": True, "maxTokens": 200, "messages": story}
+    with httpx.stream("POST", url, json=body, timeout=120) as reply:
+        assert reply.status_code == 200
+        seen: list[dict[str, Any]] = []
+        for chunk in _chunks(reply.iter_lines()):
+            seen.append(chunk)
+            if sum(c["type"] == "text-delta" for c in seen) == 3:
+                break  # the client goes away mid-answer (the connection closes here)
+    assert seen[0]["type"] == "start"
+
+    with httpx.stream("GET", f"{url}/chat-resume/stream", timeout=120) as again:
+        assert again.status_code == 200 and again.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        lines = list(again.iter_lines())
+    assert [line for line in lines if line][-1] == "data: [DONE]"
+    replayed = list(_chunks(iter(lines)))
+    assert replayed[0] == seen[0]  # the same answer: its message id
+    assert replayed[-1]["type"] == "finish" and replayed[-1]["finishReason"] in ("stop", "length")
+    assert _text(replayed).startswith(_text(seen)) and len(_text(replayed)) > len(_text(seen))
+    assert replayed[-1]["messageMetadata"]["usage"]["outputTokens"] > 3  # it ran on after the drop
+    # Read to its end: nothing is left to resume.
+    assert httpx.get(f"{url}/chat-resume/stream", timeout=30).status_code == 204
+
+
+def test_a_resumable_answer_stops_with_delete(server: HerdServer) -> None:
+    url = f"{server.base_url}/v1/ui/chat"
+    before = {s.request_id for s in _cancelled(server)}
+    story = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Write a very long story."}]}]
+    body = {"model": MODEL, "id": "chat-stop", "resumable": True, "maxTokens": 1000, "messages": story}
+    with httpx.stream("POST", url, json=body, timeout=120) as reply:
+        deltas = 0
+        for chunk in _chunks(reply.iter_lines()):
+            deltas += chunk["type"] == "text-delta"
+            if deltas == 3:
+                break
+    assert httpx.delete(f"{url}/chat-stop/stream", timeout=30).status_code == 204
+    assert httpx.get(f"{url}/chat-stop/stream", timeout=30).status_code == 204
+    deadline = time.monotonic() + 60
+    while not [s for s in _cancelled(server) if s.request_id not in before]:
+        assert time.monotonic() < deadline, "the worker never saw the stop"
+        time.sleep(0.2)

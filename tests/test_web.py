@@ -1,6 +1,7 @@
 """The chat page (api/web, served at /chat/) in Debian's headless Chromium driven by playwright-core: a streamed
-answer with tokens/s and markdown, a stop that reaches the worker, a key asked for and kept out of URLs, the page on
-another Origin (CORS) and on one herd does not allow; the shipped bundle is the build of the shipped sources."""
+answer with tokens/s and markdown, a stop that reaches the worker, an answer resumed after a reload, a key asked for
+and kept out of URLs, the page on another Origin (CORS) and on one herd does not allow; the shipped bundle is the
+build of the shipped sources."""
 
 from __future__ import annotations
 
@@ -86,6 +87,20 @@ def test_chat_page_streams_and_stops(server: HerdServer, browser: Path, tmp_path
     while not _cancelled(server) - before:  # the stop closed the stream; the worker dropped the sequence
         assert time.monotonic() < deadline, "the worker never saw the cancel"
         time.sleep(0.2)
+
+
+def test_chat_page_resumes_an_answer_after_a_reload(server: HerdServer, browser: Path) -> None:
+    seen = page(browser, "resume", page=f"{server.base_url}/chat/", maxTokens="400")
+    before, after = seen["before"], seen["after"]
+    assert before["roles"] == ["user", "assistant"] and before["text"] and not before["finished"]  # mid-answer
+    assert seen["reloadedUrl"] == seen["url"] and "#chat-" in seen["url"]  # the same chat after the reload
+    assert after["roles"] == ["user", "assistant"] and seen["assistants"] == 1
+    assert after["finished"] and after["text"].startswith(before["text"]) and len(after["text"]) > len(before["text"])
+    assert "tokens/s" in seen["stats"]
+    chat_id = seen["url"].rpartition("#")[2]
+    # Asked once; the reload's reconnect replayed the answer (200) instead of asking again.
+    assert seen["requests"].count("POST /v1/ui/chat 200") == 1
+    assert f"GET /v1/ui/chat/{chat_id}/stream 200" in seen["requests"]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

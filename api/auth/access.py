@@ -32,7 +32,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/v1/responses", SCOPE_INFERENCE),
     (ANY, "/v1/responses/*", SCOPE_INFERENCE),  # retrieve, resume, cancel, delete, input_items: the owner's
     ("POST", "/v1/ui/chat", SCOPE_INFERENCE),  # the AI SDK's UI message stream (useChat)
-    ("GET", "/v1/ui/chat/*", SCOPE_INFERENCE),  # its reconnect
+    (ANY, "/v1/ui/chat/*", SCOPE_INFERENCE),  # its reconnect (GET) and the stop of a resumable answer (DELETE)
     ("GET", "/v1/models", SCOPE_MODELS_READ),
     ("GET", "/v1/models/*", SCOPE_MODELS_READ),
     ("DELETE", "/v1/models/*", SCOPE_MODELS_ADMIN),

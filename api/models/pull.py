@@ -140,7 +140,7 @@ def pull_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def _url_name(url: str) -> str:
+def url_name(url: str) -> str:
     """`https://host/dir/SmolLM2-135M.Q4_1.gguf` -> `smollm2-135m.q4_1:latest` (a valid name or InvalidRequest)."""
     stem = Path(urlsplit(url).path).name.removesuffix(".gguf").lower()
     return canonical_name(re.sub(r"[^a-z0-9_.-]", "-", stem).lstrip(".-") or "model")
@@ -154,7 +154,7 @@ def resolve_name(model: str, settings: Settings) -> tuple[str, str]:
             raise InvalidRequest("this URL is not under any prefix in HERD_PULL_ALLOW", param="model")
         if not urlsplit(model).path.endswith(".gguf") or ".." in model or "%" in model:
             raise InvalidRequest("a pull URL names one .gguf file", param="model")
-        return _url_name(model), "url"
+        return url_name(model), "url"
     name = canonical_name(model)
     base, _ = split_tag(name)
     if not name.startswith(HF_PREFIX) or base.count("/") != 2:

@@ -4,7 +4,6 @@ tools, grammar and sampling rules), and internal events -> UI message stream chu
 from __future__ import annotations
 
 import json
-import secrets
 
 import msgspec
 from herd.api.grammar.schema import GrammarCache
@@ -71,7 +70,13 @@ def chat_request(body: wire.UIChatRequest, request_id: str, grammars: GrammarCac
         tools=body.tools or None,
         tool_choice=body.tool_choice,
     )
-    return openai_requests.chat_request(chat, request_id, grammars)
+    req = openai_requests.chat_request(chat, request_id, grammars)
+    # A resumable answer's events also go to the durable log (channels.durable_events) that a reconnect replays.
+    return msgspec.structs.replace(req, durable=True) if resumable(body) else req
+
+
+def resumable(body: wire.UIChatRequest) -> bool:
+    return body.resumable and bool(body.id)
 
 
 class UIStream:
@@ -83,6 +88,10 @@ class UIStream:
         self._text_id: str | None = None
         self._calls: dict[int, tuple[str, str]] = {}  # call index -> (toolCallId, tool name)
         self._texts = 0
+
+    @property
+    def message_id(self) -> str:
+        return self._message_id
 
     def opening(self) -> list[wire.UIMessageChunk]:
         return [wire.Start(message_id=self._message_id), wire.StartStep()]
@@ -114,7 +123,8 @@ class UIStream:
                 continue
             chunks += self._close_text()
             if isinstance(piece, CallStart):
-                self._calls[piece.index] = (f"call_{secrets.token_hex(12)}", piece.name)
+                # Named after the message, so a replay of the answer names its calls alike.
+                self._calls[piece.index] = (f"call_{self._message_id.removeprefix('msg-')}_{piece.index}", piece.name)
                 chunks.append(wire.ToolInputStart(*self._calls[piece.index]))
             elif isinstance(piece, CallArguments):
                 chunks.append(wire.ToolInputDelta(self._calls[piece.index][0], piece.fragment))

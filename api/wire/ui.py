@@ -54,6 +54,9 @@ class UIChatRequest(msgspec.Struct, rename="camel"):
     seed: int | None = None
     tools: list[ChatCompletionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | None = None
+    # herd's: keep the answer resumable (useChat's `resume: true`). The generation then outlives a dropped connection
+    # (a reload) and GET {api}/{id}/stream replays it; stop it with DELETE {api}/{id}/stream. Needs `id`.
+    resumable: bool = False
 
 
 # ---- the chunks of the stream ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`herd run MODEL [PROMPT]`: one answer, or Ollama's interactive chat (streamed answers, /set, /clear, \"\"\" blocks,
-history); Ctrl-C closes the answer's HTTP stream, which the server turns into a cancel for the worker."""
+history), a model not on the server pulled first with progress; Ctrl-C closes the answer's HTTP stream, which the
+server turns into a cancel for the worker."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from herd.client.http import Client
+from herd.client import transfer
+from herd.client.http import Client, Refused
 
 HELP = """Available Commands:
   /set system <text>          Set the system message
@@ -144,9 +146,29 @@ def interactive(session: Session) -> int:
                 readline.write_history_file(_history())
 
 
+def _present(client: Client, model: str) -> str:
+    """The model's name on the server, pulled first (with progress) when it is not there, as `ollama run` does. A
+    URL is stored under a name of its own; a name herd cannot pull stays a one-line "not found"."""
+    local = transfer.local_name(model)
+    try:
+        client.request("POST", "/api/show", {"model": local})
+        return local
+    except Refused as exc:
+        if exc.status != 404:
+            raise
+        missing = exc
+    try:
+        transfer.pull(client, model)
+    except Refused as exc:
+        if exc.status == 400:  # not something herd pulls: the model is simply not there
+            raise missing from exc
+        raise
+    return local
+
+
 def run(client: Client, model: str, prompt: list[str], verbose: bool) -> int:
+    model = _present(client, model)  # before any prompt: a missing model is pulled, or one line of error
     session = Session(client, model, sys.stdout, verbose)
-    client.request("POST", "/api/show", {"model": model})  # model not found: one line, before any prompt
     piped = not sys.stdin.isatty()
     if prompt or piped:
         text = " ".join(prompt)

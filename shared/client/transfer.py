@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from herd.api.models import modelfile
+from herd.api.models.pull import url_name
 from herd.client.http import Client, ClientError
 from herd.client.progress import Reporter
 from herd.errors import ServiceError
@@ -20,6 +21,16 @@ def pull(client: Client, model: str) -> None:
     with Reporter() as report, client.lines("/api/pull", {"model": model, "stream": True}) as lines:
         for item in lines:
             report.line(item)
+
+
+def local_name(model: str) -> str:
+    """The name a pull of `model` is stored under: the name itself, or for a URL the server's own rule."""
+    if not model.startswith(("https://", "http://")):
+        return model
+    try:
+        return url_name(model)
+    except ServiceError as exc:
+        raise ClientError(exc.message) from exc
 
 
 def _digest(path: Path, report: Reporter) -> str:

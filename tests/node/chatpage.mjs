@@ -3,6 +3,7 @@
 //   same-origin {page, screenshot}: a streamed answer, tokens/s, a stopped answer, a screenshot
 //   cross-origin {page, herd, key}: the page on another origin asks for a key, then chats (CORS); `blocked` is
 //   the same page on an Origin herd does not allow.
+//   resume {page, maxTokens}: a long answer, the page reloaded while it streams, the answer continued to its end.
 import { chromium } from "playwright-core";
 
 const [which, raw] = process.argv.slice(2);
@@ -16,6 +17,11 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
 const urls = [];
 page.on("request", (request) => urls.push(request.url()));
+const requests = []; // "METHOD path status" of herd's chat endpoints
+page.on("response", (response) => {
+  const url = new URL(response.url());
+  if (url.pathname.startsWith("/v1/ui/chat")) requests.push(`${response.request().method()} ${url.pathname} ${response.status()}`);
+});
 const out = {};
 
 async function ask(text) {
@@ -25,6 +31,20 @@ async function ask(text) {
   const answer = page.locator("article.assistant").nth(before);
   await answer.waitFor();
   return answer;
+}
+
+async function savedAnswer() {
+  // The chat's messages as the page keeps them (localStorage, under the id in the URL's hash): the answer's raw text.
+  return page.evaluate(() => {
+    const id = decodeURIComponent(window.location.hash.slice(1));
+    const messages = JSON.parse(localStorage.getItem(`herd-chat:${id}`) ?? "[]");
+    const last = messages.at(-1);
+    return {
+      roles: messages.map((m) => m.role),
+      text: (last?.parts ?? []).filter((p) => p.type === "text").map((p) => p.text).join(""),
+      finished: Boolean(last?.metadata?.usage),
+    };
+  });
 }
 
 async function lengthsWhileStreaming(answer) {
@@ -57,6 +77,23 @@ try {
     const stoppedAt = (await long.innerText()).length;
     await page.waitForTimeout(1500); // a stopped answer stays as it was
     out.stopped = { grew: (await long.innerText()).length !== stoppedAt, stats: await long.locator(".stats").count() };
+  } else if (which === "resume") {
+    await page.goto(args.page);
+    await page.getByLabel("model").waitFor();
+    await page.getByLabel("max tokens").fill(String(args.maxTokens));
+    const answer = await ask("Write a very long story about a dragon and a knight, with many chapters.");
+    await answer.locator("p, li").first().waitFor(); // it streams
+    out.url = page.url();
+    out.before = await savedAnswer(); // what the page had when it went away
+    await page.reload();
+    await page.getByLabel("model").waitFor();
+    const resumed = page.locator("article.assistant");
+    await resumed.last().locator(".stats").waitFor({ timeout: 300_000 });
+    out.after = await savedAnswer();
+    out.assistants = await resumed.count();
+    out.stats = await resumed.last().locator(".stats").innerText();
+    out.reloadedUrl = page.url();
+    out.requests = [...requests];
   } else if (which === "cross-origin") {
     await page.goto(args.page);
     await page.getByLabel("server").fill(args.herd);

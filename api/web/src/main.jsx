@@ -14,27 +14,55 @@ function headersFor(key) {
   return key ? { authorization: `Bearer ${key}` } : {};
 }
 
-function Chat({ server, apiKey, models }) {
+// The chat's id is in the URL's hash and its messages in localStorage, so a reload keeps the conversation and
+// resumes an answer still streaming (useChat's `resume: true`: herd replays it from GET /v1/ui/chat/{id}/stream).
+function chatId() {
+  const id = decodeURIComponent(window.location.hash.slice(1));
+  if (/^[\w-]{1,64}$/.test(id)) return id;
+  // getRandomValues, not randomUUID: the page may be served from an origin that is not a secure context.
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  const fresh = `chat-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  history.replaceState(null, "", `#${fresh}`);
+  return fresh;
+}
+
+function savedMessages(id) {
+  try {
+    return JSON.parse(localStorage.getItem(`herd-chat:${id}`) ?? "[]");
+  } catch {
+    return [];
+  }
+}
+
+function Chat({ server, apiKey, models, id, onNewChat }) {
   const [model, setModel] = useState(models[0] ?? "");
   const [temperature, setTemperature] = useState(0.2);
+  const [maxTokens, setMaxTokens] = useState("");
   const [input, setInput] = useState("");
-  const settingsRef = useRef({ model, temperature });
-  settingsRef.current = { model, temperature };
+  const settingsRef = useRef({});
+  settingsRef.current = { model, temperature, ...(maxTokens ? { maxTokens: Number(maxTokens) } : {}) };
   const transport = useMemo(
     () =>
       new DefaultChatTransport({
         api: `${server}/v1/ui/chat`,
         headers: () => headersFor(apiKey),
-        body: () => ({ ...settingsRef.current }),
+        body: () => ({ ...settingsRef.current, resumable: true }),
       }),
     [server, apiKey],
   );
-  const { messages, sendMessage, status, stop, error } = useChat({ transport });
+  const initial = useMemo(() => savedMessages(id), [id]);
+  const { messages, sendMessage, status, stop, error } = useChat({ id, messages: initial, transport, resume: true });
   const busy = status === "submitted" || status === "streaming";
   const end = useRef(null);
   useEffect(() => {
     end.current?.scrollIntoView({ block: "end" });
-  }, [messages]);
+    localStorage.setItem(`herd-chat:${id}`, JSON.stringify(messages));
+  }, [messages, id]);
+  // A resumable answer outlives its connection (that is what a reload relies on): Stop tells herd to end it.
+  const halt = () => {
+    stop();
+    fetch(`${server}/v1/ui/chat/${encodeURIComponent(id)}/stream`, { method: "DELETE", headers: headersFor(apiKey) });
+  };
 
   const submit = (event) => {
     event.preventDefault();
@@ -56,6 +84,17 @@ function Chat({ server, apiKey, models }) {
           </select>
         </label>
         <label>
+          max tokens{" "}
+          <input
+            aria-label="max tokens"
+            type="number"
+            min="1"
+            step="1"
+            value={maxTokens}
+            onChange={(e) => setMaxTokens(e.target.value)}
+          />
+        </label>
+        <label>
           temperature{" "}
           <input
             aria-label="temperature"
@@ -67,6 +106,9 @@ function Chat({ server, apiKey, models }) {
             onChange={(e) => setTemperature(Number(e.target.value))}
           />
         </label>
+        <button type="button" onClick={onNewChat} disabled={busy}>
+          New chat
+        </button>
       </header>
       <section className="log" aria-live="polite">
         {messages.map((m) => (
@@ -99,7 +141,7 @@ function Chat({ server, apiKey, models }) {
           }}
         />
         {busy ? (
-          <button type="button" onClick={() => stop()}>
+          <button type="button" onClick={halt}>
             Stop
           </button>
         ) : (
@@ -116,6 +158,7 @@ function App() {
   const [models, setModels] = useState(null);
   const [problem, setProblem] = useState("");
   const [needKey, setNeedKey] = useState(false);
+  const [chat, setChat] = useState(chatId);
 
   useEffect(() => {
     let live = true;
@@ -161,7 +204,11 @@ function App() {
     </form>
   );
   if (!models) return <main>{settings}</main>;
-  return <Chat server={server} apiKey={apiKey} models={models} />;
+  const newChat = () => {
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+    setChat(chatId());
+  };
+  return <Chat key={chat} server={server} apiKey={apiKey} models={models} id={chat} onNewChat={newChat} />;
 }
 
 createRoot(document.getElementById("root")).render(<App />);
