@@ -3,14 +3,18 @@ the reply translators make of it, and a request's effort reaching real templates
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from herd import reasoning
+from herd.api.translate import ollama_requests, openai_requests, responses_requests
 from herd.api.translate.ollama_replies import OllamaReply
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.api.translate.reasoning import OutputParser
 from herd.api.translate.tool_json import CallEnd, Content, Piece, Reasoning
 from herd.api.wire import ollama as ollama_wire
-from herd.inference import ChatMessage, Finished, TokenDelta, Usage
+from herd.api.wire import openai as openai_wire
+from herd.api.wire import responses as responses_wire
+from herd.inference import ChatMessage, Finished, TokenDelta, Tool, ToolCall, Usage
 from herd.workers.template import ChatTemplate
 
 from tests import llama_sources
@@ -287,3 +291,60 @@ def test_reasoning_markers_that_are_control_tokens_are_shown() -> None:
     assert reasoning.marker_tokens("gemma4", lambda text, _: vocab.get(text, [1, 2])) == {7, 8}
     assert reasoning.marker_tokens("seed", lambda text, _: vocab.get(text, [1, 2])) == {9}
     assert reasoning.marker_tokens(None, lambda text, _: [1]) == frozenset()
+
+
+# ---- reasoning sent back in the history ----------------------------------------------------------------------
+
+CALLED = (
+    ChatMessage("user", "Weather in Paris?"),
+    ChatMessage(
+        "assistant",
+        "",
+        tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}'),),
+        reasoning="Need the tool.",
+    ),
+    ChatMessage("tool", "sunny", tool_call_id="call_1"),
+)
+WEATHER = (Tool("get_weather", "Weather of a city", '{"type": "object", "properties": {"city": {"type": "string"}}}'),)
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Qwen-Qwen3-0.6B.jinja", "<think>\nNeed the tool.\n</think>"),
+        ("openai-gpt-oss-120b.jinja", "<|channel|>analysis<|message|>Need the tool.<|end|>"),
+        ("google-gemma-4-31B-it.jinja", "<|channel>thought\nNeed the tool.\n<channel|><|tool_call>call:get_weather"),
+        ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "<|START_THINKING|>Need the tool.<|END_THINKING|>"),
+    ],
+)
+def test_an_assistant_turns_reasoning_reaches_templates_that_show_it(name: str, shown: str) -> None:
+    assert shown in load(name).render(CALLED, WEATHER)
+    without = (CALLED[0], msgspec.structs.replace(CALLED[1], reasoning=""), CALLED[2])
+    assert "Need the tool." not in load(name).render(without, WEATHER)
+
+
+def test_request_translators_carry_reasoning_sent_back() -> None:
+    openai_msg = msgspec.json.decode(
+        b'{"role": "assistant", "content": "4", "reasoning_content": "2+2"}',
+        type=openai_wire.ChatCompletionMessageParam,
+    )
+    assert openai_requests._message(openai_msg, 0).reasoning == "2+2"
+    ollama_msg = msgspec.json.decode(
+        b'{"role": "assistant", "content": "4", "thinking": "2+2"}', type=ollama_wire.Message
+    )
+    assert ollama_requests._message(ollama_msg, 0).reasoning == "2+2"
+    items = msgspec.json.decode(
+        b'[{"type": "message", "role": "user", "content": "2+2?"},'
+        b'{"type": "reasoning", "content": [{"type": "reasoning_text", "text": "add"}]},'
+        b'{"type": "message", "role": "assistant", "content": "4"},'
+        b'{"type": "reasoning", "content": [{"type": "reasoning_text", "text": "call"}]},'
+        b'{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]',
+        type=list[responses_wire.InputItem],
+    )
+    checked = [responses_requests._checked(item, i, "resp_1") for i, item in enumerate(items)]
+    got = responses_requests.messages(None, checked)
+    assert [(m.role, m.content, m.reasoning) for m in got] == [
+        ("user", "2+2?", ""),
+        ("assistant", "4", "add"),
+        ("assistant", "", "call"),
+    ]

@@ -191,6 +191,8 @@ class ChatTemplate:
                 rows.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
             else:
                 rows.append({"role": role, "content": m.content})
+            if m.reasoning and role == "assistant":  # the names templates read it under (Qwen 3, gpt-oss, LFM2.5...)
+                rows[-1] = {**rows[-1], "reasoning_content": m.reasoning, "thinking": m.reasoning}
         if tools and not self.knows_tools:
             described = "\n".join(json.dumps(_tool_schema(t)) for t in tools)
             prompt = toolformat.TOOLS_PROMPTS.get(self.tool_format, TOOL_PROMPT)
