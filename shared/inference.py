@@ -25,6 +25,7 @@ class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    reasoning: str = ""  # an assistant turn's reasoning, sent back (templates that show it render it)
 
 
 class Tool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

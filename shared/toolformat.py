@@ -24,6 +24,7 @@ tell from the template's text; herd reads how the template writes a call in the 
     deepseek-v32/-v4  the same shape with DeepSeek's DSML-prefixed tags (function_calls / tool_calls)
     kimi-k2       <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{...}
                   <|tool_call_end|><|tool_calls_section_end|>                       Kimi K2
+    gemma4, lfm2, granite   Gemma 4, LiquidAI LFM2 / LFM2.5, IBM Granite 3.x (herd.toolsyntax)
 
 The API compiles each tool's arguments (JSON Schema -> GBNF rules named `args-0`, `args-1`, ... in
 `ToolConstraint.rules`, refused there when bad); `grammar` here wraps them in the family's call syntax in the worker,
@@ -37,6 +38,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
+from herd import toolsyntax as ts
 from herd.inference import Grammar, Tool, ToolConstraint
 
 ToolFormat = Literal[
@@ -61,11 +63,15 @@ ToolFormat = Literal[
     "minimax-m2",
     "deepseek-v32",
     "deepseek-v4",
+    "gemma4",
+    "lfm2",
+    "granite",
 ]
 FORMATS: tuple[ToolFormat, ...] = (
     "hermes", "llama3", "mistral", "mistral-args", "gpt-oss", "qwen3-coder", "seed-oss", "glm", "kimi-k2",
     "functionary-v3.1", "functionary-v3.2", "command-r", "deepseek-r1", "deepseek-v3", "nemotron-v2",
     "apriel", "minimax-m1", "firefunction-v2", "minimax-m2", "deepseek-v32", "deepseek-v4",
+    "gemma4", "lfm2", "granite",
 )  # fmt: skip
 DSML = "\uff5cDSML\uff5c"
 # <PREFIX WRAPPER><PREFIX invoke name="f"><PREFIX parameter name="k"[ string="true"]>v</PREFIX parameter>...
@@ -109,6 +115,9 @@ MARKERS: dict[ToolFormat, tuple[str, ...]] = {
     "minimax-m2": ("<minimax:tool_call>", "</minimax:tool_call>"),
     "deepseek-v32": (f"<{DSML}function_calls>", f"</{DSML}function_calls>"),
     "deepseek-v4": (f"<{DSML}tool_calls>", f"</{DSML}tool_calls>"),
+    "gemma4": (ts.GEMMA_CALL, ts.GEMMA_CALL_END, ts.GEMMA_QUOTE, "<|tool_response>"),
+    "lfm2": (ts.LFM_CALL, ts.LFM_CALL_END),
+    "granite": (ts.GRANITE_CALL,),
     "command-r": (
         "<|START_ACTION|>",
         "<|END_ACTION|>",
@@ -140,6 +149,9 @@ TRIGGERS: dict[ToolFormat, tuple[str, ...]] = {
     "minimax-m2": ("<minimax:tool_call>",),
     "deepseek-v32": (f"<{DSML}function_calls>",),
     "deepseek-v4": (f"<{DSML}tool_calls>",),
+    "gemma4": (ts.GEMMA_CALL,),
+    "lfm2": (ts.LFM_CALL,),
+    "granite": (ts.GRANITE_CALL,),
     "functionary-v3.2": (">>>",),  # and each tool's name and a newline: the answer's first line names its recipient
 }
 
@@ -155,6 +167,8 @@ def _invoke_pattern(fmt: ToolFormat) -> re.Pattern[str]:
 _RENDERED: tuple[tuple[ToolFormat, re.Pattern[str]], ...] = (
     ("gpt-oss", re.compile(r"to=functions\.probe_tool_fn\b")),
     ("glm", re.compile(r"<tool_call>\s*probe_tool_fn\s*<arg_key>")),
+    ("gemma4", re.compile(re.escape(ts.GEMMA_CALL) + r"call:probe_tool_fn\{")),
+    ("lfm2", re.compile(re.escape(ts.LFM_CALL) + r"\[probe_tool_fn\(")),
     ("kimi-k2", re.compile(r"<\|tool_call_begin\|>\s*functions\.probe_tool_fn:\d+\s*<\|tool_call_argument_begin\|>")),
     ("seed-oss", re.compile(r"<seed:tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
     ("qwen3-coder", re.compile(r"<tool_call>\s*<function=probe_tool_fn>\s*<parameter=")),
@@ -280,7 +294,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     calls: list[str] = []
     by_name = {t.name: t for t in tools}
     for i, name in enumerate(names):
-        if fmt in ("hermes", "nemotron-v2", "apriel", "minimax-m1", "firefunction-v2"):
+        if fmt in ("hermes", "nemotron-v2", "apriel", "minimax-m1", "firefunction-v2", "granite"):
             body = _json_call(i, name, "arguments")
         elif fmt == "llama3":
             body = _json_call(i, name, "parameters")
@@ -290,6 +304,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
             body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
         elif fmt == "glm":
             body = _glm_call(name, by_name.get(name))
+        elif fmt == "gemma4":
+            body = ts.gemma_call(name, by_name.get(name))
+        elif fmt == "lfm2":
+            body = ts.python_call(name, by_name.get(name))
         elif fmt in INVOKE:
             body = _invoke_call(INVOKE[fmt][0], name, by_name.get(name))
         elif fmt == "kimi-k2":
@@ -330,6 +348,14 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     elif fmt == "glm":
         rules.append(f'tc-one ::= "<tool_call>" ({call}) "</tool_call>"')
         root = 'tc-one ("\\n"? tc-one)*' if many else "tc-one"
+    elif fmt in ("gemma4", "lfm2"):
+        rules.append(f"tc-one ::= {call}")
+        rules.append(ts.VALUE_RULES)
+        if fmt == "gemma4":  # one marked block per call
+            root = f"({_lit(ts.GEMMA_CALL)} tc-one {_lit(ts.GEMMA_CALL_END)})" + ("+" if many else "")
+        else:
+            more = '("," " "? tc-one)*' if many else ""
+            root = f'{_lit(ts.LFM_CALL)} "[" tc-one {more} "]" {_lit(ts.LFM_CALL_END)}'
     elif fmt == "kimi-k2":
         rules.append(f"tc-one ::= {call}")
         one = "tc-one+" if many else "tc-one"
@@ -352,6 +378,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     elif fmt == "llama3":
         rules.append(f"tc-one ::= {call}")
         root = '"<|python_tag|>"? tc-one (";" ws tc-one)*' if many else '"<|python_tag|>"? tc-one'
+    elif fmt == "granite":
+        rules.append(f"tc-one ::= {call}")
+        more = '("," ws tc-one)*' if many else ""
+        root = f'{_lit(ts.GRANITE_CALL)} "[" ws tc-one {more} "]"'
     elif fmt in ("nemotron-v2", "apriel", "firefunction-v2"):
         rules.append(f"tc-one ::= {call}")
         more = '("," ws tc-one)*' if many else ""

@@ -3,14 +3,18 @@ the reply translators make of it, and a request's effort reaching real templates
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from herd import reasoning
+from herd.api.translate import ollama_requests, openai_requests, responses_requests
 from herd.api.translate.ollama_replies import OllamaReply
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.api.translate.reasoning import OutputParser
 from herd.api.translate.tool_json import CallEnd, Content, Piece, Reasoning
 from herd.api.wire import ollama as ollama_wire
-from herd.inference import ChatMessage, Finished, TokenDelta, Usage
+from herd.api.wire import openai as openai_wire
+from herd.api.wire import responses as responses_wire
+from herd.inference import ChatMessage, Finished, TokenDelta, Tool, ToolCall, Usage
 from herd.workers.template import ChatTemplate
 
 from tests import llama_sources
@@ -70,6 +74,47 @@ CANONICAL = [
         [("get_weather", '{"city": "Paris"}')],
         id="gpt-oss-call",
     ),
+    pytest.param(  # Command R7B: the plan, then the response
+        "command-r",
+        "<|START_THINKING|>The user asks 2+2.<|END_THINKING|>The answer is <4>.",
+        "The user asks 2+2.",
+        "The answer is <4>.",
+        [],
+        id="command-r",
+    ),
+    pytest.param(  # Command A: the generation prompt opened the block
+        "command-r-thinking",
+        "2+2 is 4.<|END_THINKING|><|START_ACTION|>[\n"
+        '    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": {"city": "Paris"}}\n]<|END_ACTION|>',
+        "2+2 is 4.",
+        "",
+        [("get_weather", '{"city": "Paris"}')],
+        id="command-r-inside-call",
+    ),
+    pytest.param(  # Seed-OSS
+        "seed",
+        "<seed:think>Add them: 4.</seed:think>\n2 + 2 = 4.",
+        "Add them: 4.",
+        "2 + 2 = 4.",
+        [],
+        id="seed",
+    ),
+    pytest.param(  # Seed-OSS without a block: all answer
+        "seed",
+        "<seed:thin> is not the marker",
+        "",
+        "<seed:thin> is not the marker",
+        [],
+        id="seed-no-block",
+    ),
+    pytest.param(  # Gemma 4: the thought channel
+        "gemma4",
+        "<|channel>thought\nSimple sum.<channel|>4",
+        "Simple sum.",
+        "4",
+        [],
+        id="gemma4",
+    ),
 ]
 
 
@@ -77,10 +122,10 @@ def delta(text: str, first: bool, mode: str | None, tool_format: str | None = No
     return TokenDelta(0, text, 1, reasoning=mode if first else None, tool_format=tool_format if first else None)
 
 
-def run(mode: str, text: str, size: int, tools: bool = False) -> list[Piece]:
+def run(mode: str, text: str, size: int, tools: bool = False, tool_format: str | None = None) -> list[Piece]:
     parser = OutputParser(tools)
     chunks = [text[i : i + size] for i in range(0, len(text), size)]
-    pieces = [p for i, chunk in enumerate(chunks) for p in parser.feed(delta(chunk, i == 0, mode))]
+    pieces = [p for i, chunk in enumerate(chunks) for p in parser.feed(delta(chunk, i == 0, mode, tool_format))]
     return [*pieces, *parser.finish()]
 
 
@@ -88,8 +133,9 @@ def run(mode: str, text: str, size: int, tools: bool = False) -> list[Piece]:
 def test_every_split_size_gives_the_same_reasoning_and_answer(
     mode: str, output: str, thought: str, answer: str, calls: list[tuple[str, str]]
 ) -> None:
+    tool_format = "command-r" if mode.startswith("command-r") and calls else None
     for size in range(1, len(output) + 1):
-        pieces = run(mode, output, size, tools=bool(calls))
+        pieces = run(mode, output, size, tools=bool(calls), tool_format=tool_format)
         assert "".join(p.text for p in pieces if isinstance(p, Reasoning)) == thought, size
         assert "".join(p.text for p in pieces if isinstance(p, Content)) == answer, size
         assert [(p.name, p.arguments) for p in pieces if isinstance(p, CallEnd)] == calls, size
@@ -157,6 +203,11 @@ def test_ollama_lines_carry_thinking() -> None:
         ("llama-cpp-deepseek-r1.jinja", "think"),
         ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "think"),
         ("openai-gpt-oss-120b.jinja", "harmony"),
+        ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "command-r"),
+        ("Cohere2MoE.jinja", "command-r"),
+        ("ByteDance-Seed-OSS.jinja", "seed"),
+        ("google-gemma-4-31B-it.jinja", "gemma4"),
+        ("CohereForAI-c4ai-command-r-plus-tool_use.jinja", None),
         ("Qwen-Qwen2.5-7B-Instruct.jinja", None),
         ("meta-llama-Llama-3.1-8B-Instruct.jinja", None),
     ],
@@ -210,3 +261,90 @@ def test_a_template_that_does_not_reason_gets_no_variables() -> None:
 )
 def test_effort_of_requests(asked: bool | str | None, effort: str | None) -> None:
     assert reasoning.effort(asked) == effort
+
+
+def test_command_r_blocks_follow_the_request() -> None:
+    r7b = load("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja")
+    assert r7b.render(ASK, effort="off").endswith("<|START_THINKING|><|END_THINKING|>")  # closed: answer follows
+    on = r7b.render(ASK)
+    assert reasoning.start(r7b.reasoning, on) == "command-r" and not on.endswith("<|END_THINKING|>")
+    command_a = load("Cohere2MoE.jinja")
+    assert reasoning.start(command_a.reasoning, command_a.render(ASK)) == "command-r-thinking"  # opened for it
+    assert reasoning.start(command_a.reasoning, command_a.render(ASK, effort="off")) == "command-r"
+
+
+def test_seed_thinking_off_is_a_budget_of_zero() -> None:
+    seed = load("ByteDance-Seed-OSS.jinja")
+    assert "thinking budget is 0" not in seed.render(ASK)
+    off = seed.render(ASK, effort="off")
+    assert "thinking budget is 0" in off and reasoning.start(seed.reasoning, off) == "seed"
+
+
+def test_gemma4_thinking_follows_the_request() -> None:
+    gemma = load("google-gemma-4-31B-it.jinja")
+    assert gemma.render(ASK, effort="off").endswith("<|channel>thought\n<channel|>")  # an empty, closed block
+    assert "<|think|>" in gemma.render(ASK, effort="on")
+
+
+def test_reasoning_markers_that_are_control_tokens_are_shown() -> None:
+    vocab = {"<|channel>": [7], "<channel|>": [8], "<seed:think>": [9], "</seed:think>": [10, 11]}
+    assert reasoning.marker_tokens("gemma4", lambda text, _: vocab.get(text, [1, 2])) == {7, 8}
+    assert reasoning.marker_tokens("seed", lambda text, _: vocab.get(text, [1, 2])) == {9}
+    assert reasoning.marker_tokens(None, lambda text, _: [1]) == frozenset()
+
+
+# ---- reasoning sent back in the history ----------------------------------------------------------------------
+
+CALLED = (
+    ChatMessage("user", "Weather in Paris?"),
+    ChatMessage(
+        "assistant",
+        "",
+        tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}'),),
+        reasoning="Need the tool.",
+    ),
+    ChatMessage("tool", "sunny", tool_call_id="call_1"),
+)
+WEATHER = (Tool("get_weather", "Weather of a city", '{"type": "object", "properties": {"city": {"type": "string"}}}'),)
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Qwen-Qwen3-0.6B.jinja", "<think>\nNeed the tool.\n</think>"),
+        ("openai-gpt-oss-120b.jinja", "<|channel|>analysis<|message|>Need the tool.<|end|>"),
+        ("google-gemma-4-31B-it.jinja", "<|channel>thought\nNeed the tool.\n<channel|><|tool_call>call:get_weather"),
+        ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "<|START_THINKING|>Need the tool.<|END_THINKING|>"),
+    ],
+)
+def test_an_assistant_turns_reasoning_reaches_templates_that_show_it(name: str, shown: str) -> None:
+    assert shown in load(name).render(CALLED, WEATHER)
+    without = (CALLED[0], msgspec.structs.replace(CALLED[1], reasoning=""), CALLED[2])
+    assert "Need the tool." not in load(name).render(without, WEATHER)
+
+
+def test_request_translators_carry_reasoning_sent_back() -> None:
+    openai_msg = msgspec.json.decode(
+        b'{"role": "assistant", "content": "4", "reasoning_content": "2+2"}',
+        type=openai_wire.ChatCompletionMessageParam,
+    )
+    assert openai_requests._message(openai_msg, 0).reasoning == "2+2"
+    ollama_msg = msgspec.json.decode(
+        b'{"role": "assistant", "content": "4", "thinking": "2+2"}', type=ollama_wire.Message
+    )
+    assert ollama_requests._message(ollama_msg, 0).reasoning == "2+2"
+    items = msgspec.json.decode(
+        b'[{"type": "message", "role": "user", "content": "2+2?"},'
+        b'{"type": "reasoning", "content": [{"type": "reasoning_text", "text": "add"}]},'
+        b'{"type": "message", "role": "assistant", "content": "4"},'
+        b'{"type": "reasoning", "content": [{"type": "reasoning_text", "text": "call"}]},'
+        b'{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]',
+        type=list[responses_wire.InputItem],
+    )
+    checked = [responses_requests._checked(item, i, "resp_1") for i, item in enumerate(items)]
+    got = responses_requests.messages(None, checked)
+    assert [(m.role, m.content, m.reasoning) for m in got] == [
+        ("user", "2+2?", ""),
+        ("assistant", "4", "add"),
+        ("assistant", "", "call"),
+    ]

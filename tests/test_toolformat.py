@@ -69,6 +69,9 @@ DETECTED = {
     "MiniMax-M2": "minimax-m2",
     "deepseek-ai-DeepSeek-V3.2": "deepseek-v32",
     "deepseek-ai-DeepSeek-V4": "deepseek-v4",
+    "google-gemma-4-31B-it": "gemma4",
+    "google-gemma-4-31B-it-interleaved": "gemma4",
+    "LFM2.5-8B-A1B": "lfm2",
 }
 # Templates that render tools in a syntax herd does not read (yet), or none: tools described with Hermes tags.
 DESCRIBED = [
@@ -256,6 +259,40 @@ CASES: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         "",
         [("get_weather", {"city": "New\nYork"})],
     ),
+    (
+        "gemma4",
+        'Checking.<|tool_call>call:get_weather{city:<|"|>Paris, "FR"<|"|>,days:2,opts:{metric:true,tags:[<|"|>a<|"|>'
+        ",null]}}<tool_call|>",
+        "Checking.",
+        [("get_weather", {"city": 'Paris, "FR"', "days": 2, "opts": {"metric": True, "tags": ["a", None]}})],
+    ),
+    (
+        "gemma4",
+        '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|><|tool_call>call:get_time{}<tool_call|>',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
+    ("gemma4", "<|tool_call>not a call<tool_call|> ok", "<|tool_call>not a call<tool_call|> ok", []),
+    (
+        "lfm2",
+        "Sure.<|tool_call_start|>[get_weather(city='Paris', days=-2, metric=True, opts={\"a\": [1, null]})]"
+        "<|tool_call_end|>Done.",
+        "Sure.Done.",
+        [("get_weather", {"city": "Paris", "days": -2, "metric": True, "opts": {"a": [1, None]}})],
+    ),
+    (
+        "lfm2",
+        "<|tool_call_start|>[get_weather(city='Paris', days=2), get_time()]<|tool_call_end|>",
+        "",
+        [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})],
+    ),
+    ("lfm2", "<|tool_call_start|>[1 + 2]<|tool_call_end|>", "<|tool_call_start|>[1 + 2]<|tool_call_end|>", []),
+    (
+        "granite",
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]',
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_time", {})],
+    ),
 ]
 
 
@@ -386,6 +423,9 @@ CALL_TEXT: dict[str, str] = {
     '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
     "seed-oss": "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n</function>\n"
     "</seed:tool_call>",
+    "gemma4": '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>',
+    "lfm2": "<|tool_call_start|>[get_weather(city='Paris', days=2)]<|tool_call_end|>",
+    "granite": '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
 }
 PARALLEL = [(fmt, text.removeprefix(content)) for fmt, text, content, calls in CASES if len(calls) > 1]
 
@@ -402,10 +442,14 @@ def test_forced_grammar_takes_the_familys_call_and_nothing_else(vocab: Any, fmt:
             assert not accepts(vocab, grammar.gbnf, text), other
     # Arguments are held to the schema (XML-like families: the parameter names).
     key = ('"city"', '"town"')
-    if fmt in ("qwen3-coder", "seed-oss", "glm", "minimax-m2", "deepseek-v32", "deepseek-v4"):
-        key = {"glm": ("<arg_key>city", "<arg_key>town"), "qwen3-coder": ("=city>", "=town>")}.get(
-            fmt, ("=city>", "=town>") if fmt == "seed-oss" else ('name="city"', 'name="town"')
-        )
+    if fmt in ("qwen3-coder", "seed-oss", "glm", "minimax-m2", "deepseek-v32", "deepseek-v4", "gemma4", "lfm2"):
+        key = {
+            "glm": ("<arg_key>city", "<arg_key>town"),
+            "qwen3-coder": ("=city>", "=town>"),
+            "seed-oss": ("=city>", "=town>"),
+            "gemma4": ("city:", "town:"),
+            "lfm2": ("city=", "town="),
+        }.get(fmt, ('name="city"', 'name="town"'))
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace(*key))
     # A tool that was not offered cannot be called.
     assert not accepts(vocab, grammar.gbnf, CALL_TEXT[fmt].replace("get_weather", "get_wether"))
@@ -438,7 +482,13 @@ def test_auto_grammars_are_lazy_on_the_familys_opener(vocab: Any, fmt: toolforma
 
 # Families whose own tokenizer is among llama.cpp's vocab-only GGUFs (the model the grammar constrains tokenizes
 # the call with its special tokens: `<tool_call>`, `<|python_tag|>`, `<|START_ACTION|>`...).
-FAMILY_VOCABS = {"hermes": "qwen2", "qwen3-coder": "qwen35", "llama3": "llama-bpe", "command-r": "command-r"}
+FAMILY_VOCABS = {
+    "hermes": "qwen2",
+    "qwen3-coder": "qwen35",
+    "llama3": "llama-bpe",
+    "command-r": "command-r",
+    "gemma4": "gemma-4",
+}
 
 
 @pytest.fixture(scope="module")

@@ -122,6 +122,8 @@ class Batcher:
         self._tool_markers = toolformat.marker_tokens(self._template.tool_format, engine.tokenize)
         if self._template.reasoning == "harmony":  # its channels show where reasoning ends
             self._tool_markers |= toolformat.marker_tokens("gpt-oss", engine.tokenize)
+        # A reasoning block's markers are shown too (control tokens in Seed-OSS, Command-R, Gemma 4).
+        self._reasoning_markers = reasoning.marker_tokens(self._template.reasoning, engine.tokenize)
         self._inbox: queue.SimpleQueue[_Seq | EmbedJob | None] = queue.SimpleQueue()
         self._embeds: list[EmbedJob] = []
         self._cancel_lock = threading.Lock()
@@ -469,7 +471,9 @@ class Batcher:
         # A request with tools sees its model's call markers, control tokens that text otherwise leaves out; so does
         # one whose model reasons on harmony channels (the markers are gpt-oss's then).
         marked = seq.req.tool_constraint is not None or seq.family.reasoning == "harmony"
-        special = marked and token in self._tool_markers
+        special = (marked and token in self._tool_markers) or (
+            seq.family.reasoning is not None and token in self._reasoning_markers
+        )
         text = seq.text.feed(self._engine.piece(token, special))
         if text:
             self._delta(seq, text, 1)

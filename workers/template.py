@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from herd import reasoning, toolformat
+from herd import reasoning, toolformat, toolsyntax
 from herd.errors import InvalidRequest
 from herd.inference import ChatMessage, Tool
 from herd.workers.template_env import TemplateEnvironment
@@ -84,7 +84,7 @@ class ChatTemplate:
             self._template, source = self._env.from_string(CHATML), None
         self._bos = bos_token
         self._eos = eos_token
-        self.caps, rendered_call = self._probe()
+        self.caps, rendered_call, tools_prompt = self._probe()
         # A template that writes calls in a syntax herd reads speaks it, if it also renders the tools or herd can
         # describe them in that syntax (DeepSeek's templates leave that to the caller); others get Hermes tags
         # described in the system prompt (the fallback).
@@ -92,8 +92,11 @@ class ChatTemplate:
         if found is not None and not self.caps.tools and found not in toolformat.TOOLS_PROMPTS:
             found = None
         self.native_calls = found is not None  # calls and results in the history as the template writes them
-        self.knows_tools = self.native_calls and self.caps.tools  # the template shows the tools itself
-        self.tool_format: toolformat.ToolFormat = found or "hermes"
+        # Templates that only tell the model its syntax (Granite 3.3, LFM2): calls go into the answer's text.
+        prompted = toolsyntax.detect_prompt(tools_prompt) if found is None and self.caps.tools else None
+        self.text_calls = prompted is not None
+        self.knows_tools = (self.native_calls and self.caps.tools) or self.text_calls  # it shows the tools itself
+        self.tool_format: toolformat.ToolFormat = found or prompted or "hermes"
         self.reasoning = reasoning.detect(source or "")  # how the model reasons before answering, if it does
 
     # ---- probing -------------------------------------------------------------------------------------------
@@ -104,15 +107,15 @@ class ChatTemplate:
         except (_Refused, jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError):
             return None
 
-    def _probe(self) -> tuple[Caps, str]:
+    def _probe(self) -> tuple[Caps, str, str]:
         caps, rendered_call = Caps(), ""
         user = {"role": "user", "content": "probe user"}
         out = self._try([{"role": "system", "content": "probe system"}, user])
         caps.system = out is not None and "probe system" in out
         out = self._try([user, {"role": "user", "content": "probe again"}])
         caps.alternation = out is None
-        out = self._try([user], tools=[_PROBE_TOOL])
-        caps.tools = out is not None and "probe_tool_fn" in out
+        tools_prompt = self._try([user], tools=[_PROBE_TOOL]) or ""
+        caps.tools = "probe_tool_fn" in tools_prompt
         for short, as_text in ((False, False), (False, True), (True, False), (True, True)):
             call = _call_row(
                 "probe_tool_fn", '{"probe_arg": "probe value"}', "abcDEF123" if short else "call_probe_0001", as_text
@@ -140,7 +143,12 @@ class ChatTemplate:
                     if self._try(_after_results(later, mode), tools=[_PROBE_TOOL]) is not None:
                         caps.after_result = mode
                         break
-        return caps, rendered_call
+        else:  # results after an answer whose text holds the calls (templates that render no calls)
+            answer = {"role": "assistant", "content": "probe answer"}
+            result = {"role": "tool", "content": "probe result", "tool_call_id": "call_probe_0001"}
+            out = self._try([user, answer, result], tools=[_PROBE_TOOL])
+            caps.tool_results = out is not None and "probe result" in out
+        return caps, rendered_call, tools_prompt
 
     # ---- rendering -----------------------------------------------------------------------------------------
 
@@ -165,10 +173,13 @@ class ChatTemplate:
             if m.tool_calls and self.native_calls:
                 calls = [(c.name, c.arguments or "{}", c.id) for c in m.tool_calls]
                 rows.append(_calls_row(caps, *calls, content=m.content))
+            elif m.tool_calls and self.text_calls:
+                written = toolsyntax.text_calls(self.tool_format, [(c.name, c.arguments) for c in m.tool_calls])
+                rows.append({"role": role, "content": m.content + written})
             elif m.tool_calls:
                 text = (_described_call(c.name, c.arguments) for c in m.tool_calls)
                 rows.append({"role": role, "content": "\n".join(filter(None, [m.content, *text]))})
-            elif role == "tool" and self.native_calls and caps.tool_results:
+            elif role == "tool" and (self.native_calls or self.text_calls) and caps.tool_results:
                 call_id = m.tool_call_id or ""
                 row = {
                     "role": "tool",
@@ -180,6 +191,8 @@ class ChatTemplate:
                 rows.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
             else:
                 rows.append({"role": role, "content": m.content})
+            if m.reasoning and role == "assistant":  # the names templates read it under (Qwen 3, gpt-oss, LFM2.5...)
+                rows[-1] = {**rows[-1], "reasoning_content": m.reasoning, "thinking": m.reasoning}
         if tools and not self.knows_tools:
             described = "\n".join(json.dumps(_tool_schema(t)) for t in tools)
             prompt = toolformat.TOOLS_PROMPTS.get(self.tool_format, TOOL_PROMPT)

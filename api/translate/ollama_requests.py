@@ -144,7 +144,8 @@ def _message(m: wire.Message, i: int) -> ChatMessage:
         for j, c in enumerate(m.tool_calls or ())
     )
     call_id = m.tool_call_id if isinstance(m.tool_call_id, str) else None
-    return ChatMessage(role=m.role, content=m.content or "", tool_calls=calls, tool_call_id=call_id)
+    thought = m.thinking if m.role == "assistant" and isinstance(m.thinking, str) else ""
+    return ChatMessage(role=m.role, content=m.content or "", tool_calls=calls, tool_call_id=call_id, reasoning=thought)
 
 
 def chat_request(

@@ -78,7 +78,15 @@ def _message(m: wire.ChatCompletionMessageParam, i: int) -> ChatMessage:
     if m.role == "tool" and not m.tool_call_id:
         raise InvalidRequest("a tool message needs the tool_call_id it answers", param=f"messages[{i}].tool_call_id")
     calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
-    return ChatMessage(role=m.role, content=_content(m, i), name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)
+    thought = (m.reasoning_content or "") if m.role == "assistant" else ""
+    return ChatMessage(
+        role=m.role,
+        content=_content(m, i),
+        name=m.name,
+        tool_calls=calls,
+        tool_call_id=m.tool_call_id,
+        reasoning=thought,
+    )
 
 
 def _tools(body: wire.ChatCompletionRequest, grammars: GrammarCache) -> tuple[tuple[Tool, ...], ToolConstraint | None]:

@@ -2,8 +2,9 @@
 
 The worker names on a choice's first delta how its model reasons (`TokenDelta.reasoning`, herd.reasoning): "think"
 (a `<think>...</think>` block may open the answer), "thinking" (the prompt opened `<think>`, so the text starts
-inside it) or "harmony" (gpt-oss: the analysis channel is reasoning; its scanner in tool_tagged.py splits it). The
-answer's text then goes through the tool-call parser when the request offered tools.
+inside it), the same for Command-R's, Seed's and Gemma 4's blocks ("seed", "seed-thinking", ...), or "harmony"
+(gpt-oss: the analysis channel is reasoning; its scanner in tool_tagged.py splits it). The answer's text then goes
+through the tool-call parser when the request offered tools.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from herd.api.translate.tool_json import Content, Piece, Reasoning, held_back
 from herd.api.translate.tools import ToolCallParser
 from herd.inference import TokenDelta
-from herd.reasoning import THINK_CLOSE, THINK_OPEN
+from herd.reasoning import THINK_CLOSE, THINK_OPEN, block
 
 __all__ = ["OutputParser", "Reasoning", "ThinkSplitter"]
 
@@ -20,9 +21,10 @@ class ThinkSplitter:
     """`<think>reasoning</think>answer`: the block counts only at the start of the text (after whitespace); the
     whitespace around the reasoning and between it and the answer is dropped, as reasoning parsers do."""
 
-    __slots__ = ("_buf", "_pending", "_said", "_state")
+    __slots__ = ("_buf", "_close", "_open", "_pending", "_said", "_state")
 
-    def __init__(self, inside: bool = False) -> None:
+    def __init__(self, inside: bool = False, markers: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)) -> None:
+        self._open, self._close = markers
         self._state = "reasoning" if inside else "start"
         self._buf = ""
         self._pending = ""  # reasoning's trailing whitespace: sent once more reasoning follows it
@@ -40,18 +42,18 @@ class ThinkSplitter:
 
     def _start(self, out: list[Content | Reasoning]) -> None:
         text = self._buf.lstrip()
-        if text.startswith(THINK_OPEN):
-            self._buf, self._state = text[len(THINK_OPEN) :], "reasoning"
-        elif text and not THINK_OPEN.startswith(text):
+        if text.startswith(self._open):
+            self._buf, self._state = text[len(self._open) :], "reasoning"
+        elif text and not self._open.startswith(text):
             self._state = "content"
 
     def _reasoning(self, out: list[Content | Reasoning]) -> None:
-        at = self._buf.find(THINK_CLOSE)
+        at = self._buf.find(self._close)
         if at >= 0:
             self._say(self._buf[:at].rstrip(), out)
-            self._buf, self._state, self._pending = self._buf[at + len(THINK_CLOSE) :], "after", ""
+            self._buf, self._state, self._pending = self._buf[at + len(self._close) :], "after", ""
             return
-        keep = held_back(self._buf, (THINK_CLOSE,))
+        keep = held_back(self._buf, (self._close,))
         text = self._buf[: len(self._buf) - keep]
         self._buf = self._buf[len(text) :]
         body = text.rstrip()
@@ -119,8 +121,9 @@ class OutputParser:
         if reasoning == "harmony":  # its scanner tells the channels apart, calls or not
             self._tools = ToolCallParser(tool_format or "gpt-oss")
             return
-        if reasoning in ("think", "thinking"):
-            self._think = ThinkSplitter(inside=reasoning == "thinking")
+        found = block(reasoning) if reasoning is not None else None
+        if found is not None:
+            self._think = ThinkSplitter(inside=found[1], markers=found[0])
         if self._wants_tools:
             self._tools = ToolCallParser(tool_format or "hermes")
 

@@ -106,8 +106,10 @@ def _checked(item: wire.InputItem, i: int, rid: str) -> wire.InputItem:
                 raise InvalidRequest(f"a function_call item needs {name}", param=f"input[{i}].{name}")
         own = item.id or item_id("fc", rid, f"i{i}")
         return msgspec.structs.replace(item, id=own, status="completed")
-    if item.type == "reasoning":  # an earlier turn's reasoning, sent back: kept, and left out of the prompt
-        return wire.InputItem(type="reasoning", id=item.id or item_id("rs", rid, f"i{i}"))
+    if item.type == "reasoning":  # an earlier turn's reasoning, sent back: its text goes to the next assistant turn
+        parts = item.content if isinstance(item.content, list) else []
+        kept = [wire.InputContent("reasoning_text", p.text) for p in parts if p.type == "reasoning_text" and p.text]
+        return wire.InputItem(type="reasoning", id=item.id or item_id("rs", rid, f"i{i}"), content=kept or None)
     if item.type == "function_call_output":
         if not item.call_id:
             raise InvalidRequest("a function_call_output needs the call_id it answers", param=f"input[{i}].call_id")
@@ -124,21 +126,24 @@ def _checked(item: wire.InputItem, i: int, rid: str) -> wire.InputItem:
 def messages(instructions: str | None, history: list[wire.InputItem]) -> tuple[ChatMessage, ...]:
     """Chat messages of the instructions and checked items (earlier turns first); calls join their assistant turn."""
     out: list[ChatMessage] = [ChatMessage(role="system", content=instructions)] if instructions else []
+    thought = ""  # reasoning items' text, for the assistant turn that follows them
     for item in history:
         if item.type == "function_call":
             call = ToolCall(item.call_id or "", item.name or "", item.arguments or "")
             last = out[-1] if out else None
-            if last is not None and last.role == "assistant" and last.tool_calls:
+            if last is not None and last.role == "assistant" and last.tool_calls and not thought:
                 out[-1] = msgspec.structs.replace(last, tool_calls=(*last.tool_calls, call))
             else:
-                out.append(ChatMessage(role="assistant", content="", tool_calls=(call,)))
+                out.append(ChatMessage(role="assistant", content="", tool_calls=(call,), reasoning=thought))
+                thought = ""
         elif item.type == "function_call_output":
             out.append(ChatMessage(role="tool", content=_text(item.output, "output"), tool_call_id=item.call_id))
         elif item.type == "reasoning":
-            continue  # templates drop earlier turns' reasoning
+            thought += "".join(p.text or "" for p in item.content or () if not isinstance(p, str))
         else:
             role = item.role if item.role in _ROLES else "user"
-            out.append(ChatMessage(role=role, content=_text(item.content, "content")))  # type: ignore[arg-type]
+            said, thought = (thought, "") if role == "assistant" else ("", thought)
+            out.append(ChatMessage(role=role, content=_text(item.content, "content"), reasoning=said))  # type: ignore[arg-type]
     return tuple(out)
 
 

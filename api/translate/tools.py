@@ -28,6 +28,7 @@ from herd.api.translate.tool_tagged import (
     Kimi,
     MistralArgs,
 )
+from herd.api.translate.tool_text import Marked, PythonCalls
 from herd.api.translate.tool_xml import Glm, Invoke, Xml
 from herd.toolformat import INVOKE
 
@@ -44,6 +45,12 @@ def scanner(fmt: str) -> Scanner:
         return JsonList(openers=("<tool_calls>",), closer="</tool_calls>")
     if fmt == "firefunction-v2":
         return JsonList(openers=(" functools", "functools["), closer="")
+    if fmt == "granite":
+        return JsonList(openers=("<|tool_call|>",), closer="")
+    if fmt == "gemma4":
+        return Marked()
+    if fmt == "lfm2":
+        return PythonCalls()
     if fmt == "mistral":
         return Mistral()
     if fmt == "mistral-args":

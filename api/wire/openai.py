@@ -38,6 +38,7 @@ class ChatCompletionMessageParam(msgspec.Struct):
     tool_call_id: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | None = None
     function_call: FunctionCall | None = None  # legacy (before tools)
+    reasoning_content: str | None = None  # an assistant turn's reasoning, sent back
 
 
 FunctionName = Annotated[str, msgspec.Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
