@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
+from herd import toolparams as tp
 from herd import toolsyntax as ts
 from herd.inference import Grammar, Tool, ToolConstraint
 
@@ -243,57 +244,14 @@ def _json_call(i: int, name: str, key: str, tail: str = "") -> str:
     return f'{head} args-{i} {tail}"}}" ws'
 
 
-def _xml_call(i: int, name: str, tool: Tool | None) -> str:
-    """<function=name> then each parameter of the schema in order (optional ones may be left out)."""
-    schema: Any = json.loads(tool.parameters) if tool is not None else {}
-    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
-    parts = []
-    for key in props if isinstance(props, dict) else ():
-        param = f'"<parameter=" {_lit(key)} ">" xml-value "</parameter>" "\\n"?'
-        parts.append(param if key in required else f"({param})?")
-    body = " ".join(parts) if parts else '("<parameter=" [^>]+ ">" xml-value "</parameter>" "\\n"?)*'
-    return f'"<function=" {_lit(name)} ">" "\\n"? {body} "</function>" "\\n"?'
-
-
-def _glm_call(name: str, tool: Tool | None) -> str:
-    """The name, then each parameter of the schema in order as <arg_key>k</arg_key><arg_value>v</arg_value>."""
-    schema: Any = json.loads(tool.parameters) if tool is not None else {}
-    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
-    parts = []
-    for key in props if isinstance(props, dict) else ():
-        pair = f'"<arg_key>" {_lit(key)} "</arg_key>" "\\n"? "<arg_value>" xml-value "</arg_value>" "\\n"?'
-        parts.append(pair if key in required else f"({pair})?")
-    any_pair = '("<arg_key>" [^<]+ "</arg_key>" "\\n"? "<arg_value>" xml-value "</arg_value>" "\\n"?)*'
-    return f'{_lit(name)} "\\n"? {" ".join(parts) if parts else any_pair}'
-
-
-def _invoke_call(prefix: str, name: str, tool: Tool | None) -> str:
-    """<invoke name="f"> then each parameter of the schema in order (optional ones may be left out)."""
-    schema: Any = json.loads(tool.parameters) if tool is not None else {}
-    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
-    attr = '(" string=\\"" ("true" | "false") "\\"")?'
-    parts = []
-    for key in props if isinstance(props, dict) else ():
-        opening = _lit(f'<{prefix}parameter name="{key}"')
-        param = f'{opening} {attr} ">" xml-value {_lit(f"</{prefix}parameter>")} "\\n"?'
-        parts.append(param if key in required else f"({param})?")
-    param_open, param_close = _lit(f"<{prefix}parameter name="), _lit(f"</{prefix}parameter>")
-    any_param = f'({param_open} "\\"" [^"]+ "\\"" {attr} ">" xml-value {param_close} "\\n"?)*'
-    body = " ".join(parts) if parts else any_param
-    invoke = _lit(f'<{prefix}invoke name="{name}">')
-    return f'{invoke} "\\n"? {body} {_lit(f"</{prefix}invoke>")} "\\n"?'
-
-
 def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]) -> Grammar:
     """The grammar of the constrained calls in `fmt`'s syntax; lazy (from its triggers on) unless forced."""
     names = constraint.names
     rules: list[str] = []
     calls: list[str] = []
-    by_name = {t.name: t for t in tools}
+    by_name = {t.name: t.parameters for t in tools}
     for i, name in enumerate(names):
+        schema = by_name.get(name)
         if fmt in ("hermes", "nemotron-v2", "apriel", "minimax-m1", "firefunction-v2", "granite"):
             body = _json_call(i, name, "arguments")
         elif fmt == "llama3":
@@ -303,13 +261,13 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         elif fmt == "mistral-args":
             body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
         elif fmt == "glm":
-            body = _glm_call(name, by_name.get(name))
+            body = tp.glm_call(name, schema)
         elif fmt == "gemma4":
-            body = ts.gemma_call(name, by_name.get(name))
+            body = tp.gemma_call(name, schema)
         elif fmt == "lfm2":
-            body = ts.python_call(name, by_name.get(name))
+            body = tp.python_call(name, schema)
         elif fmt in INVOKE:
-            body = _invoke_call(INVOKE[fmt][0], name, by_name.get(name))
+            body = tp.invoke_call(INVOKE[fmt][0], name, schema)
         elif fmt == "kimi-k2":
             body = (
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
@@ -331,7 +289,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         elif fmt == "gpt-oss":
             body = f'{_lit(name)} " "? ("<|channel|>commentary" " "?)? "<|constrain|>"? "json"? "<|message|>" args-{i}'
         else:
-            body = _xml_call(i, name, by_name.get(name))
+            body = tp.xml_call(name, schema)
         rules.append(f"tc-call-{i} ::= {body}")
         calls.append(f"tc-call-{i}")
     call = " | ".join(calls)
@@ -403,6 +361,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         rules.append('tc-think ::= "<|channel|>analysis<|message|>" ([^<] | "<" [^|])* "<|end|>" "<|start|>assistant"')
         root = "tc-one" if not constraint.forced else 'tc-think? ("<|channel|>commentary")? " "? tc-one'
     rules.append('xml-value ::= ([^<] | "<" [^/])*')
+    rules.append(tp.TYPED_RULES)
     gbnf = "\n".join([f"root ::= {root}", *rules, constraint.rules])
     triggers = TRIGGERS[fmt]
     if fmt == "functionary-v3.2":

@@ -183,34 +183,10 @@ def parse_gemma_call(text: str) -> tuple[str, str] | None:
 # ---- grammars --------------------------------------------------------------------------------------------------
 
 
-def _keys(tool: Any) -> list[str]:
-    schema: Any = json.loads(tool.parameters) if tool is not None else {}
-    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-    return list(props) if isinstance(props, dict) else []
-
-
-def _lit(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _params(keys: list[str], sep: str, value: str, any_key: str) -> str:
-    """Keyword arguments of the schema's names (in any order), or of any name when the schema lists none."""
-    one = " | ".join(f"{_lit(k + sep)} {value}" for k in keys) if keys else f"{any_key} {_lit(sep)} {value}"
-    return f'(({one}) ("," " "? ({one}))*)?'
-
-
-def gemma_call(name: str, tool: Any) -> str:
-    return f'{_lit("call:" + name)} "{{" {_params(_keys(tool), ":", "tc-g-value", "tc-g-key")} "}}"'
-
-
-def python_call(name: str, tool: Any) -> str:
-    return f'{_lit(name)} "(" {_params(_keys(tool), "=", "tc-py-value", "tc-g-key")} ")"'
-
-
 VALUE_RULES = "\n".join(
     [
         'tc-g-value ::= tc-g-string | tc-number | "true" | "false" | "null" | tc-g-object | tc-g-array',
-        f'tc-g-string ::= {_lit(GEMMA_QUOTE)} ([^<] | "<" [^|])* {_lit(GEMMA_QUOTE)}',
+        f'tc-g-string ::= {json.dumps(GEMMA_QUOTE)} ([^<] | "<" [^|])* {json.dumps(GEMMA_QUOTE)}',
         'tc-g-object ::= "{" (tc-g-key ":" tc-g-value ("," tc-g-key ":" tc-g-value)*)? "}"',
         'tc-g-array ::= "[" (tc-g-value ("," tc-g-value)*)? "]"',
         "tc-g-key ::= [a-zA-Z_] [a-zA-Z0-9_]*",
