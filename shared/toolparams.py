@@ -263,7 +263,7 @@ def invoke_call(prefix: str, name: str, parameters: str | None) -> str:
     free = '(" string=\\"" ("true" | "false") "\\"")?'
 
     def write(key: str, value: str, kind: Param) -> str:
-        text = value == "xml-value"
+        text = value == "xml-value" or (kind.enum is not None and all(isinstance(v, str) for v in kind.enum))
         attr = '(" string=\\"true\\"")?' if text else '(" string=\\"false\\"")?' if kind.types or kind.enum else free
         opening = _lit(f'<{prefix}parameter name="{key}"')
         return f'{opening} {attr} ">" {value} {_lit(f"</{prefix}parameter>")} "\\n"?'

@@ -1,18 +1,24 @@
 """Gemma 4, LFM2 and Granite 3.x tool calls with llama.cpp's real templates: which templates speak them (Granite's and
 LFM2's only describe the syntax), earlier calls and results in the history the template's way, and the calls the
-templates write read back by herd's parsers."""
+templates write read back by herd's parsers. And the parameters of every family whose arguments are not JSON held to
+the tool's schema (types, enums, required ones) by the grammar, and read back as JSON of the schema's types."""
 
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import pytest
-from herd import toolsyntax
-from herd.api.translate.tools import parse_all
-from herd.inference import ChatMessage, Tool, ToolCall
+from herd import toolformat, toolparams, toolsyntax
+from herd.api.grammar.schema import ToolSpec
+from herd.api.grammar.tools import argument_rules
+from herd.api.translate.reasoning import OutputParser
+from herd.api.translate.tools import CallEnd, Piece, ToolCallParser, parse_all
+from herd.inference import ChatMessage, TokenDelta, Tool, ToolCall, ToolConstraint
 from herd.workers.template import ChatTemplate
 
 from tests import llama_sources
+from tests.test_toolformat import accepts, collect
 
 TEMPLATES = llama_sources.templates_dir()
 TOOLS = (Tool("get_weather", "Weather of a city", json.dumps({"type": "object", "properties": {}})),)
@@ -112,3 +118,124 @@ def test_gemma_values_round_trip() -> None:
         '<|tool_call>call:search{q:<|"|>say "hi", {ok}<|"|>,n:-1.5,flags:[true,null],inner:{k:<|"|>v<|"|>}}<tool_call|>'
     )
     assert [(c.name, json.loads(c.arguments)) for c in parse_all(text, "gemma4")[1]] == [("search", args)]
+
+
+# ---- parameters typed by the tool's schema (herd.toolparams) ------------------------------------------------------
+
+FORECAST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "metric": {"type": "boolean"},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "hours": {"type": "array", "items": {"type": "integer"}},
+    },
+    "required": ["city", "days"],
+}
+FORECAST = Tool("get_forecast", "Forecast of a city", json.dumps(FORECAST_SCHEMA))
+# Each parameter's value as the XML-like families, Gemma 4 and LFM2 write it.
+GOOD = {
+    "city": ("Paris", '<|"|>Paris<|"|>', "'Paris'"),
+    "days": ("2", "2", "2"),
+    "metric": ("true", "true", "True"),
+    "unit": ("celsius", '<|"|>celsius<|"|>', "'celsius'"),
+    "hours": ("[9, 12]", "[9,12]", "[9, 12]"),
+}
+GOOD_ARGS = {"city": "Paris", "days": 2, "metric": True, "unit": "celsius", "hours": [9, 12]}
+# One wrong value of each kind, or a required parameter left out (None).
+BAD: dict[str, tuple[str, tuple[str, str, str] | None]] = {
+    "an integer as a word": ("days", ("two", '<|"|>two<|"|>', "'two'")),
+    "an integer as a decimal": ("days", ("2.5", "2.5", "2.5")),
+    "a string for an integer": ("days", ('"2"', '<|"|>2<|"|>', "'2'")),
+    "a boolean as a word": ("metric", ("yes", '<|"|>true<|"|>', "'True'")),
+    "a value out of the enum": ("unit", ("kelvin", '<|"|>kelvin<|"|>', "'kelvin'")),
+    "a number for an array": ("hours", ("9", "9", "9")),
+    "a required parameter left out": ("days", None),
+}
+TYPED_FORMATS = ("qwen3-coder", "seed-oss", "glm", "minimax-m2", "deepseek-v32", "deepseek-v4", "gemma4", "lfm2")
+
+
+def write(fmt: str, values: dict[str, tuple[str, str, str]], name: str = "get_forecast") -> str:
+    """A call of `name` in `fmt`'s syntax with these parameter values, in the order given."""
+    xml = {k: v[0] for k, v in values.items()}
+    if fmt in ("qwen3-coder", "seed-oss"):
+        tag = "tool_call" if fmt == "qwen3-coder" else "seed:tool_call"
+        params = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in xml.items())
+        return f"<{tag}>\n<function={name}>\n{params}</function>\n</{tag}>"
+    if fmt == "glm":
+        pairs = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v}</arg_value>\n" for k, v in xml.items())
+        return f"<tool_call>{name}\n{pairs}</tool_call>"
+    if fmt in toolformat.INVOKE:
+        prefix, wrapper = toolformat.INVOKE[fmt]
+        attr = (lambda k: f' string="{str(k in ("city", "unit")).lower()}"') if prefix else (lambda k: "")
+        params = "".join(f'<{prefix}parameter name="{k}"{attr(k)}>{v}</{prefix}parameter>\n' for k, v in xml.items())
+        return f'<{prefix}{wrapper}>\n<{prefix}invoke name="{name}">\n{params}</{prefix}invoke>\n</{prefix}{wrapper}>'
+    if fmt == "gemma4":
+        return f"<|tool_call>call:{name}{{{','.join(f'{k}:{v[1]}' for k, v in values.items())}}}<tool_call|>"
+    return f"<|tool_call_start|>[{name}({', '.join(f'{k}={v[2]}' for k, v in values.items())})]<|tool_call_end|>"
+
+
+def typed_grammar(fmt: str, tool: Tool = FORECAST) -> str:
+    specs = [ToolSpec(tool.name, json.loads(tool.parameters))]
+    forced = ToolConstraint((tool.name,), argument_rules(specs, "tools"), forced=True)
+    return toolformat.grammar(cast(toolformat.ToolFormat, fmt), forced, (tool,)).gbnf
+
+
+@pytest.mark.parametrize("fmt", TYPED_FORMATS)
+def test_the_grammar_holds_each_value_to_its_schemas_type(vocab: Any, fmt: str) -> None:
+    gbnf = typed_grammar(fmt)
+    assert accepts(vocab, gbnf, write(fmt, GOOD))
+    assert accepts(vocab, gbnf, write(fmt, {k: GOOD[k] for k in ("city", "days")}))  # the optional ones left out
+    assert accepts(vocab, gbnf, write(fmt, {k: GOOD[k] for k in ("city", "days", "hours")}))
+    for why, (key, value) in BAD.items():
+        values = {k: v for k, v in GOOD.items() if k != key or value is not None}
+        if value is not None:
+            values[key] = value
+        assert not accepts(vocab, gbnf, write(fmt, values)), why
+    # What the grammar lets through reads back as arguments of the schema's types.
+    assert [(c.name, json.loads(c.arguments)) for c in parse_all(write(fmt, GOOD), fmt, SIGNATURES)[1]] == [
+        ("get_forecast", GOOD_ARGS)
+    ]
+
+
+SIGNATURES = toolparams.signatures([(FORECAST.name, FORECAST.parameters)])
+AS_TEXT = toolparams.signatures([(FORECAST.name, {"properties": {k: {"type": "string"} for k in GOOD}})])
+
+
+@pytest.mark.parametrize("fmt", TYPED_FORMATS[:6])
+def test_xml_values_read_back_as_their_schemas_type_at_every_split(fmt: str) -> None:
+    text = "Sure. " + write(fmt, GOOD)
+    all_text = {k: v[0] for k, v in GOOD.items()}
+    for signatures, expected in ((SIGNATURES, GOOD_ARGS), (AS_TEXT, all_text)):
+        assert parse_all(text, fmt, signatures)[0] == "Sure. "
+        for size in range(1, len(text) + 1):
+            parser = ToolCallParser(signatures=signatures)
+            pieces: list[Piece] = []
+            for at in range(0, len(text), size):
+                pieces += parser.feed(text[at : at + size], fmt if at == 0 else None)
+            content, ends, _, streamed = collect([*pieces, *parser.finish()])
+            assert content == "Sure. " and len(ends) == 1, size
+            assert json.loads(ends[0][1]) == expected, size
+            assert streamed[0] == ends[0][1], size
+
+
+def test_values_of_a_tool_without_a_schema_read_as_the_json_they_look_like() -> None:
+    text = write("qwen3-coder", {"days": GOOD["days"], "city": GOOD["city"]}, name="other_tool")
+    assert json.loads(parse_all(text, "qwen3-coder", SIGNATURES)[1][0].arguments) == {"days": 2, "city": "Paris"}
+    assert toolparams.typed("2", None) == 2 and toolparams.typed("Paris", None) == "Paris"
+    number = toolparams.param({"type": "number"})
+    assert toolparams.typed("2", number) == 2 and toolparams.typed("2.5", number) == 2.5
+    assert toolparams.typed("soon", number) == "soon"  # not a number: left as text, never dropped
+    nullable = toolparams.param({"anyOf": [{"type": "integer"}, {"type": "null"}]})
+    assert toolparams.typed("null", nullable) is None and toolparams.typed("3", nullable) == 3
+    ref = {"$defs": {"u": {"enum": [1, 2]}}, "properties": {"level": {"$ref": "#/$defs/u"}}}
+    assert toolparams.signature(ref)[0]["level"] == toolparams.Param(enum=(1, 2))
+
+
+def test_the_reply_assemblers_type_values_by_the_offered_tools() -> None:
+    text = write("qwen3-coder", {"city": GOOD["days"], "days": GOOD["days"]})
+    parser = OutputParser(True, signatures=toolparams.signatures([("get_forecast", FORECAST_SCHEMA)]))
+    pieces = parser.feed(TokenDelta(0, text, 1, tool_format="qwen3-coder")) + parser.finish()
+    ends = [p for p in pieces if isinstance(p, CallEnd)]
+    assert [json.loads(c.arguments) for c in ends] == [{"city": "2", "days": 2}]

@@ -21,6 +21,7 @@ from herd.api.validation import decode_json
 from herd.api.wire import openai as wire
 from herd.api.wire import responses as responses_wire
 from herd.errors import InvalidRequest
+from herd.toolparams import signatures
 
 T = TypeVar("T")
 
@@ -46,7 +47,8 @@ async def run_line(gateway: Gateway, grammars: GrammarCache, endpoint: str, body
             streams.append(await gateway.open(req, low_priority=True))
             tools = req.tool_constraint is not None
             logprobs, functions = bool(chat_body.logprobs), uses_functions(chat_body)
-            chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, logprobs, False, functions)
+            typed = signatures((t.name, t.parameters) for t in req.tools)
+            chat = ChatAssembler(req.id, chat_body.model, created, req.n, tools, logprobs, False, functions, typed)
             async for event in streams[0].deltas():
                 chat.feed(event.index, event)
             return msgspec.json.encode(chat.completion())

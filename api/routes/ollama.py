@@ -20,6 +20,7 @@ from herd.api.wire import ollama as wire
 from herd.errors import InvalidRequest, ModelNotFound, ServiceError, Unavailable
 from herd.inference import Embedded, EmbeddingRequest, Finished
 from herd.loading import parse_keep_alive
+from herd.toolparams import signatures
 from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -102,7 +103,8 @@ async def chat(request: AnyRequest, state: State) -> Response[Reply] | Stream:
     req = ollama_requests.chat_request(body, served, n_ctx, request_id(request), grammars(state), thinks)
     stream = await admit(request, state, req)
     tools = req.tool_constraint is not None
-    reply = OllamaReply("chat", body.model, tools, req.logprobs is not None, req.reasoning != "off")
+    typed = signatures((t.name, t.parameters) for t in req.tools)
+    reply = OllamaReply("chat", body.model, tools, req.logprobs is not None, req.reasoning != "off", typed)
     return await _reply(request, stream, body.stream, reply, started)
 
 

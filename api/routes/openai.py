@@ -26,6 +26,7 @@ from herd.api.translate.openai_text_replies import CompletionAssembler
 from herd.api.wire import openai as wire
 from herd.errors import ModelNotFound, ServiceError
 from herd.inference import Finished, TokenDelta
+from herd.toolparams import signatures
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -42,7 +43,10 @@ async def chat_completions(request: AnyRequest, state: State) -> Response[wire.C
     tools = req.tool_constraint is not None
     created = int(time.time())
     functions = uses_functions(body)
-    chat = ChatAssembler(req.id, body.model, created, req.n, tools, bool(body.logprobs), include_usage, functions)
+    typed = signatures((t.name, t.parameters) for t in req.tools)
+    chat = ChatAssembler(
+        req.id, body.model, created, req.n, tools, bool(body.logprobs), include_usage, functions, typed
+    )
     if body.stream:
         [stream], pending = await open_streaming(request, state, [req])
         frames = _chat_frames(stream, chat, include_usage, pending, state.gateway.settings.sse_keepalive_s)

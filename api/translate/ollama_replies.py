@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from herd.api.translate.reasoning import OutputParser, Reasoning
 from herd.api.translate.tools import CallEnd, Content, Piece
 from herd.api.wire import ollama as wire
 from herd.inference import Embedded, Finished, TokenDelta, TokenLogprob
+from herd.toolparams import Signature
 
 
 def now() -> str:
@@ -96,12 +98,19 @@ def _logprobs(items: tuple[TokenLogprob, ...]) -> list[wire.Logprob]:
 
 class OllamaReply:
     def __init__(
-        self, kind: Literal["chat", "generate"], model: str, tools: bool, logprobs: bool, thinking: bool = True
+        self,
+        kind: Literal["chat", "generate"],
+        model: str,
+        tools: bool,
+        logprobs: bool,
+        thinking: bool = True,
+        signatures: Mapping[str, Signature] | None = None,
     ) -> None:
-        """`thinking`: the model's reasoning goes out as `thinking` (else it is dropped: think=false)."""
+        """`thinking`: the model's reasoning goes out as `thinking` (else it is dropped: think=false);
+        `signatures`: the offered tools' parameter types (herd.toolparams), for calls that are not JSON."""
         self._kind = kind
         self._model = model
-        self._parser = OutputParser(tools, thinking)
+        self._parser = OutputParser(tools, thinking, signatures)
         self._want_logprobs = logprobs
         self._text: list[str] = []
         self._thinking: list[str] = []

@@ -12,6 +12,7 @@ message, as vLLM, llama-server and DeepSeek send it; its tokens in `usage.comple
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from herd.api.translate.logprobs import rows
@@ -20,6 +21,7 @@ from herd.api.translate.reasoning import OutputParser, Reasoning
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece
 from herd.api.wire import openai as wire
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
+from herd.toolparams import Signature
 from msgspec import UNSET
 
 
@@ -53,7 +55,9 @@ class ChatAssembler:
         logprobs: bool,
         include_usage: bool,
         functions: bool = False,
+        signatures: Mapping[str, Signature] | None = None,
     ) -> None:
+        """`signatures`: the offered tools' parameter types (herd.toolparams), for calls that are not JSON."""
         self._functions = functions
         self._id = f"chatcmpl-{request_id}"
         self._model = model
@@ -61,7 +65,7 @@ class ChatAssembler:
         self._created = created
         self._logprobs = logprobs
         self._include_usage = include_usage
-        self._choices = [_Choice(OutputParser(tools)) for _ in range(n)]
+        self._choices = [_Choice(OutputParser(tools, signatures=signatures)) for _ in range(n)]
 
     def _chunk(
         self,

@@ -9,10 +9,13 @@ through the tool-call parser when the request offered tools.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from herd.api.translate.tool_json import Content, Piece, Reasoning, held_back
 from herd.api.translate.tools import ToolCallParser
 from herd.inference import TokenDelta
 from herd.reasoning import THINK_CLOSE, THINK_OPEN, block
+from herd.toolparams import Signature
 
 __all__ = ["OutputParser", "Reasoning", "ThinkSplitter"]
 
@@ -90,12 +93,15 @@ class ThinkSplitter:
 class OutputParser:
     """Feed a choice's deltas; get its reasoning, content and tool-call pieces in order. `tools`: the request
     offered tools (their calls are parsed out of the answer); `reasoning`: keep the reasoning (else it is dropped,
-    as for Ollama's think=false). `reasoning_tokens` counts the tokens of deltas that were reasoning only."""
+    as for Ollama's think=false); `signatures`: the offered tools' parameter types (herd.toolparams), which type
+    the values of calls whose arguments are not JSON. `reasoning_tokens` counts the tokens of deltas that were
+    reasoning only."""
 
-    __slots__ = ("_keep", "_last", "_think", "_tools", "_wants_tools", "reasoning_tokens")
+    __slots__ = ("_keep", "_last", "_signatures", "_think", "_tools", "_wants_tools", "reasoning_tokens")
 
-    def __init__(self, tools: bool, reasoning: bool = True) -> None:
+    def __init__(self, tools: bool, reasoning: bool = True, signatures: Mapping[str, Signature] | None = None) -> None:
         self._wants_tools = tools
+        self._signatures = signatures
         self._tools: ToolCallParser | None = None
         self._think: ThinkSplitter | None = None
         self._keep = reasoning
@@ -106,7 +112,7 @@ class OutputParser:
         if event.reasoning is not None or event.tool_format is not None:
             self._configure(event.tool_format, event.reasoning)
         elif self._wants_tools and self._tools is None:
-            self._tools = ToolCallParser()
+            self._tools = ToolCallParser(signatures=self._signatures)
         pieces = self._answer(self._think.feed(event.text) if self._think is not None else [Content(event.text)])
         kinds = {type(p) for p in pieces}
         if kinds == {Reasoning} or (not kinds and self._last is Reasoning):
@@ -119,13 +125,13 @@ class OutputParser:
         if self._tools is not None or self._think is not None:
             return
         if reasoning == "harmony":  # its scanner tells the channels apart, calls or not
-            self._tools = ToolCallParser(tool_format or "gpt-oss")
+            self._tools = ToolCallParser(tool_format or "gpt-oss", self._signatures)
             return
         found = block(reasoning) if reasoning is not None else None
         if found is not None:
             self._think = ThinkSplitter(inside=found[1], markers=found[0])
         if self._wants_tools:
-            self._tools = ToolCallParser(tool_format or "hermes")
+            self._tools = ToolCallParser(tool_format or "hermes", self._signatures)
 
     def _answer(self, pieces: list[Content | Reasoning]) -> list[Piece]:
         """The answer's text through the tool-call parser (when there is one); reasoning as it is."""

@@ -27,6 +27,7 @@ from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content,
 from herd.api.wire import responses as wire
 from herd.errors import ErrorKind, ServiceError
 from herd.inference import Failed, Finished, Started, StreamEvent, TokenDelta, TokenLogprob
+from herd.toolparams import signatures
 
 _encoder = msgspec.json.Encoder()
 _response_decoder = msgspec.json.Decoder(wire.Response)
@@ -104,7 +105,8 @@ class ResponseAssembler:
         self.response = response
         self._rid = rid_of(response.id)
         self._logprobs = logprobs
-        self._parser = OutputParser(tools)
+        typed = signatures((t.name, t.parameters) for t in response.tools)
+        self._parser = OutputParser(tools, signatures=typed)
         self._thought: wire.ReasoningItem | None = None  # the open reasoning item
         self._thinking: list[str] = []
         self._seq = 0

@@ -1,25 +1,37 @@
 """Tool-call scanners for the families that write a call's parameters as XML-like elements: Qwen3-Coder's and
 Seed-OSS's <parameter=k>, GLM's <arg_key>/<arg_value>, MiniMax M2's and DeepSeek V3.2/V4's <invoke>/<parameter>.
-Values are text; one that reads as a JSON number, boolean, null, object or array is that value (unless the element
-says `string="true"`). Arguments go out one parameter at a time."""
+A value is typed by the tool's schema (herd.toolparams.typed: `2` is 2 for an integer parameter, "2" for a string
+one); without a schema, text that reads as a JSON number, boolean, null, object or array is that value (unless the
+element says `string="true"`). Arguments go out one parameter at a time."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from herd.api.translate.tool_json import GIVE_UP, CallArguments, Piece, Scanner
+from herd.toolparams import Signature, typed
 
 
 @dataclass(slots=True)
-class Xml(Scanner):
+class Typed(Scanner):
+    """A scanner whose values are typed by the offered tools' schemas (name -> its parameters' types)."""
+
+    signatures: Mapping[str, Signature] = field(default_factory=dict)
+    _key: str = ""
+
+    def _typed(self, text: str) -> Any:
+        return typed(text, self.signatures.get(self._name, {}).get(self._key))
+
+
+@dataclass(slots=True)
+class Xml(Typed):
     """`<tool_call><function=f><parameter=k>value</parameter>...</function></tool_call>` (Qwen3-Coder, Qwen 3.5;
-    Seed-OSS in <seed:tool_call> tags). Values are text; one that reads as a JSON number, boolean, null, object or
-    array is that value. Arguments go out one parameter at a time."""
+    Seed-OSS in <seed:tool_call> tags)."""
 
     closer: str = "</tool_call>"
-    _key: str = ""
 
     def _head(self, out: list[Piece]) -> None:
         text = self._buf.lstrip()
@@ -56,7 +68,7 @@ class Xml(Scanner):
             return
         value = self._buf[:at].removeprefix("\n").removesuffix("\n")
         self._buf = self._buf[at + len("</parameter>") :]
-        fragment = ("{" if not self._args else ", ") + json.dumps(self._key) + ": " + json.dumps(_value(value))
+        fragment = ("{" if not self._args else ", ") + json.dumps(self._key) + ": " + json.dumps(self._typed(value))
         self._args.append(fragment)
         out.append(CallArguments(self.calls, fragment))
         self._state = "parameters"
@@ -78,11 +90,8 @@ class Xml(Scanner):
 
 
 @dataclass(slots=True)
-class Glm(Scanner):
-    """`<tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value>...</tool_call>` (GLM 4.5 - 4.7, Ling, Laguna).
-    Values as in Xml: text, or the JSON value they read as."""
-
-    _key: str = ""
+class Glm(Typed):
+    """`<tool_call>f<arg_key>k</arg_key><arg_value>v</arg_value>...</tool_call>` (GLM 4.5 - 4.7, Ling, Laguna)."""
 
     def _head(self, out: list[Piece]) -> None:
         ends = [(at, m) for m in ("<arg_key>", "</tool_call>") if (at := self._buf.find(m)) >= 0]
@@ -114,23 +123,22 @@ class Glm(Scanner):
             return
         if key_end < 0 or value_end < 0:
             return
-        key = text[len("<arg_key>") : key_end].strip()
+        self._key = key = text[len("<arg_key>") : key_end].strip()
         value = text[key_end + len("</arg_key>") : value_end].strip()
         value = value.removeprefix("<arg_value>")
-        fragment = ("{" if not self._args else ", ") + json.dumps(key) + ": " + json.dumps(_value(value))
+        fragment = ("{" if not self._args else ", ") + json.dumps(key) + ": " + json.dumps(self._typed(value))
         self._args.append(fragment)
         out.append(CallArguments(self.calls, fragment))
         self._buf = text[value_end + len("</arg_value>") :]
 
 
 @dataclass(slots=True)
-class Invoke(Scanner):
+class Invoke(Typed):
     """`<P{wrapper}>` then per call `<Pinvoke name="f">` and `<Pparameter name="k"[ string="true"]>v</Pparameter>`
     elements, `</Pinvoke>`, and `</P{wrapper}>` (P: no prefix for MiniMax M2, DeepSeek's DSML bars for V3.2/V4)."""
 
     prefix: str = ""
     closer: str = "</minimax:tool_call>"
-    _key: str = ""
     _as_text: bool | None = None
 
     def _head(self, out: list[Piece]) -> None:
@@ -179,16 +187,8 @@ class Invoke(Scanner):
             return
         raw = self._buf[:at]
         self._buf = self._buf[at + len(end) :]
-        value: Any = raw if self._as_text else _value(raw)
+        value: Any = raw if self._as_text else self._typed(raw)
         fragment = ("{" if not self._args else ", ") + json.dumps(self._key) + ": " + json.dumps(value)
         self._args.append(fragment)
         out.append(CallArguments(self.calls, fragment))
         self._state = "parameters"
-
-
-def _value(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return text if isinstance(value, str) else value
