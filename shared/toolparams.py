@@ -210,25 +210,22 @@ def value_rule(kind: Param | None, syntax: Syntax) -> str:
 
 def in_order(items: list[tuple[str, bool]], sep: str) -> str:
     """GBNF for items (expression, required) in this order, optional ones left out at will, `sep` between those
-    written. Empty when there are none."""
-    if not items:
-        return ""
-
-    def after(k: int) -> str:  # items k.. once one was written: each behind a separator
-        written = (" ".join(p for p in (sep, e) if p) for e, _ in items[k:])
-        return " ".join(w if req else f"({w})?" for w, (_, req) in zip(written, items[k:], strict=True))
-
-    def first(k: int) -> str:  # items k.. when none was written yet
-        if k == len(items):
-            return ""
-        expr, req = items[k]
-        head = f"{expr} {after(k + 1)}".strip()
-        if req:
-            return head
-        rest = first(k + 1)
-        return f"({head} | {rest})" if rest else f"({head})?"
-
-    return first(0)
+    written. Empty when there are none. Linear in the number of items (a tool may declare hundreds of properties):
+    `upto` is the items so far with at least one written; an item starts it only while all before it are optional."""
+    if not sep:
+        return " ".join(e if req else f"({e})?" for e, req in items)
+    upto = ""
+    all_optional = True
+    for expr, req in items:
+        more = f"{sep} {expr}" if req else f"({sep} {expr})?"
+        if not upto:
+            upto = expr
+        elif all_optional:
+            upto = f"({upto} {more} | {expr})"
+        else:
+            upto = f"{upto} {more}"
+        all_optional = all_optional and not req
+    return f"({upto})?" if all_optional and upto else upto
 
 
 def xml_params(parameters: str | None, syntax: Syntax, write: Any, sep: str = "") -> str:

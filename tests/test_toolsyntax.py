@@ -5,6 +5,7 @@ the tool's schema (types, enums, required ones) by the grammar, and read back as
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, cast
 
@@ -239,3 +240,22 @@ def test_the_reply_assemblers_type_values_by_the_offered_tools() -> None:
     pieces = parser.feed(TokenDelta(0, text, 1, tool_format="qwen3-coder")) + parser.finish()
     ends = [p for p in pieces if isinstance(p, CallEnd)]
     assert [json.loads(c.arguments) for c in ends] == [{"city": "2", "days": 2}]
+
+
+@pytest.mark.parametrize("required", ["", "c", "ad", "abcd", "b"])
+def test_parameters_in_order_take_every_allowed_subset_and_nothing_else(vocab: Any, required: str) -> None:
+    items = [(f'"{k}"', k in required) for k in "abcd"]
+    gbnf = f'root ::= "[" {toolparams.in_order(items, chr(34) + "," + chr(34))} "]"'
+    for n in range(5):
+        for keys in itertools.combinations("abcd", n):
+            allowed = set(required) <= set(keys)
+            assert accepts(vocab, gbnf, "[" + ",".join(keys) + "]") == allowed, (required, keys)
+    assert not accepts(vocab, gbnf, "[,a]") and not accepts(vocab, gbnf, "[b,a]") and not accepts(vocab, gbnf, "[a,,b]")
+
+
+def test_a_tool_with_hundreds_of_optional_parameters_compiles_to_a_linear_grammar(vocab: Any) -> None:
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(60)}}
+    assert len(toolparams.gemma_call("f", json.dumps(schema))) < 60 * 120  # quadratic: ~60 times that
+    gbnf = typed_grammar("gemma4", Tool("f", "many", json.dumps(schema)))
+    assert accepts(vocab, gbnf, "<|tool_call>call:f{p3:7,p50:1}<tool_call|>")
+    assert not accepts(vocab, gbnf, "<|tool_call>call:f{p50:1,p3:7}<tool_call|>")
