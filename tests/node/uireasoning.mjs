@@ -56,7 +56,7 @@ const out = {};
 const ask = [user("What is the capital of France?")];
 out.answer = await send(`${base}/v1/ui/chat`, "chat-think", { model, temperature: 0, maxTokens: 12 }, ask);
 const story = [user("Write a long story about a dragon.")];
-const resumable = { model, temperature: 0, maxTokens: 120, resumable: true };
+const resumable = { model, temperature: 0, maxTokens: 48, resumable: true };
 out.dropped = await send(`${base}/v1/ui/chat`, "chat-think-resume", resumable, story, { stopAfter: 3 });
 const again = await new DefaultChatTransport({ api: `${other}/v1/ui/chat` }).reconnectToStream({
   chatId: "chat-think-resume",
