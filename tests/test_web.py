@@ -1,7 +1,7 @@
 """The chat page (api/web, served at /chat/) in Debian's headless Chromium driven by playwright-core: a streamed
 answer with tokens/s and markdown, a stop that reaches the worker, an answer resumed after a reload, a model's
-reasoning folded above its answer, a key asked for and kept out of URLs, the page on another Origin (CORS) and on one herd does not allow; the shipped bundle is the
-build of the shipped sources."""
+reasoning folded above its answer, a key asked for and kept out of URLs, the page on another Origin (CORS) and on one
+herd does not allow; the shipped bundle is the build of the shipped sources."""
 
 from __future__ import annotations
 
