@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -45,6 +46,7 @@ class HerdServer:
             self.redis.flushdb()
         self.log_path = log_path
         full_env = {**os.environ, "HERD_REDIS_URL": self.redis_url, "HERD_LOG_LEVEL": "info", **env}
+        self.env = full_env
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "herd", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -86,6 +88,40 @@ class HerdServer:
                 self.proc.wait()
         self._log.close()
         self.redis.close()
+
+
+@contextlib.contextmanager
+def api_replica(server: HerdServer, log_path: Path) -> Iterator[str]:
+    """A second API process (`herd api`) beside `server`, with its settings and on its Redis database, as another
+    replica of one install; yields its base URL once it sees the server's worker."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "herd", "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=server.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"herd api exited early:\n{log_path.read_text()[-4000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base_url}/readyz?workers=1", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"herd api not ready in 120s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.2)
+            yield base_url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def redis_answers(port: int) -> bool:

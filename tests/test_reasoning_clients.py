@@ -6,7 +6,6 @@ strictly against the SDK's types), `thinking` (ollama client, think=True); think
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ollama
@@ -17,40 +16,15 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import MODEL, HerdServer
+from tests.thinker import THINKER, thinker_server
 
-THINKER = "thinker:1"
-# ChatML, as SmolLM2's own template, with `<think>` opened after the assistant's header.
-TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
-)
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
 
-def with_template(gguf: bytes, template: str) -> bytes:
-    """The GGUF with another chat template of the same byte length (padded with a Jinja comment), so that no
-    offset in the file moves."""
-    key = b"tokenizer.chat_template"
-    at = gguf.index(key) + len(key)
-    size = int.from_bytes(gguf[at + 4 : at + 12], "little")  # value type (u32, 8: string), then the length (u64)
-    old = gguf[at + 12 : at + 12 + size]
-    pad = size - len(template.encode()) - len("{##}")
-    assert pad >= 0
-    new = (template + "{#" + " " * pad + "#}").encode()
-    assert len(new) == len(old)
-    return gguf[: at + 12] + new + gguf[at + 12 + size :]
-
-
 @pytest.fixture(scope="module")
 def srv(redis_port: int, model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
-    root = tmp_path_factory.mktemp("reasoning")
-    server = HerdServer(redis_port, db=15, log_path=root / "serve.log", HERD_MODELS_DIR=str(root / "models"))
-    path = root / "thinker.gguf"
-    path.write_bytes(with_template(Path(model_path).read_bytes(), TEMPLATE))
-    with ollama.Client(host=server.base_url, timeout=300) as client:
-        digest = client.create_blob(path)
-        assert client.create(model=THINKER, files={"model.gguf": digest}).status == "success"
+    server = thinker_server(redis_port, 15, model_path, tmp_path_factory.mktemp("reasoning"))
     yield server
     server.stop()
 

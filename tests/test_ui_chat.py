@@ -1,5 +1,6 @@
 """/v1/ui/chat, the AI SDK's UI message stream protocol, driven by the AI SDK's own DefaultChatTransport in node
-(tests/node/uichat.mjs): text, a follow-up turn, a stop that reaches the worker, a tool call and its result, errors."""
+(tests/node/uichat.mjs): text, a follow-up turn, a stop that reaches the worker, a tool call and its result, errors;
+a model that reasons (tests/node/uireasoning.mjs): reasoning parts, also when resumed through another API process."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typing import Any
 import httpx
 import msgspec
 import openai
+import pytest
 from herd.inference import RequestStats
 
-from tests.conftest import MODEL, HerdServer
+from tests.conftest import MODEL, HerdServer, api_replica
 from tests.test_node_clients import node_clients  # noqa: F401 (the fixture: npm ci once)
+from tests.thinker import THINKER, thinker_server
 
 
 def _cancelled(server: HerdServer) -> list[RequestStats]:
@@ -148,3 +151,59 @@ def test_a_resumable_answer_stops_with_delete(server: HerdServer) -> None:
     while not [s for s in _cancelled(server) if s.request_id not in before]:
         assert time.monotonic() < deadline, "the worker never saw the stop"
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def thinking(redis_port: int, model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+    server = thinker_server(redis_port, 15, model_path, tmp_path_factory.mktemp("ui-reasoning"))
+    yield server
+    server.stop()
+
+
+def test_reasoning_parts_also_when_resumed_through_another_api_process(
+    thinking: HerdServer,
+    node_clients: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with api_replica(thinking, tmp_path / "replica.log") as other:
+        run = subprocess.run(
+            ["node", "uireasoning.mjs", thinking.base_url, other, THINKER],
+            cwd=node_clients,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr
+        seen = json.loads(run.stdout)
+        # Read to its end on the other replica: neither has anything left to resume.
+        for base in (thinking.base_url, other):
+            assert httpx.get(f"{base}/v1/ui/chat/chat-think-resume/stream", timeout=30).status_code == 204
+
+    # Every chunk passed the SDK's schema (DefaultChatTransport checks each); SmolLM2 never closes `<think>`, so the
+    # whole answer is one reasoning block, and readUIMessageStream made it a reasoning part.
+    answer = seen["answer"]
+    assert answer["types"][:3] == ["start", "start-step", "reasoning-start"] and "reasoning-delta" in answer["types"]
+    assert answer["types"][-3:] == ["reasoning-end", "finish-step", "finish"] and "text-start" not in answer["types"]
+    [step, part] = answer["message"]["parts"]
+    assert step == {"type": "step-start"} and part["type"] == "reasoning" and part["state"] == "done"
+    with openai.OpenAI(base_url=f"{thinking.base_url}/v1", api_key="x", max_retries=0) as sdk:
+        chat = sdk.chat.completions.create(
+            model=THINKER,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=12,
+            temperature=0,
+        )
+    thought = (chat.choices[0].message.model_extra or {}).get("reasoning_content")
+    assert part["text"] == thought and "<think>" not in part["text"]  # the same split as /v1/chat/completions
+
+    dropped, resumed = seen["dropped"], seen["resumed"]
+    assert dropped["types"].count("reasoning-delta") == 3 and "finish" not in dropped["types"]
+    assert resumed is not None, "the other replica had no answer to resume"
+    assert resumed["types"][:3] == ["start", "start-step", "reasoning-start"]
+    assert resumed["types"][-3:] == ["reasoning-end", "finish-step", "finish"]
+    assert resumed["message"]["id"] == dropped["message"]["id"]  # the same answer, replayed from its first chunk
+    [_, before] = dropped["message"]["parts"]
+    [_, after] = resumed["message"]["parts"]
+    assert after["type"] == "reasoning" and after["state"] == "done"
+    assert after["text"].startswith(before["text"]) and len(after["text"]) > len(before["text"])
+    assert resumed["message"]["metadata"]["usage"]["outputTokens"] > 3  # it ran on after the client went away

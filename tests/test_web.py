@@ -1,7 +1,7 @@
 """The chat page (api/web, served at /chat/) in Debian's headless Chromium driven by playwright-core: a streamed
-answer with tokens/s and markdown, a stop that reaches the worker, an answer resumed after a reload, a key asked for
-and kept out of URLs, the page on another Origin (CORS) and on one herd does not allow; the shipped bundle is the
-build of the shipped sources."""
+answer with tokens/s and markdown, a stop that reaches the worker, an answer resumed after a reload, a model's
+reasoning folded above its answer, a key asked for and kept out of URLs, the page on another Origin (CORS) and on one
+herd does not allow; the shipped bundle is the build of the shipped sources."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import pytest
 from herd.api.auth import credentials
 
 from tests.conftest import MODEL, HerdServer
+from tests.thinker import THINKER, thinker_server
 
 ROOT = Path(__file__).parent.parent
 WEB = ROOT / "api" / "web"
@@ -101,6 +102,22 @@ def test_chat_page_resumes_an_answer_after_a_reload(server: HerdServer, browser:
     # Asked once; the reload's reconnect replayed the answer (200) instead of asking again.
     assert seen["requests"].count("POST /v1/ui/chat 200") == 1
     assert f"GET /v1/ui/chat/{chat_id}/stream 200" in seen["requests"]
+
+
+@pytest.fixture(scope="module")
+def thinking(redis_port: int, model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HerdServer]:
+    # db 14: `guarded` below holds 15 while this module runs.
+    server = thinker_server(redis_port, 14, model_path, tmp_path_factory.mktemp("web-reasoning"))
+    yield server
+    server.stop()
+
+
+def test_chat_page_shows_reasoning_folded_above_the_answer(thinking: HerdServer, browser: Path) -> None:
+    seen = page(browser, "reasoning", page=f"{thinking.base_url}/chat/", model=THINKER)
+    assert seen["parts"] == ["step-start", "reasoning"]  # SmolLM2 never closes `<think>`: all of it is reasoning
+    assert seen["blocks"] == 1 and seen["first"] == "DETAILS reasoning"  # above anything else in the answer
+    assert seen["summary"] == "Reasoning" and seen["foldedWhenDone"] and seen["hiddenWhenFolded"]
+    assert seen["shownWhenOpened"] and seen["text"].strip() and "<think>" not in seen["text"]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

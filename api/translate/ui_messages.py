@@ -8,7 +8,7 @@ import json
 import msgspec
 from herd.api.grammar.schema import GrammarCache
 from herd.api.translate import openai_requests
-from herd.api.translate.reasoning import OutputParser
+from herd.api.translate.reasoning import OutputParser, Reasoning
 from herd.api.translate.tools import CallArguments, CallEnd, CallStart, Content, Piece
 from herd.api.wire import openai
 from herd.api.wire import ui as wire
@@ -80,14 +80,15 @@ def resumable(body: wire.UIChatRequest) -> bool:
 
 
 class UIStream:
-    """One answer as UI chunks: start, a text block per run of text, each tool call's input, finish with usage."""
+    """One answer as UI chunks: start, a reasoning block per run of reasoning (before the answer it leads to), a text
+    block per run of text, each tool call's input, finish with usage."""
 
     def __init__(self, message_id: str, model: str, tools: bool) -> None:
         self._message_id, self._model = message_id, model
-        self._parser = OutputParser(tools, reasoning=False)  # the UI shows the answer, not the reasoning
-        self._text_id: str | None = None
+        self._parser = OutputParser(tools)
+        self._open: tuple[str, str] | None = None  # the block being written: its kind ("text", "reasoning") and id
+        self._blocks = {"text": 0, "reasoning": 0}
         self._calls: dict[int, tuple[str, str]] = {}  # call index -> (toolCallId, tool name)
-        self._texts = 0
 
     @property
     def message_id(self) -> str:
@@ -96,20 +97,24 @@ class UIStream:
     def opening(self) -> list[wire.UIMessageChunk]:
         return [wire.Start(message_id=self._message_id), wire.StartStep()]
 
-    def _text(self, text: str) -> list[wire.UIMessageChunk]:
+    def _write(self, kind: str, text: str) -> list[wire.UIMessageChunk]:
+        """`text` into the open block of its kind, closing a block of the other kind and opening one as needed."""
         chunks: list[wire.UIMessageChunk] = []
-        if self._text_id is None:
-            self._texts += 1
-            self._text_id = f"text-{self._texts}"
-            chunks.append(wire.TextStart(self._text_id))
-        chunks.append(wire.TextDelta(self._text_id, text))
+        if self._open is not None and self._open[0] != kind:
+            chunks += self._close()
+        if self._open is None:
+            self._blocks[kind] += 1
+            self._open = (kind, f"{kind}-{self._blocks[kind]}")
+            chunks.append(wire.TextStart(self._open[1]) if kind == "text" else wire.ReasoningStart(self._open[1]))
+        block = self._open[1]
+        chunks.append(wire.TextDelta(block, text) if kind == "text" else wire.ReasoningDelta(block, text))
         return chunks
 
-    def _close_text(self) -> list[wire.UIMessageChunk]:
-        if self._text_id is None:
+    def _close(self) -> list[wire.UIMessageChunk]:
+        if self._open is None:
             return []
-        end, self._text_id = wire.TextEnd(self._text_id), None
-        return [end]
+        (kind, block), self._open = self._open, None
+        return [wire.TextEnd(block) if kind == "text" else wire.ReasoningEnd(block)]
 
     def feed(self, event: TokenDelta) -> list[wire.UIMessageChunk]:
         return self._pieces(self._parser.feed(event))
@@ -117,11 +122,11 @@ class UIStream:
     def _pieces(self, pieces: list[Piece]) -> list[wire.UIMessageChunk]:
         chunks: list[wire.UIMessageChunk] = []
         for piece in pieces:
-            if isinstance(piece, Content):
+            if isinstance(piece, Content | Reasoning):
                 if piece.text:
-                    chunks += self._text(piece.text)
+                    chunks += self._write("text" if isinstance(piece, Content) else "reasoning", piece.text)
                 continue
-            chunks += self._close_text()
+            chunks += self._close()
             if isinstance(piece, CallStart):
                 # Named after the message, so a replay of the answer names its calls alike.
                 self._calls[piece.index] = (f"call_{self._message_id.removeprefix('msg-')}_{piece.index}", piece.name)
@@ -135,7 +140,7 @@ class UIStream:
 
     def finish(self, event: Finished) -> list[wire.UIMessageChunk]:
         chunks = self._pieces(self._parser.finish())
-        chunks += self._close_text()
+        chunks += self._close()
         reason = "tool_calls" if self._calls else event.finish_reason
         usage = event.usage
         rate = usage.completion_tokens / (usage.eval_ns / 1e9) if usage.eval_ns else None
@@ -143,4 +148,4 @@ class UIStream:
         return [*chunks, wire.FinishStep(), wire.Finish(_REASONS.get(reason, "other"), metadata)]
 
     def failed(self, message: str) -> list[wire.UIMessageChunk]:
-        return [*self._close_text(), wire.Error(message), wire.Finish("error")]
+        return [*self._close(), wire.Error(message), wire.Finish("error")]

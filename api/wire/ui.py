@@ -84,6 +84,19 @@ class TextEnd(msgspec.Struct, tag="text-end", tag_field="type"):
     id: str
 
 
+class ReasoningStart(msgspec.Struct, tag="reasoning-start", tag_field="type"):
+    id: str
+
+
+class ReasoningDelta(msgspec.Struct, tag="reasoning-delta", tag_field="type"):
+    id: str
+    delta: str
+
+
+class ReasoningEnd(msgspec.Struct, tag="reasoning-end", tag_field="type"):
+    id: str
+
+
 class ToolInputStart(msgspec.Struct, tag="tool-input-start", tag_field="type", rename="camel"):
     tool_call_id: str
     tool_name: str
@@ -135,6 +148,9 @@ UIMessageChunk = (
     | TextStart
     | TextDelta
     | TextEnd
+    | ReasoningStart
+    | ReasoningDelta
+    | ReasoningEnd
     | ToolInputStart
     | ToolInputDelta
     | ToolInputAvailable

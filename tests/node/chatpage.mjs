@@ -4,6 +4,7 @@
 //   cross-origin {page, herd, key}: the page on another origin asks for a key, then chats (CORS); `blocked` is
 //   the same page on an Origin herd does not allow.
 //   resume {page, maxTokens}: a long answer, the page reloaded while it streams, the answer continued to its end.
+//   reasoning {page, model, screenshot?}: an answer from a model that reasons: its reasoning block, folded, opened.
 import { chromium } from "playwright-core";
 
 const [which, raw] = process.argv.slice(2);
@@ -94,6 +95,27 @@ try {
     out.stats = await resumed.last().locator(".stats").innerText();
     out.reloadedUrl = page.url();
     out.requests = [...requests];
+  } else if (which === "reasoning") {
+    await page.goto(args.page);
+    await page.getByLabel("model").selectOption(args.model);
+    await page.getByLabel("max tokens").fill("24");
+    const answer = await ask("What is the capital of France?");
+    await answer.locator(".stats").waitFor();
+    const block = answer.locator("details.reasoning");
+    out.blocks = await block.count();
+    out.first = await answer.locator(":scope > *").first().evaluate((e) => `${e.tagName} ${e.className}`);
+    out.summary = await block.locator("summary").innerText();
+    out.foldedWhenDone = !(await block.evaluate((e) => e.open));
+    out.hiddenWhenFolded = !(await block.locator("p").isVisible());
+    await block.locator("summary").click();
+    out.shownWhenOpened = await block.locator("p").isVisible();
+    out.text = await block.locator("p").innerText();
+    out.parts = await page.evaluate(() => {
+      const id = decodeURIComponent(window.location.hash.slice(1));
+      const messages = JSON.parse(localStorage.getItem(`herd-chat:${id}`) ?? "[]");
+      return (messages.at(-1)?.parts ?? []).map((p) => p.type);
+    });
+    if (args.screenshot) await page.screenshot({ path: args.screenshot });
   } else if (which === "cross-origin") {
     await page.goto(args.page);
     await page.getByLabel("server").fill(args.herd);

@@ -114,7 +114,13 @@ function Chat({ server, apiKey, models, id, onNewChat }) {
         {messages.map((m) => (
           <article key={m.id} className={m.role} data-role={m.role}>
             {m.parts.map((part, i) =>
-              part.type === "text" ? (
+              part.type === "reasoning" ? (
+                // Open while the model is still thinking, folded once it is done (a click opens it again).
+                <details key={i} className="reasoning" open={part.state === "streaming"}>
+                  <summary>{part.state === "streaming" ? "Thinking…" : "Reasoning"}</summary>
+                  <p>{part.text}</p>
+                </details>
+              ) : part.type === "text" ? (
                 <Markdown key={i} text={part.text} />
               ) : part.type.startsWith("tool-") ? (
                 <pre key={i} className="tool">{`${part.type.slice(5)}(${JSON.stringify(part.input ?? {})})`}</pre>
