@@ -202,7 +202,8 @@ DURABLE_EVENTS_MAXLEN = 100_000  # events (about one per generated token): more 
 
 def ui_chat(owner: str, chat_id: str) -> str:
     """A useChat chat's answer that no client has read to its end yet (api/responses/ui_chats.py): the generation's
-    id (its durable_events), the answer's message id, model and whether it has tools. TTL responses_ttl."""
+    id (its durable_events), the answer's message id, model, whether it has tools and their schemas. TTL
+    responses_ttl."""
     return f"{PREFIX}:ui-chat:{owner}:{chat_id}"
 
 

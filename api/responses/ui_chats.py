@@ -21,6 +21,7 @@ from herd.api.relay import close_shielded
 from herd.config import Settings
 from herd.errors import ServiceError
 from herd.redisconn import map_redis_errors
+from herd.toolparams import Signature, signatures
 from redis.asyncio import Redis
 
 # KEYS: the chat's record. ARGV: a request id. Deletes the record only while it still names that generation (a newer
@@ -41,6 +42,11 @@ class Answer(msgspec.Struct, frozen=True):
     message_id: str
     model: str
     tools: bool  # the request had tools: the text is parsed for calls
+    # The offered tools' (name, parameters schema as JSON text): their parameter types read non-JSON calls back.
+    schemas: tuple[tuple[str, str], ...] = ()
+
+    def signatures(self) -> dict[str, Signature]:
+        return signatures(self.schemas)
 
 
 class ChatStreams:
@@ -57,6 +63,7 @@ class ChatStreams:
             "message_id": answer.message_id,
             "model": answer.model,
             "tools": "1" if answer.tools else "0",
+            "schemas": msgspec.json.encode(answer.schemas),
         }
         async with map_redis_errors(), self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
@@ -75,6 +82,7 @@ class ChatStreams:
             message_id=raw.get(b"message_id", b"").decode(),
             model=raw.get(b"model", b"").decode(),
             tools=raw.get(b"tools") == b"1",
+            schemas=_schemas(raw.get(b"schemas")),
         )
 
     async def end(self, owner: str, chat_id: str, request_id: str) -> None:
@@ -97,6 +105,15 @@ class ChatStreams:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _schemas(raw: bytes | None) -> tuple[tuple[str, str], ...]:
+    """A record's tool schemas; a record written before they were kept (or garbled) has none: calls still parse,
+    their XML-like values typed as JSON reads them."""
+    try:
+        return msgspec.json.decode(raw, type=tuple[tuple[str, str], ...]) if raw else ()
+    except msgspec.DecodeError:
+        return ()
 
 
 async def _drain(stream: EventStream) -> None:

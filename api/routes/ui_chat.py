@@ -24,6 +24,7 @@ from herd.api.translate.ui_messages import UIStream
 from herd.api.wire import ui as wire
 from herd.errors import ServiceError
 from herd.inference import Failed, Finished, Started, TokenDelta
+from herd.toolparams import signatures
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -64,10 +65,11 @@ async def ui_chat(request: AnyRequest, state: State) -> Stream:
     req = ui_messages.chat_request(body, request_id(request), grammars(state))
     [stream], pending = await open_streaming(request, state, [req])
     tools = req.tool_constraint is not None
-    answer = UIStream(f"msg-{secrets.token_hex(12)}", body.model, tools)
+    schemas = tuple((t.name, t.parameters) for t in req.tools)
+    answer = UIStream(f"msg-{secrets.token_hex(12)}", body.model, tools, signatures(schemas))
     resume = None
     if ui_messages.resumable(body):
-        record = Answer(req.id, answer.message_id, body.model, tools)
+        record = Answer(req.id, answer.message_id, body.model, tools, schemas)
         resume = _Resumable(chats_of(state), principal_of(request).subject, body.id, record)
         try:
             await resume.chats.begin(resume.owner, resume.chat_id, record)
@@ -143,7 +145,7 @@ async def _replay(state: State, resume: _Resumable) -> AsyncIterator[bytes]:
     assert isinstance(store, ResponseStore)
     settings = gateway(state).settings
     record = resume.answer
-    answer = UIStream(record.message_id, record.model, record.tools)
+    answer = UIStream(record.message_id, record.model, record.tools, record.signatures())
     for chunk in answer.opening():
         yield sse(chunk)
     since = time.monotonic()

@@ -4,6 +4,7 @@ tools, grammar and sampling rules), and internal events -> UI message stream chu
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import msgspec
 from herd.api.grammar.schema import GrammarCache
@@ -14,6 +15,7 @@ from herd.api.wire import openai
 from herd.api.wire import ui as wire
 from herd.errors import InvalidRequest
 from herd.inference import Finished, GenerationRequest, TokenDelta
+from herd.toolparams import Signature
 
 _REASONS: dict[str, wire.FinishReason] = {"stop": "stop", "length": "length", "tool_calls": "tool-calls"}
 
@@ -83,9 +85,12 @@ class UIStream:
     """One answer as UI chunks: start, a reasoning block per run of reasoning (before the answer it leads to), a text
     block per run of text, each tool call's input, finish with usage."""
 
-    def __init__(self, message_id: str, model: str, tools: bool) -> None:
+    def __init__(
+        self, message_id: str, model: str, tools: bool, signatures: Mapping[str, Signature] | None = None
+    ) -> None:
+        """`signatures`: the offered tools' parameter types (herd.toolparams), for calls that are not JSON."""
         self._message_id, self._model = message_id, model
-        self._parser = OutputParser(tools)
+        self._parser = OutputParser(tools, signatures=signatures)
         self._open: tuple[str, str] | None = None  # the block being written: its kind ("text", "reasoning") and id
         self._blocks = {"text": 0, "reasoning": 0}
         self._calls: dict[int, tuple[str, str]] = {}  # call index -> (toolCallId, tool name)
