@@ -27,7 +27,8 @@ tell from the template's text; herd reads how the template writes a call in the 
     gemma4, lfm2, granite   Gemma 4, LiquidAI LFM2 / LFM2.5, IBM Granite 3.x (herd.toolsyntax)
 
 The API compiles each tool's arguments (JSON Schema -> GBNF rules named `args-0`, `args-1`, ... in
-`ToolConstraint.rules`, refused there when bad); `grammar` here wraps them in the family's call syntax in the worker,
+`ToolConstraint.rules`, refused there when bad; `args-i-j` for the object/array properties the XML-like families
+write as JSON text, herd.toolparams); `grammar` here wraps them in the family's call syntax in the worker,
 which knows the template. The API's parser (api/translate/tools.py) reads the same syntaxes back.
 """
 
@@ -250,8 +251,10 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
     rules: list[str] = []
     calls: list[str] = []
     by_name = {t.name: t.parameters for t in tools}
+    defined = tp.rule_names(constraint.rules)  # the XML-like families use the JSON-valued properties' own rules
     for i, name in enumerate(names):
         schema = by_name.get(name)
+        compiled = tp.compiled_rules(i, schema, defined) if defined else None
         if fmt in ("hermes", "nemotron-v2", "apriel", "minimax-m1", "firefunction-v2", "granite"):
             body = _json_call(i, name, "arguments")
         elif fmt == "llama3":
@@ -261,13 +264,13 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         elif fmt == "mistral-args":
             body = f'{_lit(name)} ("[CALL_ID]" [a-zA-Z0-9]{{9}})? "[ARGS]" args-{i}'
         elif fmt == "glm":
-            body = tp.glm_call(name, schema)
+            body = tp.glm_call(name, schema, compiled)
         elif fmt == "gemma4":
             body = tp.gemma_call(name, schema)
         elif fmt == "lfm2":
             body = tp.python_call(name, schema)
         elif fmt in INVOKE:
-            body = tp.invoke_call(INVOKE[fmt][0], name, schema)
+            body = tp.invoke_call(INVOKE[fmt][0], name, schema, compiled)
         elif fmt == "kimi-k2":
             body = (
                 f'"<|tool_call_begin|>functions." {_lit(name)} ":" [0-9]{{1,3}} "<|tool_call_argument_begin|>" args-{i}'
@@ -289,7 +292,7 @@ def grammar(fmt: ToolFormat, constraint: ToolConstraint, tools: tuple[Tool, ...]
         elif fmt == "gpt-oss":
             body = f'{_lit(name)} " "? ("<|channel|>commentary" " "?)? "<|constrain|>"? "json"? "<|message|>" args-{i}'
         else:
-            body = tp.xml_call(name, schema)
+            body = tp.xml_call(name, schema, compiled)
         rules.append(f"tc-call-{i} ::= {body}")
         calls.append(f"tc-call-{i}")
     call = " | ".join(calls)

@@ -6,7 +6,9 @@ parameter's value in the family's syntax, and the reading of a value back into J
     gemma4   k:<|"|>text<|"|> / k:2 / k:true         lfm2   k='text' / k=2 / k=True
 
 In the XML-like families a string is the element's text as it is, a number or boolean its JSON literal, an enum one
-of its literal values, and an object or array JSON text (as llama.cpp's Qwen3-Coder parser reads them). The
+of its literal values, and an object or array JSON text (as llama.cpp's Qwen3-Coder parser reads them) held to the
+property's own schema by the rule the API compiled for it (`args-i-j`: tool i's property j, herd.api.grammar.tools),
+or to any JSON object or array where the API sent none. The
 parameters of a call come in the order of the schema's `properties` (as llama.cpp writes them), required ones
 always, optional ones when the model wants them; a schema that lists no properties takes any name with any value.
 """
@@ -192,8 +194,40 @@ def _literal(value: Any, syntax: Syntax) -> str | None:
     return _lit(json.dumps(value))
 
 
-def value_rule(kind: Param | None, syntax: Syntax) -> str:
-    """The GBNF expression of a parameter's value in the family's syntax, typed by its schema."""
+def property_rule(tool: int, index: int) -> str:
+    """The name of the rule the API compiles for property `index` (in the schema's `properties` order) of the
+    arguments of `ToolConstraint.names[tool]`."""
+    return f"args-{tool}-{index}"
+
+
+def json_valued(kind: Param) -> bool:
+    """A parameter whose value the XML-like families write as JSON text of an object or array (with no string
+    alternative, which would be text as it is): the property's compiled JSON rule holds it to its schema."""
+    return kind.enum is None and "string" not in kind.types and bool(kind.types & {"object", "array"})
+
+
+def compiled_rules(tool: int, parameters: str | None, defined: frozenset[str]) -> dict[str, str]:
+    """The compiled rules among `defined` (the rule names of ToolConstraint.rules) of tool `tool`'s JSON-valued
+    parameters, by parameter name."""
+    props, _ = signature(parameters)
+    found = {}
+    for index, (key, kind) in enumerate(props.items()):
+        name = property_rule(tool, index)
+        if json_valued(kind) and name in defined:
+            found[key] = name
+    return found
+
+
+def rule_names(rules: str) -> frozenset[str]:
+    """The names GBNF rules text defines."""
+    return frozenset(line.split(" ::= ", 1)[0] for line in rules.splitlines() if " ::= " in line)
+
+
+def value_rule(kind: Param | None, syntax: Syntax, compiled: str | None = None) -> str:
+    """The GBNF expression of a parameter's value in the family's syntax, typed by its schema (`compiled`: the
+    property's compiled JSON rule, for a JSON-valued parameter of an XML-like family)."""
+    if compiled is not None and syntax == "xml":
+        return f'"\\n"? {compiled} "\\n"?'
     if kind is None or (not kind.types and kind.enum is None):
         return _ANY[syntax]
     if kind.enum is not None:
@@ -228,34 +262,41 @@ def in_order(items: list[tuple[str, bool]], sep: str) -> str:
     return f"({upto})?" if all_optional and upto else upto
 
 
-def xml_params(parameters: str | None, syntax: Syntax, write: Any, sep: str = "") -> str:
-    """A call's parameters in schema order: `write(key, value_expression, kind)` gives one parameter's GBNF."""
+def xml_params(
+    parameters: str | None, syntax: Syntax, write: Any, sep: str = "", compiled: Mapping[str, str] | None = None
+) -> str:
+    """A call's parameters in schema order: `write(key, value_expression, kind)` gives one parameter's GBNF;
+    `compiled`: the compiled rules of JSON-valued parameters, by name (compiled_rules)."""
     props, required = signature(parameters)
-    items = [(write(key, value_rule(kind, syntax), kind), key in required) for key, kind in props.items()]
+    compiled = compiled or {}
+    items = [
+        (write(key, value_rule(kind, syntax, compiled.get(key)), kind), key in required) for key, kind in props.items()
+    ]
     return in_order(items, sep)
 
 
-def xml_call(name: str, parameters: str | None) -> str:
+def xml_call(name: str, parameters: str | None, compiled: Mapping[str, str] | None = None) -> str:
     """<function=name> then each parameter of the schema in order (optional ones may be left out)."""
 
     def write(key: str, value: str, kind: Param) -> str:
         return f'"<parameter=" {_lit(key)} ">" {value} "</parameter>" "\\n"?'
 
-    body = xml_params(parameters, "xml", write) or '("<parameter=" [^>]+ ">" xml-value "</parameter>" "\\n"?)*'
+    body = xml_params(parameters, "xml", write, compiled=compiled)
+    body = body or '("<parameter=" [^>]+ ">" xml-value "</parameter>" "\\n"?)*'
     return f'"<function=" {_lit(name)} ">" "\\n"? {body} "</function>" "\\n"?'
 
 
-def glm_call(name: str, parameters: str | None) -> str:
+def glm_call(name: str, parameters: str | None, compiled: Mapping[str, str] | None = None) -> str:
     """The name, then each parameter of the schema in order as <arg_key>k</arg_key><arg_value>v</arg_value>."""
 
     def write(key: str, value: str, kind: Param) -> str:
         return f'"<arg_key>" {_lit(key)} "</arg_key>" "\\n"? "<arg_value>" {value} "</arg_value>" "\\n"?'
 
     any_pair = '("<arg_key>" [^<]+ "</arg_key>" "\\n"? "<arg_value>" xml-value "</arg_value>" "\\n"?)*'
-    return f'{_lit(name)} "\\n"? {xml_params(parameters, "xml", write) or any_pair}'
+    return f'{_lit(name)} "\\n"? {xml_params(parameters, "xml", write, compiled=compiled) or any_pair}'
 
 
-def invoke_call(prefix: str, name: str, parameters: str | None) -> str:
+def invoke_call(prefix: str, name: str, parameters: str | None, compiled: Mapping[str, str] | None = None) -> str:
     """<invoke name="f"> then each parameter of the schema in order; `string="true"` marks (only) a text value."""
     free = '(" string=\\"" ("true" | "false") "\\"")?'
 
@@ -267,7 +308,7 @@ def invoke_call(prefix: str, name: str, parameters: str | None) -> str:
 
     param_open, param_close = _lit(f"<{prefix}parameter name="), _lit(f"</{prefix}parameter>")
     any_param = f'({param_open} "\\"" [^"]+ "\\"" {free} ">" xml-value {param_close} "\\n"?)*'
-    body = xml_params(parameters, "xml", write) or any_param
+    body = xml_params(parameters, "xml", write, compiled=compiled) or any_param
     invoke = _lit(f'<{prefix}invoke name="{name}">')
     return f'{invoke} "\\n"? {body} {_lit(f"</{prefix}invoke>")} "\\n"?'
 

@@ -169,7 +169,7 @@ def write(fmt: str, values: dict[str, tuple[str, str, str]], name: str = "get_fo
         return f"<tool_call>{name}\n{pairs}</tool_call>"
     if fmt in toolformat.INVOKE:
         prefix, wrapper = toolformat.INVOKE[fmt]
-        attr = (lambda k: f' string="{str(k in ("city", "unit")).lower()}"') if prefix else (lambda k: "")
+        attr = (lambda k: f' string="{str(k in ("city", "unit", "note")).lower()}"') if prefix else (lambda k: "")
         params = "".join(f'<{prefix}parameter name="{k}"{attr(k)}>{v}</{prefix}parameter>\n' for k, v in xml.items())
         return f'<{prefix}{wrapper}>\n<{prefix}invoke name="{name}">\n{params}</{prefix}invoke>\n</{prefix}{wrapper}>'
     if fmt == "gemma4":
@@ -259,3 +259,56 @@ def test_a_tool_with_hundreds_of_optional_parameters_compiles_to_a_linear_gramma
     gbnf = typed_grammar("gemma4", Tool("f", "many", json.dumps(schema)))
     assert accepts(vocab, gbnf, "<|tool_call>call:f{p3:7,p50:1}<tool_call|>")
     assert not accepts(vocab, gbnf, "<|tool_call>call:f{p50:1,p3:7}<tool_call|>")
+
+
+PLACE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "note": {"type": "string"},
+        "place": {
+            "type": "object",
+            "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
+            "required": ["lat", "lon"],
+            "additionalProperties": False,
+        },
+        "stops": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+    },
+    "required": ["place"],
+}
+PLACE = Tool("go", "Go somewhere", json.dumps(PLACE_SCHEMA))
+
+
+@pytest.mark.parametrize("fmt", TYPED_FORMATS[:6])
+def test_object_and_array_values_are_held_to_their_propertys_own_schema(vocab: Any, fmt: str) -> None:
+    gbnf = typed_grammar(fmt, PLACE)
+    good = ("a note", '{"lat": 48.8, "lon": 2.3}', '["a", "b"]')
+
+    def call(note: str | None, place: str, stops: str | None) -> str:
+        values = {"note": note, "place": place, "stops": stops}
+        return write(fmt, {k: (v, v, v) for k, v in values.items() if v is not None}, name="go")
+
+    assert accepts(vocab, gbnf, call(*good))
+    assert accepts(vocab, gbnf, call(None, good[1], None))
+    assert not accepts(vocab, gbnf, call(None, '{"lat": 48.8}', None))  # a required inner key left out
+    assert not accepts(vocab, gbnf, call(None, '{"lat": 48.8, "lon": 2.3, "alt": 1}', None))  # none other allowed
+    assert not accepts(vocab, gbnf, call(None, '{"lat": "north", "lon": 2.3}', None))  # an inner value's type
+    assert not accepts(vocab, gbnf, call(None, good[1], '["c"]'))  # an item out of its enum
+    assert not accepts(vocab, gbnf, call(None, good[1], '["a", "b", "a"]'))  # more items than allowed
+    # What the grammar lets through reads back as the arguments.
+    typed = toolparams.signatures([(PLACE.name, PLACE.parameters)])
+    assert json.loads(parse_all(call(*good), fmt, typed)[1][0].arguments) == {
+        "note": "a note",
+        "place": {"lat": 48.8, "lon": 2.3},
+        "stops": ["a", "b"],
+    }
+
+
+def test_without_the_propertys_rule_an_object_value_takes_any_json_object(vocab: Any) -> None:
+    """A constraint whose rules carry no `args-i-j` (from an API that made none) falls back to the JSON rules."""
+    specs = [ToolSpec(PLACE.name, PLACE_SCHEMA)]
+    rules = "\n".join(line for line in argument_rules(specs, "tools").splitlines() if not line.startswith("args-0-"))
+    gbnf = toolformat.grammar("qwen3-coder", ToolConstraint((PLACE.name,), rules, forced=True), (PLACE,)).gbnf
+    assert "args-0-1" not in gbnf
+    loose = write("qwen3-coder", {"place": ('{"lat": 48.8}',) * 3}, name="go")
+    assert accepts(vocab, gbnf, loose)
+    assert not accepts(vocab, typed_grammar("qwen3-coder", PLACE), loose)

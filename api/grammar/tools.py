@@ -9,19 +9,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from herd import toolparams
 from herd.api.grammar.schema import MAX_GRAMMAR_BYTES, PRIMITIVES, ToolSpec, _Compiler
 from herd.errors import InvalidRequest
 
 
 def argument_rules(tools: list[ToolSpec], param: str) -> str:
-    """GBNF rules with the arguments object of `tools[i]` as rule `args-i` (no root rule)."""
+    """GBNF rules with the arguments object of `tools[i]` as rule `args-i` (no root rule), and its JSON-valued
+    property j as `args-i-j` (herd.toolparams.property_rule)."""
     compiler = _Compiler({}, param)
     heads = []
     for i, tool in enumerate(tools):
         compiler._root = tool.parameters  # local $refs of a tool's schema resolve inside that schema
         compiler._refs = {}
         schema = tool.parameters if tool.parameters else {"type": "object"}
-        heads.append(f"args-{i} ::= {compiler.visit(schema, f'[{i}].function.parameters', f'{tool.name}-args', 0)}")
+        path, hint = f"[{i}].function.parameters", f"{tool.name}-args"
+        heads.append(f"args-{i} ::= {compiler.visit(schema, path, hint, 0)}")
+        # The XML-like families write an object or array parameter as JSON text on its own: its property's rule
+        # holds it to the property's schema. Visited again as the arguments object visited it, so the rules it
+        # needs are the ones already made (identical bodies share a rule).
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        for j, (key, sub) in enumerate(props.items() if isinstance(props, dict) else ()):
+            if toolparams.json_valued(toolparams.param(sub, schema)):
+                rule = compiler.visit(sub, f"{path}.properties.{key}", f"{hint}-{key}", 1)
+                heads.append(f"{toolparams.property_rule(i, j)} ::= {rule}")
     rules: OrderedDict[str, str] = compiler.rules
     text = "\n".join([*heads, *(f"{name} ::= {body}" for name, body in rules.items())]) + "\n" + PRIMITIVES
     if len(text) > MAX_GRAMMAR_BYTES:
