@@ -32,6 +32,17 @@ _PROMPTED: tuple[tuple[Prompted, re.Pattern[str]], ...] = (
 )
 
 
+# herd's own words for a family's syntax, told when the template leaves its sentence out (Granite 3.3's prints it only
+# in its default system prompt, which a caller's system message replaces).
+SYNTAX_PROMPTS: dict[str, str] = {
+    "granite": (
+        "To call tools from the available_tools list, answer with nothing but the marker <|tool_call|> and then a JSON "
+        'list of the calls, each an object {"name": "<tool name>", "arguments": {<the arguments as JSON>}}. Call only '
+        "tools in that list; when none fits, tell the user so."
+    ),
+}
+
+
 def detect_prompt(tools_prompt: str) -> Prompted | None:
     """The family whose template described its call syntax (or tool list) in this prompt, if one herd knows."""
     return next((fmt for fmt, pattern in _PROMPTED if pattern.search(tools_prompt)), None)

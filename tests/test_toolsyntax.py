@@ -113,6 +113,21 @@ def test_granite_is_told_the_syntax_and_shown_the_tools() -> None:
     assert "<|tool_call|> followed by a JSON list" in prompt and '"name": "get_weather"' in prompt
 
 
+def test_granite_is_told_the_syntax_under_a_callers_system_message_too() -> None:
+    """Granite 3.3's template prints its syntax sentence only in its default system prompt; a caller's replaces it."""
+    t = template("ibm-granite-granite-3.3-2B-Instruct")
+    told = toolsyntax.SYNTAX_PROMPTS["granite"]
+    for messages in ((ChatMessage("system", "Be brief."), *CONVERSATION), (ChatMessage("system", "Be brief."),)):
+        prompt = t.render((*messages, ChatMessage("user", "Weather?")), TOOLS)
+        system = prompt[: prompt.index("<|end_of_text|>")]
+        assert system == f"<|start_of_role|>system<|end_of_role|>Be brief.\n\n{told}"
+        assert "<|tool_call|>" in told and '"name": "get_weather"' in prompt
+    # Without a system message the template says it itself, and herd adds nothing; without tools, nothing either.
+    plain = t.render((ChatMessage("user", "Weather?"),), TOOLS)
+    assert toolsyntax.detect_prompt(plain) == "granite" and told not in plain
+    assert told not in t.render((ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")))
+
+
 def test_gemma_values_round_trip() -> None:
     args = {"q": 'say "hi", {ok}', "n": -1.5, "flags": [True, None], "inner": {"k": "v"}}
     text = (

@@ -217,15 +217,31 @@ class ChatTemplate:
         extra: dict[str, Any] = reasoning.variables(self.reasoning, effort)
         if tools and self.knows_tools:
             extra["tools"] = [_tool_schema(t) for t in tools]
+        text = self._render_checked(rows, extra)
+        told = toolsyntax.SYNTAX_PROMPTS.get(self.tool_format) if tools and self.text_calls else None
+        if told is not None and toolsyntax.detect_prompt(text) != self.tool_format:
+            # The template left its syntax sentence out (Granite 3.3 does under a caller's system message): the
+            # model would see tools with no word on how to call them, so herd says it in the system turn (as llama.cpp
+            # describes the call syntax itself to a model whose template does not).
+            text = self._render_checked(_with_system(rows, told), extra)
+        if self._adds_bos and self._bos and text.startswith(self._bos):
+            text = text[len(self._bos) :]
+        return text
+
+    def _render_checked(self, rows: list[dict[str, Any]], extra: dict[str, Any]) -> str:
         try:
-            text = self._render(rows, **extra)
+            return self._render(rows, **extra)
         except _Refused as exc:
             raise InvalidRequest(f"chat template: {exc}", param="messages") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
-        if self._adds_bos and self._bos and text.startswith(self._bos):
-            text = text[len(self._bos) :]
-        return text
+
+
+def _with_system(rows: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`text` at the end of the leading system turn (one of its own when there is none)."""
+    if rows and rows[0]["role"] == "system":
+        return [{**rows[0], "content": f"{rows[0]['content']}\n\n{text}"}, *rows[1:]]
+    return [{"role": "system", "content": text}, *rows]
 
 
 def _described_call(name: str, arguments: str) -> str:
