@@ -33,22 +33,26 @@ log = logging.getLogger("herd.worker.bus")
 
 R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 
-# KEYS: this worker's queue, the model's overflow, its batch queue, its ledger. ARGV: free slots, free slots for
-# batch lines (free less the reserve), now (ms). Fills the free slots from the overflow (interactive jobs no worker
-# had room for), oldest first; batch lines only while the overflow is empty, so a waiting interactive request always
-# goes first. Atomic: a job moves to exactly one worker.
-_TAKE = """
+# A worker's poll, in one command. KEYS: this worker's queue, the model's overflow, its batch queue, its ledger. ARGV:
+# free slots, free slots for batch lines (free less the reserve), now (ms), how many of its own ready jobs to list.
+# Fills the free slots from the overflow (interactive jobs no worker had room for), oldest first; batch lines only
+# while the overflow is empty, so a waiting interactive request always goes first. Atomic: a job moves to exactly
+# one worker. Returns the number of jobs moved, then the ids of the jobs ready on this worker's queue (arq's poll
+# read, made here: an idle worker's poll is this one script, not a script and a read).
+_POLL = """
 local moved = 0
 local free = tonumber(ARGV[1])
-if free > 0 and redis.call('ZCARD', KEYS[2]) > 0 then
+local waiting = redis.call('ZCARD', KEYS[2])
+if free > 0 and waiting > 0 then
   local jobs = redis.call('ZPOPMIN', KEYS[2], free)
   for i = 1, #jobs, 2 do
     redis.call('ZADD', KEYS[1], jobs[i + 1], jobs[i])
     moved = moved + 1
   end
+  waiting = waiting - moved
 end
 local spare = tonumber(ARGV[2]) - moved
-if spare > 0 and redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
+if spare > 0 and waiting == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
   local lines = redis.call('ZPOPMIN', KEYS[3], spare)
   for i = 1, #lines, 2 do
     redis.call('ZADD', KEYS[1], ARGV[3], lines[i])
@@ -56,7 +60,11 @@ if spare > 0 and redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[
     moved = moved + 1
   end
 end
-return moved
+local limit = tonumber(ARGV[4])
+if limit == 0 then return {moved} end
+local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, limit)
+table.insert(ready, 1, moved)
+return ready
 """
 
 # Jobs on this worker's queue that it will not start (it is full, or stopping) go to the overflow, for the next
@@ -90,7 +98,7 @@ class WorkerBus:
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: list[asyncio.Task[None]] = []
-        self._take = redis.register_script(_TAKE)
+        self._poll = redis.register_script(_POLL)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._registry = Registry(redis)
 
@@ -121,14 +129,20 @@ class WorkerBus:
     async def take(self, model: str, free: int, free_for_batch: int) -> int:
         """Move jobs waiting for any worker (the overflow, then batch lines) onto this worker's queue, up to its free
         slots; arq's poll then starts them."""
+        moved, _ = await self.poll(model, free, free_for_batch, 0)
+        return moved
+
+    async def poll(self, model: str, free: int, free_for_batch: int, limit: int) -> tuple[int, list[bytes]]:
+        """take(), then up to `limit` ids of the jobs ready on this worker's queue (none with limit 0): one command.
+        Redis away: (0, []) and a warning, as the poll runs again."""
         keys = [channels.worker_queue(model, self.worker_id), channels.overflow(model)]
         keys += [channels.batch_queue(model), channels.queue(model)]
         try:
-            moved = await self._take(keys, [free, free_for_batch, int(time.time() * 1000)])
+            reply = await self._poll(keys, [max(free, 0), max(free_for_batch, 0), int(time.time() * 1000), limit])
         except REDIS_ERRORS as exc:
-            log.warning("could not take waiting jobs: %s", exc)
-            return 0
-        return int(moved)
+            log.warning("could not poll for jobs: %s", exc)
+            return 0, []
+        return int(reply[0]), list(reply[1:])
 
     async def give_back(self, model: str, *job_ids: str) -> int:
         """Hand jobs this worker will not start (none named: all its waiting jobs) to the overflow."""

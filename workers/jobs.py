@@ -121,20 +121,26 @@ class HerdWorker(Worker):
         self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
+        """arq's poll, at one Redis command when idle: the overflow and batch lines taken and this worker's own queue
+        read in one script (WorkerBus.poll); arq's abort set read only while jobs run here (a job not started yet
+        reads its abort itself when it starts, and a running one hears the cancel broadcast first); arq's health
+        check (every health_check_interval) as arq does it."""
         # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
         # jobs only when announced, and a job announced while Redis was coming back would wait forever.
         try:
-            await self._take_waiting()
-            await super()._poll_iteration()
+            if self.allow_pick_jobs and self.job_counter < self.max_jobs and self._bus is not None:
+                free = self.max_jobs - self.job_counter - self._starting
+                _, ready = await self._bus.poll(self._model, free, free - self._reserved_slots, self.queue_read_limit)
+                await self.start_jobs(ready)
+            if self.allow_abort_jobs and self.job_tasks:
+                await self._cancel_aborted_jobs()
+            for job_id, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[job_id]
+                    task.result()  # arq's: an error in run_job is raised here
+            await self.heart_beat()
         except REDIS_ERRORS as exc:
             log.warning("polling the queue failed: %s", exc)
-
-    async def _take_waiting(self) -> None:
-        """Free slots take jobs no worker had room for; batch lines fill what is left, less a reserve kept for the
-        next interactive request."""
-        free = self.max_jobs - self.job_counter - self._starting
-        if free > 0 and self.allow_pick_jobs and self._bus is not None:
-            await self._bus.take(self._model, free, free - self._reserved_slots)
 
     def poll_soon(self) -> None:
         if self._polling:
