@@ -135,7 +135,9 @@ class HerdWorker(Worker):
                 free = self.max_jobs - self.job_counter - self._starting if pick else 0
                 limit = self.queue_read_limit if pick else 0
                 polled = await self._bus.poll(self._model, free, free - self._reserved_slots, limit, aborts)
-                await self.start_jobs(polled.ready)
+                # arq keeps a running job on the queue until it ends; start_jobs would re-check each (WATCH, EXISTS,
+                # ZSCORE) at every poll only to find it running: the ones running here are skipped without asking.
+                await self.start_jobs([i for i in polled.ready if i.decode() not in self.tasks])
                 await self._abort(polled.aborted)
             for job_id, task in list(self.tasks.items()):
                 if task.done():
