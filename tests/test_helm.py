@@ -883,7 +883,7 @@ def test_keda_asks_the_sentinels_for_the_master_without_keda_address() -> None:
     ]
     # neither an address nor sentinels: the chart says what is missing
     values["externalRedis"] = {**values["externalRedis"], "sentinel": {"hosts": []}}
-    with pytest.raises(helm_python.HelmRenderError, match="keda.address .* or externalRedis.sentinel.hosts"):
+    with pytest.raises(helm_python.HelmRenderError, match=r"keda\.address .* or externalRedis\.sentinel\.hosts"):
         render(values)
 
 
