@@ -19,10 +19,14 @@ RATE tokens/s, so fleets of 100 workers fit here and the figures are the Redis a
 keeps 80 % of the fleet's slots in flight. Dispatch time is from the admission script to the worker's claim of the
 request, both as Redis' MONITOR saw them.
 
+With --followup N it runs the follow-up row instead (bench/followup.py): N two-turn conversations with a long first
+turn on real workers, which worker served each turn, and the follow-up's TTFT against a 1-worker fleet's.
+
 Every process it starts (Redis, the API, the workers) is in a process group of its own that ends with the script:
 on a normal exit, an exception, Ctrl-C or SIGTERM (ProcessGroup; tests/test_bench_processes.py).
 
 Usage (from the repo root): .venv/bin/python -m bench.scaleout [--workers 1 2 3] [--requests 48] [--json out.json]
+    .venv/bin/python -m bench.scaleout --followup 6 --workers 1 3
     .venv/bin/python -m bench.scaleout --simulate 20 --max-seqs 2 --busy 0.8 --max-tokens 48 --workers 1 3 20 100
 """
 
@@ -51,6 +55,7 @@ import redis
 from herd import channels
 
 try:
+    from bench import followup
     from bench.common import free_port
 except ModuleNotFoundError as exc:  # `python bench/scaleout.py` puts bench/ on the path, not the repository
     if exc.name != "bench":
@@ -234,6 +239,8 @@ def measure_fleet(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
     # The fleet's group ends before Redis's (the workers drain against it); both end however this function is left.
     with ProcessGroup(grace_s=10) as redis_group, ProcessGroup() as fleet:
         redis_port = start_redis(redis_group, workdir)
+        if args.followup:
+            return followup.measure(fleet, n, redis_port, args, workdir)
         return _measure(fleet, n, redis_port, args, workdir)
 
 
@@ -374,6 +381,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--busy", type=float, default=0.0, help="in flight as a share of all slots (0: --concurrency)")
     p.add_argument("--loop-clients", type=int, default=16)
     p.add_argument("--loop-seconds", type=float, default=5.0)
+    p.add_argument("--followup", type=int, default=0, help="N conversations of two turns instead (bench/followup.py)")
+    p.add_argument("--followup-tokens", type=int, default=16, help="max_tokens of each --followup turn")
     p.add_argument("--json", type=Path)
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this (new) directory")
     return p.parse_args(argv)
@@ -394,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True)
             row = measure_fleet(n, args, workdir)
             report["fleet"].append(row)
+            if args.followup:
+                continue
             print(
                 f"{n} worker(s): {row['requests_per_s']:6.2f} req/s {row['tokens_per_s']:7.1f} tok/s "
                 f"spread {row['spread']}  Redis: {row['redis_commands_per_request']} cmds/request, "
@@ -402,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {row['dispatch_ms_p50']} ms p99 {row['dispatch_ms_p99']} ms",
                 flush=True,
             )
+        if args.followup:
+            followup.report(report["fleet"])
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+            return 0
         with ProcessGroup(grace_s=10) as redis_group:
             port = start_redis(redis_group, Path(tmp))
             bench = redis_benchmark(port)

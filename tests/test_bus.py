@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import pytest
-from arq.constants import in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
 from herd import channels, redisconn
 from herd.config import Settings, load_settings
 from herd.errors import ErrorKind
@@ -283,6 +283,22 @@ async def test_free_slots_take_the_overflow_first_then_batch_lines(bus: WorkerBu
     assert await bus.give_back(MODEL) == 2
     assert await redis.zrange(mine, 0, -1) == [b"line-1"]
     assert set(await redis.zrange(overflow, 0, -1)) == {b"waiting-1", b"waiting-2", b"line-2"}
+
+
+async def test_a_poll_takes_reads_its_own_queue_and_the_abort_set_in_one_script(bus: WorkerBus, redis: Redis) -> None:
+    now_ms = int(time.time() * 1000)
+    mine = channels.worker_queue(MODEL, "worker-1")
+    await redis.zadd(channels.overflow(MODEL), {"waiting-1": now_ms - 20})
+    await redis.zadd(mine, {"announced-1": now_ms - 10, "later-1": now_ms + 600_000})  # a job not due yet
+    await redis.zadd(abort_jobs_ss, {"cancelled-1": now_ms})
+    polled = await bus.poll(MODEL, 2, 0, 10, aborts=True)
+    assert polled.moved == 1
+    assert polled.ready == [b"waiting-1", b"announced-1"]  # due jobs only, oldest first, the one just taken too
+    assert polled.aborted == ["cancelled-1"]
+    # An idle worker's poll does not read the abort set; a full one takes nothing and lists nothing.
+    assert (await bus.poll(MODEL, 1, 0, 10)).aborted == []
+    assert await bus.poll(MODEL, 0, 0, 0, aborts=True) == (0, [], ["cancelled-1"])
+    assert await redis.zrange(channels.overflow(MODEL), 0, -1) == []
 
 
 # Moved from tests/test_transport.py (now test_events.py): two workers race for one request; a cancelled one.

@@ -341,6 +341,24 @@ _REDIS_SCALER_METADATA = {
         "unsafeSsl": {"type": "string", "enum": ["true", "false"]},
     },
 }
+# The parameters of KEDA's `redis-sentinel` scaler (the same scaler code) that may appear in trigger metadata.
+_REDIS_SENTINEL_SCALER_METADATA = {
+    **_REDIS_SCALER_METADATA,
+    "required": ["listName", "listLength", "addresses", "sentinelMaster"],
+    "properties": {
+        **{
+            key: {"type": "string"}
+            for key in ("hosts", "ports", "addressesFromEnv", "sentinelMasterFromEnv", "usernameFromEnv")
+        },
+        **{
+            key: value
+            for key, value in _REDIS_SCALER_METADATA["properties"].items()  # type: ignore[attr-defined]
+            if key not in ("address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv")
+        },
+        "addresses": {"type": "string", "pattern": "^[^,\\s]+:[0-9]+(,[^,\\s]+:[0-9]+)*$"},
+        "sentinelMaster": {"type": "string", "minLength": 1},
+    },
+}
 KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
     # keda.sh_scaledobjects.yaml (v1alpha1), the fields of .spec; `status` is never set by a chart.
     "ScaledObject": {
@@ -405,9 +423,17 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
                                     },
                                 },
                             },
-                            # the redis scaler's own parameters
-                            "if": {"properties": {"type": {"const": "redis"}}},
-                            "then": {"properties": {"metadata": _REDIS_SCALER_METADATA}},
+                            # the redis scalers' own parameters
+                            "allOf": [
+                                {
+                                    "if": {"properties": {"type": {"const": "redis"}}},
+                                    "then": {"properties": {"metadata": _REDIS_SCALER_METADATA}},
+                                },
+                                {
+                                    "if": {"properties": {"type": {"const": "redis-sentinel"}}},
+                                    "then": {"properties": {"metadata": _REDIS_SENTINEL_SCALER_METADATA}},
+                                },
+                            ],
                         },
                     },
                 },
@@ -829,6 +855,36 @@ def test_keda_scales_each_group_on_its_model_queue() -> None:
     assert scaled["prod-herd-worker-qwen"]["spec"]["minReplicaCount"] == 1
     auth = by_kind(docs, "TriggerAuthentication")["prod-herd-redis"]
     assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": "prod-herd", "key": "redis-password"}]
+
+
+def test_keda_asks_the_sentinels_for_the_master_without_keda_address() -> None:
+    values = load_values("external-redis")
+    assert values is not None
+    values["keda"] = {**values["keda"], "address": ""}  # a Sentinel set-up: no fixed address of the master
+    docs = manifests(render(values))
+    for doc in docs:
+        validate_manifest(doc, KUBE_VERSIONS[0])
+    (trigger,) = by_kind(docs, "ScaledObject")["herd-worker-tinyllama"]["spec"]["triggers"]
+    assert trigger["type"] == "redis-sentinel"
+    assert trigger["metadata"] == {
+        "addresses": "sentinel-0.example.internal:26379,sentinel-1.example.internal:26379",
+        "sentinelMaster": "herd-primary",
+        "listName": "team-a.herd:queue:tinyllama:1.1b",
+        "listLength": "8",
+        "activationListLength": "0",
+        "databaseIndex": "2",
+        "enableTLS": "true",
+    }
+    assert trigger["authenticationRef"] == {"name": "herd-redis"}
+    auth = by_kind(docs, "TriggerAuthentication")["herd-redis"]
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "managed-redis", "key": "password"},
+        {"parameter": "sentinelPassword", "name": "managed-redis", "key": "sentinel-password"},
+    ]
+    # neither an address nor sentinels: the chart says what is missing
+    values["externalRedis"] = {**values["externalRedis"], "sentinel": {"hosts": []}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"keda\.address .* or externalRedis\.sentinel\.hosts"):
+        render(values)
 
 
 def test_worker_groups_have_their_own_startup_probes_and_disruption_budgets() -> None:

@@ -9,10 +9,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
-from arq.constants import in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
 from herd import channels
 from herd.config import Settings
 from herd.inference import (
@@ -33,22 +33,30 @@ log = logging.getLogger("herd.worker.bus")
 
 R = TypeVar("R", GenerationRequest, EmbeddingRequest)
 
-# KEYS: this worker's queue, the model's overflow, its batch queue, its ledger. ARGV: free slots, free slots for
-# batch lines (free less the reserve), now (ms). Fills the free slots from the overflow (interactive jobs no worker
+# A worker's poll, in one command. KEYS: this worker's queue, the model's overflow, its batch queue, its ledger, arq's
+# abort set. ARGV: free slots, free slots for batch lines (free less the reserve), now (ms), how many of its own ready
+# jobs to list, 1 to read the abort set (0: not). Fills the free slots from the overflow (interactive jobs no worker
 # had room for), oldest first; batch lines only while the overflow is empty, so a waiting interactive request always
-# goes first. Atomic: a job moves to exactly one worker.
-_TAKE = """
+# goes first. Atomic: a job moves to exactly one worker. Returns the number of jobs moved, the number of ready ids,
+# the ids of the jobs ready on this worker's queue, then the ids in arq's abort set: arq's own poll reads (its queue
+# read and its MULTI/ZRANGE/ZREMRANGEBYSCORE/EXEC of the abort set) made here, in the same command.
+_POLL = """
 local moved = 0
 local free = tonumber(ARGV[1])
-if free > 0 and redis.call('ZCARD', KEYS[2]) > 0 then
-  local jobs = redis.call('ZPOPMIN', KEYS[2], free)
-  for i = 1, #jobs, 2 do
-    redis.call('ZADD', KEYS[1], jobs[i + 1], jobs[i])
-    moved = moved + 1
+local waiting = 0
+if free > 0 then
+  waiting = redis.call('ZCARD', KEYS[2])
+  if waiting > 0 then
+    local jobs = redis.call('ZPOPMIN', KEYS[2], free)
+    for i = 1, #jobs, 2 do
+      redis.call('ZADD', KEYS[1], jobs[i + 1], jobs[i])
+      moved = moved + 1
+    end
+    waiting = waiting - moved
   end
 end
 local spare = tonumber(ARGV[2]) - moved
-if spare > 0 and redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
+if spare > 0 and waiting == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
   local lines = redis.call('ZPOPMIN', KEYS[3], spare)
   for i = 1, #lines, 2 do
     redis.call('ZADD', KEYS[1], ARGV[3], lines[i])
@@ -56,7 +64,17 @@ if spare > 0 and redis.call('ZCARD', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[
     moved = moved + 1
   end
 end
-return moved
+local reply = {moved, 0}
+if tonumber(ARGV[4]) > 0 then
+  local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+  reply[2] = #ready
+  for i = 1, #ready do reply[#reply + 1] = ready[i] end
+end
+if ARGV[5] == '1' then
+  local aborted = redis.call('ZRANGE', KEYS[5], 0, -1)
+  for i = 1, #aborted do reply[#reply + 1] = aborted[i] end
+end
+return reply
 """
 
 # Jobs on this worker's queue that it will not start (it is full, or stopping) go to the overflow, for the next
@@ -79,6 +97,12 @@ return moved
 """
 
 
+class Polled(NamedTuple):
+    moved: int  # jobs taken from the overflow and batch lines
+    ready: list[bytes]  # ids of the jobs ready on this worker's queue
+    aborted: list[str]  # ids in arq's abort set (when asked for)
+
+
 class WorkerBus:
     def __init__(self, settings: Settings, redis: Redis, worker_id: str) -> None:
         self.settings = settings
@@ -90,7 +114,7 @@ class WorkerBus:
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: list[asyncio.Task[None]] = []
-        self._take = redis.register_script(_TAKE)
+        self._poll = redis.register_script(_POLL)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._registry = Registry(redis)
 
@@ -121,14 +145,21 @@ class WorkerBus:
     async def take(self, model: str, free: int, free_for_batch: int) -> int:
         """Move jobs waiting for any worker (the overflow, then batch lines) onto this worker's queue, up to its free
         slots; arq's poll then starts them."""
+        return (await self.poll(model, free, free_for_batch)).moved
+
+    async def poll(self, model: str, free: int, free_for_batch: int, limit: int = 0, aborts: bool = False) -> Polled:
+        """take(), then up to `limit` ids of the jobs ready on this worker's queue and, with `aborts`, the ids in arq's
+        abort set: one command. Redis away: nothing, and a warning (the poll runs again)."""
         keys = [channels.worker_queue(model, self.worker_id), channels.overflow(model)]
-        keys += [channels.batch_queue(model), channels.queue(model)]
+        keys += [channels.batch_queue(model), channels.queue(model), abort_jobs_ss]
+        args = [max(free, 0), max(free_for_batch, 0), int(time.time() * 1000), limit, int(aborts)]
         try:
-            moved = await self._take(keys, [free, free_for_batch, int(time.time() * 1000)])
+            reply = await self._poll(keys, args)
         except REDIS_ERRORS as exc:
-            log.warning("could not take waiting jobs: %s", exc)
-            return 0
-        return int(moved)
+            log.warning("could not poll for jobs: %s", exc)
+            return Polled(0, [], [])
+        n_ready = int(reply[1])
+        return Polled(int(reply[0]), list(reply[2 : 2 + n_ready]), [i.decode() for i in reply[2 + n_ready :]])
 
     async def give_back(self, model: str, *job_ids: str) -> int:
         """Hand jobs this worker will not start (none named: all its waiting jobs) to the overflow."""

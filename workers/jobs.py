@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from arq.constants import abort_jobs_ss
 from arq.worker import Function, Worker, func
 from herd import channels, redisconn, tracing
 from herd.config import ModelConfig, Settings
@@ -121,20 +122,39 @@ class HerdWorker(Worker):
         self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
+        """arq's poll in one Redis command (WorkerBus.poll): the overflow and batch lines taken, this worker's own
+        queue read and, only while jobs run here, arq's abort set read (a job not started yet reads its abort when it
+        starts; a running one hears the cancel broadcast first, the abort set is its fallback). An idle worker's poll
+        is that one script; arq's health check follows, every health_check_interval, as arq does it."""
         # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
         # jobs only when announced, and a job announced while Redis was coming back would wait forever.
         try:
-            await self._take_waiting()
-            await super()._poll_iteration()
+            pick = self.allow_pick_jobs and self.job_counter < self.max_jobs
+            aborts = self.allow_abort_jobs and bool(self.job_tasks)
+            if (pick or aborts) and self._bus is not None:
+                free = self.max_jobs - self.job_counter - self._starting if pick else 0
+                limit = self.queue_read_limit if pick else 0
+                polled = await self._bus.poll(self._model, free, free - self._reserved_slots, limit, aborts)
+                # arq keeps a running job on the queue until it ends; start_jobs would re-check each (WATCH, EXISTS,
+                # ZSCORE) at every poll only to find it running: the ones running here are skipped without asking.
+                await self.start_jobs([i for i in polled.ready if i.decode() not in self.tasks])
+                await self._abort(polled.aborted)
+            for job_id, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[job_id]
+                    task.result()  # arq's: an error in run_job is raised here
+            await self.heart_beat()
         except REDIS_ERRORS as exc:
             log.warning("polling the queue failed: %s", exc)
 
-    async def _take_waiting(self) -> None:
-        """Free slots take jobs no worker had room for; batch lines fill what is left, less a reserve kept for the
-        next interactive request."""
-        free = self.max_jobs - self.job_counter - self._starting
-        if free > 0 and self.allow_pick_jobs and self._bus is not None:
-            await self._bus.take(self._model, free, free - self._reserved_slots)
+    async def _abort(self, job_ids: list[str]) -> None:
+        """arq's _cancel_aborted_jobs on ids already read: cancel the ones running here, and drop them from the set."""
+        aborted = {job_id for job_id in job_ids if job_id in self.job_tasks}
+        for job_id in aborted:
+            self.job_tasks[job_id].cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(abort_jobs_ss, *aborted)
 
     def poll_soon(self) -> None:
         if self._polling:
