@@ -19,6 +19,14 @@ RATE tokens/s, so fleets of 100 workers fit here and the figures are the Redis a
 keeps 80 % of the fleet's slots in flight. Dispatch time is from the admission script to the worker's claim of the
 request, both as Redis' MONITOR saw them.
 
+With --fleet-procs P (and --simulate) the N simulated workers run in P processes instead of N (bench/fleet.py: each
+hosts about N/P workers built as `herd worker --simulate` builds one, in one event loop; each keeps its own worker id,
+heartbeat, queue and Redis connections, and the API chooses among them as among processes). 100 worker processes on
+2 cores measure the OS scheduler as much as herd: a woken worker waits for a core, and that wait lands in the
+dispatch p99. With P at or below the cores, what is left is the protocol's cost (and the host's event loop, which a
+burst of announcements to its workers shares). The output's "in P process(es)" and the JSON's worker_processes say
+which way a row was run.
+
 With --followup N it runs the follow-up row instead (bench/followup.py): N two-turn conversations with a long first
 turn on real workers, which worker served each turn, and the follow-up's TTFT against a 1-worker fleet's.
 
@@ -28,6 +36,7 @@ on a normal exit, an exception, Ctrl-C or SIGTERM (ProcessGroup; tests/test_benc
 Usage (from the repo root): .venv/bin/python -m bench.scaleout [--workers 1 2 3] [--requests 48] [--json out.json]
     .venv/bin/python -m bench.scaleout --followup 6 --workers 1 3
     .venv/bin/python -m bench.scaleout --simulate 20 --max-seqs 2 --busy 0.8 --max-tokens 48 --workers 1 3 20 100
+    (the same with --fleet-procs 2 added: the simulated workers in 2 processes)
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ except ModuleNotFoundError as exc:  # `python bench/scaleout.py` puts bench/ on 
     sys.exit("run it from the repository root as a module: python -m bench.scaleout ...")
 
 MODEL = "smollm2:135m"
+REPO = Path(__file__).resolve().parents[1]  # the workers' working directory: bench.fleet is imported from it
 PROMPT = "Write a short story about a lighthouse keeper:"
 
 
@@ -136,6 +146,21 @@ def start_redis(group: ProcessGroup, workdir: Path) -> int:
     raise RuntimeError("redis-server did not start")
 
 
+def worker_commands(n_workers: int, simulate: float, fleet_procs: int = 0) -> list[list[str]]:
+    """The workers' command lines: one `herd worker` each, or with simulate and fleet_procs P, min(P, n_workers)
+    processes of bench.fleet hosting n_workers simulated workers between them (spread as evenly as they go)."""
+    worker = [sys.executable, "-m", "herd", "worker", "--model", MODEL]
+    if not simulate:
+        return [worker] * n_workers
+    # no model: tokens at this rate (workers/simulated.py), so 100 workers fit here
+    if not fleet_procs:
+        return [[*worker, "--simulate", str(simulate)]] * n_workers
+    procs = min(fleet_procs, n_workers)
+    sizes = [n_workers // procs + (i < n_workers % procs) for i in range(procs)]
+    host = [sys.executable, "-m", "bench.fleet", "--model", MODEL, "--simulate", str(simulate), "--workers"]
+    return [[*host, str(size)] for size in sizes]
+
+
 def start_fleet(
     fleet: ProcessGroup, n_workers: int, redis_port: int, args: argparse.Namespace, workdir: Path
 ) -> tuple[list[subprocess.Popen[bytes]], str]:
@@ -150,13 +175,12 @@ def start_fleet(
         "HERD_FILES_DIR": str(workdir / "files"),
         "HERD_LOG_LEVEL": "warning",
     }
-    worker = ["worker", "--model", MODEL]
-    if args.simulate:  # no model: tokens at this rate (workers/simulated.py), so 100 workers fit here
-        worker += ["--simulate", str(args.simulate)]
+    commands = [[sys.executable, "-m", "herd", "api", "--port", str(port)]]
+    commands += worker_commands(n_workers, args.simulate, getattr(args, "fleet_procs", 0))
     procs = []
-    for i, argv in enumerate([["api", "--port", str(port)], *[worker] * n_workers]):
+    for i, command in enumerate(commands):
         with (workdir / f"proc{i}.log").open("wb") as log:
-            procs.append(fleet.start([sys.executable, "-m", "herd", *argv], env=env, stdout=log, stderr=log))
+            procs.append(fleet.start(command, env=env, stdout=log, stderr=log, cwd=REPO))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60 + 3 * n_workers
     while time.monotonic() < deadline:
@@ -271,6 +295,7 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         return {
             "workers": n,
             "simulate_tokens_per_s": args.simulate,
+            "worker_processes": min(args.fleet_procs, n) if args.fleet_procs else n,
             "in_flight": concurrency,
             "dispatch_ms_p50": round(percentile(dispatch, 0.5), 2),
             "dispatch_ms_p99": round(percentile(dispatch, 0.99), 2),
@@ -378,6 +403,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="HERD_N_THREADS of each worker")
     p.add_argument("--max-seqs", type=int, default=8, help="HERD_MAX_SEQS of each worker")
     p.add_argument("--simulate", type=float, default=0.0, help="tokens/s of simulated workers (0: the real model)")
+    p.add_argument(
+        "--fleet-procs",
+        type=int,
+        default=0,
+        help="with --simulate: host the N workers in this many processes (bench/fleet.py; 0: one process each)",
+    )
     p.add_argument("--busy", type=float, default=0.0, help="in flight as a share of all slots (0: --concurrency)")
     p.add_argument("--loop-clients", type=int, default=16)
     p.add_argument("--loop-seconds", type=float, default=5.0)
@@ -385,7 +416,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--followup-tokens", type=int, default=16, help="max_tokens of each --followup turn")
     p.add_argument("--json", type=Path)
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this (new) directory")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fleet_procs and not args.simulate:
+        p.error("--fleet-procs hosts simulated workers: it needs --simulate")
+    return args
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:
@@ -406,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.followup:
                 continue
             print(
-                f"{n} worker(s): {row['requests_per_s']:6.2f} req/s {row['tokens_per_s']:7.1f} tok/s "
+                f"{n} worker(s) in {row['worker_processes']} process(es): {row['requests_per_s']:6.2f} req/s "
+                f"{row['tokens_per_s']:7.1f} tok/s "
                 f"spread {row['spread']}  Redis: {row['redis_commands_per_request']} cmds/request, "
                 f"{row['redis_commands_per_token']} cmds/token, {row['redis_commands_idle_per_s']} cmds/s idle "
                 f"({row['redis_commands_idle_per_worker_s']}/worker); {row['in_flight']} in flight, dispatch "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -286,7 +287,9 @@ class WorkerBus:
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    """Host and pid say where it runs; the random part tells apart a restart with the same pid, and workers built in
+    one process (bench/fleet.py hosts many simulated ones) within the same millisecond."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 async def _drain_replies(conn: AbstractConnection) -> None:
