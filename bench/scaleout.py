@@ -17,7 +17,8 @@ cores), and any other busy process skews every figure. Do not run it while tests
 With --simulate RATE the workers have no model (`herd worker --simulate`, workers/simulated.py): each sequence gets
 RATE tokens/s, so fleets of 100 workers fit here and the figures are the Redis and dispatch side alone; --busy 0.8
 keeps 80 % of the fleet's slots in flight. Dispatch time is from the admission script to the worker's claim of the
-request, both as Redis' MONITOR saw them.
+request, both as Redis' MONITOR saw them; the "after the opening burst" figures leave out the first in-flight-many
+requests by admission (the load starts them all at once), so give --requests well above the in-flight count.
 
 With --fleet-procs P (and --simulate) the N simulated workers run in P processes instead of N (bench/fleet.py: each
 hosts about N/P workers built as `herd worker --simulate` builds one, in one event loop; each keeps its own worker id,
@@ -220,14 +221,16 @@ class Monitor:
                 elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith(channels.started("")):
                     self.started.setdefault(words[1].removeprefix(channels.started("")), item["time"])
 
-    def dispatch_ms(self, ids: list[str]) -> list[float]:
+    def dispatch_ms(self, ids: list[str], skip: int = 0) -> tuple[list[float], list[float]]:
+        """Sorted dispatch times of all `ids`, and of those admitted after the first `skip` (the load's opening
+        burst: every request in flight admitted at once, which the steady state at that load never sees)."""
         self._stop.set()
         self._client.set("bench-monitor-wakeup", 1)
         self._thread.join(10)
         self._client.close()
-        return sorted(
-            (self.started[r] - self.admitted[r]) * 1000 for r in ids if r in self.started and r in self.admitted
-        )
+        seen = sorted((r for r in ids if r in self.started and r in self.admitted), key=self.admitted.__getitem__)
+        times = [(self.started[r] - self.admitted[r]) * 1000 for r in seen]
+        return sorted(times), sorted(times[skip:])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -286,7 +289,7 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         wall, ids, tokens = asyncio.run(load(base, requests, concurrency, args.max_tokens))
         elapsed = time.perf_counter() - t0
         commands = commands_processed(client) - before
-        dispatch = monitor.dispatch_ms(ids)
+        dispatch, steady = monitor.dispatch_ms(ids, skip=concurrency)
         spread = Counter()
         for rid in ids:
             raw = client.get(channels.stats(rid))
@@ -299,6 +302,8 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
             "in_flight": concurrency,
             "dispatch_ms_p50": round(percentile(dispatch, 0.5), 2),
             "dispatch_ms_p99": round(percentile(dispatch, 0.99), 2),
+            "dispatch_ms_p50_steady": round(percentile(steady, 0.5), 2),  # after the opening burst
+            "dispatch_ms_p99_steady": round(percentile(steady, 0.99), 2),
             "requests": len(ids),
             "wall_s": round(wall, 2),
             "requests_per_s": round(len(ids) / wall, 2),
@@ -445,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"spread {row['spread']}  Redis: {row['redis_commands_per_request']} cmds/request, "
                 f"{row['redis_commands_per_token']} cmds/token, {row['redis_commands_idle_per_s']} cmds/s idle "
                 f"({row['redis_commands_idle_per_worker_s']}/worker); {row['in_flight']} in flight, dispatch "
-                f"p50 {row['dispatch_ms_p50']} ms p99 {row['dispatch_ms_p99']} ms",
+                f"p50 {row['dispatch_ms_p50']} ms p99 {row['dispatch_ms_p99']} ms (after the opening burst: p50 "
+                f"{row['dispatch_ms_p50_steady']} ms p99 {row['dispatch_ms_p99_steady']} ms)",
                 flush=True,
             )
         if args.followup:
