@@ -18,7 +18,7 @@ import time
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from herd import channels
 from herd.api import affinity
@@ -298,12 +298,14 @@ class Gateway:
 
     async def _forget_job(self, request: AnyRequest, worker_id: str) -> None:
         """A dead worker's job would stay in the ledger, counted as running, until arq's in-progress key expires
-        (job_timeout, an hour): take it out now. Its request already started, so it can never run again."""
+        (job_timeout, an hour): take it out now. Its request already started, so it can never run again: its record
+        (which may be megabytes of prompt) and arq's retry counter go too, instead of lasting request_ttl_s."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(channels.queue(request.model), request.id)
             pipe.zrem(channels.worker_queue(request.model, worker_id), request.id)
             pipe.zrem(channels.batch_queue(request.model), request.id)
             pipe.delete(in_progress_key_prefix + request.id, job_key_prefix + request.id)
+            pipe.delete(channels.request(request.id), retry_key_prefix + request.id)
             await pipe.execute()
 
     async def release(self, stream: EventStream) -> None:

@@ -128,6 +128,7 @@ def test_sigterm_drains_the_worker_and_the_running_stream_completes(tiny: HerdSe
 
 
 def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: HerdServer) -> None:
+    records_before = set(tiny.redis.scan_iter(match="herd:request:*"))
     client = openai.OpenAI(base_url=f"{tiny.base_url}/v1", api_key="x", max_retries=0)
     stream = client.completions.create(stream=True, **LONG)  # type: ignore[call-overload]
     received = 0
@@ -143,6 +144,8 @@ def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: He
     detected = time.monotonic() - killed_at
     assert detected < 30, f"client waited {detected:.1f}s"  # a hang guard; the heartbeat TTL is 3 s
     assert "worker" in str(info.value).lower()
+    # The lost request's record (its prompt) goes with the error, not an hour later.
+    assert set(tiny.redis.scan_iter(match="herd:request:*")) <= records_before
     # The supervisor restarts the worker; the service recovers without help.
     tiny.wait_ready(timeout=60)
     with client:

@@ -23,6 +23,11 @@ from authlib.oauth2.rfc7662 import IntrospectionToken, IntrospectTokenValidator
 from herd.api.auth.principal import Principal
 from herd.errors import Unauthenticated, Unavailable
 
+try:  # authlib's httpx integration is built on httpx2 when that is installed (else on httpx): catch what it raises
+    from httpx2 import HTTPError as ClientHTTPError
+except ImportError:  # pragma: no cover - depends on the environment
+    from httpx import HTTPError as ClientHTTPError  # type: ignore[assignment]
+
 log = logging.getLogger("herd.api.auth")
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -103,7 +108,7 @@ class Introspector:
             body = resp.json()
             if not isinstance(body, dict):
                 raise ValueError("the answer is not a JSON object")
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ClientHTTPError, ValueError) as exc:
             log.warning("token introspection at %s failed: %s", self._url, exc)
             raise Unavailable("the identity provider could not be asked about the token; try again shortly") from exc
         answer = IntrospectionToken(body)
