@@ -150,6 +150,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = 16 * 1024 * 1024  # a request body (413 beyond it); uploads have their own limits below
     http_max_header_bytes: int = 32 * 1024  # a request's line and headers (431 beyond it)
     http_header_timeout_s: float = 10.0  # a request head must arrive within this (408 and close otherwise)
+    http_body_min_rate: int = 1024  # bytes/s a request body must average after the header timeout's grace (0: off)
     http_idle_timeout_s: float = 5.0  # a keep-alive connection idle this long after a response is closed
     http_max_connections: int = 1000  # open connections per API process (beyond it: 503 and close); mind ulimit -n
     files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
