@@ -85,4 +85,3 @@ def test_an_error_after_the_keep_alives_is_an_in_band_frame(busy_server: HerdSer
     errors = [line for line in lines if line.startswith('data: {"error"')]
     assert len(errors) == 1 and "context_length_exceeded" in errors[0]
     assert lines[-1] == "data: [DONE]"
-
