@@ -179,6 +179,10 @@ async def test_cache_is_bounded_follows_revocation_and_a_misconfigured_client_is
         assert introspector.calls == 5
         with pytest.raises(Unauthenticated):
             await introspector.validate("nothing-" + secrets.token_hex(4))
+        shared = idp.issue()  # ten requests at once with one new token: one call, and each gets the principal
+        answers = await asyncio.gather(*(introspector.validate(shared) for _ in range(10)))
+        assert {principal.subject for principal, _ in answers} == {"bob"}
+        assert idp.calls[shared] == 1
     async with AsyncOAuth2Client(CLIENT_ID, CLIENT_SECRET, token_endpoint_auth_method="client_secret_basic") as client:
         # A revocation at the IdP is seen once the cache bound (cache_s) has passed, however long the token lives.
         introspector = Introspector(client, idp.url, AUDIENCE, leeway_s=0, cache_s=1, cache_max=2)

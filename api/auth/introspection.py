@@ -54,7 +54,7 @@ class Introspector:
         self._validator = IntrospectTokenValidator()
         # token hash -> (principal or refusal message, monotonic time the entry expires)
         self._cache: OrderedDict[str, tuple[Principal | str, float]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[tuple[Principal | str, float]]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[Principal | str, float]]] = {}
         self.calls = 0  # introspection requests made (tests and logs)
 
     async def validate(self, token: str) -> tuple[Principal, float]:
@@ -71,22 +71,19 @@ class Introspector:
         return answer, time.time() + (until - time.monotonic())
 
     async def _shared(self, key: str, token: str) -> tuple[Principal | str, float]:
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[Principal | str, float]] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            result = await self._introspect(token)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
-            raise
-        finally:
-            del self._inflight[key]
-        future.set_result(result)
-        self._remember(key, result)
-        return result
+        """One introspection per token at a time, in a task of its own: a caller that goes away (its client hung
+        up) does not cancel it for the others waiting on the same token."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._introspect(token))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settle(key, done))
+        return await asyncio.shield(task)
+
+    def _settle(self, key: str, task: asyncio.Task[tuple[Principal | str, float]]) -> None:
+        del self._inflight[key]
+        if not task.cancelled() and task.exception() is None:  # exception(): retrieved, so never "unretrieved"
+            self._remember(key, task.result())
 
     def _remember(self, key: str, result: tuple[Principal | str, float]) -> None:
         self._cache.pop(key, None)
