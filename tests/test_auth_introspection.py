@@ -127,7 +127,7 @@ def test_active_token_works_end_to_end_and_is_introspected_once(server: HerdServ
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown", "inactive", "active-as-string", "expired", "wrong-audience", "no-subject"],
+    ["unknown", "inactive", "active-as-string", "expired", "wrong-audience", "no-subject", "oversized"],
 )
 def test_refused_tokens_are_openai_style_401s(server: HerdServer, idp: IntrospectingIdp, case: str) -> None:
     token = {
@@ -137,11 +137,12 @@ def test_refused_tokens_are_openai_style_401s(server: HerdServer, idp: Introspec
         "expired": lambda: idp.issue(lifetime_s=-120),  # beyond the 30 s leeway
         "wrong-audience": lambda: idp.issue(aud="another-api"),
         "no-subject": lambda: idp.issue(sub=None, client_id=None),
+        "oversized": lambda: "big-" + "x" * 9000,  # refused before any call to the IdP
     }[case]()
     before = server.redis.zcard(f"herd:queue:{MODEL}")
     assert_refused(chat(server, bearer(token)), 401, "invalid_token")
     assert_refused(chat(server, bearer(token)), 401, "invalid_token")
-    assert idp.calls[token] == 1  # the refusal is cached as well
+    assert idp.calls[token] == (0 if case == "oversized" else 1)  # the refusal is cached as well
     assert server.redis.zcard(f"herd:queue:{MODEL}") == before
     with (
         ollama.Client(host=server.base_url, headers=bearer(token)) as olla,

@@ -21,6 +21,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc6750 import InvalidTokenError
 from authlib.oauth2.rfc7662 import IntrospectionToken, IntrospectTokenValidator
 from herd.api.auth.principal import Principal
+from herd.api.auth.tokens import MAX_TOKEN_BYTES
 from herd.errors import Unauthenticated, Unavailable
 
 try:  # authlib's httpx integration is built on httpx2 when that is installed (else on httpx): catch what it raises
@@ -59,6 +60,8 @@ class Introspector:
 
     async def validate(self, token: str) -> tuple[Principal, float]:
         """The principal and when herd stops trusting this answer (epoch seconds), or Unauthenticated."""
+        if len(token) > MAX_TOKEN_BYTES:  # not worth a call to the IdP
+            raise Unauthenticated("the bearer token is too large")
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         cached = self._cache.get(key)
