@@ -73,6 +73,8 @@ async def test_queue_full_is_503_with_retry_after_and_queued_request_never_start
     await asyncio.sleep(0.5)
     assert tiny.redis.get(f"herd:started:{queued_id}") is None
     assert tiny.stats(queued_id) is None
+    # Its record went with it (arq aborted the job before generate() could forget it), not request_ttl_s later.
+    assert tiny.redis.get(f"herd:request:{queued_id}") is None
 
 
 async def test_disconnect_mid_stream_stops_generation(tiny: HerdServer) -> None:
