@@ -42,6 +42,7 @@ class Tally:
     injected: Counter[str] = field(default_factory=Counter)  # errors a worker kill explains
     unexpected: Counter[str] = field(default_factory=Counter)
     kills: list[float] = field(default_factory=list)  # monotonic times of the worker kills
+    notes: list[str] = field(default_factory=list)  # the first unexpected errors' messages
 
 
 def proc_figures(pid: int) -> tuple[int, int]:
@@ -89,6 +90,15 @@ def child_pid(parent: int, word: str) -> int | None:
     return None
 
 
+def redis_clients(url: str) -> dict[str, int]:
+    """Redis' client connections by their last command (idle pool connections and pub/sub ones look different)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return dict(Counter(str(c.get("cmd")) for c in client.client_list()))
+    finally:
+        client.close()
+
+
 def redis_figures(url: str) -> tuple[set[bytes], int]:
     """(keys that never expire plus request records, pub/sub channels with a subscriber). Keys with a TTL (per-request
     stats, heartbeats) are bounded by time rather than by traffic, so they are not counted."""
@@ -116,8 +126,9 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as answer:
             if answer.status_code != 200:
-                code = (json.loads(await answer.aread()).get("error") or {}).get("code") or str(answer.status_code)
-                (tally.injected if _near_kill(tally) and code in INJECTED else tally.unexpected)[code] += 1
+                error = json.loads(await answer.aread()).get("error") or {}
+                _error(tally, error.get("code") or str(answer.status_code), error.get("message", ""))
+                await asyncio.sleep(1.0)  # a client backs off after an error instead of retrying at once
                 return
             frames = 0
             async for line in answer.aiter_lines():
@@ -128,8 +139,7 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
                     return
                 frame = json.loads(line[6:])
                 if "error" in frame:
-                    code = frame["error"].get("code") or "error"
-                    (tally.injected if _near_kill(tally) and code in INJECTED else tally.unexpected)[code] += 1
+                    _error(tally, frame["error"].get("code") or "error", frame["error"].get("message", ""))
                     return
                 frames += 1
                 if abandon_after is not None and frames >= abandon_after:
@@ -138,6 +148,16 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
             tally.unexpected["cut without [DONE]"] += 1
     except httpx.HTTPError as exc:
         tally.unexpected[type(exc).__name__] += 1
+
+
+def _error(tally: Tally, code: str, message: str) -> None:
+    if _near_kill(tally) and code in INJECTED:
+        tally.injected[code] += 1
+        return
+    tally.unexpected[code] += 1
+    since = min((time.monotonic() - at for at in tally.kills if at <= time.monotonic()), default=None)
+    if len(tally.notes) < 5:
+        tally.notes.append(f"{code}: {message} ({'no kill yet' if since is None else f'{since:.0f} s after a kill'})")
 
 
 def _near_kill(tally: Tally, window_s: float = 15.0) -> bool:
@@ -252,12 +272,15 @@ def soak(args: argparse.Namespace, tally: Tally) -> int:
         print(f"soak: traffic stopped after {(time.monotonic() - started) / 60:.1f} min; settling", flush=True)
         (rss1, fds1), (keys1, chans1) = settle(base, args.redis_url, api)
         kinds1 = fd_kinds(api, redis_port)
+        print(f"  Redis clients by last command: {redis_clients(args.redis_url)}", flush=True)
     print(f"soak: {args.minutes:g} min, {args.streams} concurrent streams, {len(tally.kills)} worker kills")
     print(
         f"  streams completed {tally.completed}, abandoned by the client mid-stream {tally.abandoned}, "
         f"hung up on when the traffic stopped {tally.hung_up_at_end}"
     )
     print(f"  errors explained by a kill {dict(tally.injected)}, unexpected {dict(tally.unexpected)}")
+    for note in tally.notes:
+        print(f"    {note}")
     print(f"  API RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB, open fds {fds0} -> {fds1} ({dict(kinds1)})")
     print(f"  Redis lasting keys {len(keys0)} -> {len(keys1)}, pub/sub channels {chans0} -> {chans1}")
     new_keys = sorted(keys1 - keys0)
