@@ -323,6 +323,10 @@ class Gateway:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(channels.cancelled(request_id), b"1", ex=self.settings.request_ttl_s)
+                # The record goes now: a worker that claims the job later finds none and skips it (as if cancelled),
+                # one that already runs it read it at its claim. A job stranded on a dead worker's queue, which no
+                # worker will ever take, otherwise kept it (megabytes, perhaps) for request_ttl_s.
+                pipe.delete(channels.request(request_id))
                 pipe.publish(channels.CANCEL_CHANNEL, request_id.encode())
                 # arq's own abort set: a job still in the queue is dropped when a worker picks it up.
                 pipe.zadd(abort_jobs_ss, {request_id: int(time.time() * 1000)})

@@ -68,6 +68,9 @@ async def test_queue_full_is_503_with_retry_after_and_queued_request_never_start
             queued.cancel()  # the client of the queued request goes away
             with pytest.raises(asyncio.CancelledError):
                 await queued
+            # Its record goes at once, while the only slot is still busy and no worker could have taken the job.
+            await wait_for(lambda: tiny.redis.get(f"herd:request:{queued_id}") is None, 10)
+            assert busy_slots(tiny) == 1
         # The running stream was closed too: the slot frees, and the abandoned queued request must not start.
         await wait_for(lambda: busy_slots(tiny) == 0 and tiny.redis.zcard(queue_key) == 0, 10)
     await asyncio.sleep(0.5)
