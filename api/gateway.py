@@ -18,7 +18,7 @@ import time
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from herd import channels
 from herd.api import affinity
@@ -300,12 +300,14 @@ class Gateway:
 
     async def _forget_job(self, request: AnyRequest, worker_id: str) -> None:
         """A dead worker's job would stay in the ledger, counted as running, until arq's in-progress key expires
-        (job_timeout, an hour): take it out now. Its request already started, so it can never run again."""
+        (job_timeout, an hour): take it out now. Its request already started, so it can never run again: its record
+        (which may be megabytes of prompt) and arq's retry counter go too, instead of lasting request_ttl_s."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(channels.queue(request.model), request.id)
             pipe.zrem(channels.worker_queue(request.model, worker_id), request.id)
             pipe.zrem(channels.batch_queue(request.model), request.id)
             pipe.delete(in_progress_key_prefix + request.id, job_key_prefix + request.id)
+            pipe.delete(channels.request(request.id), retry_key_prefix + request.id)
             await pipe.execute()
 
     async def release(self, stream: EventStream) -> None:
@@ -323,6 +325,10 @@ class Gateway:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(channels.cancelled(request_id), b"1", ex=self.settings.request_ttl_s)
+                # The record goes now: a worker that claims the job later finds none and skips it (as if cancelled),
+                # one that already runs it read it at its claim. A job stranded on a dead worker's queue, which no
+                # worker will ever take, otherwise kept it (megabytes, perhaps) for request_ttl_s.
+                pipe.delete(channels.request(request_id))
                 pipe.publish(channels.CANCEL_CHANNEL, request_id.encode())
                 # arq's own abort set: a job still in the queue is dropped when a worker picks it up.
                 pipe.zadd(abort_jobs_ss, {request_id: int(time.time() * 1000)})

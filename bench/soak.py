@@ -3,8 +3,8 @@ mid-stream by their client and the worker SIGKILLed every few minutes (the super
 the traffic stopped, the API's RSS and open file descriptors, Redis' keys and pub/sub channels must be back near the
 baseline taken after warm-up, and the only errors must be the injected ones (worker_lost / unavailable around a kill).
 
-    python -m bench.soak --minutes 20 --streams 200          # the README's run
-    python -m bench.soak --minutes 1 --streams 24            # a quick check
+    python -m bench.soak --minutes 20 --streams 32 --kill-every 240     # the README's run
+    python -m bench.soak --minutes 3 --streams 32 --kill-every 60       # a quick check
 
 Not part of the test suite (it runs for minutes). Exit status 1 when a leak or an unexpected error is found.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -37,9 +38,11 @@ INJECTED = {"worker_lost", "unavailable", "stream_broken"}  # what a killed work
 class Tally:
     completed: int = 0
     abandoned: int = 0  # the client hung up on purpose
+    hung_up_at_end: int = 0  # streams still running when the traffic stopped, hung up on
     injected: Counter[str] = field(default_factory=Counter)  # errors a worker kill explains
     unexpected: Counter[str] = field(default_factory=Counter)
     kills: list[float] = field(default_factory=list)  # monotonic times of the worker kills
+    notes: list[str] = field(default_factory=list)  # the first unexpected errors' messages
 
 
 def proc_figures(pid: int) -> tuple[int, int]:
@@ -49,6 +52,28 @@ def proc_figures(pid: int) -> tuple[int, int]:
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int, redis_port: int) -> Counter[str]:
+    """A process's open file descriptors by kind: TCP sockets to Redis, other TCP sockets, other sockets, the rest."""
+    peers = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                peers[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)  # inode -> remote port
+    kinds: Counter[str] = Counter()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            port = peers.get(target[8:-1])
+            kinds["redis" if port == redis_port else "tcp" if port is not None else "socket"] += 1
+        else:
+            kinds[target.split(":")[0] if ":" in target else "file"] += 1
+    return kinds
 
 
 def child_pid(parent: int, word: str) -> int | None:
@@ -65,7 +90,16 @@ def child_pid(parent: int, word: str) -> int | None:
     return None
 
 
-def redis_figures(url: str) -> tuple[int, int]:
+def redis_clients(url: str) -> dict[str, int]:
+    """Redis' client connections by their last command (idle pool connections and pub/sub ones look different)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return dict(Counter(str(c.get("cmd")) for c in client.client_list()))
+    finally:
+        client.close()
+
+
+def redis_figures(url: str) -> tuple[set[bytes], int]:
     """(keys that never expire plus request records, pub/sub channels with a subscriber). Keys with a TTL (per-request
     stats, heartbeats) are bounded by time rather than by traffic, so they are not counted."""
     client = redis.Redis.from_url(url)
@@ -75,7 +109,7 @@ def redis_figures(url: str) -> tuple[int, int]:
             for key in keys:
                 pipe.ttl(key)
             ttls = pipe.execute()
-        lasting = sum(1 for key, ttl in zip(keys, ttls, strict=True) if ttl == -1 or key.startswith(b"herd:request:"))
+        lasting = {key for key, ttl in zip(keys, ttls, strict=True) if ttl == -1 or key.startswith(b"herd:request:")}
         return lasting, len(client.pubsub_channels("herd:*"))
     finally:
         client.close()
@@ -92,8 +126,9 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as answer:
             if answer.status_code != 200:
-                code = (json.loads(await answer.aread()).get("error") or {}).get("code") or str(answer.status_code)
-                (tally.injected if _near_kill(tally) and code in INJECTED else tally.unexpected)[code] += 1
+                error = json.loads(await answer.aread()).get("error") or {}
+                _error(tally, error.get("code") or str(answer.status_code), error.get("message", ""))
+                await asyncio.sleep(1.0)  # a client backs off after an error instead of retrying at once
                 return
             frames = 0
             async for line in answer.aiter_lines():
@@ -104,8 +139,7 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
                     return
                 frame = json.loads(line[6:])
                 if "error" in frame:
-                    code = frame["error"].get("code") or "error"
-                    (tally.injected if _near_kill(tally) and code in INJECTED else tally.unexpected)[code] += 1
+                    _error(tally, frame["error"].get("code") or "error", frame["error"].get("message", ""))
                     return
                 frames += 1
                 if abandon_after is not None and frames >= abandon_after:
@@ -116,12 +150,27 @@ async def one_stream(client: httpx.AsyncClient, tally: Tally, abandon_share: flo
         tally.unexpected[type(exc).__name__] += 1
 
 
+def _error(tally: Tally, code: str, message: str) -> None:
+    if _near_kill(tally) and code in INJECTED:
+        tally.injected[code] += 1
+        return
+    tally.unexpected[code] += 1
+    since = min((time.monotonic() - at for at in tally.kills if at <= time.monotonic()), default=None)
+    if len(tally.notes) < 5:
+        tally.notes.append(f"{code}: {message} ({'no kill yet' if since is None else f'{since:.0f} s after a kill'})")
+
+
 def _near_kill(tally: Tally, window_s: float = 15.0) -> bool:
     now = time.monotonic()
     return any(0 <= now - at <= window_s for at in tally.kills)
 
 
-async def traffic(base: str, streams: int, until: float, tally: Tally, abandon_share: float, max_tokens: int) -> None:
+async def traffic(
+    base: str, streams: int, until: float, tally: Tally, abandon_share: float, max_tokens: int, drain_s: float = 20.0
+) -> None:
+    """`streams` lanes, each starting one stream after another until `until`. Streams still running `drain_s` later
+    (a queue longer than the machine can serve in that time) are hung up on, as clients that gave up would: the run
+    ends in bounded time, and those hang-ups are one more disconnect herd must clean up after."""
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits, trust_env=False) as client:
 
@@ -129,7 +178,15 @@ async def traffic(base: str, streams: int, until: float, tally: Tally, abandon_s
             while time.monotonic() < until:
                 await one_stream(client, tally, abandon_share, max_tokens)
 
-        await asyncio.gather(*(lane() for _ in range(streams)))
+        lanes = [asyncio.create_task(lane()) for _ in range(streams)]
+        done, pending = await asyncio.wait(lanes, timeout=max(0.0, until - time.monotonic()) + drain_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        tally.hung_up_at_end += len(pending)
+        for task in done:
+            if task.exception() is not None:
+                tally.unexpected[f"client {type(task.exception()).__name__}"] += 1
 
 
 async def killer(serve_pid: int, every_s: float, until: float, tally: Tally) -> None:
@@ -141,7 +198,7 @@ async def killer(serve_pid: int, every_s: float, until: float, tally: Tally) -> 
             os.kill(pid, signal.SIGKILL)
 
 
-def settle(base: str, url: str, api: int, seconds: float = 30.0) -> tuple[tuple[int, int], tuple[int, int]]:
+def settle(base: str, url: str, api: int, seconds: float = 30.0) -> tuple[tuple[int, int], tuple[set[bytes], int]]:
     """Figures once the fleet is quiet again (ready, no request records left), or after `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -158,10 +215,10 @@ def settle(base: str, url: str, api: int, seconds: float = 30.0) -> tuple[tuple[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--streams", type=int, default=200, help="concurrent streams")
+    parser.add_argument("--streams", type=int, default=32, help="concurrent streams")
     parser.add_argument("--kill-every", type=float, default=240.0, help="seconds between worker SIGKILLs")
-    parser.add_argument("--abandon", type=float, default=0.1, help="share of streams the client hangs up on")
-    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--abandon", type=float, default=0.2, help="share of streams the client hangs up on")
+    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--redis-url", default="", help="default: a private redis-server (never a shared database)")
     parser.add_argument("--herd", default="herd")
     args = parser.parse_args()
@@ -186,13 +243,22 @@ def main() -> int:
 
 def soak(args: argparse.Namespace, tally: Tally) -> int:
     env = {"HERD_QUEUE_MAX": str(args.streams * 2), "HERD_HTTP_MAX_CONNECTIONS": str(args.streams + 64)}
+    redis_port = redis.Redis.from_url(args.redis_url).connection_pool.connection_kwargs["port"]
     with herd_serve("herd soak", args.herd, args.redis_url, 180, Path(tempfile.mkdtemp()), env) as (proc, base):
         api = child_pid(proc.pid, "api")
         assert api is not None, "no API child process found"
         print(f"soak: herd at {base}; warming up", flush=True)
-        asyncio.run(traffic(base, 8, time.monotonic() + 20, Tally(), 0.0, args.max_tokens))  # warm-up
+        # The warm-up runs at the soak's own concurrency: connection pools (to Redis) grow to the size that load needs
+        # and stay so; that is the baseline, and growth beyond it during the soak is what a leak looks like.
+        warm = Tally()
+        asyncio.run(traffic(base, args.streams, time.monotonic() + 30, warm, args.abandon, args.max_tokens, 10.0))
         (rss0, fds0), (keys0, chans0) = settle(base, args.redis_url, api)
-        print(f"soak: baseline RSS {rss0} KiB, fds {fds0}, keys {keys0}, channels {chans0}", flush=True)
+        kinds0 = fd_kinds(api, redis_port)
+        print(
+            f"soak: warm-up {warm.completed} streams; baseline RSS {rss0} KiB, fds {fds0} {dict(kinds0)}, "
+            f"lasting keys {len(keys0)}, channels {chans0}",
+            flush=True,
+        )
         started = time.monotonic()
         until = started + args.minutes * 60
 
@@ -203,18 +269,29 @@ def soak(args: argparse.Namespace, tally: Tally) -> int:
             )
 
         asyncio.run(run())
+        print(f"soak: traffic stopped after {(time.monotonic() - started) / 60:.1f} min; settling", flush=True)
         (rss1, fds1), (keys1, chans1) = settle(base, args.redis_url, api)
+        kinds1 = fd_kinds(api, redis_port)
+        print(f"  Redis clients by last command: {redis_clients(args.redis_url)}", flush=True)
     print(f"soak: {args.minutes:g} min, {args.streams} concurrent streams, {len(tally.kills)} worker kills")
-    print(f"  streams completed {tally.completed}, abandoned by the client {tally.abandoned}")
+    print(
+        f"  streams completed {tally.completed}, abandoned by the client mid-stream {tally.abandoned}, "
+        f"hung up on when the traffic stopped {tally.hung_up_at_end}"
+    )
     print(f"  errors explained by a kill {dict(tally.injected)}, unexpected {dict(tally.unexpected)}")
-    print(f"  API RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB, open fds {fds0} -> {fds1}")
-    print(f"  Redis lasting keys {keys0} -> {keys1}, pub/sub channels {chans0} -> {chans1}")
+    for note in tally.notes:
+        print(f"    {note}")
+    print(f"  API RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB, open fds {fds0} -> {fds1} ({dict(kinds1)})")
+    print(f"  Redis lasting keys {len(keys0)} -> {len(keys1)}, pub/sub channels {chans0} -> {chans1}")
+    new_keys = sorted(keys1 - keys0)
+    if new_keys:
+        print(f"  new lasting keys: {[k.decode() for k in new_keys[:20]]}")
     leaks = []
     if rss1 > rss0 * 1.05 + 8 * 1024:
         leaks.append("RSS")
     if fds1 > fds0 + 4:
         leaks.append("file descriptors")
-    if keys1 > keys0 + 4 or chans1 > chans0:
+    if len(new_keys) > 4 or chans1 > chans0:
         leaks.append("Redis keys or channels")
     if leaks or tally.unexpected:
         print(f"FAIL: {', '.join(leaks) or 'unexpected errors'}")

@@ -123,6 +123,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_leeway_s: int = 30  # clock skew allowed on exp, nbf and iat
     auth_jwks_ttl_s: float = 300.0  # a JWKS is re-read this often
     auth_jwks_min_refresh_s: float = 30.0  # at most one re-read this often when a token names an unknown kid
+    # RFC 7662: bearer tokens that are neither API keys nor JWTs herd can check are sent to this endpoint (with this
+    # client's credentials, HTTP Basic); answers are cached for the token's remaining lifetime, at most cache_s.
+    auth_introspection_url: str = ""
+    auth_introspection_client_id: str = ""
+    auth_introspection_client_secret: str = ""
+    auth_introspection_cache_s: float = 300.0
+    auth_introspection_cache_max: int = 10_000
     api_keys: str = ""  # static keys: `[name=]<sha256 hex>:<scope>,<scope>` entries, `;` or newline between them
     api_keys_file: str = ""  # the same entries in a file, one a line
     auth_clients: str = ""  # built-in issuer clients: `<client id>=<sha256 hex of secret>:<scope>,<scope>` entries
@@ -143,6 +150,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = 16 * 1024 * 1024  # a request body (413 beyond it); uploads have their own limits below
     http_max_header_bytes: int = 32 * 1024  # a request's line and headers (431 beyond it)
     http_header_timeout_s: float = 10.0  # a request head must arrive within this (408 and close otherwise)
+    http_body_min_rate: int = 1024  # bytes/s a request body must average after the header timeout's grace (0: off)
     http_idle_timeout_s: float = 5.0  # a keep-alive connection idle this long after a response is closed
     http_max_connections: int = 1000  # open connections per API process (beyond it: 503 and close); mind ulimit -n
     files_dir: str = ""  # uploaded files and batch results; empty: $XDG_DATA_HOME/herd/files
@@ -172,6 +180,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             (
                 self.auth_oidc_discovery_url,
                 self.auth_jwks_url,
+                self.auth_introspection_url,
                 self.api_keys,
                 self.api_keys_file,
                 self.auth_clients,

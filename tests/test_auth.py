@@ -100,6 +100,7 @@ class Idp:
             "iss": self.issuer,
             "aud": AUDIENCE,
             "sub": "alice",
+            "client_id": "alice-app",  # RFC 9068 2.2: every JWT access token names its client
             "scope": "inference models:read",
             "iat": now,
             "nbf": now,
@@ -110,8 +111,10 @@ class Idp:
         return {k: v for k, v in claims.items() if v is not None}
 
     def token(self, key: RSAKey | None = None, header: dict[str, object] | None = None, **claims: object) -> str:
+        """An RFC 9068 access token (`typ` at+jwt); `header` entries override the header's (None: left out)."""
         key = key or self.key
-        head = {"alg": "RS256", "kid": key.kid, **(header or {})}
+        head = {"alg": "RS256", "typ": "at+jwt", "kid": key.kid, **(header or {})}
+        head = {k: v for k, v in head.items() if v is not None}
         return jwt.encode(head, self.claims(**claims), key, algorithms=["RS256"])
 
 
@@ -242,6 +245,14 @@ BAD_TOKENS = {
     "wrong-audience": lambda idp: idp.token(aud="someone-else"),
     "no-exp": lambda idp: idp.token(exp=None),
     "no-sub": lambda idp: idp.token(sub=None),
+    # RFC 9068: only JWTs typed as access tokens, carrying the claims the profile requires. An ID token or any other
+    # JWT the IdP signs (typ JWT, or none) is not a credential for herd.
+    "typ-jwt": lambda idp: idp.token(header={"typ": "JWT"}),
+    "typ-id-token": lambda idp: idp.token(header={"typ": "id_token+jwt"}),
+    "no-typ": lambda idp: idp.token(header={"typ": None}),
+    "no-client-id": lambda idp: idp.token(client_id=None),
+    "no-jti": lambda idp: idp.token(jti=None),
+    "no-iat": lambda idp: idp.token(iat=None),
     "wrong-signature": lambda idp: idp.token(RSAKey.generate_key(2048, parameters={"kid": "k1"})),
     "tampered": lambda idp: (lambda t: t[:-6] + ("AAAAAA" if not t.endswith("AAAAAA") else "BBBBBB"))(idp.token()),
     "alg-none": _alg_none,
@@ -310,6 +321,8 @@ def test_open_routes_and_closed_unknown_paths(auth_server: HerdServer) -> None:
 
 def test_good_jwt_through_the_openai_sdk_and_the_ollama_client(auth_server: HerdServer, idp: Idp) -> None:
     token = idp.token()
+    # RFC 9068's media-type spelling of the same `typ` is an access token too.
+    assert chat(auth_server, bearer(idp.token(header={"typ": "application/at+jwt"}))).status_code == 200
     with openai.OpenAI(base_url=f"{auth_server.base_url}/v1", api_key=token, max_retries=0) as client:
         messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
         reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
@@ -411,7 +424,10 @@ def test_builtin_issuer_client_credentials_end_to_end(auth_server: HerdServer) -
     assert set(grant["scope"].split()) == {"inference", "models:read"}
     # The token is a JWT signed with a key the JWKS endpoint publishes, checkable by anyone.
     jwks = KeySet.import_key_set(httpx.get(f"{base}/.well-known/jwks.json").json())
-    claims = jwt.decode(grant["access_token"], jwks, algorithms=["ES256"]).claims
+    decoded = jwt.decode(grant["access_token"], jwks, algorithms=["ES256"])
+    claims = decoded.claims
+    assert decoded.header["typ"] == "at+jwt"  # RFC 9068: herd's own tokens pass herd's own access-token check
+    assert {"client_id", "iat", "jti"} <= set(claims)
     assert claims["iss"] == meta["issuer"] and claims["aud"] == AUDIENCE and claims["sub"] == f"client:{CLIENT_ID}"
     assert not any("d" in key for key in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"])  # no private part
     with openai.OpenAI(base_url=f"{base}/v1", api_key=grant["access_token"], max_retries=0) as client:

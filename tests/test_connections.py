@@ -1,6 +1,6 @@
 """HTTP hygiene against a real `herd serve`: header size (431), head deadline (408 and close: silent and slowloris
-sockets), a stalled body (408), idle keep-alive close, a cap on connections (503), early 413 from Content-Length,
-Origin and Host checks."""
+sockets), a stalled body and a body dribbled below the minimum rate (408), idle keep-alive close, a cap on connections
+(503), early 413 from Content-Length, Origin and Host checks."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.test_redis_restart import PrivateRedis
 MAX_CONNECTIONS = 24
 LIMITS = {
     "HERD_HTTP_HEADER_TIMEOUT_S": "2",
+    "HERD_HTTP_BODY_MIN_RATE": "1000",
     "HERD_HTTP_IDLE_TIMEOUT_S": "1",
     "HERD_HTTP_MAX_HEADER_BYTES": "8192",
     "HERD_HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
@@ -104,6 +105,50 @@ def test_a_stalled_body_is_closed(herd: HerdServer) -> None:
     with connect(herd) as sock:
         sock.sendall(head + b'{"model":')  # then nothing more: the app waits for a body that never comes
         assert read_until_closed(sock).startswith(b"HTTP/1.1 408")
+
+
+def chat_head(length: int) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(length).encode() + b"\r\n\r\n"
+    )
+
+
+def test_a_body_dribbled_below_the_minimum_rate_is_408(herd: HerdServer) -> None:
+    """100 bytes every half second (200 B/s, never a 2 s gap, so the stall rule alone would wait for ever) against a
+    minimum of 1000 B/s after a 2 s grace: refused long before the 60 kB body is through."""
+    body = CHAT + b" " * (60_000 - len(CHAT))  # under HERD_MAX_BODY_BYTES
+    with connect(herd) as sock:
+        sock.sendall(chat_head(len(body)))
+        sock.settimeout(0.5)
+        sent, reply = 0, b""
+        while sent < len(body):
+            try:
+                sock.sendall(body[sent : sent + 100])
+                sent += 100
+                reply = sock.recv(65536)
+                break  # an answer (or EOF) came
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        sock.settimeout(30)
+        if not reply:
+            reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert sent < len(body)
+
+
+def test_a_slow_body_above_the_minimum_rate_is_served(herd: HerdServer) -> None:
+    """1000 bytes every tenth of a second (about ten times the minimum) for 3 s, past the 2 s grace: served."""
+    body = CHAT + b" " * (30_000 - len(CHAT))
+    with connect(herd) as sock:
+        sock.sendall(chat_head(len(body)))
+        for start in range(0, len(body), 1000):
+            sock.sendall(body[start : start + 1000])
+            time.sleep(0.1)
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
 
 
 def test_an_idle_keep_alive_connection_is_closed(herd: HerdServer) -> None:

@@ -68,11 +68,16 @@ async def test_queue_full_is_503_with_retry_after_and_queued_request_never_start
             queued.cancel()  # the client of the queued request goes away
             with pytest.raises(asyncio.CancelledError):
                 await queued
+            # Its record goes at once, while the only slot is still busy and no worker could have taken the job.
+            await wait_for(lambda: tiny.redis.get(f"herd:request:{queued_id}") is None, 10)
+            assert busy_slots(tiny) == 1
         # The running stream was closed too: the slot frees, and the abandoned queued request must not start.
         await wait_for(lambda: busy_slots(tiny) == 0 and tiny.redis.zcard(queue_key) == 0, 10)
     await asyncio.sleep(0.5)
     assert tiny.redis.get(f"herd:started:{queued_id}") is None
     assert tiny.stats(queued_id) is None
+    # Its record went with it (arq aborted the job before generate() could forget it), not request_ttl_s later.
+    assert tiny.redis.get(f"herd:request:{queued_id}") is None
 
 
 async def test_disconnect_mid_stream_stops_generation(tiny: HerdServer) -> None:
@@ -128,6 +133,7 @@ def test_sigterm_drains_the_worker_and_the_running_stream_completes(tiny: HerdSe
 
 
 def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: HerdServer) -> None:
+    records_before = set(tiny.redis.scan_iter(match="herd:request:*"))
     client = openai.OpenAI(base_url=f"{tiny.base_url}/v1", api_key="x", max_retries=0)
     stream = client.completions.create(stream=True, **LONG)  # type: ignore[call-overload]
     received = 0
@@ -143,6 +149,8 @@ def test_sigkill_of_worker_mid_stream_gives_client_error_within_seconds(tiny: He
     detected = time.monotonic() - killed_at
     assert detected < 30, f"client waited {detected:.1f}s"  # a hang guard; the heartbeat TTL is 3 s
     assert "worker" in str(info.value).lower()
+    # The lost request's record (its prompt) goes with the error, not an hour later.
+    assert set(tiny.redis.scan_iter(match="herd:request:*")) <= records_before
     # The supervisor restarts the worker; the service recovers without help.
     tiny.wait_ready(timeout=60)
     with client:

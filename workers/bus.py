@@ -172,9 +172,14 @@ class WorkerBus:
             return 0
 
     async def settle(self, model: str, job_id: str) -> None:
-        """A job ended (done, failed, aborted): out of the model's ledger (arq took it off this worker's queue)."""
+        """A job ended (done, failed, aborted): out of the model's ledger (arq took it off this worker's queue), and
+        its request's record gone even when the job never ran (cancelled while it waited: arq aborts it before
+        generate() could forget it, and the record would pin Redis memory for request_ttl_s)."""
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._redis.zrem(channels.queue(model), job_id)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(channels.queue(model), job_id)
+                pipe.delete(channels.request(job_id))
+                await pipe.execute()
 
     # ---- events ------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from herd.api.auth.access import CLOSED, OPEN, required
 from herd.api.auth.credentials import Credential
+from herd.api.auth.introspection import Introspector
 from herd.api.auth.principal import ANONYMOUS, Principal
 from herd.api.auth.ratelimit import METER, Meter, Quotas, headers
 from herd.api.auth.tokens import Validator
@@ -28,11 +29,15 @@ _METER_STATE = "herd_meter"
 
 class Authenticator:
     """Credentials to principals: API keys by the hash of the key, JWTs through the validator (results cached
-    until the token expires, so a client reusing its token pays for the signature check once)."""
+    until the token expires, so a client reusing its token pays for the signature check once), and any other bearer
+    token through the IdP's introspection endpoint when one is configured (it keeps its own cache)."""
 
-    def __init__(self, keys: list[Credential], validator: Validator | None) -> None:
+    def __init__(
+        self, keys: list[Credential], validator: Validator | None, introspector: Introspector | None = None
+    ) -> None:
         self._keys = {k.digest: Principal(subject=f"key:{k.name}", scopes=k.scopes, via="api_key") for k in keys}
         self._validator = validator
+        self._introspector = introspector
         self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def authenticate(self, authorization: str | None, now: float) -> Principal:
@@ -42,16 +47,21 @@ class Authenticator:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise Unauthenticated("Use `Authorization: Bearer <API key or token>`.", token_error="invalid_request")
-        if credential.count(".") != 2:  # not a JWT: an API key. Looked up by its hash, never compared as text.
+        is_jwt = credential.count(".") == 2
+        if not is_jwt:  # an API key, looked up by its hash (never compared as text), or an IdP's opaque token
             principal = self._keys.get(hashlib.sha256(credential.encode()).hexdigest())
-            if principal is None:
+            if principal is not None:
+                return principal
+            if self._introspector is None:
                 raise Unauthenticated("Incorrect API key provided.")
+        if not is_jwt or self._validator is None:
+            if self._introspector is None:
+                raise Unauthenticated("bearer tokens are not accepted by this server (no issuer is configured)")
+            principal, _ = await self._introspector.validate(credential)
             return principal
         cached = self._cache.get(credential)
         if cached is not None and cached[1] > now:
             return cached[0]
-        if self._validator is None:
-            raise Unauthenticated("bearer tokens are not accepted by this server (no issuer is configured)")
         principal, expires = await self._validator.validate(credential)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()  # crude, but bounded: a flood of distinct valid tokens is the IdP's doing

@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 
 import httpx
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 from herd.api.auth import credentials
+from herd.api.auth.introspection import Introspector
 from herd.api.auth.issuer import Issuer, SigningKeys
 from herd.api.auth.middleware import Authenticator, access_control, add_rate_limit_headers
 from herd.api.auth.ratelimit import Quotas
@@ -25,6 +27,7 @@ class Security:
         self.enabled = s.auth_enabled()
         self.issuer: Issuer | None = None
         self._http: httpx.AsyncClient | None = None
+        self._oauth: AsyncOAuth2Client | None = None
         self.middleware: list[Callable[[ASGIApp], ASGIApp]] = []
         self.before_send: list[BeforeMessageSendHookHandler] = []
         overrides = s.limits_for()
@@ -66,7 +69,26 @@ class Security:
             keys_store = SigningKeys(redis, s.issuer_key_rotation_s, s.issuer_token_ttl_s)
             self.issuer = Issuer(url, s.auth_audience, s.issuer_token_ttl_s, clients, keys_store)
             issuers[url] = keys_store
-        if not (keys or clients or external):
+        introspector = None
+        if s.auth_introspection_url:
+            if not s.auth_introspection_client_id:
+                raise ValueError("HERD_AUTH_INTROSPECTION_URL needs HERD_AUTH_INTROSPECTION_CLIENT_ID (and its secret)")
+            self._oauth = AsyncOAuth2Client(
+                s.auth_introspection_client_id,
+                s.auth_introspection_client_secret,
+                token_endpoint_auth_method="client_secret_basic",
+                follow_redirects=False,
+                timeout=5.0,
+            )
+            introspector = Introspector(
+                self._oauth,
+                s.auth_introspection_url,
+                s.auth_audience,
+                s.auth_leeway_s,
+                s.auth_introspection_cache_s,
+                max(1, s.auth_introspection_cache_max),
+            )
+        if not (keys or clients or external or introspector):
             log.warning(
                 "authentication is on but no API keys, identity provider or clients are configured: "
                 "every request except the open routes will be refused"
@@ -77,13 +99,16 @@ class Security:
             discovered = external if external is not None and not s.auth_issuer else None
             validator = Validator(issuers, discovered, s.auth_audience, algorithms, s.auth_leeway_s)
         log.info(
-            "authentication on: %d API keys, %s, %s",
+            "authentication on: %d API keys, %s, %s, %s",
             len(keys),
             "an identity provider" if external is not None else "no identity provider",
+            "token introspection" if introspector is not None else "no token introspection",
             f"built-in issuer {self.issuer.url} with {len(clients)} clients" if self.issuer else "no built-in issuer",
         )
-        return Authenticator(keys, validator)
+        return Authenticator(keys, validator, introspector)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+        if self._oauth is not None:
+            await self._oauth.aclose()

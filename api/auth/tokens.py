@@ -1,6 +1,12 @@
-"""Bearer JWT validation (joserfc): keys only from a configured JWKS or herd's own issuer, an explicit algorithm
-allow-list, exact `iss` and `aud`, `exp` and `sub` required, and a JWKS cache that an unknown-kid spray cannot
-turn into a flood of fetches (and that keeps working while the IdP is down)."""
+"""Bearer JWT access tokens (RFC 9068): keys only from a configured JWKS or herd's own issuer, an explicit algorithm
+allow-list checked before any key is looked up, the signature checked by joserfc, then the RFC 9068 profile by
+authlib's claims validator (authlib.oauth2.rfc9068): `typ` at+jwt, exact `iss` and `aud`, `exp`, `sub`, `client_id`,
+`iat` and `jti` required. A JWKS cache that an unknown-kid spray cannot turn into a flood of fetches (and that keeps
+working while the IdP is down).
+
+authlib's JWTBearerTokenValidator itself is not used: its key lookup is synchronous (a JWKS fetch would block the
+event loop), it decodes with joserfc's default algorithm list (which leaves out PS256), and it validates without
+leeway. Its claims class is what it uses, with the same claim options."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import time
 from typing import Protocol
 
 import httpx
+from authlib.oauth2.rfc9068.claims import JWTAccessTokenClaims
 from herd.api.auth.principal import Principal
 from herd.errors import Unauthenticated, Unavailable
 from joserfc import jwt
@@ -26,6 +33,9 @@ MAX_TOKEN_BYTES = 8192  # checked before any parsing: a huge token costs nothing
 MAX_JWKS_BYTES = 1 << 20
 # The key type each algorithm family must be verified with: an RSA public key can never act as an HMAC secret.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# RFC 9068 2.1 and 4: the media type of a JWT access token. Checked by herd when absent too (authlib's claims class
+# lets a token without `typ` through, and an ID token or any other JWT signed by the IdP has none or another one).
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 
 
 class KeySource(Protocol):
@@ -155,25 +165,23 @@ class Validator:
             raise Unauthenticated(f"the token's algorithm {alg!r} is not accepted")
         if "crit" in header:
             raise Unauthenticated("the token has critical header parameters herd does not understand")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise Unauthenticated(f"the token's type (typ {typ!r}) is not at+jwt: it is not an OAuth2 access token")
         kid = header.get("kid")
         source = await self._source(unverified.get("iss"))
         key = await source.key(kid if isinstance(kid, str) else None)
         if key.key_type != _KEY_TYPES[alg[:2]] or key.get("alg", alg) != alg:
             raise Unauthenticated("the token's algorithm does not match its key")
         try:
-            claims = jwt.decode(token, key, algorithms=[alg]).claims
+            decoded = jwt.decode(token, key, algorithms=[alg])
         except (JoseError, ValueError) as exc:
             raise Unauthenticated("the token's signature is not valid") from exc
-        issuer = str(unverified["iss"])  # a string: _source found a key source for it
-        registry = jwt.JWTClaimsRegistry(
-            leeway=self._leeway_s,
-            iss={"essential": True, "value": issuer},
-            aud={"essential": True, "value": self._audience},
-            exp={"essential": True},
-            sub={"essential": True},
+        claims = JWTAccessTokenClaims(
+            decoded.claims, decoded.header, _claim_options(str(unverified["iss"]), self._audience)
         )
         try:
-            registry.validate(claims)
+            claims.validate(leeway=self._leeway_s)
         except JoseError as exc:
             raise Unauthenticated(_claim_message(exc)) from exc
         return Principal(subject=str(claims["sub"]), scopes=_scopes(claims), via="jwt"), float(claims["exp"])
@@ -186,6 +194,17 @@ class Validator:
             if self._external is not None and issuer == await self._external.discover():
                 return self._external
         raise Unauthenticated("the token's issuer is not trusted here")
+
+
+def _claim_options(issuer: str, audience: str) -> dict[str, dict[str, object]]:
+    """RFC 9068 2.2's required claims, as authlib's JWTBearerTokenValidator states them (`iss` exactly the issuer whose
+    key verified the signature: _source found a key source for it, so it is a string)."""
+    essential: dict[str, object] = {"essential": True}
+    return {
+        "iss": {"essential": True, "value": issuer},
+        "aud": {"essential": True, "value": audience},
+        **{name: dict(essential) for name in ("exp", "sub", "client_id", "iat", "jti")},
+    }
 
 
 def _claim_message(exc: JoseError) -> str:
