@@ -25,7 +25,7 @@ alternating), ``--spec-repeats`` times; the row's ratio is the median of the per
 Usage (repo root)::
 
     .venv/bin/python -m bench.rows --llama-server /path/to/llama-server [--rows queued,prefix,lookup,lookup16,draft]
-    .venv/bin/python -m bench.rows --llama-server /path/to/llama-server --rows chat1,rag,repeat,multiturn
+    .venv/bin/python -m bench.rows --llama-server /path/to/llama-server --rows chat1,rag,repeat,multiturn [--herd-pack]
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec-prompts", type=int, default=4)
     p.add_argument("--spec-repeats", type=int, default=2, help="pairs per prompt in the speculation rows")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--herd-pack", action="store_true", help="also a herd with HERD_PREFILL_PACK=1 ('herd pack')")
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
     p.add_argument("--herd-redis-url", default=C.HERD_REDIS_URL)
     p.add_argument("--timeout", type=float, default=600.0)
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         base_rows = rows & {"queued", "prefix", *prompt_rows.PROMPT_ROWS}
         if base_rows:
             steps.append(("herd", lambda: run_herd("herd", args, base_rows, log_dir, {})))
+        if base_rows and args.herd_pack:
+            pack = {"HERD_PREFILL_PACK": "1"}
+            steps.append(("herd pack", lambda: run_herd("herd pack", args, base_rows, log_dir, pack)))
         q4, f16 = C.default_model_path(), str(log_dir / "smollm2-135m-f16.gguf")
         grounded = [chat(t.format(t=GROUNDED_TEXT)) for t in GROUNDED_TASKS]
         stories = list(C.PROMPTS)

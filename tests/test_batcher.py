@@ -87,10 +87,12 @@ GUARD_S = 60  # no test waits this long unless the batcher lost a request
 async def make_run() -> AsyncIterator[MakeRun]:
     made: list[tuple[Run, ThreadPoolExecutor]] = []
 
-    def make(max_seqs: int = 4, n_ctx_seq: int = 64, prefill_chunk: int = 4, cap: int = 1000) -> Run:
+    def make(
+        max_seqs: int = 4, n_ctx_seq: int = 64, prefill_chunk: int = 4, cap: int = 1000, pack: bool = False
+    ) -> Run:
         engine = ScriptedEngine(SCRIPT, max_seqs=max_seqs, n_ctx_seq=n_ctx_seq, n_batch=8)
         events = Events()
-        batcher = Batcher(engine, "w1", events, cap, prefill_chunk, prefill_budget=4)
+        batcher = Batcher(engine, "w1", events, cap, prefill_chunk, prefill_budget=4, prefill_pack=pack)
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-engine")
         batcher.start(thread)
         made.append((Run(batcher, engine, events), thread))
@@ -343,3 +345,65 @@ async def test_embeddings_run_between_decode_steps(make_run: MakeRun) -> None:
     assert isinstance(embedded, Embedded) and (embedded.dimensions, embedded.prompt_tokens) == (4, 6)
     assert len(embedded.vectors) == 2 * 4 * 4
     assert run.events.text("g") == SCRIPT["Count"]
+
+
+# ---- HERD_PREFILL_PACK: several prompts and the decode step share one decode call ----------------------------------
+
+
+async def test_packed_prefill_puts_several_prompts_and_the_decode_step_in_one_call(make_run: MakeRun) -> None:
+    run = make_run(pack=True, prefill_chunk=8)
+    run.engine.hold()
+    first = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()  # "a"'s whole prompt (6 tokens) is one call; "b" and "c" arrive meanwhile
+    rest = [await submit(run.batcher.run(request(r, p))) for r, p in (("b", "Hi"), ("c", "Yo"))]
+    run.engine.release()
+    await finish(first, *rest)
+    assert [run.events.text(r) for r in "abc"] == [SCRIPT["Count"], SCRIPT["Hi"], SCRIPT["Yo"]]
+    opening, packed = run.engine.decodes[:2]
+    assert opening.positions == tuple(range(6))
+    assert packed.seq_ids == (0, 1, 1, 1, 2, 2, 2)  # ordered by sequence id (empty slots go lowest first)
+    assert packed.positions == (6, 0, 1, 2, 0, 1, 2)  # "a"'s next token, then both prompts whole
+    assert packed.logits == (True, False, False, True, False, False, True)
+    assert len(run.engine.decodes) == 2 + len(SCRIPT["Count"]) - 1  # every later step: one call
+
+
+async def test_packed_prefill_fills_calls_oldest_prompt_first(make_run: MakeRun) -> None:
+    run = make_run(pack=True, prefill_chunk=8)
+    run.engine.hold()
+    blocker = await submit(run.batcher.run(request("x", "Hi", max_tokens=1)))
+    await run.engine.held()
+    tasks = [await submit(run.batcher.run(request(r, "abcdefghi"))) for r in "ab"]  # 10 tokens each
+    run.engine.release()
+    await finish(blocker, *tasks)
+    assert run.events.text("a") == run.events.text("b") == "XY"
+    calls = [d for d in run.engine.decodes[1:] if len(d.tokens) > 1]
+    # Full calls: 8 of "a"; 2 of "a" + 6 of "b"; then "a"'s next token + the last 4 of "b".
+    assert [(len(d.tokens), d.seq_ids.count(1)) for d in calls[:3]] == [(8, 8), (8, 2), (5, 1)]
+    assert run.events.position("a", TokenDelta) < run.events.position("b", TokenDelta)
+
+
+async def test_packed_prefill_keeps_running_streams_stepping(make_run: MakeRun) -> None:
+    run = make_run(pack=True, prefill_chunk=3)
+    run.engine.hold(after=1)
+    running = await submit(run.batcher.run(request("a", "Count")))
+    await run.engine.held()  # "a" is generating (its 6 prompt tokens took 2 calls of 3, 3)
+    waiting = await submit(run.batcher.run(request("b", "abcdefghi")))
+    run.engine.release()
+    await finish(running, waiting)
+    assert (run.events.text("a"), run.events.text("b")) == (SCRIPT["Count"], "XY")
+    a_slot, b_slot = 0, 1
+    prefilling = [d for d in run.engine.decodes if b_slot in d.seq_ids][:4]
+    b_positions = [p for d in prefilling for p, s in zip(d.positions, d.seq_ids, strict=True) if s == b_slot]
+    assert b_positions == list(range(10))
+    assert [d.seq_ids.count(b_slot) for d in prefilling] == [3, 3, 3, 1]  # at most prefill_chunk tokens a step
+    for call in prefilling:  # each carried "a"'s next token too, so "a" never waited a step for it
+        assert call.seq_ids.count(a_slot) == 1 and call.logits[0]
+
+
+async def test_packed_prefill_reuses_the_cache_and_forks_choices(make_run: MakeRun) -> None:
+    run = make_run(pack=True, max_seqs=3)
+    await run.generate("a", "abcdefghi")
+    await run.generate("b", "abcdefghi")
+    assert run.events.finished("b")[0].usage.cached_tokens == 8  # a cut of its chunking, as in the default mode
+    await run.generate("n", "Hi", n=3)
+    assert [run.events.text("n", i) for i in range(3)] == [SCRIPT["Hi"]] * 3

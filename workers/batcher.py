@@ -109,8 +109,10 @@ class Batcher:
         prefill_budget: int,
         tracer: Tracer | None = None,
         speculator: Speculator | None = None,
+        prefill_pack: bool = False,
     ) -> None:
         self._engine = engine
+        self._pack = prefill_pack
         self._spec = speculator
         self._tracer = tracer
         self._prefill_chunk = min(prefill_chunk, engine.n_batch)
@@ -345,6 +347,9 @@ class Batcher:
         ends where one of them does); and the decode step holds exactly one token per sequence.
         """
         decoding = [seq for seq in self._active if seq.next_token >= 0]
+        if self._pack:
+            self._step_packed(decoding)
+            return
         # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
         budget = self._prefill_budget if decoding else self._engine.n_batch
         for seq in [s for s in self._active if s.next_token < 0]:  # admission order: oldest prompt first
@@ -369,6 +374,63 @@ class Batcher:
             seq.kv_len += 1
             assert seq.sampler is not None
             self._on_token(seq, self._engine.sample(seq.sampler, index), index)
+
+    def _step_packed(self, decoding: list[_Seq]) -> None:
+        """HERD_PREFILL_PACK: one llama_decode for every generating sequence's next token and as many prompt tokens
+        of the waiting prompts as fit, oldest prompt first (llama-server's way). Fewer, fuller decode calls; but a
+        prompt's arithmetic then depends on what it shared its calls with, so greedy output may differ between a
+        request alone and among others, and a cached prefix is reused as computed, not recomputed exactly.
+
+        While sequences decode, a step carries at most `prefill_chunk` prompt tokens: the largest step the default
+        mode takes, so running streams' inter-token latency has the same bound.
+        """
+        with_spec = self._spec is not None and bool(decoding)  # its draft tokens take their own decode call
+        room = self._engine.n_batch - (0 if with_spec else len(decoding))
+        budget = min(self._prefill_chunk if decoding else room, room)
+        plan: list[tuple[_Seq, int, int]] = []  # (prompt, first token, end) of this step's prefill
+        for seq in [s for s in self._active if s.next_token < 0 and s.n_prefilled < len(s.prompt)]:
+            if budget <= 0:
+                break
+            end = min(len(seq.prompt), seq.n_prefilled + budget)
+            plan.append((seq, seq.n_prefilled, end))
+            budget -= end - seq.n_prefilled
+        stepping = [] if with_spec else decoding
+        # Sequence ids in order: llama.cpp puts consecutive sequences' tokens in one micro-batch (workers/slots.py).
+        parts = sorted(
+            [(seq.seq_id, seq, seq.kv_len, seq.kv_len + 1) for seq in stepping]
+            + [(seq.seq_id, seq, start, end) for seq, start, end in plan],
+            key=lambda part: part[0],
+        )
+        tokens: list[int] = []
+        positions: list[int] = []
+        ids: list[int] = []
+        logits: list[bool] = []
+        at: dict[int, int] = {}  # sequence id -> batch index of its logits
+        for seq_id, seq, start, end in parts:
+            tokens += [seq.next_token] if seq.next_token >= 0 else seq.prompt[start:end]
+            positions += range(start, end)
+            ids += [seq_id] * (end - start)
+            logits += [False] * (end - start - 1) + [seq.next_token >= 0 or end == len(seq.prompt)]
+            at[seq_id] = len(tokens) - 1
+        if tokens:
+            self._engine.decode(tokens, positions, ids, logits)
+        if stepping:
+            self.meter.stepped(len(stepping), 0, self._kv_used())
+        for seq in stepping:
+            seq.kv_len += 1
+            assert seq.sampler is not None
+            self._on_token(seq, self._engine.sample(seq.sampler, at[seq.seq_id]), at[seq.seq_id])
+        for seq, _, end in plan:
+            seq.n_prefilled = seq.kv_len = end
+            if end == len(seq.prompt):
+                index = at[seq.seq_id]
+                for choice in (seq, *self._fork(seq)):
+                    assert choice.sampler is not None
+                    self._on_token(choice, self._engine.sample(choice.sampler, index), index)
+        if with_spec:
+            assert self._spec is not None
+            decoding.sort(key=_by_seq_id)
+            self._step_speculative(decoding, self._spec)
 
     def _kv_used(self) -> int:
         return sum(seq.kv_len for seq in self._active) + self._slots.cached

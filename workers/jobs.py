@@ -213,6 +213,7 @@ def build_worker(
             settings.prefill_budget,
             tracing.tracer(provider, "herd.worker"),
             speculator,
+            prefill_pack=settings.prefill_pack,
         )
         batcher.start(engine_thread)
 
