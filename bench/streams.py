@@ -16,7 +16,7 @@ the bottleneck. This machine has 2 cores shared by the client, the API, Redis an
 figures are an upper bound of the API's cost here. Do not run it while tests run.
 
 Usage (from the repo root):
-    .venv/bin/python -m bench.streams --steps 10 500 1000 2000 --workers 10 --rate 2 --tokens 30
+    .venv/bin/python -m bench.streams --steps 10 500 1000 2000 --workers 20 --rate 4 --tokens 60 --ramp 10
 """
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ def proc_fds(pid: int) -> int:
 def start(group: ProcessGroup, args: argparse.Namespace, workdir: Path) -> tuple[int, int]:
     """The fleet, with a slot for every stream of the largest step; returns (API port, API pid)."""
     os.environ["HERD_HTTP_MAX_CONNECTIONS"] = str(max(args.steps) + 256)  # the fleet's environment is ours
-    fleet = argparse.Namespace(threads=1, max_seqs=-(-max(args.steps) // args.workers), simulate=args.rate)
+    # A simulated decode call costs a whole step, so admitting prompts one call each would stall every stream for
+    # seconds while a step of thousands ramps up: pack them (HERD_PREFILL_PACK) as llama-server would.
+    os.environ["HERD_PREFILL_PACK"] = "1"
+    slots = -(-max(args.steps) // args.workers)
+    fleet = argparse.Namespace(threads=1, max_seqs=slots, simulate=args.rate, fleet_procs=args.fleet_procs)
     procs, base = start_fleet(group, args.workers, start_redis(group, workdir), fleet, workdir)
     return int(base.rsplit(":", 1)[1]), procs[0].pid
 
@@ -163,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="tokens/s of every simulated sequence")
     parser.add_argument("--tokens", type=int, default=40, help="tokens per stream (outlasting --ramp well)")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which a step's streams are opened")
+    parser.add_argument(
+        "--fleet-procs", type=int, default=2, help="processes hosting the simulated workers (0: one each)"
+    )
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # the fleet's group ends with the script
