@@ -32,6 +32,7 @@ import redis
 from bench.common import HERD_MODEL, free_port, herd_serve
 
 INJECTED = {"worker_lost", "unavailable", "stream_broken"}  # what a killed worker may cause, and nothing else
+IDLE_S = 5.0  # HERD_REDIS_IDLE_S for the soak's herd
 
 
 @dataclass
@@ -209,6 +210,7 @@ def settle(base: str, url: str, api: int, seconds: float = 30.0) -> tuple[tuple[
         if ready and not pending:
             break
         time.sleep(1)
+    time.sleep(IDLE_S + 2)  # the pool's idle connections are closed by then
     return proc_figures(api), redis_figures(url)
 
 
@@ -242,14 +244,19 @@ def main() -> int:
 
 
 def soak(args: argparse.Namespace, tally: Tally) -> int:
-    env = {"HERD_QUEUE_MAX": str(args.streams * 2), "HERD_HTTP_MAX_CONNECTIONS": str(args.streams + 64)}
+    # Pooled Redis connections idle for IDLE_S are closed (HERD_REDIS_IDLE_S): the figures are taken once they are.
+    env = {
+        "HERD_QUEUE_MAX": str(args.streams * 2),
+        "HERD_HTTP_MAX_CONNECTIONS": str(args.streams + 64),
+        "HERD_REDIS_IDLE_S": str(IDLE_S),
+    }
     redis_port = redis.Redis.from_url(args.redis_url).connection_pool.connection_kwargs["port"]
     with herd_serve("herd soak", args.herd, args.redis_url, 180, Path(tempfile.mkdtemp()), env) as (proc, base):
         api = child_pid(proc.pid, "api")
         assert api is not None, "no API child process found"
         print(f"soak: herd at {base}; warming up", flush=True)
-        # The warm-up runs at the soak's own concurrency: connection pools (to Redis) grow to the size that load needs
-        # and stay so; that is the baseline, and growth beyond it during the soak is what a leak looks like.
+        # The warm-up runs at the soak's own concurrency (caches and allocator arenas grow to what that load needs);
+        # the baseline is taken after it, once pooled Redis connections have gone idle and been closed.
         warm = Tally()
         asyncio.run(traffic(base, args.streams, time.monotonic() + 30, warm, args.abandon, args.max_tokens, 10.0))
         (rss0, fds0), (keys0, chans0) = settle(base, args.redis_url, api)

@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_sentinels: str = ""  # comma-separated HOST:PORT of Redis Sentinels; the master is asked of them
     redis_sentinel_service: str = ""  # the master's name the sentinels monitor (e.g. mymaster)
     redis_sentinel_password: str = ""  # the sentinels' own password, if they have one
+    redis_idle_s: float = 30.0  # a pooled Redis connection idle this long is closed (the pool shrinks after a peak)
     host: str = "127.0.0.1"
     port: int = 8080
     models: tuple[ModelConfig, ...] = ()

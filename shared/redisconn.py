@@ -9,8 +9,10 @@ With HERD_REDIS_SENTINELS set, the URL's host and port are not used (the sentine
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +26,7 @@ import redis.sentinel
 from arq.connections import ArqRedis
 from herd.config import Settings
 from herd.errors import Unavailable
+from redis.asyncio.connection import AbstractConnection
 
 # Errors no retry can fix: the operator has to change a setting.
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, ssl.SSLError)
@@ -125,17 +128,67 @@ def _service(settings: Settings) -> str:
     return settings.redis_sentinel_service
 
 
+class _Trimmed:
+    """A pool that closes the connections left idle for longer than `idle_s`. redis-py's pool keeps every connection
+    it ever opened, so a process's connections to Redis (and its file descriptors) stayed at the peak of its commands
+    in flight for good. The check runs as a connection comes back, on the least recently used one (the pool hands out
+    the most recent first); the API's batch runner uses the pool every second, so an idle API shrinks too."""
+
+    idle_s: float = 30.0
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await super().release(connection)  # type: ignore[misc]
+        now = time.monotonic()
+        released = self._released()
+        released[connection] = now
+        available: list[AbstractConnection] = self._available_connections  # type: ignore[attr-defined]
+        while len(available) > 1 and now - released.get(available[0], now) > self.idle_s:
+            stale = available.pop(0)
+            with contextlib.suppress(*REDIS_ERRORS):
+                await stale.disconnect(nowait=True)
+
+    def _released(self) -> weakref.WeakKeyDictionary[AbstractConnection, float]:
+        """When each pooled connection last came back (created on first use: the pools' own __init__ is theirs)."""
+        released: weakref.WeakKeyDictionary[AbstractConnection, float] | None = getattr(self, "_herd_released", None)
+        if released is None:
+            released = weakref.WeakKeyDictionary()
+            self._herd_released = released
+        return released
+
+
+class _TrimmedPool(_Trimmed, redis.asyncio.ConnectionPool):
+    pass
+
+
+class _TrimmedSentinelPool(_Trimmed, redis.asyncio.sentinel.SentinelConnectionPool):
+    pass
+
+
 def async_client(settings: Settings, **extra: Any) -> ArqRedis:
-    """An ArqRedis (enqueue_job plus all of redis.asyncio) for the API and the workers."""
+    """An ArqRedis (enqueue_job plus all of redis.asyncio) for the API and the workers, on a pool that closes
+    connections idle for longer than HERD_REDIS_IDLE_S."""
     options = {**connection_options(settings), **extra}
     sentinels = _sentinels(settings)
     if not sentinels:
-        return ArqRedis(**options)
+        client = ArqRedis(**options)
+        # The client builds its pool from the options (TLS, unix sockets...); the same pool, of the trimming kind.
+        # Nothing has connected yet, so swapping it loses nothing.
+        built = client.connection_pool
+        pool = _TrimmedPool(
+            connection_class=built.connection_class, max_connections=built.max_connections, **built.connection_kwargs
+        )
+        pool.idle_s = settings.redis_idle_s
+        client.connection_pool = pool
+        client.auto_close_connection_pool = True
+        return client
     options.pop("host"), options.pop("port")
     sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         sentinels, sentinel_kwargs=_sentinel_options(settings, options), **options
     )
-    master: ArqRedis = sentinel.master_for(_service(settings), redis_class=ArqRedis)
+    master: ArqRedis = sentinel.master_for(
+        _service(settings), redis_class=ArqRedis, connection_pool_class=_TrimmedSentinelPool
+    )
+    master.connection_pool.idle_s = settings.redis_idle_s  # type: ignore[attr-defined]
     return master
 
 

@@ -4,6 +4,7 @@ a Sentinel naming the master. The shared Redis on 6379 is never reconfigured."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
@@ -287,3 +288,36 @@ def test_serve_finds_its_redis_through_a_sentinel(sentinel: tuple[int, int], tmp
         assert "private redis-server" not in log.read_text()
     finally:
         stop(proc)
+
+
+def test_the_pool_closes_connections_left_idle(redis_port: int) -> None:
+    """A burst opens a connection per command in flight; the pool hands those back to Redis once they have been idle
+    for HERD_REDIS_IDLE_S (redis-py alone keeps them all for good). Counted by Redis itself (CLIENT LIST)."""
+    name = f"herd-trim-{os.getpid()}"
+    settings = Settings(redis_url=f"redis://127.0.0.1:{redis_port}/3", redis_idle_s=0.3)
+    observer = redis.Redis(port=redis_port)
+
+    def connected() -> int:
+        return sum(1 for c in observer.client_list() if c.get("name") == name)
+
+    async def scenario() -> tuple[int, int, int]:
+        client = redisconn.async_client(settings, client_name=name)
+        try:
+            await asyncio.gather(*(client.blpop([f"herd-trim-{i}"], timeout=0.2) for i in range(12)))
+            burst = connected()
+            await client.ping()  # used again at once: nothing is idle for long yet
+            kept = connected()
+            await asyncio.sleep(0.5)
+            await client.ping()  # the first release after the idle time closes the idle ones
+            for _ in range(50):  # Redis sees the closes a moment later
+                if connected() == 1:
+                    break
+                await asyncio.sleep(0.05)
+            return burst, kept, connected()
+        finally:
+            await client.aclose()
+
+    burst, kept, after = asyncio.run(scenario())
+    observer.close()
+    assert burst == 12 and kept == 12
+    assert after == 1
