@@ -1,0 +1,191 @@
+"""What each llama_decode of a step holds: the waiting prompts' prefill chunks and one token of every generating
+sequence (the default), all of them in one call (HERD_PREFILL_PACK), or every sequence's token with its draft
+(speculative decoding); then the sampling of what the decode left."""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+from herd.workers.enginestats import EngineMeter
+from herd.workers.protocol import EngineLike
+from herd.workers.running import Running
+from herd.workers.sequence import Counters, Seq, by_seq_id
+from herd.workers.speculate import Speculator
+
+
+class Stepper:
+    """Runs one step over `running`'s sequences each time step() is called (on the engine thread)."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        running: Running,
+        counters: Counters,
+        meter: EngineMeter,
+        prefill_chunk: int,
+        prefill_budget: int,
+        prefill_pack: bool,
+        speculator: Speculator | None,
+    ) -> None:
+        self._engine = engine
+        self._running = running
+        self._counters = counters
+        self._meter = meter
+        self._prefill_chunk = prefill_chunk
+        self._prefill_budget = prefill_budget
+        self._pack = prefill_pack
+        self._spec = speculator
+
+    def step(self) -> None:
+        """Prefill chunks of new prompts, then one llama_decode for the next token of every generating sequence.
+
+        Batching must not change what a request generates, and llama.cpp's arithmetic depends on how tokens are
+        grouped into micro-batches. So a prompt is always prefilled in the same chunks (its messages, cut every
+        C tokens: workers/slots.py), each a llama_decode of its own, whatever else is running (and a cached prefix
+        ends where one of them does); and the decode step holds exactly one token per sequence.
+        """
+        decoding = [seq for seq in self._running.active if seq.next_token >= 0]
+        if self._pack:
+            self._step_packed(decoding)
+            return
+        # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
+        budget = self._prefill_budget if decoding else self._engine.n_batch
+        for seq in [s for s in self._running.active if s.next_token < 0]:  # admission order: oldest prompt first
+            while budget > 0 and seq.n_prefilled < len(seq.prompt):
+                budget -= self._prefill(seq)
+            if budget <= 0:
+                break
+        if not decoding:
+            return
+        decoding.sort(key=by_seq_id)
+        if self._spec is not None:
+            self._step_speculative(decoding, self._spec)
+            return  # llama.cpp keeps consecutive sequence ids in one micro-batch
+        self._engine.decode(
+            [seq.next_token for seq in decoding],
+            [seq.kv_len for seq in decoding],
+            [seq.seq_id for seq in decoding],
+            [True] * len(decoding),
+        )
+        self._meter.stepped(len(decoding), 0, self._running.kv_used())
+        for index, seq in enumerate(decoding):
+            seq.kv_len += 1
+            assert seq.sampler is not None
+            self._running.on_token(seq, self._engine.sample(seq.sampler, index), index)
+
+    def _step_packed(self, decoding: list[Seq]) -> None:
+        """HERD_PREFILL_PACK: one llama_decode for every generating sequence's next token and as many prompt tokens
+        of the waiting prompts as fit, oldest prompt first (llama-server's way). Fewer, fuller decode calls; but a
+        prompt's arithmetic then depends on what it shared its calls with, so greedy output may differ between a
+        request alone and among others, and a cached prefix is reused as computed, not recomputed exactly.
+
+        While sequences decode, a step carries at most `prefill_chunk` prompt tokens: the largest step the default
+        mode takes, so running streams' inter-token latency has the same bound.
+        """
+        with_spec = self._spec is not None and bool(decoding)  # its draft tokens take their own decode call
+        room = self._engine.n_batch - (0 if with_spec else len(decoding))
+        budget = min(self._prefill_chunk if decoding else room, room)
+        plan: list[tuple[Seq, int, int]] = []  # (prompt, first token, end) of this step's prefill
+        for seq in [s for s in self._running.active if s.next_token < 0 and s.n_prefilled < len(s.prompt)]:
+            if budget <= 0:
+                break
+            end = min(len(seq.prompt), seq.n_prefilled + budget)
+            plan.append((seq, seq.n_prefilled, end))
+            budget -= end - seq.n_prefilled
+        stepping = [] if with_spec else decoding
+        # Sequence ids in order: llama.cpp puts consecutive sequences' tokens in one micro-batch (workers/slots.py).
+        parts = sorted(
+            [(seq.seq_id, seq, seq.kv_len, seq.kv_len + 1) for seq in stepping]
+            + [(seq.seq_id, seq, start, end) for seq, start, end in plan],
+            key=lambda part: part[0],
+        )
+        tokens: list[int] = []
+        positions: list[int] = []
+        ids: list[int] = []
+        logits: list[bool] = []
+        at: dict[int, int] = {}  # sequence id -> batch index of its logits
+        for seq_id, seq, start, end in parts:
+            tokens += [seq.next_token] if seq.next_token >= 0 else seq.prompt[start:end]
+            positions += range(start, end)
+            ids += [seq_id] * (end - start)
+            logits += [False] * (end - start - 1) + [seq.next_token >= 0 or end == len(seq.prompt)]
+            at[seq_id] = len(tokens) - 1
+        if tokens:
+            self._engine.decode(tokens, positions, ids, logits)
+        if stepping:
+            self._meter.stepped(len(stepping), 0, self._running.kv_used())
+        for seq in stepping:
+            seq.kv_len += 1
+            assert seq.sampler is not None
+            self._running.on_token(seq, self._engine.sample(seq.sampler, at[seq.seq_id]), at[seq.seq_id])
+        for seq, _, end in plan:
+            seq.n_prefilled = seq.kv_len = end
+            if end == len(seq.prompt):
+                index = at[seq.seq_id]
+                for choice in (seq, *self._running.fork(seq)):
+                    assert choice.sampler is not None
+                    self._running.on_token(choice, self._engine.sample(choice.sampler, index), index)
+        if with_spec:
+            assert self._spec is not None
+            decoding.sort(key=by_seq_id)
+            self._step_speculative(decoding, self._spec)
+
+    def _step_speculative(self, decoding: list[Seq], spec: Speculator) -> None:
+        """One decode for every sequence's next token and its draft; each keeps what the model agrees with."""
+        items = []
+        for seq in decoding:
+            room = min(seq.max_tokens - seq.generated, self._engine.n_ctx_seq - seq.kv_len) - 1
+            rate = seq.acceptance.rate if seq.acceptance is not None else 0.0
+            items.append((seq.seq_id, seq.prompt + seq.out, max(room, 0), rate))
+        drafts = spec.drafts(items)
+        tokens: list[int] = []
+        positions: list[int] = []
+        ids: list[int] = []
+        plan: list[tuple[Seq, int, list[int]]] = []
+        for seq, draft in zip(decoding, drafts, strict=True):
+            plan.append((seq, len(tokens), draft))
+            tokens += [seq.next_token, *draft]
+            positions += range(seq.kv_len, seq.kv_len + 1 + len(draft))
+            ids += [seq.seq_id] * (1 + len(draft))
+        started = time.perf_counter()
+        self._engine.decode(tokens, positions, ids, [True] * len(tokens))
+        spec.cost.observe(len(tokens), time.perf_counter() - started)
+        self._meter.stepped(len(tokens), sum(1 for draft in drafts if draft), self._running.kv_used())
+        for seq, start, draft in plan:
+            assert seq.sampler is not None
+            base, accepted = seq.kv_len, 0
+            # Draw each position's token from the model's own sampler; a draft token stands while the draws agree.
+            emitted = [self._engine.sample(seq.sampler, start)]
+            while accepted < len(draft) and emitted[-1] == draft[accepted]:
+                accepted += 1
+                emitted.append(self._engine.sample(seq.sampler, start + accepted))
+            if seq.acceptance is not None:
+                self._engine.trim(seq.seq_id, base + 1 + accepted)  # the rejected draft's cells
+                spec.verified(seq.seq_id, len(seq.prompt) + len(seq.out), accepted)
+                seq.drafted += len(draft)
+                seq.accepted += accepted
+                self._counters.tokens_drafted += len(draft)
+                self._counters.tokens_accepted += accepted
+                seq.acceptance.record(len(draft), accepted)
+            for i, token in enumerate(emitted):
+                seq.kv_len = base + 1 + i
+                seq.next_token = -1
+                self._running.on_token(seq, token, start + i)
+                if seq.next_token < 0:  # finished
+                    break
+
+    def _prefill(self, seq: Seq) -> int:
+        """The next chunk of `seq`'s prompt; samples its first token when the prompt is done."""
+        start = seq.n_prefilled
+        end = seq.ends[bisect.bisect_right(seq.ends, start)]
+        last = end == len(seq.prompt)
+        n = end - start
+        self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
+        seq.n_prefilled = seq.kv_len = end
+        if last:
+            forks = self._running.fork(seq)  # before the first sample: every choice draws from the prompt's logits
+            for choice in (seq, *forks):
+                assert choice.sampler is not None
+                self._running.on_token(choice, self._engine.sample(choice.sampler, n - 1), n - 1)
+        return n
