@@ -35,7 +35,7 @@ from herd.inference import (
 from herd.workers.embedder import EmbedJob
 from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike, Sampler
-from herd.workers.slots import Slots, chunk_ends, message_opener
+from herd.workers.slots import Slots, prompt_chunks
 from herd.workers.spans import record_sequence, timeline
 from herd.workers.speculate import Acceptance, Speculator
 from herd.workers.template import ChatTemplate
@@ -302,8 +302,7 @@ class Batcher:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
-        opener = message_opener(seq.prompt, engine.is_control)
-        seq.ends = chunk_ends(seq.prompt, opener, self._prefill_chunk)
+        seq.ends = prompt_chunks(seq.prompt, engine, self._prefill_chunk)
 
     def _infill(self, prefix: str, suffix: str) -> list[int]:
         engine = self._engine
