@@ -36,6 +36,18 @@ def test_chunks_end_after_every_message_header_but_the_first_and_every_chunk_wit
     assert ends([5]) == [1]
 
 
+def test_a_header_after_a_long_chunk_is_a_chunk_of_its_own() -> None:
+    # A long message (a document) and the generation prompt: the header does not join the document's last chunk, so
+    # the same prompt sent again recomputes only the header; after a short chunk it joins it (one decode call).
+    document = [1, OPEN, 5, NL, *range(20, 60), OPEN, 7, NL]
+    assert ends(document) == [44, 47]
+    question = [1, OPEN, 5, NL, *range(20, 30), OPEN, 7, NL]
+    assert ends(question) == [17]
+    slots = Slots(1)
+    slots.give_back(slots.take(document, ends(document))[0], [*document, 70], ends(document))
+    assert slots.take(document, ends(document))[1] == 44
+
+
 def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
     def is_control(token: int) -> bool:
         return token in (BOS, OPEN, 8)

@@ -1,12 +1,13 @@
-"""KV slots (llama.cpp sequence ids) and the prompt cache they hold: a finished sequence leaves its cells in place,
-so the next prompt that starts the same way (a shared system prompt, the next turn of a chat) prefills only the rest.
+"""KV slots (llama.cpp sequence ids) and the prompt cache they hold: a finished sequence leaves its cells in place, so
+the next prompt that starts the same way (a shared system prompt, the next turn of a chat) prefills only the rest.
 
 Reuse is exact: llama.cpp's arithmetic depends on how tokens are grouped into decode calls, so a prompt is always
 prefilled in the same chunks, and those chunks are a function of the prompt's own tokens (`chunk_ends`): a cut after
 the header of every message of a chat but the first (ChatML's ``<|im_start|>user\n``), so that what two prompts share
-(a system prompt and the next message's header; a whole earlier turn up to its reply) ends on a cut, then every
-`chunk` tokens within a message. A cached prefix is reused only up to a cut where both prompts' chunkings agree on
-every cut before it, so a warm run reuses exactly the cells a cold run computes, whatever the system prompt's length.
+(a system prompt and the next message's header; a whole earlier turn up to its reply) ends on a cut, a cut before a
+header that follows a long chunk, then every `chunk` tokens within a message. A cached prefix is reused only up to a
+cut where both prompts' chunkings agree on every cut before it, so a warm run reuses exactly the cells a cold run
+computes, whatever the system prompt's length.
 """
 
 from __future__ import annotations
@@ -45,17 +46,24 @@ def prompt_chunks(prompt: list[int], engine: EngineLike, chunk: int) -> list[int
     return chunk_ends(prompt, message_opener(prompt, engine.is_control), chunk, closes_header)
 
 
-def chunk_ends(prompt: list[int], opener: int, chunk: int, closes_header: Callable[[int], bool]) -> list[int]:
+FOLD = 32  # a chunk shorter than this takes the next message's header along; a longer one ends before it
+
+
+def chunk_ends(
+    prompt: list[int], opener: int, chunk: int, closes_header: Callable[[int], bool], fold: int = FOLD
+) -> list[int]:
     """Where `prompt`'s prefill chunks end: after the header of every message but the first (its `opener` and the
     tokens up to the first that `closes_header`: a newline, or a control token such as Llama 3's <|end_header_id|>),
-    or, for a message whose header never closes before the next opener, before its opener; and every `chunk` tokens
-    within a message. The last end is len(prompt).
+    and before the header too when the chunk it would join is `fold` tokens or longer, or when the header never
+    closes before the next opener; and every `chunk` tokens within a message. The last end is len(prompt). Each cut
+    depends only on the tokens before it and on the header after it.
 
-    The header goes with the message before it, not with its own content: two prompts that share a system prompt
-    share the next message's header too (nearly always a user turn), and the generation prompt a request ends with
-    (ChatML's <|im_start|>assistant\n) is where the next turn of the same chat has a cut as well. So a request that
-    shares a cached system prompt computes its own message and the generation prompt in one decode call, and the
-    next turn reuses the whole of this one's prompt."""
+    A header goes with the message before it, not with its own content, because that is what prompts share: two
+    prompts with one system prompt share the next message's header too (nearly always a user turn), and the
+    generation prompt a request ends with (ChatML's <|im_start|>assistant\n) is where the next turn of the same chat
+    has a cut as well. So a short chat that shares a cached system prompt computes its own message and the generation
+    prompt in one decode call, and the next turn reuses the whole of this one's prompt. After a long chunk (a
+    document) the header is a chunk of its own: the same prompt sent again then recomputes only that header."""
     first = prompt.index(opener) if opener in prompt else -1  # the first message's header needs no cut
     ends: list[int] = []
     start = 0
@@ -64,9 +72,9 @@ def chunk_ends(prompt: list[int], opener: int, chunk: int, closes_header: Callab
         cut = i == after_header or i - start == chunk
         if prompt[i] == opener and i != first:
             close = _header_close(prompt, i, opener, closes_header)
-            if close < 0:
+            if close < 0 or i - start >= fold:
                 cut = True
-            else:
+            if close >= 0:
                 after_header = close + 1
         if cut:
             ends.append(i)
