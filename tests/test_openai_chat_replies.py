@@ -8,6 +8,7 @@ import json
 from typing import Any, TypeVar
 
 import msgspec
+import pytest
 from herd.api.translate.openai_chat_replies import ChatAssembler
 from herd.inference import Finished, TokenDelta, TokenLogprob, Usage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -143,3 +144,23 @@ def test_n_choices_count_the_prompt_once() -> None:
         (0, "a", "length"),
         (1, "b", "stop"),
     ]
+
+
+def test_the_fingerprint_reads_herds_version_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # importlib.metadata scans every installed distribution (~1.7 ms): once, not for every reply.
+    from herd.api.translate import openai_replies
+
+    reads: list[str] = []
+    real = openai_replies.metadata.version
+
+    def version(name: str) -> str:
+        reads.append(name)
+        return real(name)
+
+    monkeypatch.setattr(openai_replies.metadata, "version", version)
+    openai_replies._herd_version.cache_clear()
+    prints = {assembler().opening()[0].system_fingerprint for _ in range(3)}
+    prints.add(ChatAssembler("r2", "other:1b", 1_700_000_000, 1, False, False, False).opening()[0].system_fingerprint)
+    assert reads == ["herd"]
+    assert len(prints) == 2  # still one per model
+    openai_replies._herd_version.cache_clear()

@@ -41,3 +41,18 @@ def test_shared_system_prompt_is_reused_and_output_is_unchanged(server: HerdServ
         cold_text, _, cold_cached = ask(client, "Where are the cookbooks?")
         assert cold_cached < 20, cold_cached
         assert cold_text == text
+
+
+def test_the_next_turn_reuses_the_whole_earlier_prompt(server: HerdServer) -> None:
+    # Chunks end after each message's header, so turn 1's prompt, which ends with the generation prompt
+    # (<|im_start|>assistant\n), ends on a cut turn 2's prompt has too: all of it is reused (not its reply, whose
+    # cells came one token at a time). No system message: the template's default one (SmolLM2's) is in both.
+    turn1 = [{"role": "user", "content": "Name a colour of the rainbow."}]
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as client:
+        first = client.chat.completions.create(model=MODEL, messages=turn1, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+        assert first.usage is not None
+        reply = first.choices[0].message.content or ""
+        turn2 = [*turn1, {"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}]
+        second = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens

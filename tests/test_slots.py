@@ -11,19 +11,41 @@ from herd.inference import ChatMessage, Finished, GenerationRequest, SamplingPar
 from herd.workers.batcher import Batcher
 from herd.workers.slots import Slots, chunk_ends, message_opener
 
-from tests.fake_engine import BOS, CONTROL, Decode, ScriptedEngine
+from tests.fake_engine import BOS, Decode, ScriptedEngine
 
 SYSTEM = "Be brief."  # a system message far shorter than a prefill chunk
 TURN = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
 SCRIPT = {TURN.format(q="Hi"): "Hello.", TURN.format(q="Yo"): "Yo yourself."}
 OPEN = 9  # the opener token in the pure tests
+NL = 10  # a newline: it closes a message's header (OPEN, a role, NL)
 
 
-def test_chunks_end_before_every_message_and_every_chunk_within_one() -> None:
-    prompt = [1, OPEN, 2, 3, OPEN, *range(10, 20), OPEN, 4]
-    assert chunk_ends(prompt, OPEN, 4) == [1, 4, 8, 12, 15, 17]
-    assert chunk_ends(prompt, -1, 4) == [4, 8, 12, 16, 17]  # no messages: every 4 tokens
-    assert chunk_ends([5], OPEN, 4) == [1]
+def ends(prompt: list[int], chunk: int = 64, opener: int = OPEN) -> list[int]:
+    return chunk_ends(prompt, opener, chunk, lambda token: token == NL)
+
+
+def test_chunks_end_after_every_message_header_but_the_first_and_every_chunk_within_a_message() -> None:
+    # BOS, system (OPEN 5 NL 2 3), user (OPEN 6 NL 7 8), the generation prompt (OPEN 5 NL): one cut after the user's
+    # header, none after the first header; the prompt's end closes the last.
+    prompt = [1, OPEN, 5, NL, 2, 3, OPEN, 6, NL, 7, 8, OPEN, 5, NL]
+    assert ends(prompt) == [9, 14]
+    long_message = [1, OPEN, 5, NL, *range(20, 30), OPEN, 6, NL, 7]
+    assert ends(long_message, chunk=4) == [4, 8, 12, 16, 17, 18]  # every 4 tokens, and after the header at 17
+    assert ends([1, OPEN, 5, NL, 2, OPEN, 7, 8]) == [5, 8]  # a header that never closes: the cut is before it
+    assert ends(prompt, chunk=4, opener=-1) == [4, 8, 12, 14]  # no messages: every 4 tokens
+    assert ends([5]) == [1]
+
+
+def test_a_header_after_a_long_chunk_is_a_chunk_of_its_own() -> None:
+    # A long message (a document) and the generation prompt: the header does not join the document's last chunk, so
+    # the same prompt sent again recomputes only the header; after a short chunk it joins it (one decode call).
+    document = [1, OPEN, 5, NL, *range(20, 60), OPEN, 7, NL]
+    assert ends(document) == [44, 47]
+    question = [1, OPEN, 5, NL, *range(20, 30), OPEN, 7, NL]
+    assert ends(question) == [17]
+    slots = Slots(1)
+    slots.give_back(slots.take(document, ends(document))[0], [*document, 70], ends(document))
+    assert slots.take(document, ends(document))[1] == 44
 
 
 def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
@@ -35,41 +57,55 @@ def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
     assert message_opener([5, 6, 7], is_control) == -1
 
 
-def test_prompts_sharing_a_message_share_its_chunks() -> None:
-    system = [OPEN, *range(20, 27)]  # 8 tokens: shorter than a chunk
-    a, b = [1, *system, OPEN, 40, 41], [1, *system, OPEN, 50, 51, 52, 53, 54]
-    shared = len(system) + 1
-    ends_a, ends_b = chunk_ends(a, OPEN, 64), chunk_ends(b, OPEN, 64)
-    assert [e for e in ends_a if e <= shared] == [e for e in ends_b if e <= shared] == [1, shared]
+def test_prompts_sharing_a_system_prompt_share_its_chunks_and_the_next_header() -> None:
+    system = [OPEN, 5, NL, *range(20, 25)]  # 8 tokens: shorter than a chunk
+    a = [1, *system, OPEN, 6, NL, 40, 41, OPEN, 7, NL]
+    b = [1, *system, OPEN, 6, NL, 50, 51, 52, 53, OPEN, 7, NL]
+    shared = 1 + len(system) + 3  # BOS, the system message, the user's header
+    assert [e for e in ends(a) if e <= shared] == [e for e in ends(b) if e <= shared] == [shared]
     slots = Slots(2)
-    slot, _, _ = slots.take(a, ends_a)
-    slots.give_back(slot, [*a, 77, 78], ends_a)  # the prompt and two generated tokens
-    assert slots.take(b, ends_b) == (slot, shared, len(a) + 2)
+    slot, _, _ = slots.take(a, ends(a))
+    slots.give_back(slot, [*a, 77, 78], ends(a))  # the prompt and two generated tokens
+    assert slots.take(b, ends(b)) == (slot, shared, len(a) + 2)
 
 
 def test_a_prompt_takes_the_slot_with_the_longest_reusable_prefix() -> None:
-    other, short, long_ = [1, OPEN, 2, OPEN, 7], [1, OPEN, 5, 6, OPEN, 7], [1, OPEN, 5, 6, OPEN, 7, 8, 9, OPEN, 3]
+    other = [1, OPEN, 5, NL, 2, OPEN, 6, NL, 7]
+    short = [1, OPEN, 5, NL, 3, OPEN, 6, NL, 7]
+    long_ = [1, OPEN, 5, NL, 3, OPEN, 6, NL, 7, 8, OPEN, 6, NL, 4]
     slots = Slots(3)
     for prompt in (other, short, long_):
-        slots.give_back(slots.take([], [])[0], prompt, chunk_ends(prompt, OPEN, 64))
-    again = [*long_[:-1], 4]
-    slot, reused, held = slots.take(again, chunk_ends(again, OPEN, 64))
-    assert (slot, reused, held) == (2, 8, len(long_))
+        slots.give_back(slots.take([], [])[0], prompt, ends(prompt))
+    again = [*long_[:-1], 2]
+    assert slots.take(again, ends(again)) == (2, 13, len(long_))
     # The same prompt again reuses all but its last message (its logits give the first token), never the whole.
-    assert slots.take(short, chunk_ends(short, OPEN, 64))[:2] == (1, 4)
+    assert slots.take(short, ends(short))[:2] == (1, 8)
     # Nothing to reuse: the cache used longest ago goes.
     assert slots.take([3, 3], [2]) == (0, 0, len(other))
 
 
-def test_generated_tokens_are_not_reused_as_if_prefilled() -> None:
+def test_the_next_turn_reuses_the_whole_prompt_but_not_the_generated_tokens() -> None:
     # Turn 2 repeats turn 1's prompt and its reply: the reply's cells came from decode steps, one token each, which
-    # a cold run of turn 2 computes as a chunk; so reuse stops at turn 1's last cut (its assistant header).
-    turn1 = [1, OPEN, 5, OPEN, 6]
-    turn2 = [*turn1, 70, 71, OPEN, 7, OPEN, 8]
+    # a cold run of turn 2 computes as a chunk; so reuse stops at turn 1's last cut, the end of its generation prompt.
+    turn1 = [1, OPEN, 5, NL, 2, OPEN, 6, NL, 3, OPEN, 7, NL]
+    turn2 = [*turn1, 70, 71, OPEN, 6, NL, 4, OPEN, 7, NL]
+    assert len(turn1) in ends(turn2)
     slots = Slots(1)
-    slot, _, _ = slots.take(turn1, chunk_ends(turn1, OPEN, 64))
-    slots.give_back(slot, [*turn1, 70, 71], chunk_ends(turn1, OPEN, 64))
-    assert slots.take(turn2, chunk_ends(turn2, OPEN, 64))[1] == 3
+    slot, _, _ = slots.take(turn1, ends(turn1))
+    slots.give_back(slot, [*turn1, 70, 71], ends(turn1))
+    assert slots.take(turn2, ends(turn2))[1] == len(turn1)
+
+
+def test_a_cached_prefix_is_reused_only_up_to_where_both_chunkings_agree() -> None:
+    # Same tokens, cuts at 6 in both, but the cached prompt was cut at 3 before it and the new one at 4: the cells of
+    # its first 6 tokens were computed in other chunks than a cold run of the new prompt computes them.
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    slots = Slots(1)
+    slot, _, _ = slots.take(prompt, [3, 6, 9])
+    slots.give_back(slot, prompt, [3, 6, 9])
+    assert slots.take(prompt, [4, 6, 9])[1] == 0
+    slots.give_back(slot, prompt, [3, 6, 9])
+    assert slots.take(prompt, [3, 6, 9])[1] == 6
 
 
 def chat(rid: str, question: str) -> GenerationRequest:
@@ -105,16 +141,17 @@ def prefill(decodes: list[Decode]) -> list[Decode]:
 async def test_a_short_shared_system_prompt_is_reused_and_computed_as_in_a_cold_run() -> None:
     warm_engine, log, (_, second) = await serve(chat("a", "Hi"), chat("b", "Yo"))
     cold_engine, cold_log, _ = await serve(chat("b", "Yo"))
-    system_part = len(warm_engine.tokenize("<|im_start|>system\nBe brief.<|im_end|>\n", add_special=True))
-    assert cached(log, "b") == system_part
+    # The system message and the user's header, which both prompts share (chunks end after every message's header).
+    shared = len(warm_engine.tokenize("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n", add_special=True))
+    assert cached(log, "b") == shared
     assert cached(cold_log, "b") == 0
     # The warm run computes exactly the chunks a cold run computes after the shared part, and the cold run's chunks
     # of the shared part are those the first request left in the slot.
     cold = prefill(cold_engine.decodes)
-    assert prefill(warm_engine.decodes[second:]) == [d for d in cold if d.positions[0] >= system_part]
-    assert [d for d in cold if d.positions[0] < system_part] == [
-        d for d in prefill(warm_engine.decodes[:second]) if d.positions[0] < system_part
+    assert prefill(warm_engine.decodes[second:]) == [d for d in cold if d.positions[0] >= shared]
+    assert [d for d in cold if d.positions[0] < shared] == [
+        d for d in prefill(warm_engine.decodes[:second]) if d.positions[0] < shared
     ]
-    assert all(CONTROL not in d.tokens[1:] for d in cold)  # every chunk is within one message
+    assert all(d.tokens[-1] == ord("\n") for d in cold)  # every chunk ends where a header does
     texts = ["".join(e.text for r, e in events if r == "b" and isinstance(e, TokenDelta)) for events in (log, cold_log)]
     assert texts == ["Yo yourself."] * 2

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp as L
 import numpy as np
@@ -44,6 +44,7 @@ def extra_buffers(setting: str) -> bool:
 
 
 _CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+_Bias = tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]  # a greedy sampler's logit bias: tokens, biases
 
 
 class Engine:
@@ -147,9 +148,10 @@ class Engine:
             if not constraint:
                 raise InvalidRequest("llama.cpp could not parse the grammar for this request", param="response_format")
         penalties = params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
-        if params.temperature <= 0.0 and not penalties and not params.logit_bias:
-            # Greedy: an argmax over a view of the logits is 4x cheaper than the chain (which copies the vocabulary).
-            return Sampler(None, constraint)
+        if params.temperature <= 0.0 and not penalties:
+            # Greedy: an argmax over a view of the logits is 4x cheaper than the chain (which copies the vocabulary);
+            # with a logit bias, 13x (a copy of the logits plus the bias, ~9 us, vs the chain's ~125 us per token).
+            return Sampler(None, constraint, self._greedy_bias(params.logit_bias))
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = L.llama_sampler_chain_add
         if params.logit_bias:
@@ -184,6 +186,27 @@ class Engine:
             add(chain, L.llama_sampler_init_dist(seed))
         return Sampler(chain, constraint)
 
+    def _greedy_bias(self, logit_bias: Sequence[tuple[int, float]]) -> _Bias | None:
+        """llama.cpp's logit-bias sampler, for a greedy argmax: each entry adds its bias (in float32) to its token's
+        logit, entries for one token add up, and ids outside the vocabulary change nothing."""
+        entries = [(token, bias) for token, bias in logit_bias if 0 <= token < self.n_vocab]
+        if not entries:
+            return None
+        tokens = np.array([token for token, _ in entries], dtype=np.intp)
+        return tokens, np.array([bias for _, bias in entries], dtype=np.float32)
+
+    def _greedy_logits(self, sampler: Sampler, batch_index: int) -> npt.NDArray[np.float32]:
+        """The logits at `batch_index` as a greedy sampler sees them: a view, or a biased copy."""
+        logits: npt.NDArray[np.float32] = np.ctypeslib.as_array(
+            L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,)
+        )
+        if sampler.bias is None:
+            return logits
+        tokens, biases = cast(_Bias, sampler.bias)  # what _greedy_bias made
+        biased = logits.copy()
+        np.add.at(biased, tokens, biases)
+        return biased
+
     def _grammar_sampler(self, grammar: Grammar) -> Any:
         if not grammar.triggers:
             return L.llama_sampler_init_grammar(self._vocab, grammar.gbnf.encode(), b"root")
@@ -199,8 +222,7 @@ class Engine:
         """Sample from the logits at `batch_index` of the last decode; the chain (and grammar) record the token."""
         if sampler.grammar is None:
             if sampler.handle is None:
-                logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
-                return int(logits.argmax())
+                return int(self._greedy_logits(sampler, batch_index).argmax())  # the first maximum, as llama.cpp's
             return int(L.llama_sampler_sample(sampler.handle, self._ctx, batch_index))
         # A grammar judged over the whole vocabulary costs far more than a decode step; so draw as if
         # unconstrained, ask the grammar about that one token, and only when it refuses draw again with the grammar
@@ -214,7 +236,7 @@ class Engine:
         return token
 
     def _draw(self, sampler: Sampler, batch_index: int, constrained: bool) -> int:
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+        logits = self._greedy_logits(sampler, batch_index)  # a chain (handle) has the request's bias in it
         if not constrained and sampler.handle is None:
             return int(logits.argmax())
         candidates = np.empty(self.n_vocab, dtype=_CANDIDATE)

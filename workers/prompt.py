@@ -7,7 +7,7 @@ from herd import reasoning
 from herd.errors import ContextLengthExceeded, InvalidRequest
 from herd.workers.protocol import EngineLike
 from herd.workers.sequence import Seq
-from herd.workers.slots import chunk_ends, message_opener
+from herd.workers.slots import prompt_chunks
 from herd.workers.template import ChatTemplate
 
 
@@ -51,8 +51,7 @@ class Prompts:
                 param="messages" if req.messages is not None else "prompt",
             )
         seq.max_tokens = min(req.max_tokens or room, room, self._cap)
-        opener = message_opener(seq.prompt, engine.is_control)
-        seq.ends = chunk_ends(seq.prompt, opener, self._prefill_chunk)
+        seq.ends = prompt_chunks(seq.prompt, engine, self._prefill_chunk)
 
     def _infill(self, prefix: str, suffix: str) -> list[int]:
         engine = self._engine

@@ -14,13 +14,15 @@ from herd.inference import Grammar, SamplingParams, TokenLogprob
 
 
 class Sampler:
-    """A sampler owned by one sequence: an engine's opaque handle (None: plain greedy) and its grammar, if any."""
+    """A sampler owned by one sequence: an engine's opaque handle (None: plain greedy), its grammar and, for a greedy
+    one, the logit bias it adds before the argmax (an engine's own form), if any."""
 
-    __slots__ = ("grammar", "handle")
+    __slots__ = ("bias", "grammar", "handle")
 
-    def __init__(self, handle: object | None, grammar: object | None = None) -> None:
+    def __init__(self, handle: object | None, grammar: object | None = None, bias: object | None = None) -> None:
         self.handle = handle  # None: argmax over the logits
         self.grammar = grammar  # kept out of the chain: checked against the token drawn first (see Engine.sample)
+        self.bias = bias
 
 
 class EngineLike(Protocol):
