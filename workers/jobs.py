@@ -38,7 +38,6 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
     try:
         await batcher.run(request)
     finally:
-        _slot_freed(ctx, request_id)
         await bus.forget(request_id)  # refused or failed too: the record must not pin Redis memory until its TTL
 
 
@@ -52,28 +51,14 @@ async def embed(ctx: dict[str, Any], request_id: str) -> None:
     try:
         await batcher.embed(request)
     finally:
-        _slot_freed(ctx, request_id)
         await bus.forget(request_id)
-
-
-def _slot_freed(ctx: dict[str, Any], request_id: str) -> None:
-    """The batch has let go of the request: its slot is free for the next job (HerdWorker.slot_freed), though arq's
-    bookkeeping of the job (its result, its keys, its end) still takes a few round trips."""
-    freed = ctx.get("slot_freed")
-    if freed is not None:
-        freed(request_id)
 
 
 class HerdWorker(Worker):
     """arq's worker on a queue of its own (the API chooses the worker: README, Scale-out), event-driven: it starts a
     job the moment the API announces it, and takes waiting work the moment a slot frees, instead of at the next
     poll (arq's poll stays on as a slow fallback). A job it will not start (full, or stopping) goes back to the
-    model's overflow for another worker.
-
-    Its slots are taken from the moment it decides to start a job (`_opening`, then arq's job_counter) to the moment
-    the batch lets go of the job (`_freed`, before arq's bookkeeping of its end), each counted once: the same span as
-    the heartbeat's slots_busy and as the API's count of the jobs it sent and saw end, so that an announcement is
-    handed back only when the worker is really full."""
+    model's overflow for another worker."""
 
     def __init__(self, *args: Any, model: str = "", reserved_slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,9 +66,7 @@ class HerdWorker(Worker):
         self._reserved_slots = reserved_slots
         self._polling = False
         self._poll_again = False
-        self._opening: set[str] = set()  # jobs whose start is under way here (their slots are taken)
-        self._freed: set[str] = set()  # jobs the batch let go of, which arq has not ended yet (their slots are free)
-        self.ctx["slot_freed"] = self.slot_freed  # for the job functions (generate, embed)
+        self._starting = 0  # announced jobs whose start is under way (their slots are taken)
         self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
@@ -96,82 +79,28 @@ class HerdWorker(Worker):
         bus: WorkerBus | None = self.ctx.get("bus")
         return bus
 
-    @property
-    def free_slots(self) -> int:
-        return self.max_jobs - self.slots_taken
-
-    @property
-    def slots_taken(self) -> int:
-        """Jobs starting or running here, less those whose generation ended (what the heartbeat says is busy)."""
-        return self.job_counter + len(self._opening) - len(self._freed)
-
-    def slot_freed(self, job_id: str) -> None:
-        """The job's generation ended: its slot takes the next job now (the oldest waiting one, if any)."""
-        if job_id in self.tasks and not self.tasks[job_id].done():
-            self._freed.add(job_id)
-            self.poll_soon()
-
     def announce(self, job_id: str) -> None:
-        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. The slot is
-        taken here, synchronously: two announcements for one free slot must not both be started (the second would
-        wait for a job to end, however long, instead of going to a free worker)."""
-        if job_id in self.tasks or job_id in self._opening:
-            return  # a poll found it first
-        if self.allow_pick_jobs and self.free_slots > 0:
-            self._opening.add(job_id)
+        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. A slot is
+        reserved here, synchronously: two announcements for one free slot must not both wait in arq's start_jobs
+        (the second would wait there for a job to end, however long, instead of going to a free worker)."""
+        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
+            self._starting += 1
             self._spawn(self._start_announced(job_id))
         elif self._bus is not None:  # its heartbeat said there was room; there is not (any more): another may have
             self._spawn(self._hand_back(self._bus, job_id))
 
     async def _hand_back(self, bus: WorkerBus, job_id: str) -> None:
         await bus.give_back(self._model, job_id)
-        if self.allow_pick_jobs and self.free_slots > 0:
+        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
             self.poll_soon()  # a slot freed while the job went back: take it (or an older one) from the overflow now
 
     async def _start_announced(self, job_id: str) -> None:
         try:
-            await self._begin(job_id)
+            await self.start_jobs([job_id.encode()])
         except Exception as exc:  # the poll loop will still find the job
             log.warning("could not start announced job %s: %s", job_id, exc)
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs for the jobs a poll found ready, as many as there are free slots; the ones running here or
-        being started are skipped without asking Redis, and the ones left over (an announcement took the slot a poll
-        had taken a job from the overflow for) go back to the overflow for another worker."""
-        left = []
-        for raw in job_ids:
-            job_id = raw.decode()
-            if job_id in self.tasks or job_id in self._opening:
-                continue
-            if not self.allow_pick_jobs or self.free_slots <= 0:
-                left.append(job_id)
-                continue
-            self._opening.add(job_id)
-            await self._begin(job_id)
-        if left and self._bus is not None:
-            await self._bus.give_back(self._model, *left)
-
-    async def _begin(self, job_id: str) -> None:
-        """Start a job whose slot is taken (its id in `_opening`): arq's in-progress mark in one command
-        (WorkerBus.begin, where arq's start_jobs makes four round trips), then arq's run_job, counted as arq counts."""
-        ttl_ms = int(self.in_progress_timeout_s * 1000)
-        try:
-            score = None if self._bus is None else await self._bus.begin(self._model, job_id, ttl_ms)
         finally:
-            self._opening.discard(job_id)
-        if score is None:  # gone from this queue (handed back, cancelled), or started already
-            return
-        self.job_counter += 1  # arq's count of running jobs; its semaphore is not used by this start_jobs
-        task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(lambda _: self._job_ended(job_id))
-        self.tasks[job_id] = task
-
-    def _job_ended(self, job_id: str) -> None:
-        self.job_counter -= 1
-        if job_id in self._freed:
-            self._freed.discard(job_id)  # its slot was free already
-        else:
-            self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
+            self._starting -= 1
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         super().handle_sig_wait_for_completion(signum)  # no new jobs; running ones finish
@@ -188,6 +117,10 @@ class HerdWorker(Worker):
         if self._bus is not None:
             await self._bus.settle(self._model, job_id)
 
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
+
     async def _poll_iteration(self) -> None:
         """arq's poll in one Redis command (WorkerBus.poll): the overflow and batch lines taken, this worker's own
         queue read and, only while jobs run here, arq's abort set read (a job not started yet reads its abort when it
@@ -196,14 +129,15 @@ class HerdWorker(Worker):
         # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
         # jobs only when announced, and a job announced while Redis was coming back would wait forever.
         try:
-            pick = self.allow_pick_jobs and self.free_slots > 0
+            pick = self.allow_pick_jobs and self.job_counter < self.max_jobs
             aborts = self.allow_abort_jobs and bool(self.job_tasks)
             if (pick or aborts) and self._bus is not None:
-                free = self.free_slots if pick else 0
+                free = self.max_jobs - self.job_counter - self._starting if pick else 0
                 limit = self.queue_read_limit if pick else 0
                 polled = await self._bus.poll(self._model, free, free - self._reserved_slots, limit, aborts)
-                # arq keeps a running job on the queue until it ends: start_jobs skips the ones running here
-                await self.start_jobs(polled.ready)
+                # arq keeps a running job on the queue until it ends; start_jobs would re-check each (WATCH, EXISTS,
+                # ZSCORE) at every poll only to find it running: the ones running here are skipped without asking.
+                await self.start_jobs([i for i in polled.ready if i.decode() not in self.tasks])
                 await self._abort(polled.aborted)
             for job_id, task in list(self.tasks.items()):
                 if task.done():
@@ -296,9 +230,7 @@ def build_worker(
                 models=(model.name,),
                 n_ctx=engine.n_ctx_seq,
                 slots_total=settings.max_seqs,
-                # the jobs starting here count, though the batch has not seen them yet: the API counts what it
-                # sent as busy only until a newer heartbeat, which must not then show their slots as free
-                slots_busy=max(batcher.busy, holder["worker"].slots_taken),
+                slots_busy=batcher.busy,
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
@@ -312,7 +244,6 @@ def build_worker(
 
         bus.start(model.name, on_message, status)
         ctx.update(
-            status=status,
             engine=engine,
             speculator=speculator,
             bus=bus,
