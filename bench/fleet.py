@@ -22,6 +22,8 @@ import contextlib
 import logging
 import signal
 import sys
+import time
+from pathlib import Path
 
 from herd import logs, supervisor
 from herd.config import ModelConfig, Settings, load_settings
@@ -37,9 +39,27 @@ def build_fleet(settings: Settings, model_name: str, n: int, tokens_per_s: float
     return [build_worker(settings, fake, simulate_tokens_per_s=tokens_per_s) for _ in range(n)]
 
 
-async def host(workers: list[HerdWorker]) -> int:
+async def sample_lag(path: Path, period_s: float = 0.01) -> None:
+    """The event loop's lag: how late a `period_s` sleep wakes (every hosted worker's Redis replies, announcements and
+    decode steps wait that long for their turn). One line per sample, `time.time() lag_ms`, written once a second."""
+    lines: list[str] = []
+    flushed = time.monotonic()
+    with path.open("a") as out:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(period_s)
+            lag_ms = (time.perf_counter() - before - period_s) * 1000
+            lines.append(f"{time.time():.3f} {lag_ms:.2f}\n")
+            if time.monotonic() - flushed >= 1:
+                out.writelines(lines)
+                out.flush()
+                lines, flushed = [], time.monotonic()
+
+
+async def host(workers: list[HerdWorker], lag_file: Path | None = None) -> int:
     """Run them all until a signal (or a failure) stops them; 0 when every one ended cleanly."""
     loop = asyncio.get_running_loop()
+    sampler = None if lag_file is None else asyncio.create_task(sample_lag(lag_file))
 
     def stop(signum: signal.Signals) -> None:
         for worker in workers:
@@ -67,6 +87,8 @@ async def host(workers: list[HerdWorker]) -> int:
         return not failed
 
     clean = await asyncio.gather(*(serve(worker) for worker in workers))
+    if sampler is not None:
+        sampler.cancel()
     return 0 if all(clean) else 1
 
 
@@ -75,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, required=True, help="simulated workers in this process")
     p.add_argument("--simulate", type=float, required=True, metavar="TOKENS_PER_S", help="as `herd worker --simulate`")
     p.add_argument("--model", help="model name they serve (default: the first configured)")
+    p.add_argument("--lag-file", type=Path, help="sample the event loop's lag into this file (bench.scaleout)")
     args = p.parse_args(argv)
     if args.workers < 1 or args.simulate <= 0:
         p.error("--workers and --simulate must be positive")
@@ -85,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     try:
         workers = build_fleet(settings, args.model or settings.models[0].name, args.workers, args.simulate)
-        return loop.run_until_complete(host(workers))
+        return loop.run_until_complete(host(workers, args.lag_file))
     finally:
         loop.close()
 

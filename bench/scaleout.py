@@ -54,7 +54,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,7 +64,7 @@ import redis
 from herd import channels
 
 try:
-    from bench import followup
+    from bench import dispatchtrace, followup
     from bench.common import free_port
 except ModuleNotFoundError as exc:  # `python bench/scaleout.py` puts bench/ on the path, not the repository
     if exc.name != "bench":
@@ -147,9 +146,12 @@ def start_redis(group: ProcessGroup, workdir: Path) -> int:
     raise RuntimeError("redis-server did not start")
 
 
-def worker_commands(n_workers: int, simulate: float, fleet_procs: int = 0) -> list[list[str]]:
+def worker_commands(
+    n_workers: int, simulate: float, fleet_procs: int = 0, lag_dir: Path | None = None
+) -> list[list[str]]:
     """The workers' command lines: one `herd worker` each, or with simulate and fleet_procs P, min(P, n_workers)
-    processes of bench.fleet hosting n_workers simulated workers between them (spread as evenly as they go)."""
+    processes of bench.fleet hosting n_workers simulated workers between them (spread as evenly as they go), each
+    sampling its event loop's lag into lag_dir/lag<i>.txt when lag_dir is given."""
     worker = [sys.executable, "-m", "herd", "worker", "--model", MODEL]
     if not simulate:
         return [worker] * n_workers
@@ -159,7 +161,8 @@ def worker_commands(n_workers: int, simulate: float, fleet_procs: int = 0) -> li
     procs = min(fleet_procs, n_workers)
     sizes = [n_workers // procs + (i < n_workers % procs) for i in range(procs)]
     host = [sys.executable, "-m", "bench.fleet", "--model", MODEL, "--simulate", str(simulate), "--workers"]
-    return [[*host, str(size)] for size in sizes]
+    lag = [[] if lag_dir is None else ["--lag-file", str(lag_dir / f"lag{i}.txt")] for i in range(procs)]
+    return [[*host, str(size), *lag[i]] for i, size in enumerate(sizes)]
 
 
 def start_fleet(
@@ -177,7 +180,7 @@ def start_fleet(
         "HERD_LOG_LEVEL": "warning",
     }
     commands = [[sys.executable, "-m", "herd", "api", "--port", str(port)]]
-    commands += worker_commands(n_workers, args.simulate, getattr(args, "fleet_procs", 0))
+    commands += worker_commands(n_workers, args.simulate, getattr(args, "fleet_procs", 0), workdir)
     procs = []
     for i, command in enumerate(commands):
         with (workdir / f"proc{i}.log").open("wb") as log:
@@ -194,43 +197,6 @@ def start_fleet(
             pass
         time.sleep(0.5)
     raise RuntimeError("the fleet did not get ready")
-
-
-class Monitor:
-    """Redis' MONITOR in a thread: when each admission (the API's EVALSHA) and each start (the worker's SET NX of
-    herd:started:<id>) reached Redis, by Redis' own clock, so dispatch time is measured where it happens."""
-
-    def __init__(self, port: int) -> None:
-        self.admitted: dict[str, float] = {}
-        self.started: dict[str, float] = {}
-        self._client = redis.Redis(port=port)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with self._client.monitor() as monitor:
-            for item in monitor.listen():
-                if self._stop.is_set():
-                    return
-                words = [w.strip('"') for w in item["command"].split()]
-                if words[0].upper() == "EVALSHA" and len(words) > 3 and words[3].startswith("arq:job:"):
-                    # the admission: KEYS are job, result, ledger, request, overflow, ...; ARGV[1] the id
-                    rid = words[3].removeprefix("arq:job:")
-                    self.admitted.setdefault(rid, item["time"])
-                elif words[0].upper() == "SET" and len(words) > 1 and words[1].startswith(channels.started("")):
-                    self.started.setdefault(words[1].removeprefix(channels.started("")), item["time"])
-
-    def dispatch_ms(self, ids: list[str], skip: int = 0) -> tuple[list[float], list[float]]:
-        """Sorted dispatch times of all `ids`, and of those admitted after the first `skip` (the load's opening
-        burst: every request in flight admitted at once, which the steady state at that load never sees)."""
-        self._stop.set()
-        self._client.set("bench-monitor-wakeup", 1)
-        self._thread.join(10)
-        self._client.close()
-        seen = sorted((r for r in ids if r in self.started and r in self.admitted), key=self.admitted.__getitem__)
-        times = [(self.started[r] - self.admitted[r]) * 1000 for r in seen]
-        return sorted(times), sorted(times[skip:])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -284,12 +250,19 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         idle_before = commands_processed(client)
         time.sleep(5)
         idle_rate = (commands_processed(client) - idle_before - 1) / 5
-        monitor = Monitor(redis_port)
-        before, t0 = commands_processed(client), time.perf_counter()
+        monitor = dispatchtrace.Monitor(redis_port, MODEL)
+        before, t0, wall_t0 = commands_processed(client), time.perf_counter(), time.time()
         wall, ids, tokens = asyncio.run(load(base, requests, concurrency, args.max_tokens))
         elapsed = time.perf_counter() - t0
         commands = commands_processed(client) - before
-        dispatch, steady = monitor.dispatch_ms(ids, skip=concurrency)
+        monitor.stop()
+        jobs = monitor.jobs(n * args.max_seqs)
+        seen = sorted((j for r in ids if (j := jobs.get(r)) and j.admitted and j.started), key=lambda j: j.admitted)
+        times = [(j.started - j.admitted) * 1000 for j in seen]
+        # the load's opening burst (every request in flight admitted at once) is left out of the steady figures
+        dispatch, steady = sorted(times), sorted(times[concurrency:])
+        breakdown = dispatchtrace.breakdown(jobs, ids)
+        lag = dispatchtrace.loop_lag(sorted(workdir.glob("lag*.txt")), wall_t0, time.time())
         spread = Counter()
         for rid in ids:
             raw = client.get(channels.stats(rid))
@@ -314,6 +287,9 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
             "redis_commands_idle_per_worker_s": round(idle_rate / n, 1),
             "redis_commands_per_request": round(per_request, 1),
             "redis_commands_per_token": round(per_request * len(ids) / max(tokens, 1), 2),
+            "dispatch_breakdown": dispatchtrace.summary(breakdown),
+            "host_loop_lag": lag,
+            "_breakdown_lines": dispatchtrace.format_breakdown(breakdown),
         }
     finally:
         client.close()
@@ -454,6 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['dispatch_ms_p50_steady']} ms p99 {row['dispatch_ms_p99_steady']} ms)",
                 flush=True,
             )
+            for line in row.pop("_breakdown_lines"):
+                print(line, flush=True)
+            if row["host_loop_lag"]:
+                lag = row["host_loop_lag"]
+                print(
+                    f"  fleet hosts' event-loop lag (10 ms sleeps, {lag['samples']} samples): p50 {lag['p50_ms']} ms "
+                    f"p99 {lag['p99_ms']} ms max {lag['max_ms']} ms",
+                    flush=True,
+                )
         if args.followup:
             followup.report(report["fleet"])
             if args.json:
