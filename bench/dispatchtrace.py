@@ -46,6 +46,8 @@ class Job:
     taken_by: str = ""  # job end, hand-back, periodic poll
     free_at_admission: int = -1  # overflow admissions only: the fleet's truly free slots then
     watch: float = 0.0
+    in_progress: float = 0.0  # arq's in-progress key set (start_jobs done)
+    run_job: float = 0.0  # arq's run_job read the job
     started: float = 0.0
     ended: float = 0.0
 
@@ -56,6 +58,9 @@ class Trace:
 
     model: str
     events: list[tuple[float, str, str, str]] = field(default_factory=list)
+    # hand-back scripts run, by what the worker held then (replay counts them): a job it took from the overflow (which
+    # the API did not count), a job with all its tokens out that arq had not ended yet, or only jobs the API sent it
+    givebacks: Counter[str] = field(default_factory=Counter)
 
 
 class Monitor:
@@ -70,6 +75,7 @@ class Monitor:
         self._overflow = channels.overflow(model)
         self._ledger = channels.queue(model)
         self._started = channels.started("")
+        self._stats = channels.stats("")
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -95,8 +101,14 @@ class Monitor:
                         add((t, "to_worker", words[3], key.removeprefix(self._worker_q)))
                     elif key == self._overflow:
                         add((t, "to_overflow", words[3], ""))
+                elif verb == "PSETEX" and key.startswith("arq:in-progress:"):
+                    add((t, "in_progress", key.removeprefix("arq:in-progress:"), ""))
+                elif verb == "GET" and key.startswith("arq:job:"):
+                    add((t, "run_job", key.removeprefix("arq:job:"), ""))
                 elif verb == "WATCH" and key.startswith("arq:in-progress:"):
                     add((t, "watch", key.removeprefix("arq:in-progress:"), ""))
+                elif verb == "SET" and key.startswith(self._stats):
+                    add((t, "generated", key.removeprefix(self._stats), ""))
                 elif verb == "SET" and key.startswith(self._started) and len(words) > 2:
                     add((t, "started", key.removeprefix(self._started), words[2]))
                 elif verb == "ZREM" and key == self._ledger and item["client_type"] != "lua" and len(words) > 2:
@@ -114,13 +126,22 @@ class Monitor:
 
 def replay(trace: Trace, slots: int) -> dict[str, Job]:
     """Each job's history from the events, with the fleet's true occupancy kept along the way."""
+    trace.givebacks = Counter()
     jobs: dict[str, Job] = defaultdict(Job)
     occupying: set[str] = set()  # jobs on a worker's queue or running there, not ended or handed back
     last_end: dict[str, float] = {}  # worker -> its latest job end
     last_giveback: dict[str, float] = {}
+    finishing: dict[str, set[str]] = defaultdict(set)  # worker -> its jobs generated (stats stored), not ended yet
+    held: dict[str, dict[str, str]] = defaultdict(dict)  # worker -> its occupying jobs -> "sent" or "taken"
     for t, kind, rid, worker in trace.events:
         if kind == "giveback":
             last_giveback[worker] = t
+            if any(origin == "taken" for origin in held[worker].values()):
+                trace.givebacks["holding a job it took from the overflow"] += 1
+            elif finishing[worker]:
+                trace.givebacks["finishing a job"] += 1
+            else:
+                trace.givebacks["only jobs the API sent it"] += 1
             continue
         if kind == "poll":
             continue
@@ -136,6 +157,7 @@ def replay(trace: Trace, slots: int) -> dict[str, Job]:
                     job.taken_by = "hand-back"
                 else:
                     job.taken_by = "periodic poll"
+            held[worker][rid] = "taken" if job.path else "sent"
             job.path = job.path or "direct"
             job.placed, job.worker = t, worker
             occupying.add(rid)
@@ -147,13 +169,23 @@ def replay(trace: Trace, slots: int) -> dict[str, Job]:
                 job.path = "handed back"
             job.to_overflow = t
             occupying.discard(rid)
+            held[job.worker].pop(rid, None)
         elif kind == "watch":
             job.watch = job.watch or t
+        elif kind == "in_progress":
+            job.in_progress = job.in_progress or t
+        elif kind == "run_job":
+            job.run_job = job.run_job or t
         elif kind == "started":
             job.started = job.started or t
             job.worker = worker
+        elif kind == "generated":
+            if job.worker:
+                finishing[job.worker].add(rid)
         elif kind == "ended":
             job.ended = t
+            finishing[job.worker].discard(rid)
+            held[job.worker].pop(rid, None)
             occupying.discard(rid)
             if job.worker:
                 last_end[job.worker] = t
@@ -169,11 +201,13 @@ def _p(values: list[float]) -> str:
     return f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}" if values else "-"
 
 
-def breakdown(jobs: dict[str, Job], ids: list[str]) -> dict[str, Any]:
+def breakdown(jobs: dict[str, Job], ids: list[str], trace: Trace | None = None) -> dict[str, Any]:
     """Per path: how many, dispatch p50/p99, and its phases (ms); for the overflow, what took the jobs out and the
     truly free slots at their admission."""
     done = [jobs[r] for r in ids if r in jobs and jobs[r].admitted and jobs[r].started]
     out: dict[str, Any] = {"jobs": len(done)}
+    if trace is not None:
+        out["hand_backs_by_what_the_worker_held"] = dict(trace.givebacks)
     for path in ("direct", "handed back", "overflow"):
         group = [j for j in done if j.path == path]
         row: dict[str, Any] = {
@@ -181,6 +215,9 @@ def breakdown(jobs: dict[str, Job], ids: list[str]) -> dict[str, Any]:
             "dispatch_ms": [(j.started - j.admitted) * 1000 for j in group],
             "to_watch_ms": [(j.watch - j.placed) * 1000 for j in group if j.watch >= j.placed],
             "watch_to_start_ms": [(j.started - j.watch) * 1000 for j in group if j.watch],
+            "watch_to_in_progress_ms": [(j.in_progress - j.watch) * 1000 for j in group if j.watch and j.in_progress],
+            "in_progress_to_run_ms": [(j.run_job - j.in_progress) * 1000 for j in group if j.run_job and j.in_progress],
+            "run_to_start_ms": [(j.started - j.run_job) * 1000 for j in group if j.run_job],
         }
         if path != "direct":
             row["overflow_wait_ms"] = [j.overflow_wait_s * 1000 for j in group]
@@ -201,7 +238,8 @@ def format_breakdown(b: dict[str, Any]) -> list[str]:
         text = (
             f"    {path:12s} {row['count']:4d} ({100 * row['count'] / max(b['jobs'], 1):4.1f} %): "
             f"dispatch {_p(row['dispatch_ms'])}; placed->WATCH {_p(row['to_watch_ms'])}, "
-            f"WATCH->start {_p(row['watch_to_start_ms'])}"
+            f"WATCH->start {_p(row['watch_to_start_ms'])} (WATCH->in-progress {_p(row['watch_to_in_progress_ms'])}, "
+            f"->run_job {_p(row['in_progress_to_run_ms'])}, ->claim {_p(row['run_to_start_ms'])})"
         )
         if "overflow_wait_ms" in row:
             text += f"; in overflow {_p(row['overflow_wait_ms'])}, taken by {row['taken_by']}"
@@ -209,12 +247,14 @@ def format_breakdown(b: dict[str, Any]) -> list[str]:
             free = row["free_slots_at_admission"]
             text += f"; truly free slots at admission: p50 {percentile(free, 0.5)}, >0 in {sum(f > 0 for f in free)}"
         lines.append(text)
+    if b.get("hand_backs_by_what_the_worker_held"):
+        lines.append(f"    hand-backs, by what the worker held: {b['hand_backs_by_what_the_worker_held']}")
     return lines
 
 
 def summary(b: dict[str, Any]) -> dict[str, Any]:
     """The JSON form: percentiles instead of every sample."""
-    out: dict[str, Any] = {"jobs": b["jobs"]}
+    out: dict[str, Any] = {k: v for k, v in b.items() if k not in ("direct", "handed back", "overflow")}
     for path in ("direct", "handed back", "overflow"):
         row = dict(b[path])
         for name in [k for k in row if k.endswith("_ms")]:
@@ -229,21 +269,24 @@ def summary(b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def loop_lag(files: list[Path], start: float, end: float) -> dict[str, float]:
-    """p50 / p99 / max of the hosts' event-loop lag (ms) sampled between `start` and `end` (time.time())."""
-    lags = []
+def loop_lag(files: list[Path], start: float, end: float) -> dict[str, Any]:
+    """p50 / p99 / max (ms) of the hosts' event-loop lag and of their Redis PING round trips, sampled between `start`
+    and `end` (time.time())."""
+    found: dict[str, list[float]] = {"lag": [], "rtt": []}
     for path in files:
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
-            t, lag = line.split()
+            t, kind, ms = line.split()
             if start <= float(t) <= end:
-                lags.append(float(lag))
-    if not lags:
-        return {}
+                found[kind].append(float(ms))
     return {
-        "samples": len(lags),
-        "p50_ms": round(percentile(lags, 0.5), 2),
-        "p99_ms": round(percentile(lags, 0.99), 2),
-        "max_ms": round(max(lags), 2),
+        kind: {
+            "samples": len(values),
+            "p50_ms": round(percentile(values, 0.5), 2),
+            "p99_ms": round(percentile(values, 0.99), 2),
+            "max_ms": round(max(values), 2),
+        }
+        for kind, values in found.items()
+        if values
     }

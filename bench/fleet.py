@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
 
-from herd import logs, supervisor
+from herd import logs, redisconn, supervisor
 from herd.config import ModelConfig, Settings, load_settings
 from herd.workers.jobs import HerdWorker, build_worker
 
@@ -39,27 +40,36 @@ def build_fleet(settings: Settings, model_name: str, n: int, tokens_per_s: float
     return [build_worker(settings, fake, simulate_tokens_per_s=tokens_per_s) for _ in range(n)]
 
 
-async def sample_lag(path: Path, period_s: float = 0.01) -> None:
+async def sample_lag(path: Path, settings: Settings, period_s: float = 0.01, ping_every: int = 10) -> None:
     """The event loop's lag: how late a `period_s` sleep wakes (every hosted worker's Redis replies, announcements and
-    decode steps wait that long for their turn). One line per sample, `time.time() lag_ms`, written once a second."""
+    decode steps wait that long for their turn), and every `ping_every` samples a Redis PING's round trip as this loop
+    sees it (a worker's start of a job is several such round trips). One line per sample, `time.time() lag|rtt ms`,
+    written once a second."""
     lines: list[str] = []
     flushed = time.monotonic()
-    with path.open("a") as out:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(period_s)
-            lag_ms = (time.perf_counter() - before - period_s) * 1000
-            lines.append(f"{time.time():.3f} {lag_ms:.2f}\n")
-            if time.monotonic() - flushed >= 1:
-                out.writelines(lines)
-                out.flush()
-                lines, flushed = [], time.monotonic()
+    client = redisconn.async_client(settings)
+    try:
+        with path.open("a") as out:
+            for n in itertools.count():
+                before = time.perf_counter()
+                await asyncio.sleep(period_s)
+                lines.append(f"{time.time():.3f} lag {(time.perf_counter() - before - period_s) * 1000:.2f}\n")
+                if n % ping_every == 0:
+                    before = time.perf_counter()
+                    await client.ping()
+                    lines.append(f"{time.time():.3f} rtt {(time.perf_counter() - before) * 1000:.2f}\n")
+                if time.monotonic() - flushed >= 1:
+                    out.writelines(lines)
+                    out.flush()
+                    lines, flushed = [], time.monotonic()
+    finally:
+        await client.aclose()
 
 
-async def host(workers: list[HerdWorker], lag_file: Path | None = None) -> int:
+async def host(workers: list[HerdWorker], lag_file: Path | None = None, settings: Settings | None = None) -> int:
     """Run them all until a signal (or a failure) stops them; 0 when every one ended cleanly."""
     loop = asyncio.get_running_loop()
-    sampler = None if lag_file is None else asyncio.create_task(sample_lag(lag_file))
+    sampler = None if lag_file is None or settings is None else asyncio.create_task(sample_lag(lag_file, settings))
 
     def stop(signum: signal.Signals) -> None:
         for worker in workers:
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     try:
         workers = build_fleet(settings, args.model or settings.models[0].name, args.workers, args.simulate)
-        return loop.run_until_complete(host(workers, args.lag_file))
+        return loop.run_until_complete(host(workers, args.lag_file, settings))
     finally:
         loop.close()
 

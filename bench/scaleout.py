@@ -261,7 +261,7 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         times = [(j.started - j.admitted) * 1000 for j in seen]
         # the load's opening burst (every request in flight admitted at once) is left out of the steady figures
         dispatch, steady = sorted(times), sorted(times[concurrency:])
-        breakdown = dispatchtrace.breakdown(jobs, ids)
+        breakdown = dispatchtrace.breakdown(jobs, ids, monitor.trace)
         lag = dispatchtrace.loop_lag(sorted(workdir.glob("lag*.txt")), wall_t0, time.time())
         spread = Counter()
         for rid in ids:
@@ -432,13 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             for line in row.pop("_breakdown_lines"):
                 print(line, flush=True)
-            if row["host_loop_lag"]:
-                lag = row["host_loop_lag"]
-                print(
-                    f"  fleet hosts' event-loop lag (10 ms sleeps, {lag['samples']} samples): p50 {lag['p50_ms']} ms "
-                    f"p99 {lag['p99_ms']} ms max {lag['max_ms']} ms",
-                    flush=True,
-                )
+            for kind, what in (("lag", "event-loop lag (10 ms sleeps)"), ("rtt", "Redis PING round trip")):
+                if kind in row["host_loop_lag"]:
+                    x = row["host_loop_lag"][kind]
+                    print(
+                        f"  fleet hosts' {what}, {x['samples']} samples: p50 {x['p50_ms']} ms p99 {x['p99_ms']} ms "
+                        f"max {x['max_ms']} ms",
+                        flush=True,
+                    )
         if args.followup:
             followup.report(report["fleet"])
             if args.json:
