@@ -5,8 +5,9 @@ that the trace follows each job from its admission (the API's EVALSHA naming arq
 SET NX of herd:started:<id>) and attributes the time:
 
 - direct: the admission script put it on a worker's queue (ZADD <prefix>:queue:<model>:w:<worker>) and that worker
-  started it. Split into admission -> WATCH arq:in-progress:<id> (the announcement reaching the worker and its event
-  loop getting to it) and WATCH -> start (arq's start_jobs and run_job round trips, then herd's claim).
+  started it. Split into admission -> the start's first command (WATCH arq:in-progress:<id> in arq's start_jobs, or
+  the EVALSHA of WorkerBus.begin naming that key: the announcement reaching the worker and its event loop getting to
+  it) and from there to the start (the in-progress mark, arq's run_job read of the job, herd's claim).
 - handed back: put on a worker that would not start it (full after all, or draining), which moved it to the
   overflow (ZADD <prefix>:overflow:<model> after the worker queue's); then as below.
 - overflow: the admission found no candidate and put it in the model's overflow.
@@ -32,6 +33,7 @@ from typing import Any
 import redis
 from herd import channels
 
+_IN_PROGRESS = "arq:in-progress:"
 TRIGGER_WINDOW_S = 0.1  # a take this soon after the worker's own job end / hand-back is taken to be caused by it
 
 
@@ -92,6 +94,9 @@ class Monitor:
                 if verb == "EVALSHA" and len(words) > 3:
                     if words[3].startswith("arq:job:"):  # the admission: KEYS job, result, ledger, ...
                         add((t, "admit", words[3].removeprefix("arq:job:"), ""))
+                    elif words[3].startswith(self._worker_q) and len(words) > 4 and words[4].startswith(_IN_PROGRESS):
+                        # a worker's start of a job (WorkerBus.begin): its check-and-mark, as arq's WATCH began it
+                        add((t, "watch", words[4].removeprefix(_IN_PROGRESS), ""))
                     elif words[3].startswith(self._worker_q) and len(words) > 4 and words[4] == self._overflow:
                         # a poll (5 keys) or a hand-back (2 keys: ARGV[1] the in-progress prefix, then ids)
                         kind = "giveback" if words[2] == "2" else "poll"
@@ -101,12 +106,12 @@ class Monitor:
                         add((t, "to_worker", words[3], key.removeprefix(self._worker_q)))
                     elif key == self._overflow:
                         add((t, "to_overflow", words[3], ""))
-                elif verb == "PSETEX" and key.startswith("arq:in-progress:"):
-                    add((t, "in_progress", key.removeprefix("arq:in-progress:"), ""))
+                elif verb == "PSETEX" and key.startswith(_IN_PROGRESS):
+                    add((t, "in_progress", key.removeprefix(_IN_PROGRESS), ""))
                 elif verb == "GET" and key.startswith("arq:job:"):
                     add((t, "run_job", key.removeprefix("arq:job:"), ""))
-                elif verb == "WATCH" and key.startswith("arq:in-progress:"):
-                    add((t, "watch", key.removeprefix("arq:in-progress:"), ""))
+                elif verb == "WATCH" and key.startswith(_IN_PROGRESS):
+                    add((t, "watch", key.removeprefix(_IN_PROGRESS), ""))
                 elif verb == "SET" and key.startswith(self._stats):
                     add((t, "generated", key.removeprefix(self._stats), ""))
                 elif verb == "SET" and key.startswith(self._started) and len(words) > 2:

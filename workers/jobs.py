@@ -58,7 +58,11 @@ class HerdWorker(Worker):
     """arq's worker on a queue of its own (the API chooses the worker: README, Scale-out), event-driven: it starts a
     job the moment the API announces it, and takes waiting work the moment a slot frees, instead of at the next
     poll (arq's poll stays on as a slow fallback). A job it will not start (full, or stopping) goes back to the
-    model's overflow for another worker."""
+    model's overflow for another worker.
+
+    Its slots: arq's job_counter (jobs running) plus the jobs whose start is under way (`_opening`), each counted
+    once, from the moment the worker decides to start it: an announcement that arrives meanwhile sees the slot taken
+    only if it is."""
 
     def __init__(self, *args: Any, model: str = "", reserved_slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,7 +70,7 @@ class HerdWorker(Worker):
         self._reserved_slots = reserved_slots
         self._polling = False
         self._poll_again = False
-        self._starting = 0  # announced jobs whose start is under way (their slots are taken)
+        self._opening: set[str] = set()  # jobs whose start is under way here (their slots are taken)
         self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
@@ -79,28 +83,64 @@ class HerdWorker(Worker):
         bus: WorkerBus | None = self.ctx.get("bus")
         return bus
 
+    @property
+    def free_slots(self) -> int:
+        return self.max_jobs - self.job_counter - len(self._opening)
+
     def announce(self, job_id: str) -> None:
-        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. A slot is
-        reserved here, synchronously: two announcements for one free slot must not both wait in arq's start_jobs
-        (the second would wait there for a job to end, however long, instead of going to a free worker)."""
-        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
-            self._starting += 1
+        """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. The slot is
+        taken here, synchronously: two announcements for one free slot must not both be started (the second would
+        wait for a job to end, however long, instead of going to a free worker)."""
+        if job_id in self.tasks or job_id in self._opening:
+            return  # a poll found it first
+        if self.allow_pick_jobs and self.free_slots > 0:
+            self._opening.add(job_id)
             self._spawn(self._start_announced(job_id))
         elif self._bus is not None:  # its heartbeat said there was room; there is not (any more): another may have
             self._spawn(self._hand_back(self._bus, job_id))
 
     async def _hand_back(self, bus: WorkerBus, job_id: str) -> None:
         await bus.give_back(self._model, job_id)
-        if self.allow_pick_jobs and self.job_counter + self._starting < self.max_jobs:
+        if self.allow_pick_jobs and self.free_slots > 0:
             self.poll_soon()  # a slot freed while the job went back: take it (or an older one) from the overflow now
 
     async def _start_announced(self, job_id: str) -> None:
         try:
-            await self.start_jobs([job_id.encode()])
+            await self._begin(job_id)
         except Exception as exc:  # the poll loop will still find the job
             log.warning("could not start announced job %s: %s", job_id, exc)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs for the jobs a poll found ready, as many as there are free slots; the ones running here or
+        being started are skipped without asking Redis, and the ones left over (an announcement took the slot a poll
+        had taken a job from the overflow for) go back to the overflow for another worker."""
+        left = []
+        for raw in job_ids:
+            job_id = raw.decode()
+            if job_id in self.tasks or job_id in self._opening:
+                continue
+            if not self.allow_pick_jobs or self.free_slots <= 0:
+                left.append(job_id)
+                continue
+            self._opening.add(job_id)
+            await self._begin(job_id)
+        if left and self._bus is not None:
+            await self._bus.give_back(self._model, *left)
+
+    async def _begin(self, job_id: str) -> None:
+        """Start a job whose slot is taken (its id in `_opening`): arq's in-progress mark in one command
+        (WorkerBus.begin, where arq's start_jobs makes four round trips), then arq's run_job, counted as arq counts."""
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        try:
+            score = None if self._bus is None else await self._bus.begin(self._model, job_id, ttl_ms)
         finally:
-            self._starting -= 1
+            self._opening.discard(job_id)
+        if score is None:  # gone from this queue (handed back, cancelled), or started already
+            return
+        self.job_counter += 1  # arq's count of running jobs; its semaphore is not used by this start_jobs
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         super().handle_sig_wait_for_completion(signum)  # no new jobs; running ones finish
@@ -118,7 +158,7 @@ class HerdWorker(Worker):
             await self._bus.settle(self._model, job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
+        self.job_counter -= 1  # arq's also releases its semaphore, which start_jobs here does not take
         self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
@@ -129,15 +169,14 @@ class HerdWorker(Worker):
         # arq lets a Redis error out of its poll loop, which ends that loop for good: the worker would then start
         # jobs only when announced, and a job announced while Redis was coming back would wait forever.
         try:
-            pick = self.allow_pick_jobs and self.job_counter < self.max_jobs
+            pick = self.allow_pick_jobs and self.free_slots > 0
             aborts = self.allow_abort_jobs and bool(self.job_tasks)
             if (pick or aborts) and self._bus is not None:
-                free = self.max_jobs - self.job_counter - self._starting if pick else 0
+                free = self.free_slots if pick else 0
                 limit = self.queue_read_limit if pick else 0
                 polled = await self._bus.poll(self._model, free, free - self._reserved_slots, limit, aborts)
-                # arq keeps a running job on the queue until it ends; start_jobs would re-check each (WATCH, EXISTS,
-                # ZSCORE) at every poll only to find it running: the ones running here are skipped without asking.
-                await self.start_jobs([i for i in polled.ready if i.decode() not in self.tasks])
+                # arq keeps a running job on the queue until it ends: start_jobs skips the ones running here
+                await self.start_jobs(polled.ready)
                 await self._abort(polled.aborted)
             for job_id, task in list(self.tasks.items()):
                 if task.done():
