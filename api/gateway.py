@@ -139,6 +139,7 @@ class Gateway:
         self._sent: dict[str, tuple[float, int]] = {}
         self._ended: dict[str, tuple[float, int]] = {}  # the same for its jobs that ended here since
         self._targets: dict[str, str] = {}  # request id -> the worker its job was put on, while it waits
+        self._choosing: dict[str, int] = {}  # worker id -> admissions under way that chose it (counted as busy)
 
     async def ping(self) -> bool:
         try:
@@ -220,8 +221,20 @@ class Gateway:
         args += [msgspec.msgpack.encode(request), s.request_ttl_s, " ".join(candidates)]
         args += [channels.worker_queue(model, ""), channels.announce(""), channels.AFFINITY_TTL_S, len(lookup)]
         args += [job_key_prefix, in_progress_key_prefix]
-        with map_redis_errors():
-            outcome, depth, target, affine = await self._admit(keys=keys, args=args)
+        # The likely target's slot counts as taken from now, not from the admission's reply: the requests of a burst
+        # choose while the first ones are still being admitted, and must not all pile onto the one worker they see
+        # with the most free slots (it would hand the extra ones back to the overflow).
+        likely = candidates[0] if candidates else ""
+        if likely:
+            self._choosing[likely] = self._choosing.get(likely, 0) + 1
+        try:
+            with map_redis_errors():
+                outcome, depth, target, affine = await self._admit(keys=keys, args=args)
+        finally:
+            if likely:
+                self._choosing[likely] -= 1
+                if not self._choosing[likely]:
+                    del self._choosing[likely]
         if outcome == 1:
             raise Overloaded(f"the queue for model '{model}' is full ({depth} requests); retry shortly")
         if outcome == 2:
@@ -243,11 +256,13 @@ class Gateway:
 
     async def _candidates(self, model: str) -> list[str]:
         """Workers of `model` with a free slot, most free first (ties in random order, so that API replicas reading
-        the same heartbeats spread their requests); slots this process filled since a heartbeat count as busy."""
+        the same heartbeats spread their requests); slots this process filled since a heartbeat, or is filling, count
+        as busy."""
         found = []
         for w in await self.workers():
             if model in w.models:
                 sent, ended = self._sent.get(w.worker_id, (0.0, 0))[1], self._ended.get(w.worker_id, (0.0, 0))[1]
+                sent += self._choosing.get(w.worker_id, 0)
                 free = min(w.slots_total, w.slots_total - w.slots_busy - sent + ended)
                 if free > 0:
                     found.append((-free, random.random(), w.worker_id))

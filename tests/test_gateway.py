@@ -158,6 +158,21 @@ async def test_the_worker_with_the_most_free_slots_is_chosen(gateway: Gateway, r
     await stream.close()
 
 
+async def test_a_burst_counts_each_choice_before_the_admissions_return(gateway: Gateway, redis: Redis) -> None:
+    # Three requests choose at once, before any admission has returned: "two-free" must get two of them and
+    # "one-free" one, not all three (which would make "two-free" hand one back to the overflow).
+    await heartbeat(redis, "two-free", busy=2, total=4)
+    await heartbeat(redis, "one-free", busy=3, total=4)
+    gateway.settings = msgspec.structs.replace(gateway.settings, queue_max=3)
+    await gateway.workers()  # the fleet view is read before the burst, as a busy API holds it
+    streams = await asyncio.gather(*(gateway.open(request(f"b{i}"), wait=False) for i in range(3)))
+    assert await redis.zcard(channels.worker_queue(MODEL, "two-free")) == 2
+    assert await redis.zcard(channels.worker_queue(MODEL, "one-free")) == 1
+    assert await redis.exists(channels.overflow(MODEL)) == 0
+    for stream in streams:
+        await stream.close()
+
+
 async def test_cancel_reaches_a_queued_or_running_job(gateway: Gateway, redis: Redis) -> None:
     listener = await subscribe(redis, channels.CANCEL_CHANNEL)
     await gateway.cancel("c1")
