@@ -203,15 +203,20 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def load(base: str, requests: int, concurrency: int, max_tokens: int) -> tuple[float, list[str], int]:
-    """(wall seconds, request ids, completion tokens) of `requests` completions, `concurrency` at a time."""
+async def load(
+    base: str, requests: int, concurrency: int, max_tokens: int, ramp_s: float = 0.0
+) -> tuple[float, list[str], int]:
+    """(wall seconds, request ids, completion tokens) of `requests` completions, `concurrency` at a time; with ramp_s
+    the first `concurrency` start evenly over ramp_s seconds instead of all at once."""
     gate = asyncio.Semaphore(concurrency)
     ids: list[str] = []
     tokens = 0
 
-    async def one(http: httpx.AsyncClient) -> None:
+    async def one(http: httpx.AsyncClient, i: int) -> None:
         nonlocal tokens
         async with gate:
+            if i < concurrency and ramp_s:
+                await asyncio.sleep(i * ramp_s / concurrency)
             body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
             resp = await http.post("/v1/completions", json=body)
             resp.raise_for_status()
@@ -220,7 +225,7 @@ async def load(base: str, requests: int, concurrency: int, max_tokens: int) -> t
 
     async with httpx.AsyncClient(base_url=base, timeout=600) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(one(http) for _ in range(requests)))
+        await asyncio.gather(*(one(http, i) for i in range(requests)))
         return time.perf_counter() - started, ids, tokens
 
 
@@ -252,7 +257,10 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
         idle_rate = (commands_processed(client) - idle_before - 1) / 5
         monitor = dispatchtrace.Monitor(redis_port, MODEL)
         before, t0, wall_t0 = commands_processed(client), time.perf_counter(), time.time()
-        wall, ids, tokens = asyncio.run(load(base, requests, concurrency, args.max_tokens))
+        # --stagger: the in-flight requests start spread over one completion's length (simulated workers: max_tokens /
+        # RATE), so their ends and the next starts stay spread too; otherwise they start, end and restart in waves
+        ramp_s = args.max_tokens / args.simulate if args.stagger and args.simulate else 0.0
+        wall, ids, tokens = asyncio.run(load(base, requests, concurrency, args.max_tokens, ramp_s))
         elapsed = time.perf_counter() - t0
         commands = commands_processed(client) - before
         monitor.stop()
@@ -273,6 +281,7 @@ def _measure(fleet: ProcessGroup, n: int, redis_port: int, args: argparse.Namesp
             "simulate_tokens_per_s": args.simulate,
             "worker_processes": min(args.fleet_procs, n) if args.fleet_procs else n,
             "in_flight": concurrency,
+            "staggered_over_s": ramp_s,
             "dispatch_ms_p50": round(percentile(dispatch, 0.5), 2),
             "dispatch_ms_p99": round(percentile(dispatch, 0.99), 2),
             "dispatch_ms_p50_steady": round(percentile(steady, 0.5), 2),  # after the opening burst
@@ -391,6 +400,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --simulate: host the N workers in this many processes (bench/fleet.py; 0: one process each)",
     )
     p.add_argument("--busy", type=float, default=0.0, help="in flight as a share of all slots (0: --concurrency)")
+    p.add_argument(
+        "--stagger",
+        action="store_true",
+        help="with --simulate: start the in-flight requests spread over one completion's length, not all at once "
+        "(completions of one length then end and restart in waves of the whole in-flight count)",
+    )
     p.add_argument("--loop-clients", type=int, default=16)
     p.add_argument("--loop-seconds", type=float, default=5.0)
     p.add_argument("--followup", type=int, default=0, help="N conversations of two turns instead (bench/followup.py)")
