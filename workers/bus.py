@@ -98,13 +98,14 @@ return moved
 """
 
 # arq's start of a job (its start_jobs: WATCH the in-progress key, EXISTS it, ZSCORE the job, MULTI PSETEX EXEC: four
-# round trips) in one: the job is marked in progress only if it is on this worker's queue, due, and not in progress
-# already (started here or elsewhere). KEYS: this worker's queue, the job's in-progress key. ARGV: job id, now (ms),
-# the in-progress key's TTL (ms). Returns the job's score (arq's run_job wants it), or nil: not to be started.
+# round trips) in one: the job is marked in progress only if it is on this worker's queue and not in progress already
+# (started here or elsewhere). arq also skips a job scored in the future (deferred); herd defers none, and a score is
+# the admission's time on the API's clock, which may run ahead of this worker's. KEYS: this worker's queue, the job's
+# in-progress key. ARGV: job id, the in-progress key's TTL (ms). Returns the job's score (for arq's run_job), or nil.
 _BEGIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[2]) == 1 then return false end
-redis.call('PSETEX', KEYS[2], ARGV[3], '1')
+if not score or redis.call('EXISTS', KEYS[2]) == 1 then return false end
+redis.call('PSETEX', KEYS[2], ARGV[2], '1')
 return score
 """
 
@@ -176,9 +177,9 @@ class WorkerBus:
 
     async def begin(self, model: str, job_id: str, in_progress_ms: int) -> int | None:
         """Mark a job on this worker's queue in progress, as arq's start_jobs does, in one command: its score, or None
-        when it must not start here (gone from the queue, not due yet, or in progress already)."""
+        when it must not start here (gone from the queue, or in progress already)."""
         keys = [channels.worker_queue(model, self.worker_id), in_progress_key_prefix + job_id]
-        score = await self._begin(keys, [job_id, int(time.time() * 1000), in_progress_ms])
+        score = await self._begin(keys, [job_id, in_progress_ms])
         return None if score is None else int(float(score))
 
     async def give_back(self, model: str, *job_ids: str) -> int:

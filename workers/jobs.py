@@ -38,6 +38,7 @@ async def generate(ctx: dict[str, Any], request_id: str) -> None:
     try:
         await batcher.run(request)
     finally:
+        _slot_freed(ctx, request_id)
         await bus.forget(request_id)  # refused or failed too: the record must not pin Redis memory until its TTL
 
 
@@ -51,7 +52,16 @@ async def embed(ctx: dict[str, Any], request_id: str) -> None:
     try:
         await batcher.embed(request)
     finally:
+        _slot_freed(ctx, request_id)
         await bus.forget(request_id)
+
+
+def _slot_freed(ctx: dict[str, Any], request_id: str) -> None:
+    """The batch has let go of the request: its slot is free for the next job (HerdWorker.slot_freed), though arq's
+    bookkeeping of the job (its result, its keys, its end) still takes a few round trips."""
+    freed = ctx.get("slot_freed")
+    if freed is not None:
+        freed(request_id)
 
 
 class HerdWorker(Worker):
@@ -60,9 +70,10 @@ class HerdWorker(Worker):
     poll (arq's poll stays on as a slow fallback). A job it will not start (full, or stopping) goes back to the
     model's overflow for another worker.
 
-    Its slots: arq's job_counter (jobs running) plus the jobs whose start is under way (`_opening`), each counted
-    once, from the moment the worker decides to start it: an announcement that arrives meanwhile sees the slot taken
-    only if it is."""
+    Its slots are taken from the moment it decides to start a job (`_opening`, then arq's job_counter) to the moment
+    the batch lets go of the job (`_freed`, before arq's bookkeeping of its end), each counted once: the same span as
+    the heartbeat's slots_busy and as the API's count of the jobs it sent and saw end, so that an announcement is
+    handed back only when the worker is really full."""
 
     def __init__(self, *args: Any, model: str = "", reserved_slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +82,8 @@ class HerdWorker(Worker):
         self._polling = False
         self._poll_again = False
         self._opening: set[str] = set()  # jobs whose start is under way here (their slots are taken)
+        self._freed: set[str] = set()  # jobs the batch let go of, which arq has not ended yet (their slots are free)
+        self.ctx["slot_freed"] = self.slot_freed  # for the job functions (generate, embed)
         self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
@@ -85,7 +98,18 @@ class HerdWorker(Worker):
 
     @property
     def free_slots(self) -> int:
-        return self.max_jobs - self.job_counter - len(self._opening)
+        return self.max_jobs - self.slots_taken
+
+    @property
+    def slots_taken(self) -> int:
+        """Jobs starting or running here, less those whose generation ended (what the heartbeat says is busy)."""
+        return self.job_counter + len(self._opening) - len(self._freed)
+
+    def slot_freed(self, job_id: str) -> None:
+        """The job's generation ended: its slot takes the next job now (the oldest waiting one, if any)."""
+        if job_id in self.tasks and not self.tasks[job_id].done():
+            self._freed.add(job_id)
+            self.poll_soon()
 
     def announce(self, job_id: str) -> None:
         """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. The slot is
@@ -139,8 +163,15 @@ class HerdWorker(Worker):
             return
         self.job_counter += 1  # arq's count of running jobs; its semaphore is not used by this start_jobs
         task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        task.add_done_callback(lambda _: self._job_ended(job_id))
         self.tasks[job_id] = task
+
+    def _job_ended(self, job_id: str) -> None:
+        self.job_counter -= 1
+        if job_id in self._freed:
+            self._freed.discard(job_id)  # its slot was free already
+        else:
+            self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         super().handle_sig_wait_for_completion(signum)  # no new jobs; running ones finish
@@ -156,10 +187,6 @@ class HerdWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
         if self._bus is not None:
             await self._bus.settle(self._model, job_id)
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        self.job_counter -= 1  # arq's also releases its semaphore, which start_jobs here does not take
-        self.poll_soon()  # a slot is free: the oldest waiting job should not wait for the next poll
 
     async def _poll_iteration(self) -> None:
         """arq's poll in one Redis command (WorkerBus.poll): the overflow and batch lines taken, this worker's own
@@ -269,7 +296,9 @@ def build_worker(
                 models=(model.name,),
                 n_ctx=engine.n_ctx_seq,
                 slots_total=settings.max_seqs,
-                slots_busy=batcher.busy,
+                # the jobs starting here count, though the batch has not seen them yet: the API counts what it
+                # sent as busy only until a newer heartbeat, which must not then show their slots as free
+                slots_busy=max(batcher.busy, holder["worker"].slots_taken),
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
@@ -283,6 +312,7 @@ def build_worker(
 
         bus.start(model.name, on_message, status)
         ctx.update(
+            status=status,
             engine=engine,
             speculator=speculator,
             bus=bus,
