@@ -51,9 +51,12 @@ log = logging.getLogger("herd.api.gateway")
 # Each admission also sweeps the ledger's oldest entry when it is a job nobody holds any more (no job key, not in
 # progress: its API and worker both died), so such entries do not count against the bound for long. A worker's queue
 # lives as long as a request (request TTL), renewed by each job: a dead worker's leaves no key behind.
-# Returns {0, depth, worker or "", affinity} admitted (affinity: 1 a key named the worker, 2 a key named a worker
-# without room, 0 none), {1, depth} queue full, {2, 0} a job with this id exists. The worker's keys are made here
-# from the prefixes: herd runs on one Redis (or Sentinel), not on a Redis Cluster.
+# The announcement is "<job id> <stamp>": the stamp (Redis' clock, in microseconds) orders the announcements to a
+# worker, and the worker's heartbeat carries the latest it had handled, so the API knows which of its own are not in
+# that heartbeat's count yet, whatever the heartbeat's age (no host's clock is compared with another's).
+# Returns {0, depth, worker or "", affinity, stamp} admitted (affinity: 1 a key named the worker, 2 a key named a
+# worker without room, 0 none), {1, depth} queue full, {2, 0} a job with this id exists. The worker's keys are made
+# here from the prefixes: herd runs on one Redis (or Sentinel), not on a Redis Cluster.
 _ADMIT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {2, 0, '', 0} end
 local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
@@ -85,9 +88,11 @@ if not target then
 end
 redis.call('ZADD', ARGV[9] .. target, ARGV[2], ARGV[1])
 redis.call('EXPIRE', ARGV[9] .. target, ARGV[7])
-redis.call('PUBLISH', ARGV[10] .. target, ARGV[1])
+local t = redis.call('TIME')
+local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
+redis.call('PUBLISH', ARGV[10] .. target, ARGV[1] .. ' ' .. stamp)
 for i = 6 + lookups, #KEYS do redis.call('SET', KEYS[i], target, 'EX', ARGV[11]) end
-return {0, depth + 1, target, affinity}
+return {0, depth + 1, target, affinity, stamp}
 """
 
 # A job still waiting on the queue of a worker that died goes to the overflow (exactly once: the ZREM decides).
@@ -135,9 +140,11 @@ class Gateway:
         self._admit = redis.register_script(_ADMIT)  # EVALSHA: the script is sent once
         self._rescue = redis.register_script(_RESCUE)
         self._registry = Registry(redis)
-        # worker id -> (its latest heartbeat's time, jobs this process gave it since): slots the heartbeat misses
-        self._sent: dict[str, tuple[float, int]] = {}
-        self._ended: dict[str, tuple[float, int]] = {}  # the same for its jobs that ended here since
+        # worker id -> (stamp, the heartbeat's time then) of each announcement this process sent it that its heartbeat
+        # has not counted yet
+        self._sent: dict[str, list[tuple[int, float]]] = {}
+        # worker id -> (its latest heartbeat's time, jobs of it that ended here since): slots the heartbeat misses
+        self._ended: dict[str, tuple[float, int]] = {}
         self._targets: dict[str, str] = {}  # request id -> the worker its job was put on, while it waits
         self._choosing: dict[str, int] = {}  # worker id -> admissions under way that chose it (counted as busy)
 
@@ -229,7 +236,7 @@ class Gateway:
             self._choosing[likely] = self._choosing.get(likely, 0) + 1
         try:
             with map_redis_errors():
-                outcome, depth, target, affine = await self._admit(keys=keys, args=args)
+                outcome, depth, target, affine, *stamp = await self._admit(keys=keys, args=args)
         finally:
             if likely:
                 self._choosing[likely] -= 1
@@ -244,15 +251,16 @@ class Gateway:
         target = target.decode() if isinstance(target, bytes) else str(target)
         if target:
             self._targets[request.id] = target
-            self._count(self._sent, target)
+            beat = next((w.heartbeat_at for w in self._workers if w.worker_id == target), 0.0)
+            self._sent.setdefault(target, []).append((int(stamp[0]), beat))
         if self._metrics is not None:
             self._metrics.observe_dispatch(model, AFFINITY_OUTCOMES[int(affine)] if target else "overflow")
 
-    def _count(self, counts: dict[str, tuple[float, int]], worker_id: str) -> None:
-        """One more job sent to (or ended on) a worker since the heartbeat of it this process holds."""
+    def _count_end(self, worker_id: str) -> None:
+        """One more job ended on a worker since the heartbeat of it this process holds."""
         beat = next((w.heartbeat_at for w in self._workers if w.worker_id == worker_id), 0.0)
-        seen, n = counts.get(worker_id, (beat, 0))
-        counts[worker_id] = (beat, n + 1 if seen == beat else 1)
+        seen, n = self._ended.get(worker_id, (beat, 0))
+        self._ended[worker_id] = (beat, n + 1 if seen == beat else 1)
 
     async def _candidates(self, model: str) -> list[str]:
         """Workers of `model` with a free slot, most free first (ties in random order, so that API replicas reading
@@ -261,8 +269,8 @@ class Gateway:
         found = []
         for w in await self.workers():
             if model in w.models:
-                sent, ended = self._sent.get(w.worker_id, (0.0, 0))[1], self._ended.get(w.worker_id, (0.0, 0))[1]
-                sent += self._choosing.get(w.worker_id, 0)
+                sent = len(self._sent.get(w.worker_id, ())) + self._choosing.get(w.worker_id, 0)
+                ended = self._ended.get(w.worker_id, (0.0, 0))[1]
                 free = min(w.slots_total, w.slots_total - w.slots_busy - sent + ended)
                 if free > 0:
                     found.append((-free, random.random(), w.worker_id))
@@ -330,7 +338,7 @@ class Gateway:
         stream.telemetry.close()
         self._targets.pop(stream.request.id, None)
         if stream.worker_id is not None:  # its slot is free again, before the worker's next heartbeat says so
-            self._count(self._ended, stream.worker_id)
+            self._count_end(stream.worker_id)
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)
@@ -361,10 +369,18 @@ class Gateway:
             values = await self._registry.live()  # one command, whatever else the keyspace holds
         self._workers = [self._worker_decoder.decode(v) for v in values]
         self._workers_at = time.monotonic()
-        beats = {w.worker_id: w.heartbeat_at for w in self._workers}
-        self._sent = {k: v for k, v in self._sent.items() if beats.get(k) == v[0]}  # a newer heartbeat counts them
-        self._ended = {k: v for k, v in self._ended.items() if beats.get(k) == v[0]}
+        beats = {w.worker_id: w for w in self._workers}
+        # A send stays counted until a heartbeat written after the worker handled its announcement; an end, until a
+        # newer heartbeat than the one it was counted against (which may be older than the end: it errs on the busy
+        # side). A worker that reports no announcement stamps (an older herd) has its sends counted the same way.
+        self._sent = {k: [s for s in v if self._uncounted(beats[k], *s)] for k, v in self._sent.items() if k in beats}
+        self._ended = {k: v for k, v in self._ended.items() if k in beats and beats[k].heartbeat_at == v[0]}
         return self._workers
+
+    @staticmethod
+    def _uncounted(worker: WorkerStatus, stamp: int, beat: float) -> bool:
+        """Is a job sent with this announcement stamp (when the worker heartbeat was `beat`) not in its count?"""
+        return stamp > worker.announced if worker.announced >= 0 else worker.heartbeat_at == beat
 
     async def stored(self) -> dict[str, int]:
         """Models in the store, with the context a worker will give them."""

@@ -222,6 +222,9 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     tokens_drafted: int = 0  # speculative decoding: tokens proposed, and the ones the model confirmed
     tokens_accepted: int = 0
     engine: EngineStats = EngineStats()
+    # the stamp of the latest announcement the worker had handled (taken or handed back) when it wrote this: the API
+    # counts its own later announcements to it as busy slots (api/gateway.py); 0: none yet, -1: not reported
+    announced: int = -1
 
 
 class RequestStats(msgspec.Struct, frozen=True):

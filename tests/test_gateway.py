@@ -63,10 +63,16 @@ async def gateway(redis_port: int, redis: Redis) -> AsyncIterator[Gateway]:
 
 
 async def heartbeat(
-    redis: Redis, worker_id: str, busy: int = 0, total: int = 4, model: str = MODEL, ttl_ms: int = 60_000
+    redis: Redis,
+    worker_id: str,
+    busy: int = 0,
+    total: int = 4,
+    model: str = MODEL,
+    ttl_ms: int = 60_000,
+    announced: int = 0,
 ) -> WorkerStatus:
     """A worker's heartbeat, as workers/bus.py writes it (its key and its entry in the registry of live workers)."""
-    status = WorkerStatus(worker_id, (model,), 1024, total, busy, 0, 0, 0, 1, "host", time.time())
+    status = WorkerStatus(worker_id, (model,), 1024, total, busy, 0, 0, 0, 1, "host", time.time(), announced=announced)
     await Registry(redis).beat(worker_id, msgspec.json.encode(status), ttl_ms)
     return status
 
@@ -117,7 +123,7 @@ async def test_open_subscribes_enqueues_on_a_worker_and_streams_its_events(gatew
     await heartbeat(redis, "w1")
     wakeups = await subscribe(redis, channels.announce("w1"))
     opening = asyncio.create_task(gateway.open(request("r1")))  # returns once a worker admitted the request
-    assert await received(wakeups) == b"r1"  # only the chosen worker is woken
+    assert (await received(wakeups)).split()[0] == b"r1"  # only the chosen worker is woken (with the job's stamp)
     await wakeups.aclose()
     stored = msgspec.msgpack.decode(await redis.get(channels.request("r1")), type=GenerationRequest)
     assert (stored.id, stored.prompt) == ("r1", "hi")
@@ -169,6 +175,40 @@ async def test_a_burst_counts_each_choice_before_the_admissions_return(gateway: 
     assert await redis.zcard(channels.worker_queue(MODEL, "two-free")) == 2
     assert await redis.zcard(channels.worker_queue(MODEL, "one-free")) == 1
     assert await redis.exists(channels.overflow(MODEL)) == 0
+    for stream in streams:
+        await stream.close()
+
+
+async def test_a_job_stays_counted_until_a_heartbeat_written_after_its_announcement(
+    gateway: Gateway, redis: Redis
+) -> None:
+    # Heartbeats are up to a second old when the API reads them: one newer than the last the API had can still be
+    # older than the API's latest announcement to the worker. The announcement's stamp, which the worker reports
+    # back, tells the two apart.
+    gateway.settings = msgspec.structs.replace(gateway.settings, queue_max=10)
+    await heartbeat(redis, "w", busy=0, total=2)
+    wakeups = await subscribe(redis, channels.announce("w"))
+    streams = [await gateway.open(request("s1"), wait=False)]
+    first_stamp = int((await received(wakeups)).split()[1])
+    await heartbeat(redis, "w", busy=0, total=2)  # newer, but written before the worker had s1
+    await gateway.workers(max_age_s=0)
+    streams.append(await gateway.open(request("s2"), wait=False))  # w's second slot
+    second_stamp = int((await received(wakeups)).split()[1])
+    assert second_stamp > first_stamp
+    streams.append(await gateway.open(request("s3"), wait=False))  # w is full: s1 and s2
+    assert await redis.zrange(channels.worker_queue(MODEL, "w"), 0, -1) == [b"s1", b"s2"]
+    assert await redis.zrange(channels.overflow(MODEL), 0, -1) == [b"s3"]
+    # A heartbeat written after the worker handled s1 (and counted it) but not s2: one slot busy, one taken by s2.
+    await heartbeat(redis, "w", busy=1, total=2, announced=first_stamp)
+    await gateway.workers(max_age_s=0)
+    streams.append(await gateway.open(request("s4"), wait=False))
+    assert await redis.zrange(channels.overflow(MODEL), 0, -1) == [b"s3", b"s4"]
+    # The worker handled both (and s1 ended): one slot free.
+    await heartbeat(redis, "w", busy=1, total=2, announced=second_stamp)
+    await gateway.workers(max_age_s=0)
+    streams.append(await gateway.open(request("s5"), wait=False))
+    assert await redis.zrange(channels.worker_queue(MODEL, "w"), 0, -1) == [b"s1", b"s2", b"s5"]
+    await wakeups.aclose()
     for stream in streams:
         await stream.close()
 

@@ -104,9 +104,9 @@ async def test_the_heartbeat_counts_a_job_whose_start_is_under_way(
     run = await started(2)
     await run.put("a", max_tokens=1000)
     status: Callable[[], Any] = run.worker.ctx["status"]
-    assert status().slots_busy == 0
-    run.worker.announce("a")
-    assert status().slots_busy == 1
+    assert (status().slots_busy, status().announced) == (0, 0)
+    run.worker.announce("a", 1234)
+    assert (status().slots_busy, status().announced) == (1, 1234)  # the API stops counting "a" itself
     await eventually(lambda: run.started_here("a"))
     assert status().slots_busy == 1
     run.worker.ctx["batcher"].cancel("a")

@@ -83,6 +83,7 @@ class HerdWorker(Worker):
         self._poll_again = False
         self._opening: set[str] = set()  # jobs whose start is under way here (their slots are taken)
         self._freed: set[str] = set()  # jobs the batch let go of, which arq has not ended yet (their slots are free)
+        self.announced = 0  # the stamp of the latest announcement handled (api/gateway.py's admission script)
         self.ctx["slot_freed"] = self.slot_freed  # for the job functions (generate, embed)
         self._shortcuts: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
 
@@ -111,10 +112,12 @@ class HerdWorker(Worker):
             self._freed.add(job_id)
             self.poll_soon()
 
-    def announce(self, job_id: str) -> None:
+    def announce(self, job_id: str, stamp: int = 0) -> None:
         """The API put `job_id` on this worker's queue: start it now, or hand it on when no slot is free. The slot is
         taken here, synchronously: two announcements for one free slot must not both be started (the second would
-        wait for a job to end, however long, instead of going to a free worker)."""
+        wait for a job to end, however long, instead of going to a free worker). The heartbeat reports the latest
+        `stamp` handled, so the API knows which of its announcements the heartbeat's count includes."""
+        self.announced = max(self.announced, stamp)
         if job_id in self.tasks or job_id in self._opening:
             return  # a poll found it first
         if self.allow_pick_jobs and self.free_slots > 0:
@@ -286,8 +289,9 @@ def build_worker(
         def on_message(kind: str, value: str) -> None:
             if kind == "cancel":
                 batcher.cancel(value)
-            else:
-                holder["worker"].announce(value)
+            else:  # "<job id> <stamp>"
+                job_id, _, stamp = value.partition(" ")
+                holder["worker"].announce(job_id, int(stamp or 0))
 
         def status() -> WorkerStatus:
             c = batcher.counters
@@ -299,6 +303,7 @@ def build_worker(
                 # the jobs starting here count, though the batch has not seen them yet: the API counts what it
                 # sent as busy only until a newer heartbeat, which must not then show their slots as free
                 slots_busy=max(batcher.busy, holder["worker"].slots_taken),
+                announced=holder["worker"].announced,
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
