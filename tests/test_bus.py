@@ -144,15 +144,24 @@ async def test_events_arrive_on_the_request_channel_in_order_and_stats_are_store
             received.append(decoder.decode(message["data"]))
     await pubsub.aclose()
     assert received == sent
-
-    async def stored() -> bool:
-        return bool(await redis.exists(channels.stats("r2")))
-
-    await eventually(stored)
+    # Stored before the last event went out (on the same connection): a client that got its answer finds them.
+    assert await redis.exists(channels.stats("r2")) == 1
     stats = msgspec.json.decode(await redis.get(channels.stats("r2")), type=RequestStats)
     assert (stats.finish_reason, stats.completion_tokens) == ("stop", 3)
     assert 0 < await redis.ttl(channels.stats("r2")) <= bus.settings.request_ttl_s
     assert await redis.exists(channels.request("r2")) == 0  # the record goes with the request's end
+
+
+async def test_a_request_s_stats_are_stored_before_its_last_event_is_published(bus: WorkerBus, redis: Redis) -> None:
+    await start(bus, redis)
+    async with redis.monitor() as monitor:  # every command Redis runs, in the order it runs them
+        stats = RequestStats("r3", "worker-1", "stop", 1, 1, time.time())
+        bus.emit([("r3", Finished(0, "stop", Usage(1, 1)))], [stats])
+        seen: list[str] = []
+        while not any(c.startswith(f"PUBLISH {channels.events('r3')}") for c in seen):
+            command = await asyncio.wait_for(monitor.next_command(), WAIT_S)
+            seen.append(command["command"])
+    assert any(c.startswith(f"SET {channels.stats('r3')}") for c in seen), seen
 
 
 async def test_a_durable_request_also_writes_its_stream_until_every_choice_ends(bus: WorkerBus, redis: Redis) -> None:

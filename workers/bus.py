@@ -123,7 +123,7 @@ class WorkerBus:
         self._redis = redis
         self._pending: list[tuple[str | bytes | int, ...]] = []  # commands for the publisher's next write
         self._durable: dict[str, int] = {}  # durable request id -> its choices still running
-        self._stats: list[RequestStats] = []
+        self._ttl = settings.request_ttl_s
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: list[asyncio.Task[None]] = []
@@ -204,13 +204,17 @@ class WorkerBus:
     # ---- events ------------------------------------------------------------------------------------
 
     def emit(self, events: list[tuple[str, StreamEvent]], stats: list[RequestStats]) -> None:
-        """Called on the event loop once per decode step; the publisher task sends everything in one pipeline."""
+        """Called on the event loop once per decode step; the publisher task sends everything in one pipeline. The
+        stats of the requests that ended go first, on the same connection: they are stored by the time a request's
+        last event reaches the API (and its client), however busy this worker's event loop is."""
+        for item in stats:
+            self._pending.append(("SET", channels.stats(item.request_id), msgspec.json.encode(item), "EX", self._ttl))
+            self._pending.append(("DEL", channels.request(item.request_id)))  # the record goes with the request
         for rid, ev in events:
             payload = self._encoder.encode(ev)
             self._pending.append(("PUBLISH", channels.events(rid), payload))
             if rid in self._durable:
                 self._append_durable(rid, ev, payload)
-        self._stats.extend(stats)
         self._wake.set()
 
     def _append_durable(self, rid: str, event: StreamEvent, payload: bytes) -> None:
@@ -226,8 +230,9 @@ class WorkerBus:
                 del self._durable[rid]
 
     async def _publisher(self) -> None:
-        """Sends each decode step's events as one write of pipelined PUBLISH commands on a connection of its own,
-        without waiting for the replies (a reader drains them): per token this costs a write, not a round trip."""
+        """Sends each decode step's events (and the stats of the requests that ended) as one write of pipelined
+        commands on a connection of its own, without waiting for the replies (a reader drains them): per token this
+        costs a write, not a round trip."""
         pool = self._redis.connection_pool
         while True:
             conn = pool.connection_class(**pool.connection_kwargs)
@@ -238,12 +243,9 @@ class WorkerBus:
                 while True:
                     await self._wake.wait()
                     self._wake.clear()
-                    pending, stats = self._pending, self._stats
-                    self._pending, self._stats = [], []
+                    pending, self._pending = self._pending, []
                     if pending:
                         await conn.send_packed_command(conn.pack_commands(pending), check_health=False)
-                    if stats:
-                        await self._store_stats(stats)
                     if drain.done():
                         drain.result()  # the connection broke: raise its error here
             except REDIS_ERRORS as exc:
@@ -254,13 +256,6 @@ class WorkerBus:
                 if drain is not None:
                     drain.cancel()
                 await conn.disconnect()
-
-    async def _store_stats(self, stats: list[RequestStats]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for item in stats:
-                pipe.set(channels.stats(item.request_id), msgspec.json.encode(item), ex=self.settings.request_ttl_s)
-                pipe.delete(channels.request(item.request_id))
-            await pipe.execute()
 
     # ---- cancels and heartbeats ----------------------------------------------------------------------
 
