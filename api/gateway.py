@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from contextlib import nullcontext
 
 import msgspec
 from arq.connections import ArqRedis
@@ -26,6 +27,7 @@ from herd.api.auth.ratelimit import METER
 from herd.api.demux import Demux
 from herd.api.events import AnyRequest, EventStream
 from herd.api.models.store import ModelStore
+from herd.api.slots import SlotView
 from herd.api.telemetry.genai import RequestTelemetry
 from herd.api.telemetry.metrics import Metrics
 from herd.config import Settings
@@ -140,13 +142,8 @@ class Gateway:
         self._admit = redis.register_script(_ADMIT)  # EVALSHA: the script is sent once
         self._rescue = redis.register_script(_RESCUE)
         self._registry = Registry(redis)
-        # worker id -> (stamp, the heartbeat's time then) of each announcement this process sent it that its heartbeat
-        # has not counted yet
-        self._sent: dict[str, list[tuple[int, float]]] = {}
-        # worker id -> (its latest heartbeat's time, jobs of it that ended here since): slots the heartbeat misses
-        self._ended: dict[str, tuple[float, int]] = {}
+        self._slots = SlotView()  # free slots: the heartbeats and what this process did since
         self._targets: dict[str, str] = {}  # request id -> the worker its job was put on, while it waits
-        self._choosing: dict[str, int] = {}  # worker id -> admissions under way that chose it (counted as busy)
 
     async def ping(self) -> bool:
         try:
@@ -231,17 +228,8 @@ class Gateway:
         # The likely target's slot counts as taken from now, not from the admission's reply: the requests of a burst
         # choose while the first ones are still being admitted, and must not all pile onto the one worker they see
         # with the most free slots (it would hand the extra ones back to the overflow).
-        likely = candidates[0] if candidates else ""
-        if likely:
-            self._choosing[likely] = self._choosing.get(likely, 0) + 1
-        try:
-            with map_redis_errors():
-                outcome, depth, target, affine, *stamp = await self._admit(keys=keys, args=args)
-        finally:
-            if likely:
-                self._choosing[likely] -= 1
-                if not self._choosing[likely]:
-                    del self._choosing[likely]
+        with self._slots.choosing(candidates[0]) if candidates else nullcontext(), map_redis_errors():
+            outcome, depth, target, affine, *stamp = await self._admit(keys=keys, args=args)
         if outcome == 1:
             raise Overloaded(f"the queue for model '{model}' is full ({depth} requests); retry shortly")
         if outcome == 2:
@@ -251,16 +239,9 @@ class Gateway:
         target = target.decode() if isinstance(target, bytes) else str(target)
         if target:
             self._targets[request.id] = target
-            beat = next((w.heartbeat_at for w in self._workers if w.worker_id == target), 0.0)
-            self._sent.setdefault(target, []).append((int(stamp[0]), beat))
+            self._slots.sent(target, request.id, int(stamp[0]))
         if self._metrics is not None:
             self._metrics.observe_dispatch(model, AFFINITY_OUTCOMES[int(affine)] if target else "overflow")
-
-    def _count_end(self, worker_id: str) -> None:
-        """One more job ended on a worker since the heartbeat of it this process holds."""
-        beat = next((w.heartbeat_at for w in self._workers if w.worker_id == worker_id), 0.0)
-        seen, n = self._ended.get(worker_id, (beat, 0))
-        self._ended[worker_id] = (beat, n + 1 if seen == beat else 1)
 
     async def _candidates(self, model: str) -> list[str]:
         """Workers of `model` with a free slot, most free first (ties in random order, so that API replicas reading
@@ -269,9 +250,7 @@ class Gateway:
         found = []
         for w in await self.workers():
             if model in w.models:
-                sent = len(self._sent.get(w.worker_id, ())) + self._choosing.get(w.worker_id, 0)
-                ended = self._ended.get(w.worker_id, (0.0, 0))[1]
-                free = min(w.slots_total, w.slots_total - w.slots_busy - sent + ended)
+                free = self._slots.free(w)
                 if free > 0:
                     found.append((-free, random.random(), w.worker_id))
         return [worker_id for _, _, worker_id in sorted(found)]
@@ -338,7 +317,7 @@ class Gateway:
         stream.telemetry.close()
         self._targets.pop(stream.request.id, None)
         if stream.worker_id is not None:  # its slot is free again, before the worker's next heartbeat says so
-            self._count_end(stream.worker_id)
+            self._slots.ended(stream.worker_id, stream.request.id)
         await self._demux.unsubscribe(channels.events(stream.request.id))
         if not stream.finished:
             await self.cancel(stream.request.id)
@@ -369,18 +348,8 @@ class Gateway:
             values = await self._registry.live()  # one command, whatever else the keyspace holds
         self._workers = [self._worker_decoder.decode(v) for v in values]
         self._workers_at = time.monotonic()
-        beats = {w.worker_id: w for w in self._workers}
-        # A send stays counted until a heartbeat written after the worker handled its announcement; an end, until a
-        # newer heartbeat than the one it was counted against (which may be older than the end: it errs on the busy
-        # side). A worker that reports no announcement stamps (an older herd) has its sends counted the same way.
-        self._sent = {k: [s for s in v if self._uncounted(beats[k], *s)] for k, v in self._sent.items() if k in beats}
-        self._ended = {k: v for k, v in self._ended.items() if k in beats and beats[k].heartbeat_at == v[0]}
+        self._slots.refresh(self._workers)
         return self._workers
-
-    @staticmethod
-    def _uncounted(worker: WorkerStatus, stamp: int, beat: float) -> bool:
-        """Is a job sent with this announcement stamp (when the worker heartbeat was `beat`) not in its count?"""
-        return stamp > worker.announced if worker.announced >= 0 else worker.heartbeat_at == beat
 
     async def stored(self) -> dict[str, int]:
         """Models in the store, with the context a worker will give them."""

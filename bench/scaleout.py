@@ -223,7 +223,9 @@ async def load(
             ids.append(resp.headers["x-request-id"])
             tokens += resp.json()["usage"]["completion_tokens"]
 
-    async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+    # httpx pools 100 connections by default: more requests in flight would wait for one in the client, unseen
+    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
         started = time.perf_counter()
         await asyncio.gather(*(one(http, i) for i in range(requests)))
         return time.perf_counter() - started, ids, tokens

@@ -223,8 +223,9 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     tokens_accepted: int = 0
     engine: EngineStats = EngineStats()
     # the stamp of the latest announcement the worker had handled (taken or handed back) when it wrote this: the API
-    # counts its own later announcements to it as busy slots (api/gateway.py); 0: none yet, -1: not reported
+    # counts its own later announcements to it as busy slots (api/slots.py); 0: none yet, -1: not reported
     announced: int = -1
+    holding: tuple[str, ...] = ()  # the jobs whose slots are taken (starting or generating) when it wrote this
 
 
 class RequestStats(msgspec.Struct, frozen=True):

@@ -70,9 +70,12 @@ async def heartbeat(
     model: str = MODEL,
     ttl_ms: int = 60_000,
     announced: int = 0,
+    holding: tuple[str, ...] = (),
 ) -> WorkerStatus:
     """A worker's heartbeat, as workers/bus.py writes it (its key and its entry in the registry of live workers)."""
-    status = WorkerStatus(worker_id, (model,), 1024, total, busy, 0, 0, 0, 1, "host", time.time(), announced=announced)
+    status = WorkerStatus(
+        worker_id, (model,), 1024, total, busy, 0, 0, 0, 1, "host", time.time(), announced=announced, holding=holding
+    )
     await Registry(redis).beat(worker_id, msgspec.json.encode(status), ttl_ms)
     return status
 
@@ -199,12 +202,12 @@ async def test_a_job_stays_counted_until_a_heartbeat_written_after_its_announcem
     assert await redis.zrange(channels.worker_queue(MODEL, "w"), 0, -1) == [b"s1", b"s2"]
     assert await redis.zrange(channels.overflow(MODEL), 0, -1) == [b"s3"]
     # A heartbeat written after the worker handled s1 (and counted it) but not s2: one slot busy, one taken by s2.
-    await heartbeat(redis, "w", busy=1, total=2, announced=first_stamp)
+    await heartbeat(redis, "w", busy=1, total=2, announced=first_stamp, holding=("s1",))
     await gateway.workers(max_age_s=0)
     streams.append(await gateway.open(request("s4"), wait=False))
     assert await redis.zrange(channels.overflow(MODEL), 0, -1) == [b"s3", b"s4"]
     # The worker handled both (and s1 ended): one slot free.
-    await heartbeat(redis, "w", busy=1, total=2, announced=second_stamp)
+    await heartbeat(redis, "w", busy=1, total=2, announced=second_stamp, holding=("s2",))
     await gateway.workers(max_age_s=0)
     streams.append(await gateway.open(request("s5"), wait=False))
     assert await redis.zrange(channels.worker_queue(MODEL, "w"), 0, -1) == [b"s1", b"s2", b"s5"]

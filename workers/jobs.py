@@ -106,6 +106,12 @@ class HerdWorker(Worker):
         """Jobs starting or running here, less those whose generation ended (what the heartbeat says is busy)."""
         return self.job_counter + len(self._opening) - len(self._freed)
 
+    @property
+    def holding(self) -> tuple[str, ...]:
+        """The jobs counted in slots_taken, by id (the heartbeat lists them: api/slots.py)."""
+        running = (job for job, task in self.tasks.items() if not task.done() and job not in self._freed)
+        return (*self._opening, *running)
+
     def slot_freed(self, job_id: str) -> None:
         """The job's generation ended: its slot takes the next job now (the oldest waiting one, if any)."""
         if job_id in self.tasks and not self.tasks[job_id].done():
@@ -304,6 +310,7 @@ def build_worker(
                 # sent as busy only until a newer heartbeat, which must not then show their slots as free
                 slots_busy=max(batcher.busy, holder["worker"].slots_taken),
                 announced=holder["worker"].announced,
+                holding=holder["worker"].holding,
                 tokens_generated=c.tokens_generated,
                 requests_done=c.requests_done,
                 requests_cancelled=c.requests_cancelled,
