@@ -7,7 +7,9 @@ SET NX of herd:started:<id>) and attributes the time:
 - direct: the admission script put it on a worker's queue (ZADD <prefix>:queue:<model>:w:<worker>) and that worker
   started it. Split into admission -> the start's first command (WATCH arq:in-progress:<id> in arq's start_jobs, or
   the EVALSHA of WorkerBus.begin naming that key: the announcement reaching the worker and its event loop getting to
-  it) and from there to the start (the in-progress mark, arq's run_job read of the job, herd's claim).
+  it) and from there to the start (the in-progress mark, arq's run_job read of the job, herd's claim; since herd's
+  claim is made in the start command, arq's run_job read follows it, and "admission->run_job" is the time until the
+  job's function runs).
 - handed back: put on a worker that would not start it (full after all, or draining), which moved it to the
   overflow (ZADD <prefix>:overflow:<model> after the worker queue's); then as below.
 - overflow: the admission found no candidate and put it in the model's overflow.
@@ -222,7 +224,10 @@ def breakdown(jobs: dict[str, Job], ids: list[str], trace: Trace | None = None) 
             "watch_to_start_ms": [(j.started - j.watch) * 1000 for j in group if j.watch],
             "watch_to_in_progress_ms": [(j.in_progress - j.watch) * 1000 for j in group if j.watch and j.in_progress],
             "in_progress_to_run_ms": [(j.run_job - j.in_progress) * 1000 for j in group if j.run_job and j.in_progress],
-            "run_to_start_ms": [(j.started - j.run_job) * 1000 for j in group if j.run_job],
+            "run_to_start_ms": [(j.started - j.run_job) * 1000 for j in group if j.run_job and j.started >= j.run_job],
+            # herd's claim made in the start command (WorkerBus.begin) comes before arq's run_job reads the job:
+            "start_to_run_ms": [(j.run_job - j.started) * 1000 for j in group if j.run_job > j.started],
+            "admit_to_run_ms": [(j.run_job - j.admitted) * 1000 for j in group if j.run_job],
         }
         if path != "direct":
             row["overflow_wait_ms"] = [j.overflow_wait_s * 1000 for j in group]
@@ -246,6 +251,9 @@ def format_breakdown(b: dict[str, Any]) -> list[str]:
             f"WATCH->start {_p(row['watch_to_start_ms'])} (WATCH->in-progress {_p(row['watch_to_in_progress_ms'])}, "
             f"->run_job {_p(row['in_progress_to_run_ms'])}, ->claim {_p(row['run_to_start_ms'])})"
         )
+        if row["start_to_run_ms"]:
+            text += f"; claimed in the start, then arq's run_job {_p(row['start_to_run_ms'])}"
+        text += f"; admission->run_job {_p(row['admit_to_run_ms'])}"
         if "overflow_wait_ms" in row:
             text += f"; in overflow {_p(row['overflow_wait_ms'])}, taken by {row['taken_by']}"
         if "free_slots_at_admission" in row:

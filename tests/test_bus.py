@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import pytest
-from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from herd import channels, redisconn
 from herd.config import Settings, load_settings
 from herd.errors import ErrorKind
@@ -121,6 +121,44 @@ async def test_a_cancelled_or_expired_request_is_not_claimed(bus: WorkerBus, red
     assert await bus.claim("never-written", GenerationRequest) is None
     await bus.forget("gone")
     assert await redis.exists(channels.request("gone")) == 0
+
+
+async def queued(redis: Redis, request: GenerationRequest, score: int = 1000) -> None:
+    """The request, its arq job key and its place on this worker's queue, as the API's admission leaves them."""
+    await put_request(redis, request)
+    await redis.set(job_key_prefix + request.id, b"job", ex=60)
+    await redis.zadd(channels.worker_queue(MODEL, "worker-1"), {request.id: score})
+
+
+async def test_a_job_s_start_claims_its_request_in_the_same_command(bus: WorkerBus, redis: Redis) -> None:
+    request = GenerationRequest(id="b1", model=MODEL, prompt="hi", max_tokens=3)
+    await queued(redis, request)
+    assert await bus.begin(MODEL, "b1", 60_000) == 1000  # arq's run_job wants the score
+    assert await redis.exists(in_progress_key_prefix + "b1", channels.started("b1")) == 2
+    assert await redis.get(channels.started("b1")) == b"worker-1"
+    await redis.delete(channels.request("b1"))  # claim() takes what the start read: it asks Redis nothing
+    assert await bus.claim("b1", GenerationRequest) == request
+    assert await bus.begin(MODEL, "b1", 60_000) is None  # in progress already
+    assert await bus.begin(MODEL, "not-queued-here", 60_000) is None
+
+
+async def test_a_start_claims_nothing_that_arq_will_not_run(bus: WorkerBus, redis: Redis) -> None:
+    await start(bus, redis)
+    await queued(redis, GenerationRequest(id="aborted", model=MODEL, prompt="hi"))
+    await redis.zadd(abort_jobs_ss, {"aborted": 1})  # arq's run_job fails it before generate() runs
+    await queued(redis, GenerationRequest(id="expired", model=MODEL, prompt="hi"))
+    await redis.delete(job_key_prefix + "expired")
+    for job_id in ("aborted", "expired"):
+        assert await bus.begin(MODEL, job_id, 60_000) == 1000
+        assert await redis.exists(channels.started(job_id)) == 0
+        assert await bus.claim(job_id, GenerationRequest) is not None  # no claim was made ahead: claim() makes it
+    # A claim made ahead that the job's function never took (arq failed the job first) is undone when the job ends.
+    await queued(redis, GenerationRequest(id="failed", model=MODEL, prompt="hi"))
+    assert await bus.begin(MODEL, "failed", 60_000) == 1000
+    bus.unclaim("b-other")  # a job whose claim was taken or never made: nothing to undo
+    bus.unclaim("failed")
+    await flushed(bus, redis)
+    assert await redis.exists(channels.started("failed")) == 0
 
 
 async def test_events_arrive_on_the_request_channel_in_order_and_stats_are_stored(bus: WorkerBus, redis: Redis) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import msgspec
-from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from herd import channels
 from herd.config import Settings
 from herd.inference import (
@@ -100,14 +100,28 @@ return moved
 # arq's start of a job (its start_jobs: WATCH the in-progress key, EXISTS it, ZSCORE the job, MULTI PSETEX EXEC: four
 # round trips) in one: the job is marked in progress only if it is on this worker's queue and not in progress already
 # (started here or elsewhere). arq also skips a job scored in the future (deferred); herd defers none, and a score is
-# the admission's time on the API's clock, which may run ahead of this worker's. KEYS: this worker's queue, the job's
-# in-progress key. ARGV: job id, the in-progress key's TTL (ms). Returns the job's score (for arq's run_job), or nil.
+# the admission's time on the API's clock, which may run ahead of this worker's. The same command makes herd's claim
+# (WorkerBus.claim: the started key, the request, its cancel flag) when arq's run_job will call the job's function
+# (its job key is there and it is not in arq's abort set), which claim() then takes without a round trip of its own.
+# KEYS: this worker's queue, the job's in-progress key, its job key, arq's abort set, the request's started key, its
+# record, its cancel flag. ARGV: job id, the in-progress key's TTL (ms), this worker's id, the request TTL (s).
+# Returns nil (not to be started), {score} (started, not claimed), or {score, first claim 1/0, record, cancelled}.
 _BEGIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or redis.call('EXISTS', KEYS[2]) == 1 then return false end
 redis.call('PSETEX', KEYS[2], ARGV[2], '1')
-return score
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {score} end
+local first = redis.call('SET', KEYS[5], ARGV[3], 'NX', 'EX', ARGV[4]) and 1 or 0
+return {score, first, redis.call('GET', KEYS[6]), redis.call('EXISTS', KEYS[7])}
 """
+
+
+class _Claim(NamedTuple):
+    """What claim() reads, read ahead by begin()."""
+
+    first: bool  # this worker set the started key
+    raw: bytes | None  # the request's record
+    cancelled: bool
 
 
 class Polled(NamedTuple):
@@ -123,6 +137,7 @@ class WorkerBus:
         self._redis = redis
         self._pending: list[tuple[str | bytes | int, ...]] = []  # commands for the publisher's next write
         self._durable: dict[str, int] = {}  # durable request id -> its choices still running
+        self._claims: dict[str, _Claim] = {}  # request id -> its claim, made by begin(), for claim() to take
         self._ttl = settings.request_ttl_s
         self._wake = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
@@ -136,11 +151,15 @@ class WorkerBus:
 
     async def claim(self, request_id: str, kind: type[R]) -> R | None:
         """The request to run, or None when it must not run: cancelled, expired, or already started once."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(channels.started(request_id), self.worker_id.encode(), nx=True, ex=self.settings.request_ttl_s)
-            pipe.get(channels.request(request_id))
-            pipe.exists(channels.cancelled(request_id))
-            first_start, raw, cancelled = await pipe.execute()
+        made = self._claims.pop(request_id, None)
+        if made is not None:
+            first_start, raw, cancelled = made
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(channels.started(request_id), self.worker_id.encode(), nx=True, ex=self._ttl)
+                pipe.get(channels.request(request_id))
+                pipe.exists(channels.cancelled(request_id))
+                first_start, raw, cancelled = await pipe.execute()
         if not first_start:
             log.warning("request %s was delivered again after a start; not running it twice", request_id)
             return None
@@ -176,11 +195,24 @@ class WorkerBus:
         return Polled(int(reply[0]), list(reply[2 : 2 + n_ready]), [i.decode() for i in reply[2 + n_ready :]])
 
     async def begin(self, model: str, job_id: str, in_progress_ms: int) -> int | None:
-        """Mark a job on this worker's queue in progress, as arq's start_jobs does, in one command: its score, or None
-        when it must not start here (gone from the queue, or in progress already)."""
-        keys = [channels.worker_queue(model, self.worker_id), in_progress_key_prefix + job_id]
-        score = await self._begin(keys, [job_id, in_progress_ms])
-        return None if score is None else int(float(score))
+        """Mark a job on this worker's queue in progress, as arq's start_jobs does, and claim its request, in one
+        command: its score, or None when it must not start here (gone from the queue, or in progress already)."""
+        keys = [channels.worker_queue(model, self.worker_id), in_progress_key_prefix + job_id, job_key_prefix + job_id]
+        keys += [abort_jobs_ss, channels.started(job_id), channels.request(job_id), channels.cancelled(job_id)]
+        reply = await self._begin(keys, [job_id, in_progress_ms, self.worker_id, self._ttl])
+        if reply is None:
+            return None
+        if len(reply) > 1:
+            self._claims[job_id] = _Claim(bool(reply[1]), reply[2], bool(reply[3]))
+        return int(float(reply[0]))
+
+    def unclaim(self, job_id: str) -> None:
+        """The job ended. If arq failed it before its function took the claim begin() made (a retry counted, an abort
+        since), the started key goes with the publisher's next write: the API must not wait on this worker for it."""
+        made = self._claims.pop(job_id, None)
+        if made is not None and made.first:
+            self._pending.append(("DEL", channels.started(job_id)))
+            self._wake.set()
 
     async def give_back(self, model: str, *job_ids: str) -> int:
         """Hand jobs this worker will not start (none named: all its waiting jobs) to the overflow."""

@@ -177,6 +177,8 @@ class HerdWorker(Worker):
 
     def _job_ended(self, job_id: str) -> None:
         self.job_counter -= 1
+        if self._bus is not None:
+            self._bus.unclaim(job_id)  # nothing to undo unless arq failed the job before its function ran
         if job_id in self._freed:
             self._freed.discard(job_id)  # its slot was free already
         else:
