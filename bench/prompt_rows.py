@@ -96,7 +96,7 @@ def _ttfts(streams: list[C.StreamResult]) -> list[float]:
     return [s.ttft_s * 1000 for s in streams if s.ok and s.ttft_s is not None]
 
 
-async def _burst(url: str, bodies: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+async def burst(url: str, bodies: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=len(bodies) + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, trust_env=False) as client:
         t0 = time.perf_counter()
@@ -128,7 +128,7 @@ async def _conversation(
     return ttfts, None
 
 
-async def _multiturn(url: str, model: str, users: int, turns: int, timeout_s: float) -> dict[str, Any]:
+async def multiturn(url: str, model: str, users: int, turns: int, timeout_s: float) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=users + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, trust_env=False) as client:
         per_user = await asyncio.gather(*(_conversation(client, url, model, u, turns, timeout_s) for u in range(users)))
@@ -159,11 +159,11 @@ async def _measure(base: str, model: str, rows: set[str], args: argparse.Namespa
             res["chat1"] = {"errors": sum(not s.ok for s in streams), "ttft_p50_ms": C.percentile(_ttfts(streams), 50)}
     docs = [chat_body(model, [{"role": "user", "content": document(i)}], 32) for i in range(args.rag)]
     if "rag" in rows or "repeat" in rows:
-        res["rag"] = await _burst(url, docs, args.timeout)
+        res["rag"] = await burst(url, docs, args.timeout)
     if "repeat" in rows:
-        res["repeat"] = await _burst(url, docs, args.timeout)
+        res["repeat"] = await burst(url, docs, args.timeout)
     if "multiturn" in rows:
-        res["multiturn"] = await _multiturn(url, model, args.users, args.turns, args.timeout)
+        res["multiturn"] = await multiturn(url, model, args.users, args.turns, args.timeout)
     return res
 
 
