@@ -161,8 +161,9 @@ class HerdWorker(Worker):
             await self._bus.give_back(self._model, *left)
 
     async def _begin(self, job_id: str) -> None:
-        """Start a job whose slot is taken (its id in `_opening`): arq's in-progress mark in one command
-        (WorkerBus.begin, where arq's start_jobs makes four round trips), then arq's run_job, counted as arq counts."""
+        """Start a job whose slot is taken (its id in `_opening`): arq's in-progress mark and herd's claim of the
+        request in one command (WorkerBus.begin, where arq's start_jobs makes four round trips and the claim a fifth),
+        then arq's run_job, counted as arq counts."""
         ttl_ms = int(self.in_progress_timeout_s * 1000)
         try:
             score = None if self._bus is None else await self._bus.begin(self._model, job_id, ttl_ms)
@@ -308,8 +309,8 @@ def build_worker(
                 models=(model.name,),
                 n_ctx=engine.n_ctx_seq,
                 slots_total=settings.max_seqs,
-                # the jobs starting here count, though the batch has not seen them yet: the API counts what it
-                # sent as busy only until a newer heartbeat, which must not then show their slots as free
+                # the jobs starting here count, though the batch has not seen them yet: once this heartbeat has
+                # handled a job's announcement, the API takes its word (and `holding`) for that job (api/slots.py)
                 slots_busy=max(batcher.busy, holder["worker"].slots_taken),
                 announced=holder["worker"].announced,
                 holding=holder["worker"].holding,
