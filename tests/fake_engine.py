@@ -167,6 +167,12 @@ class ScriptedEngine:
         if not await asyncio.to_thread(self._held.wait, 60):
             raise AssertionError("the engine thread never reached a decode")
 
-    def release(self) -> None:
-        self._hold_at = None
-        self._open.set()
+    def release(self, then: int | None = None) -> None:
+        """Let the held decode() go on; with `then`, the decode() of that number (counting every call from 0) is held
+        next."""
+        self._hold_at = then
+        if then is not None:
+            self._held.clear()
+        self._open.set()  # wakes the waiting decode(), which goes on even if the event is cleared again at once
+        if then is not None:
+            self._open.clear()

@@ -178,6 +178,25 @@ async def test_a_request_joins_a_running_batch_between_steps(make_run: MakeRun) 
     assert any(len(d.tokens) == 2 for d in shared)  # a decode step: one token for each sequence
 
 
+async def test_each_prompt_of_a_step_sends_its_first_token_after_its_own_prefill(make_run: MakeRun) -> None:
+    # A burst of requests is prefilled in one step, a decode call each: the first prompt's first token must not wait
+    # for the other prompts' calls (and the step's decode) before it leaves for the client.
+    run = make_run(max_seqs=4, prefill_chunk=4)
+    run.engine.hold()  # decode 0: the first chunk of "Count" (6 tokens: decodes 0 and 1)
+    first = await submit(run.batcher.run(request("x", "Count")))
+    await run.engine.held()
+    a = await submit(run.batcher.run(request("a", "Hi")))  # both wait in the inbox: admitted in the same step
+    b = await submit(run.batcher.run(request("b", "Yo")))
+    run.engine.release(then=3)  # the next step: "a" prefilled (decode 2), "b" (decode 3, held), then x's token
+    await run.engine.held()
+    assert run.engine.decodes[2].seq_ids != run.engine.decodes[1].seq_ids and len(run.engine.decodes) == 3
+    assert any(isinstance(e, TokenDelta) for e in run.events.of("a")), run.events.of("a")
+    assert not any(isinstance(e, TokenDelta) for e in run.events.of("b"))
+    run.engine.release()
+    await finish(first, a, b)
+    assert (run.events.text("a"), run.events.text("b")) == (SCRIPT["Hi"], SCRIPT["Yo"])
+
+
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:
     run = make_run(max_seqs=2)
     run.engine.hold()

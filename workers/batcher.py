@@ -80,6 +80,7 @@ class Batcher:
             max(prefill_budget, 1),
             prefill_pack,
             speculator,
+            self._flush,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_done: concurrent.futures.Future[None] | None = None
@@ -151,7 +152,7 @@ class Batcher:
                 self._apply_cancels()
                 self._admit()
                 # Started goes out before the prefill: the API can commit its 200 meanwhile.
-                self._outbox.flush(self._loop)
+                self._flush()
                 if self._embeds:
                     self._embed_step()
                 if self._running.active:
@@ -162,7 +163,11 @@ class Batcher:
                 error = exc if isinstance(exc, ServiceError) else EngineError(f"generation failed: {exc}")
                 for seq in list(self._running.active):
                     self._running.fail(seq, error)
-            self._outbox.flush(self._loop)
+            self._flush()
+
+    def _flush(self) -> None:
+        """What the engine produced so far goes to the event loop (and from there to Redis) now."""
+        self._outbox.flush(self._loop)
 
     def _apply_cancels(self) -> None:
         with self._cancel_lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 
 from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike
@@ -27,8 +28,10 @@ class Stepper:
         prefill_budget: int,
         prefill_pack: bool,
         speculator: Speculator | None,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
+        self._flush = flush  # hands what the step produced so far to the event loop (the batcher's outbox)
         self._running = running
         self._counters = counters
         self._meter = meter
@@ -176,7 +179,9 @@ class Stepper:
                     break
 
     def _prefill(self, seq: Seq) -> int:
-        """The next chunk of `seq`'s prompt; samples its first token when the prompt is done."""
+        """The next chunk of `seq`'s prompt; samples its first token when the prompt is done, and sends it at once:
+        several prompts prefilled in one step (a burst of requests) each get their first token after their own
+        decode calls, not after every prompt's of the step."""
         start = seq.n_prefilled
         end = seq.ends[bisect.bisect_right(seq.ends, start)]
         last = end == len(seq.prompt)
@@ -188,4 +193,5 @@ class Stepper:
             for choice in (seq, *forks):
                 assert choice.sampler is not None
                 self._running.on_token(choice, self._engine.sample(choice.sampler, n - 1), n - 1)
+            self._flush()
         return n
