@@ -113,16 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
     p.add_argument("--herd-redis-url", default=C.HERD_REDIS_URL)
+    p.add_argument("--herd-env", action="append", default=[], metavar="KEY=VALUE", help="a setting for herd (repeat)")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--ready-timeout", type=float, default=180.0)
     args = p.parse_args(argv)
     rows = set(args.rows.split(",")) & set(P.PROMPT_ROWS)
+    env = dict(item.split("=", 1) for item in args.herd_env)
     lock = C.acquire_run_lock(1800.0)
     with lock, tempfile.TemporaryDirectory(prefix="herd-paired-") as tmp:
         log_dir = Path(tmp)
         model = C.default_model_path()
         with (
-            C.herd_serve("herd", args.herd, args.herd_redis_url, args.ready_timeout, log_dir) as (_, herd_base),
+            C.herd_serve("herd", args.herd, args.herd_redis_url, args.ready_timeout, log_dir, env) as (_, herd_base),
             C.llama_server(args.llama_server, model, 8, args.threads, args.ready_timeout, log_dir) as (_, llama_base),
         ):
             servers = {
