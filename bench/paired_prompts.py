@@ -29,14 +29,14 @@ import httpx
 from bench import common as C
 from bench import prompt_rows as P
 
-# (row, metric, better when lower): the figures the targets compare
+# (row, metric): the figures the targets compare
 METRICS = (
-    ("chat1", "ttft_p50_ms", True),
-    ("rag", "aggregate_tps", False),
-    ("repeat", "ttft_p50_ms", True),
-    ("repeat", "aggregate_tps", False),
-    ("multiturn", "ttft_p50_ms", True),
-    ("multiturn", "ttft_p99_ms", True),
+    ("chat1", "ttft_p50_ms"),
+    ("rag", "aggregate_tps"),
+    ("repeat", "ttft_p50_ms"),
+    ("repeat", "aggregate_tps"),
+    ("multiturn", "ttft_p50_ms"),
+    ("multiturn", "ttft_p99_ms"),
 )
 
 
@@ -86,7 +86,7 @@ def _brief(result: dict[str, Any]) -> str:
 def report(results: dict[str, list[dict]]) -> list[str]:
     herd, llama = results["herd"], results["llama-server -np 8"]
     lines = [f"{'row':28s} {'herd median':>12s} {'llama median':>13s} {'ratio median':>13s}  per-round ratios"]
-    for row, key, _lower in METRICS:
+    for row, key in METRICS:
         pairs = [(h.get(row, {}).get(key), ll.get(row, {}).get(key)) for h, ll in zip(herd, llama, strict=True)]
         pairs = [(h, ll) for h, ll in pairs if h is not None and ll is not None]
         if not pairs:

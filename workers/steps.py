@@ -28,7 +28,7 @@ class Stepper:
         prefill_budget: int,
         prefill_pack: bool,
         speculator: Speculator | None,
-        flush: Callable[[], None] = lambda: None,
+        flush: Callable[[], None],
     ) -> None:
         self._engine = engine
         self._flush = flush  # hands what the step produced so far to the event loop (the batcher's outbox)
