@@ -36,9 +36,22 @@ PROMPT_ROWS = ("chat1", "rag", "repeat", "multiturn")
 
 
 async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any], timeout_s: float) -> C.StreamResult:
-    """POST one streaming /v1/chat/completions request and time its SSE chunks (text: delta.content)."""
-    result = C.StreamResult(ok=False)
+    """POST one streaming /v1/chat/completions request and time its SSE chunks (text: delta.content), from the
+    first send. A keep-alive connection the server closed before the request reached it (llama-server closes them
+    after a number of requests; httpx may send on one before it sees the close: "Server disconnected without
+    sending a response") is sent again once on a new connection: the server never saw it, and a user's turn that
+    fails there would end the conversation and lighten the load on the turns left."""
     t_send = time.perf_counter()
+    result = await _stream_chat(client, url, body, timeout_s, t_send)
+    if result.error is not None and result.error.startswith("RemoteProtocolError: Server disconnected without"):
+        result = await _stream_chat(client, url, body, timeout_s, t_send)
+    return result
+
+
+async def _stream_chat(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], timeout_s: float, t_send: float
+) -> C.StreamResult:
+    result = C.StreamResult(ok=False)
     t_first: float | None = None
     t_last = t_send
     pieces: list[str] = []

@@ -56,3 +56,42 @@ def test_the_next_turn_reuses_the_whole_earlier_prompt(server: HerdServer) -> No
         second = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
     assert second.usage is not None and second.usage.prompt_tokens_details is not None
     assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+
+
+def test_a_reply_decoded_beside_others_is_reused_and_the_next_turn_is_unchanged(server: HerdServer) -> None:
+    # Eight conversations at once fill the eight slots, so their replies are decoded beside each other and those
+    # cells count for the next turn (a reply decoded alone does not: workers/slots.py). Each next turn is then sent
+    # alone, warm, and again cold after unrelated requests took every slot: the same greedy text.
+    no_end = {"0": -100, "2": -100}  # SmolLM2's end tokens: every reply is 10 tokens
+    turn1 = [[{"role": "user", "content": f"Person {i}: name a fruit."}] for i in range(8)]
+
+    def reply(client: openai.OpenAI, messages: list[dict[str, str]]) -> tuple[str, int, int]:
+        resp = client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            logit_bias=no_end,  # type: ignore[arg-type]
+        )
+        assert resp.usage is not None and resp.usage.prompt_tokens_details is not None
+        cached = resp.usage.prompt_tokens_details.cached_tokens or 0
+        return resp.choices[0].message.content or "", resp.usage.prompt_tokens, cached
+
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as client:
+        with ThreadPoolExecutor(8) as pool:
+            firsts = list(pool.map(lambda m: reply(client, m), turn1))
+        turn2 = [
+            [*m, {"role": "assistant", "content": text}, {"role": "user", "content": "And its colour?"}]
+            for m, (text, _, _) in zip(turn1, firsts, strict=True)
+        ]
+        warm = [reply(client, m) for m in turn2]
+        with ThreadPoolExecutor(8) as pool:
+            pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"{i} pears", max_tokens=4), range(8))
+        cold = [reply(client, m) for m in turn2]
+    beyond = [cached - first_prompt for (_, first_prompt, _), (_, _, cached) in zip(firsts, warm, strict=True)]
+    assert all(n >= 0 for n in beyond), beyond  # every warm turn reuses all of its first prompt ...
+    assert sum(n > 0 for n in beyond) >= 4, beyond  # ... and most of them some of their reply too
+    # Cold: at most what the conversations share (the template's default system prompt and "Person "), left by the
+    # turn sent just before.
+    assert all(cached < first_prompt - 4 for (_, _, cached), (_, first_prompt, _) in zip(cold, firsts, strict=True))
+    assert [text for text, _, _ in warm] == [text for text, _, _ in cold]

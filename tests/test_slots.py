@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from herd.inference import ChatMessage, Finished, GenerationRequest, SamplingParams, StreamEvent, TokenDelta
 from herd.workers.batcher import Batcher
-from herd.workers.slots import Slots, chunk_ends, message_opener
+from herd.workers.slots import KIND_ROW as ROW
+from herd.workers.slots import KIND_UNSURE as UNSURE
+from herd.workers.slots import Slots, chunk_ends, message_opener, prompt_kinds
 
 from tests.fake_engine import BOS, Decode, ScriptedEngine
 
@@ -22,6 +24,11 @@ NL = 10  # a newline: it closes a message's header (OPEN, a role, NL)
 
 def ends(prompt: list[int], chunk: int = 64, opener: int = OPEN) -> list[int]:
     return chunk_ends(prompt, opener, chunk, lambda token: token == NL)
+
+
+def cold(prompt: list[int], *generated: int, chunk: int = 64) -> bytes:
+    """The kernels of a prompt's cells prefilled cold in its chunks, then of generated tokens' cells."""
+    return bytes(prompt_kinds(ends(prompt, chunk))) + bytes(generated)
 
 
 def test_chunks_end_after_every_message_header_but_the_first_and_every_chunk_within_a_message() -> None:
@@ -38,14 +45,15 @@ def test_chunks_end_after_every_message_header_but_the_first_and_every_chunk_wit
 
 def test_a_header_after_a_long_chunk_is_a_chunk_of_its_own() -> None:
     # A long message (a document) and the generation prompt: the header does not join the document's last chunk, so
-    # the same prompt sent again recomputes only the header; after a short chunk it joins it (one decode call).
+    # the same prompt sent again recomputes only the end of the header (2 tokens, one call); after a short chunk it
+    # joins it (one decode call).
     document = [1, OPEN, 5, NL, *range(20, 60), OPEN, 7, NL]
     assert ends(document) == [44, 47]
     question = [1, OPEN, 5, NL, *range(20, 30), OPEN, 7, NL]
     assert ends(question) == [17]
     slots = Slots(1)
-    slots.give_back(slots.take(document, ends(document))[0], [*document, 70], ends(document))
-    assert slots.take(document, ends(document))[1] == 44
+    slots.give_back(slots.take(document, ends(document))[0], [*document, 70], cold(document, ROW))
+    assert slots.take(document, ends(document))[1] == 45
 
 
 def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
@@ -65,7 +73,7 @@ def test_prompts_sharing_a_system_prompt_share_its_chunks_and_the_next_header() 
     assert [e for e in ends(a) if e <= shared] == [e for e in ends(b) if e <= shared] == [shared]
     slots = Slots(2)
     slot, _, _ = slots.take(a, ends(a))
-    slots.give_back(slot, [*a, 77, 78], ends(a))  # the prompt and two generated tokens
+    slots.give_back(slot, [*a, 77, 78], cold(a, ROW, ROW))  # the prompt and two generated tokens
     assert slots.take(b, ends(b)) == (slot, shared, len(a) + 2)
 
 
@@ -75,37 +83,49 @@ def test_a_prompt_takes_the_slot_with_the_longest_reusable_prefix() -> None:
     long_ = [1, OPEN, 5, NL, 3, OPEN, 6, NL, 7, 8, OPEN, 6, NL, 4]
     slots = Slots(3)
     for prompt in (other, short, long_):
-        slots.give_back(slots.take([], [])[0], prompt, ends(prompt))
+        slots.give_back(slots.take([], [])[0], prompt, cold(prompt))
     again = [*long_[:-1], 2]
     assert slots.take(again, ends(again)) == (2, 13, len(long_))
-    # The same prompt again reuses all but its last message (its logits give the first token), never the whole.
+    # The same prompt again reuses all but its last token (its logits give the first new one), never the whole;
+    # here the last chunk is 1 token (the user's), computed alone, which is never reused: so the chunk before it.
     assert slots.take(short, ends(short))[:2] == (1, 8)
     # Nothing to reuse: the cache used longest ago goes.
     assert slots.take([3, 3], [2]) == (0, 0, len(other))
 
 
-def test_the_next_turn_reuses_the_whole_prompt_but_not_the_generated_tokens() -> None:
-    # Turn 2 repeats turn 1's prompt and its reply: the reply's cells came from decode steps, one token each, which
-    # a cold run of turn 2 computes as a chunk; so reuse stops at turn 1's last cut, the end of its generation prompt.
+def test_the_next_turn_reuses_the_reply_computed_beside_another_sequence() -> None:
+    # Turn 2 repeats turn 1's prompt and its reply. Reply tokens decoded beside another sequence took the kernel a
+    # short chunk takes, as a cold run of turn 2 computes them: reused, leaving 2 tokens or more of their chunk. A
+    # reply decoded alone is not (its kernel may have been the split one): reuse stops at turn 1's prompt.
     turn1 = [1, OPEN, 5, NL, 2, OPEN, 6, NL, 3, OPEN, 7, NL]
     turn2 = [*turn1, 70, 71, OPEN, 6, NL, 4, OPEN, 7, NL]
-    assert len(turn1) in ends(turn2)
+    assert len(turn1) in ends(turn2) and len(turn1) + 5 in ends(turn2)
     slots = Slots(1)
     slot, _, _ = slots.take(turn1, ends(turn1))
-    slots.give_back(slot, [*turn1, 70, 71], ends(turn1))
+    slots.give_back(slot, [*turn1, 70, 71], cold(turn1, ROW, ROW))
+    assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 2
+    slots.give_back(slot, [*turn1, 70, 71, OPEN, 6], cold(turn1, ROW, ROW, ROW, ROW))
+    assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 3  # the chunk's last 2 tokens are computed
+    slots.give_back(slot, [*turn1, 70, 71], cold(turn1, ROW, UNSURE))
+    assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 1
+    slots.give_back(slot, [*turn1, 70, 71], cold(turn1, UNSURE, ROW))
     assert slots.take(turn2, ends(turn2))[1] == len(turn1)
 
 
-def test_a_cached_prefix_is_reused_only_up_to_where_both_chunkings_agree() -> None:
-    # Same tokens, cuts at 6 in both, but the cached prompt was cut at 3 before it and the new one at 4: the cells of
-    # its first 6 tokens were computed in other chunks than a cold run of the new prompt computes them.
-    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+def test_a_cached_prefix_is_reused_only_as_far_as_its_kernels_are_a_cold_runs() -> None:
+    prompt = list(range(100, 300))  # no messages: chunks of `chunk` tokens
     slots = Slots(1)
-    slot, _, _ = slots.take(prompt, [3, 6, 9])
-    slots.give_back(slot, prompt, [3, 6, 9])
-    assert slots.take(prompt, [4, 6, 9])[1] == 0
-    slots.give_back(slot, prompt, [3, 6, 9])
-    assert slots.take(prompt, [3, 6, 9])[1] == 6
+    slots.give_back(0, prompt, cold(prompt, chunk=64))  # 64 + 64 + 64 tiled, then 8 short
+    assert slots.take(prompt, ends(prompt, chunk=32))[1] == 0  # a cold run of 32-token chunks: other kernels
+    slots.give_back(0, prompt, cold(prompt, chunk=64))
+    assert slots.take(prompt, ends(prompt, chunk=64))[1] == 198  # the last 2 (of the short chunk) are computed
+    # Within a tiled chunk, the rest it leaves to compute must be a tiled call too: 64 tokens or more.
+    slots.give_back(0, [*prompt[:150], 7], cold(prompt[:150], chunk=256) + bytes([ROW]))
+    assert slots.take(prompt, ends(prompt, chunk=256))[1] == 200 - 64
+    slots.give_back(0, prompt[:100], cold(prompt[:100], chunk=256))  # a call of 100: tiled too
+    assert slots.take(prompt, ends(prompt, chunk=256))[1] == 100
+    slots.give_back(0, prompt[:40], cold(prompt[:40], chunk=256))  # a call of 40: not tiled
+    assert slots.take(prompt, ends(prompt, chunk=256))[1] == 0
 
 
 def chat(rid: str, question: str) -> GenerationRequest:

@@ -62,7 +62,7 @@ class Batcher:
         self._prompts = Prompts(engine, template, max_tokens_cap, prefill_chunk)
         self._running = Running(
             engine,
-            Slots(engine.max_seqs),
+            Slots(engine.max_seqs, exact=not prefill_pack),
             self._outbox,
             template,
             worker_id,

@@ -22,7 +22,7 @@ from herd.workers.enginestats import EngineMeter
 from herd.workers.outbox import Outbox
 from herd.workers.protocol import EngineLike
 from herd.workers.sequence import Counters, Seq
-from herd.workers.slots import Slots
+from herd.workers.slots import Slots, prompt_kinds
 from herd.workers.spans import record_sequence, timeline
 from herd.workers.speculate import Acceptance, Speculator
 from herd.workers.template import ChatTemplate
@@ -87,6 +87,7 @@ class Running:
         if reused < held:
             self._engine.trim(seq.seq_id, reused)  # drop what the slot holds beyond the shared prefix
         seq.n_prefilled = seq.kv_len = seq.cached = reused
+        seq.kinds = prompt_kinds(seq.ends)[:reused]  # reused: the kernels a cold run takes (Slots.take)
         self._meter.admitted(len(seq.prompt), reused)
         self._speculate(seq)
         seq.text = TextStream(seq.req.stop)
@@ -108,6 +109,7 @@ class Running:
             self._engine.fork(seq.seq_id, slot)
             fork = Seq(req=seq.req, family=family, index=len(forks) + 1, seq_id=slot, prompt=seq.prompt, ends=seq.ends)
             fork.n_prefilled = fork.kv_len = len(seq.prompt)
+            fork.kinds = bytearray(seq.kinds)
             fork.max_tokens = seq.max_tokens
             fork.sampler = self._engine.new_sampler(seq.req.sampling, self.grammar(seq.req), seed_offset=fork.index)
             fork.text = TextStream(seq.req.stop)
@@ -225,9 +227,9 @@ class Running:
         else:
             held = []
             self._engine.drop(seq.seq_id)
-        self._slots.give_back(seq.seq_id, held, seq.ends)
+        self._slots.give_back(seq.seq_id, held, seq.kinds)
         for slot in seq.family.fork_slots:  # reserved for forks that never came (the prompt failed or was cancelled)
-            self._slots.give_back(slot, [], [])
+            self._slots.give_back(slot, [], b"")
         seq.family.fork_slots = []
         if seq.sampler is not None:
             self._engine.free_sampler(seq.sampler)

@@ -32,6 +32,7 @@ class Seq:
     ends: list[int] = field(default_factory=list)  # where its prefill chunks end (workers/slots.py)
     n_prefilled: int = 0
     kv_len: int = 0  # tokens of prompt + out whose KV cells are in the slot
+    kinds: bytearray = field(default_factory=bytearray)  # the kernel each of those cells took (workers/slots.py)
     cached: int = 0  # prompt tokens found in the slot's cache at admission
     out: list[int] = field(default_factory=list)
     max_tokens: int = 0

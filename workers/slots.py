@@ -1,17 +1,24 @@
 """KV slots (llama.cpp sequence ids) and the prompt cache they hold: a finished sequence leaves its cells in place, so
-the next prompt that starts the same way (a shared system prompt, the next turn of a chat) prefills only the rest.
+the next prompt that starts the same way (a shared system prompt, the next turn of a chat, the same document again)
+prefills only the rest.
 
-Reuse is exact: llama.cpp's arithmetic depends on how tokens are grouped into decode calls, so a prompt is always
-prefilled in the same chunks, and those chunks are a function of the prompt's own tokens (`chunk_ends`): a cut after
-the header of every message of a chat but the first (ChatML's ``<|im_start|>user\n``), so that what two prompts share
-(a system prompt and the next message's header; a whole earlier turn up to its reply) ends on a cut, a cut before a
-header that follows a long chunk, then every `chunk` tokens within a message. A cached prefix is reused only up to a
-cut where both prompts' chunkings agree on every cut before it, so a warm run reuses exactly the cells a cold run
-computes, whatever the system prompt's length.
+Reuse is exact: a warm run computes what a cold run would. On the CPU, llama.cpp computes each token's row of a
+decode call by itself (a token's result does not depend on the other tokens of its micro-batch), except in
+attention, where the kernel depends on how many tokens of the sequence the micro-batch holds: fewer than 64 take one
+kernel, 64 or more a tiled one (ggml's GGML_FA_TILE_Q), and a micro-batch of a single token of a single sequence
+over 512 or more cells a third, which splits the cells between threads. Each kernel gives the same row whatever it
+is grouped with (measured: any chunking of a prompt, tokens one per step beside another sequence, prompts packed
+together), but the three differ from each other in the last bits. So every cell records its kernel (`KIND_*`), a
+prompt is prefilled in chunks that are a function of its own tokens (`chunk_ends`), which fix each token's kernel
+in a cold run, and a cached prefix is reused as far as the cells' kernels are those a cold run gives the new prompt:
+to any token of a chunk under 64 tokens (the rest of the chunk, at least 2 tokens, is computed as one call) or of a
+longer chunk while at least 64 of it remain; and the tokens a sequence generated count, where they were computed
+beside another sequence (a lone token could have taken the split kernel).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable
 
@@ -46,6 +53,10 @@ def prompt_chunks(prompt: list[int], engine: EngineLike, chunk: int) -> list[int
     return chunk_ends(prompt, message_opener(prompt, engine.is_control), chunk, closes_header)
 
 
+TILE = 64  # tokens of one sequence in a micro-batch from which llama.cpp's CPU attention takes its tiled kernel
+KIND_ROW = ord("r")  # a cell computed with fewer than TILE tokens of its sequence in its micro-batch (2 or more)
+KIND_TILED = ord("t")  # computed with TILE or more
+KIND_UNSURE = ord("?")  # a lone token: its kernel depended on how many cells the sequence held (never reused)
 FOLD = 32  # a chunk shorter than this takes the next message's header along; a longer one ends before it
 
 
@@ -94,14 +105,29 @@ def _header_close(prompt: list[int], at: int, opener: int, closes_header: Callab
     return -1
 
 
-class Slots:
-    """Free slots, each with the tokens its KV cells still hold and where that prompt's chunks ended; the least
-    recently used cache is evicted first."""
+def call_kind(n_tokens: int) -> int:
+    """The kernel of the cells one decode call of `n_tokens` tokens of one sequence computes."""
+    return KIND_TILED if n_tokens >= TILE else KIND_ROW if n_tokens > 1 else KIND_UNSURE
 
-    def __init__(self, n: int) -> None:
-        self._free: dict[int, tuple[list[int], list[int]]] = {i: ([], []) for i in range(n)}
+
+def prompt_kinds(ends: list[int]) -> bytearray:
+    """The kernel of each cell of a prompt prefilled cold, in its chunks (`ends`)."""
+    kinds = bytearray()
+    for end in ends:
+        kinds += bytes([call_kind(end - len(kinds))]) * (end - len(kinds))
+    return kinds
+
+
+class Slots:
+    """Free slots, each with the tokens its KV cells still hold and the kernel of each cell; the least recently used
+    cache is evicted first. With `exact` off (HERD_PREFILL_PACK, which promises no exactness), a cached prefix is
+    reused up to the last of the new prompt's cuts within the tokens they share."""
+
+    def __init__(self, n: int, exact: bool = True) -> None:
+        self._free: dict[int, tuple[list[int], bytes]] = {i: ([], b"") for i in range(n)}
         self._released_at: dict[int, int] = dict.fromkeys(range(n), 0)
         self._clock = 0
+        self._exact = exact
 
     @property
     def free(self) -> int:
@@ -113,15 +139,14 @@ class Slots:
         return sum(len(held) for held, _ in self._free.values())
 
     def take(self, prompt: list[int], ends: list[int]) -> tuple[int, int, int]:
-        """The slot holding the longest reusable prefix of `prompt`: (slot, prompt tokens reused, tokens it holds).
-
-        The reused prefix ends on a cut of both prompts' chunkings, which agree on every cut before it (so the
-        reused cells are those a cold run computes, and the rest is computed exactly as in a cold run), and leaves at
-        least the prompt's last token to compute, since its logits give the first new token.
+        """The slot holding the longest reusable prefix of `prompt` (chunked at `ends`): (slot, prompt tokens
+        reused, tokens it holds). At least the prompt's last token is left to compute: its logits give the first new
+        token.
         """
+        want = bytes(prompt_kinds(ends)) if self._exact else b""
         best, best_len = -1, 0
-        for slot, (held, cuts) in self._free.items():
-            reused = _reusable(held, cuts, prompt, ends)
+        for slot, (held, kinds) in self._free.items():
+            reused = _reusable(held, kinds, prompt, ends, want) if self._exact else _loose(held, prompt, ends)
             if reused > best_len:
                 best, best_len = slot, reused
         if best < 0:
@@ -133,19 +158,32 @@ class Slots:
         held, _ = self._free.pop(best)
         return best, best_len, len(held)
 
-    def give_back(self, slot: int, held: list[int], ends: list[int]) -> None:
-        """Return `slot`, whose cells hold `held`: a prompt chunked at `ends` (then, maybe, tokens generated)."""
+    def give_back(self, slot: int, held: list[int], kinds: bytes | bytearray) -> None:
+        """Return `slot`, whose cells hold `held` (a prompt, then maybe tokens generated), computed with `kinds`."""
         self._clock += 1
-        self._free[slot] = (held, [end for end in ends if end <= len(held)])
+        self._free[slot] = (held, bytes(kinds[: len(held)]))
         self._released_at[slot] = self._clock
 
 
-def _reusable(held: list[int], cuts: list[int], prompt: list[int], ends: list[int]) -> int:
-    """The last cut of the chunkings' common beginning within the tokens `held` and `prompt` share (not the last)."""
+def _loose(held: list[int], prompt: list[int], ends: list[int]) -> int:
+    """The last of the prompt's cuts within the tokens it shares with `held` (but not the whole prompt)."""
     limit = min(_common_prefix(held, prompt), len(prompt) - 1)
-    reused = 0
-    for mine, theirs in zip(ends, cuts, strict=False):
-        if mine != theirs or mine > limit:
-            break
-        reused = mine
-    return reused
+    return ends[bisect.bisect_right(ends, limit) - 1] if ends and ends[0] <= limit else 0
+
+
+def _reusable(held: list[int], kinds: bytes, prompt: list[int], ends: list[int], want: bytes) -> int:
+    """How much of `held` (its cells computed with `kinds`) a prompt chunked at `ends` (a cold run computes its
+    cells with `want`) reuses: the tokens they share whose cells a cold run computes with the same kernel, cut back
+    so that the rest of the chunk it stops in keeps its kernel (2 tokens or more under TILE, TILE or more in a tiled
+    chunk)."""
+    n = min(_common_prefix(held, prompt), len(prompt) - 1, len(kinds))
+    if n <= 0:
+        return 0
+    i = 0
+    while i < n and kinds[i] == want[i] and want[i] != KIND_UNSURE:
+        i += 1
+    at = bisect.bisect_right(ends, i)
+    start, end = (ends[at - 1] if at else 0), ends[at]
+    if i > start:
+        i = max(start, min(i, end - (TILE if want[start] == KIND_TILED else 2)))
+    return i

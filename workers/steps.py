@@ -12,6 +12,7 @@ from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike
 from herd.workers.running import Running
 from herd.workers.sequence import Counters, Seq, by_seq_id
+from herd.workers.slots import KIND_ROW, KIND_UNSURE, call_kind
 from herd.workers.speculate import Speculator
 
 
@@ -72,8 +73,13 @@ class Stepper:
             [True] * len(decoding),
         )
         self._meter.stepped(len(decoding), 0, self._running.kv_used())
+        ids = {seq.seq_id for seq in decoding}
         for index, seq in enumerate(decoding):
             seq.kv_len += 1
+            # llama.cpp puts runs of consecutive sequence ids in one micro-batch: a token with a neighbour there
+            # took the kernel a short prefill chunk takes; a lone one maybe not (workers/slots.py).
+            beside = seq.seq_id - 1 in ids or seq.seq_id + 1 in ids
+            seq.kinds.append(KIND_ROW if beside else KIND_UNSURE)
             assert seq.sampler is not None
             self._running.on_token(seq, self._engine.sample(seq.sampler, index), index)
 
@@ -120,9 +126,11 @@ class Stepper:
             self._meter.stepped(len(stepping), 0, self._running.kv_used())
         for seq in stepping:
             seq.kv_len += 1
+            seq.kinds.append(KIND_UNSURE)  # packed calls make no promise (Slots reuses them as they are)
             assert seq.sampler is not None
             self._running.on_token(seq, self._engine.sample(seq.sampler, at[seq.seq_id]), at[seq.seq_id])
         for seq, _, end in plan:
+            seq.kinds += bytes([KIND_UNSURE]) * (end - seq.kv_len)
             seq.n_prefilled = seq.kv_len = end
             if end == len(seq.prompt):
                 index = at[seq.seq_id]
@@ -171,8 +179,10 @@ class Stepper:
                 self._counters.tokens_drafted += len(draft)
                 self._counters.tokens_accepted += accepted
                 seq.acceptance.record(len(draft), accepted)
+            del seq.kinds[base:]  # what a verify step computes is not reused (its kernels vary with the drafts)
             for i, token in enumerate(emitted):
                 seq.kv_len = base + 1 + i
+                seq.kinds.append(KIND_UNSURE)
                 seq.next_token = -1
                 self._running.on_token(seq, token, start + i)
                 if seq.next_token < 0:  # finished
@@ -187,6 +197,7 @@ class Stepper:
         last = end == len(seq.prompt)
         n = end - start
         self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
+        seq.kinds += bytes([call_kind(n)]) * n
         seq.n_prefilled = seq.kv_len = end
         if last:
             forks = self._running.fork(seq)  # before the first sample: every choice draws from the prompt's logits
