@@ -161,6 +161,45 @@ async def test_the_next_request_reuses_the_cached_prefix_on_a_chunk_boundary(mak
     assert run.events.finished("c")[0].usage.cached_tokens == 8
 
 
+async def test_waiting_prompts_share_a_prefill_call(make_run: MakeRun) -> None:
+    run = make_run(max_seqs=4, prefill_chunk=4)
+    run.engine.hold()
+    blocker = await submit(run.batcher.run(request("x", "Hi", max_tokens=1)))
+    await run.engine.held()
+    tasks = [await submit(run.batcher.run(request(r, p))) for r, p in (("a", "Yo"), ("b", "Story"))]
+    run.engine.release()
+    await finish(blocker, *tasks)
+    assert (run.events.text("a"), run.events.text("b")) == (SCRIPT["Yo"], SCRIPT["Story"])
+    # Nothing generates when they start: one call holds "Yo" (2 tokens: the BOS "Hi" left in slot 0 is reused) and
+    # the first chunk of "Story" (4 tokens), in sequence id order; then the rest of "Story" beside "Yo"'s steps.
+    shared = run.engine.decodes[1]
+    assert shared.seq_ids == (0, 0, 1, 1, 1, 1) and shared.positions == (1, 2, 0, 1, 2, 3)
+    assert shared.logits == (False, True, False, False, False, False)
+
+
+async def test_a_chunk_shares_a_call_only_where_it_keeps_its_kernel() -> None:
+    # Chunks of 64 tokens or more take llama.cpp's tiled attention kernel, shorter ones another (workers/slots.py):
+    # a long chunk shares a call with another long one (each keeps 64 tokens or more in every micro-batch), never
+    # with a short one (which would cut it into short micro-batches); and a prompt whose chunk is 1 token is alone.
+    long_a, long_b, short = "a" * 70, "b" * 70, "Yo"
+    engine = ScriptedEngine({long_a: "A.", long_b: "B.", short: "Y."}, max_seqs=4, n_ctx_seq=128, n_batch=256)
+    events = Events()
+    batcher = Batcher(engine, "w1", events, 1000, 256, prefill_budget=256)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        batcher.start(thread)
+        engine.hold()
+        blocker = await submit(batcher.run(request("x", "Hi", max_tokens=1)))
+        await engine.held()
+        tasks = [await submit(batcher.run(request(r, p))) for r, p in (("a", long_a), ("s", short), ("b", long_b))]
+        engine.release()
+        await finish(blocker, *tasks)
+        await batcher.stop()
+    assert engine.mistakes == []
+    assert [events.text(r) for r in "asb"] == ["A.", "Y.", "B."]
+    prefills = [{chr(t) for t in d.tokens if t > 1} for d in engine.decodes[1:] if len(d.tokens) > 1]
+    assert prefills[:2] == [{"a", "b"}, {"Y", "o"}], prefills  # the oldest prompt's call first
+
+
 async def test_a_request_joins_a_running_batch_between_steps(make_run: MakeRun) -> None:
     run = make_run()
     run.engine.hold(after=5)  # "Count" is 6 tokens: 2 prefill chunks, then decode steps

@@ -11,7 +11,7 @@ from herd.inference import ChatMessage, Finished, GenerationRequest, SamplingPar
 from herd.workers.batcher import Batcher
 from herd.workers.slots import KIND_ROW as ROW
 from herd.workers.slots import KIND_UNSURE as UNSURE
-from herd.workers.slots import Slots, chunk_ends, message_opener, prompt_kinds
+from herd.workers.slots import Slots, call_kinds, chunk_ends, message_opener, prompt_kinds
 
 from tests.fake_engine import BOS, Decode, ScriptedEngine
 
@@ -54,6 +54,18 @@ def test_a_header_after_a_long_chunk_is_a_chunk_of_its_own() -> None:
     slots = Slots(1)
     slots.give_back(slots.take(document, ends(document))[0], [*document, 70], cold(document, ROW))
     assert slots.take(document, ends(document))[1] == 45
+
+
+def test_call_kinds_follow_llama_cpps_micro_batches() -> None:
+    # Runs of consecutive sequence ids share micro-batches, the same number of tokens from each (llama.cpp's
+    # split_equal): a sequence's tokens may fall in several, and a token alone in one is unsure.
+    assert call_kinds([(0, 5), (1, 3)], 512) == [bytearray(b"rrrrr"), bytearray(b"rrr")]
+    assert call_kinds([(0, 4), (1, 5)], 512) == [bytearray(b"rrrr"), bytearray(b"rrrr?")]  # then 1 of seq 1 alone
+    assert call_kinds([(0, 1), (2, 1)], 512) == [bytearray(b"?"), bytearray(b"?")]  # not consecutive: apart
+    assert call_kinds([(3, 70), (4, 80)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 70 + b"r" * 10)]
+    assert call_kinds([(3, 70), (4, 140)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 140)]
+    assert call_kinds([(3, 70), (4, 30)], 512) == [bytearray(b"r" * 70), bytearray(b"r" * 30)]  # 30, then 40
+    assert call_kinds([(0, 6), (1, 6)], 8) == [bytearray(b"rrrrrr"), bytearray(b"rrrrrr")]  # 4 + 2 per sequence
 
 
 def test_the_opener_is_the_first_control_token_followed_by_text() -> None:

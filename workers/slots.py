@@ -110,6 +110,29 @@ def call_kind(n_tokens: int) -> int:
     return KIND_TILED if n_tokens >= TILE else KIND_ROW if n_tokens > 1 else KIND_UNSURE
 
 
+def call_kinds(parts: list[tuple[int, int]], n_ubatch: int) -> list[bytearray]:
+    """The kernel each token of one decode call takes: `parts` are (sequence id, tokens) in the call's order, ids
+    ascending, each sequence once. llama.cpp (a KV stream per sequence) cuts such a call into micro-batches of runs
+    of consecutive ids, the same number of tokens from each sequence of a run (its split_equal): so a sequence's
+    tokens may land in several micro-batches, and a token alone in one is KIND_UNSURE."""
+    left = [n for _, n in parts]
+    kinds = [bytearray() for _ in parts]
+    while any(left):
+        run = [next(i for i, n in enumerate(left) if n)]
+        for i in range(run[0] + 1, len(parts)):
+            if not left[i]:
+                continue
+            if parts[i][0] != parts[run[-1]][0] + 1:
+                break
+            run.append(i)
+        k = max(1, min(min(left[i] for i in run), n_ubatch // len(run)))
+        kind = KIND_UNSURE if k == 1 and len(run) == 1 else KIND_TILED if k >= TILE else KIND_ROW
+        for i in run:
+            kinds[i] += bytes([kind]) * k
+            left[i] -= k
+    return kinds
+
+
 def prompt_kinds(ends: list[int]) -> bytearray:
     """The kernel of each cell of a prompt prefilled cold, in its chunks (`ends`)."""
     kinds = bytearray()

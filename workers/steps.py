@@ -12,7 +12,7 @@ from herd.workers.enginestats import EngineMeter
 from herd.workers.protocol import EngineLike
 from herd.workers.running import Running
 from herd.workers.sequence import Counters, Seq, by_seq_id
-from herd.workers.slots import KIND_ROW, KIND_UNSURE, call_kind
+from herd.workers.slots import KIND_ROW, KIND_UNSURE, call_kind, call_kinds
 from herd.workers.speculate import Speculator
 
 
@@ -44,10 +44,12 @@ class Stepper:
     def step(self) -> None:
         """Prefill chunks of new prompts, then one llama_decode for the next token of every generating sequence.
 
-        Batching must not change what a request generates, and llama.cpp's arithmetic depends on how tokens are
-        grouped into micro-batches. So a prompt is always prefilled in the same chunks (its messages, cut every
-        C tokens: workers/slots.py), each a llama_decode of its own, whatever else is running (and a cached prefix
-        ends where one of them does); and the decode step holds exactly one token per sequence.
+        Batching must not change what a request generates. llama.cpp's CPU arithmetic for a token does not depend
+        on the other tokens of its call except through the attention kernel, which depends on how many tokens of
+        the sequence a micro-batch holds (workers/slots.py). So a prompt is prefilled in chunks that are a function
+        of its own tokens (its messages, cut every C tokens), each chunk in one call, and the chunks of several
+        prompts share a call only where each keeps the kernel it takes alone; the decode step holds one token per
+        sequence.
         """
         decoding = [seq for seq in self._running.active if seq.next_token >= 0]
         if self._pack:
@@ -55,11 +57,8 @@ class Stepper:
             return
         # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
         budget = self._prefill_budget if decoding else self._engine.n_batch
-        for seq in [s for s in self._running.active if s.next_token < 0]:  # admission order: oldest prompt first
-            while budget > 0 and seq.n_prefilled < len(seq.prompt):
-                budget -= self._prefill(seq)
-            if budget <= 0:
-                break
+        while budget > 0 and (parts := self._next_parts(budget)):
+            budget -= self._prefill(parts)
         if not decoding:
             return
         decoding.sort(key=by_seq_id)
@@ -188,21 +187,62 @@ class Stepper:
                 if seq.next_token < 0:  # finished
                     break
 
-    def _prefill(self, seq: Seq) -> int:
-        """The next chunk of `seq`'s prompt; samples its first token when the prompt is done, and sends it at once:
-        several prompts prefilled in one step (a burst of requests) each get their first token after their own
-        decode calls, not after every prompt's of the step."""
-        start = seq.n_prefilled
-        end = seq.ends[bisect.bisect_right(seq.ends, start)]
-        last = end == len(seq.prompt)
-        n = end - start
-        self._engine.decode(seq.prompt[start:end], range(start, end), [seq.seq_id] * n, [False] * (n - 1) + [last])
-        seq.kinds += bytes([call_kind(n)]) * n
-        seq.n_prefilled = seq.kv_len = end
-        if last:
-            forks = self._running.fork(seq)  # before the first sample: every choice draws from the prompt's logits
-            for choice in (seq, *forks):
-                assert choice.sampler is not None
-                self._running.on_token(choice, self._engine.sample(choice.sampler, n - 1), n - 1)
+    def _next_parts(self, budget: int) -> list[tuple[Seq, int, int]]:
+        """The next call's prompt chunks: the oldest waiting prompt's next chunk, and the next chunk of each younger
+        one that fits in `budget` (and n_batch) and leaves every chunk of the call the kernel it takes alone."""
+        parts: list[tuple[Seq, int, int]] = []
+        total = 0
+        for seq in self._running.active:  # admission order: oldest prompt first
+            if seq.next_token >= 0 or seq.n_prefilled >= len(seq.prompt):
+                continue
+            start = seq.n_prefilled
+            end = seq.ends[bisect.bisect_right(seq.ends, start)]
+            if parts and (total + end - start > min(budget, self._engine.n_batch) or end - start < 2):
+                continue
+            trial = sorted([*parts, (seq, start, end)], key=lambda part: part[0].seq_id)
+            if parts and not self._alike(trial):
+                continue
+            parts, total = trial, total + end - start
+        return parts
+
+    def _alike(self, parts: list[tuple[Seq, int, int]]) -> bool:
+        """Whether every chunk of `parts`, in one call, takes the kernel its prompt's cold run gives it."""
+        kinds = call_kinds([(seq.seq_id, end - start) for seq, start, end in parts], self._engine.n_batch)
+        for (seq, start, end), got in zip(parts, kinds, strict=True):
+            at = bisect.bisect_right(seq.ends, start)
+            chunk = end - (seq.ends[at - 1] if at else 0)
+            if got != bytes([call_kind(chunk)]) * (end - start):
+                return False
+        return True
+
+    def _prefill(self, parts: list[tuple[Seq, int, int]]) -> int:
+        """One call for the prompt chunks `parts` ((sequence, start, end), sequence ids ascending: llama.cpp keeps
+        consecutive ones in one micro-batch); samples the first token of each prompt it completes, and sends them at
+        once: several prompts prefilled in one step (a burst of requests) each get their first token after their own
+        call, not after every prompt's of the step."""
+        tokens: list[int] = []
+        positions: list[int] = []
+        ids: list[int] = []
+        logits: list[bool] = []
+        for seq, start, end in parts:
+            tokens += seq.prompt[start:end]
+            positions += range(start, end)
+            ids += [seq.seq_id] * (end - start)
+            logits += [False] * (end - start - 1) + [end == len(seq.prompt)]
+        self._engine.decode(tokens, positions, ids, logits)
+        kinds = call_kinds([(seq.seq_id, end - start) for seq, start, end in parts], self._engine.n_batch)
+        index = -1
+        sampled = False
+        for (seq, start, end), got in zip(parts, kinds, strict=True):
+            index += end - start
+            seq.kinds += got
+            seq.n_prefilled = seq.kv_len = end
+            if end == len(seq.prompt):
+                forks = self._running.fork(seq)  # before the first sample: every choice draws from the prompt's logits
+                for choice in (seq, *forks):
+                    assert choice.sampler is not None
+                    self._running.on_token(choice, self._engine.sample(choice.sampler, index), index)
+                sampled = True
+        if sampled:
             self._flush()
-        return n
+        return len(tokens)
