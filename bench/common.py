@@ -57,6 +57,7 @@ class StreamResult:
     total_s: float = 0.0
     error: str = ""
     usage: dict[str, Any] = field(default_factory=dict)  # the final usage chunk as sent (extension fields too)
+    gaps_s: list[float] = field(default_factory=list)  # between consecutive non-empty text chunks (inter-token latency)
 
     @property
     def decode_tps(self) -> float | None:

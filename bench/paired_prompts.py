@@ -33,6 +33,7 @@ from bench import prompt_rows as P
 METRICS = (
     ("chat1", "ttft_p50_ms"),
     ("rag", "aggregate_tps"),
+    ("rag", "itl_p99_ms"),
     ("repeat", "ttft_p50_ms"),
     ("repeat", "aggregate_tps"),
     ("multiturn", "ttft_p50_ms"),

@@ -71,7 +71,10 @@ async def _stream_chat(
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     if text:
-                        t_last = time.perf_counter()
+                        now = time.perf_counter()
+                        if t_first is not None:
+                            result.gaps_s.append(now - t_last)
+                        t_last = now
                         t_first = t_first or t_last
                         pieces.append(text)
                         result.text_chunks += 1
@@ -120,6 +123,8 @@ async def burst(url: str, bodies: list[dict[str, Any]], timeout_s: float) -> dic
         "errors": len(streams) - len(ok),
         "ttft_p50_ms": C.percentile(_ttfts(ok), 50),
         "aggregate_tps": sum(s.tokens for s in ok) / wall,
+        # how long a stream that already writes waits between tokens while the others' prompts are prefilled
+        "itl_p99_ms": C.percentile([gap * 1000 for s in ok for gap in s.gaps_s], 99),
         "cached_tokens": sum(s.cached_tokens for s in ok),
     }
 
