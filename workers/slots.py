@@ -13,7 +13,11 @@ prompt is prefilled in chunks that are a function of its own tokens (`chunk_ends
 in a cold run, and a cached prefix is reused as far as the cells' kernels are those a cold run gives the new prompt:
 to any token of a chunk under 64 tokens (the rest of the chunk, at least 2 tokens, is computed as one call) or of a
 longer chunk while at least 64 of it remain; and the tokens a sequence generated count, where they were computed
-beside another sequence (a lone token could have taken the split kernel).
+beside another sequence (a lone token could have taken the split kernel). Chunks of several prompts share a call
+where each keeps its kernel (`call_kinds` follows llama.cpp's split of a call into micro-batches).
+
+This is llama.cpp's CPU backend, which the tests run on. GPU backends pick their matrix kernels by the size of the
+whole micro-batch, so there a reply may differ in the last bits alone and batched, whatever the chunks.
 """
 
 from __future__ import annotations
@@ -70,11 +74,10 @@ def chunk_ends(
     depends only on the tokens before it and on the header after it.
 
     A header goes with the message before it, not with its own content, because that is what prompts share: two
-    prompts with one system prompt share the next message's header too (nearly always a user turn), and the
-    generation prompt a request ends with (ChatML's <|im_start|>assistant\n) is where the next turn of the same chat
-    has a cut as well. So a short chat that shares a cached system prompt computes its own message and the generation
-    prompt in one decode call, and the next turn reuses the whole of this one's prompt. After a long chunk (a
-    document) the header is a chunk of its own: the same prompt sent again then recomputes only that header."""
+    prompts with one system prompt share the next message's header too (nearly always a user turn). So a short chat
+    that shares a cached system prompt computes its own message and the generation prompt in one decode call. After
+    a long chunk (a document) the header is a chunk of its own, short, so the same prompt sent again recomputes only
+    its last 2 tokens, where a header in the document's tiled chunk would leave 64 to compute."""
     first = prompt.index(opener) if opener in prompt else -1  # the first message's header needs no cut
     ends: list[int] = []
     start = 0
