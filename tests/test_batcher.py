@@ -148,17 +148,19 @@ async def test_a_prompt_is_prefilled_in_aligned_chunks(make_run: MakeRun) -> Non
     assert run.events.text("r") == "XY"
 
 
-async def test_the_next_request_reuses_the_cached_prefix_on_a_chunk_boundary(make_run: MakeRun) -> None:
+async def test_the_next_request_reuses_the_cached_prefix_to_any_token(make_run: MakeRun) -> None:
     run = make_run(max_seqs=1, prefill_chunk=4)
     await run.generate("a", "abcdefghi")
     first = len(run.engine.decodes)
     await run.generate("b", "abcdefghi")
     (done,) = run.events.finished("b")
-    assert done.usage.cached_tokens == 8  # 10 prompt tokens: the last is computed again, from position 8
-    assert run.engine.decodes[first].positions == (8, 9)
+    assert done.usage.cached_tokens == 9  # 10 prompt tokens: the last is computed again (its logits)
+    assert run.engine.decodes[first].positions == (9,)
     assert run.events.text("b") == "XY"
-    await run.generate("c", "abcdefgh-")  # shares 9 tokens with what the slot holds: 8 are reused
-    assert run.events.finished("c")[0].usage.cached_tokens == 8
+    await run.generate("d", "abcdefghiXY")  # "b" and its reply's first token (decoded alone, within 256 cells)
+    assert run.events.finished("d")[0].usage.cached_tokens == 11
+    await run.generate("c", "abcdefgh-")  # shares 9 tokens with what the slot holds
+    assert run.events.finished("c")[0].usage.cached_tokens == 9
 
 
 async def test_waiting_prompts_share_a_prefill_call(make_run: MakeRun) -> None:

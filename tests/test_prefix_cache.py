@@ -43,10 +43,11 @@ def test_shared_system_prompt_is_reused_and_output_is_unchanged(server: HerdServ
         assert cold_text == text
 
 
-def test_the_next_turn_reuses_the_whole_earlier_prompt(server: HerdServer) -> None:
-    # Chunks end after each message's header, so turn 1's prompt, which ends with the generation prompt
-    # (<|im_start|>assistant\n), ends on a cut turn 2's prompt has too: all of it is reused (not its reply, whose
-    # cells came one token at a time). No system message: the template's default one (SmolLM2's) is in both.
+def test_the_next_turn_reuses_the_earlier_prompt_and_reply(server: HerdServer) -> None:
+    # Turn 2 reuses all of turn 1's prompt and its reply's cells (decoded alone, within 256 cells: the kernel a
+    # short prefill chunk takes), so it computes only the reply's last token and its own message; the same turn
+    # after unrelated requests took every slot gives the same greedy text. No system message: the template's default
+    # one (SmolLM2's) is in both.
     turn1 = [{"role": "user", "content": "Name a colour of the rainbow."}]
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as client:
         first = client.chat.completions.create(model=MODEL, messages=turn1, max_tokens=8, temperature=0)  # type: ignore[arg-type]
@@ -54,8 +55,15 @@ def test_the_next_turn_reuses_the_whole_earlier_prompt(server: HerdServer) -> No
         reply = first.choices[0].message.content or ""
         turn2 = [*turn1, {"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}]
         second = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+        with ThreadPoolExecutor(8) as pool:
+            pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"{i} plums", max_tokens=4), range(8))
+        cold = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
     assert second.usage is not None and second.usage.prompt_tokens_details is not None
-    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    assert cold.usage is not None and cold.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens or 0
+    assert first.usage.prompt_tokens < cached < second.usage.prompt_tokens, (first.usage, second.usage)
+    assert (cold.usage.prompt_tokens_details.cached_tokens or 0) < first.usage.prompt_tokens
+    assert cold.choices[0].message.content == second.choices[0].message.content
 
 
 def test_a_reply_decoded_beside_others_is_reused_and_the_next_turn_is_unchanged(server: HerdServer) -> None:

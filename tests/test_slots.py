@@ -45,27 +45,28 @@ def test_chunks_end_after_every_message_header_but_the_first_and_every_chunk_wit
 
 def test_a_header_after_a_long_chunk_is_a_chunk_of_its_own() -> None:
     # A long message (a document) and the generation prompt: the header does not join the document's last chunk, so
-    # the same prompt sent again recomputes only the end of the header (2 tokens, one call); after a short chunk it
-    # joins it (one decode call).
+    # the same prompt sent again recomputes only its last token (past 256 cells: 2); after a short chunk it joins it.
     document = [1, OPEN, 5, NL, *range(20, 60), OPEN, 7, NL]
     assert ends(document) == [44, 47]
     question = [1, OPEN, 5, NL, *range(20, 30), OPEN, 7, NL]
     assert ends(question) == [17]
     slots = Slots(1)
     slots.give_back(slots.take(document, ends(document))[0], [*document, 70], cold(document, ROW))
-    assert slots.take(document, ends(document))[1] == 45
+    assert slots.take(document, ends(document))[1] == 46
 
 
 def test_call_kinds_follow_llama_cpps_micro_batches() -> None:
     # Runs of consecutive sequence ids share micro-batches, the same number of tokens from each (llama.cpp's
     # split_equal): a sequence's tokens may fall in several, and a token alone in one is unsure.
-    assert call_kinds([(0, 5), (1, 3)], 512) == [bytearray(b"rrrrr"), bytearray(b"rrr")]
-    assert call_kinds([(0, 4), (1, 5)], 512) == [bytearray(b"rrrr"), bytearray(b"rrrr?")]  # then 1 of seq 1 alone
-    assert call_kinds([(0, 1), (2, 1)], 512) == [bytearray(b"?"), bytearray(b"?")]  # not consecutive: apart
-    assert call_kinds([(3, 70), (4, 80)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 70 + b"r" * 10)]
-    assert call_kinds([(3, 70), (4, 140)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 140)]
-    assert call_kinds([(3, 70), (4, 30)], 512) == [bytearray(b"r" * 70), bytearray(b"r" * 30)]  # 30, then 40
-    assert call_kinds([(0, 6), (1, 6)], 8) == [bytearray(b"rrrrrr"), bytearray(b"rrrrrr")]  # 4 + 2 per sequence
+    assert call_kinds([(0, 0, 5), (1, 0, 3)], 512) == [bytearray(b"rrrrr"), bytearray(b"rrr")]
+    # then 1 token of sequence 1 alone: the short chunks' kernel within 256 cells, maybe the split one past them
+    assert call_kinds([(0, 0, 4), (1, 0, 5)], 512) == [bytearray(b"rrrr"), bytearray(b"rrrrr")]
+    assert call_kinds([(0, 300, 304), (1, 300, 305)], 512) == [bytearray(b"rrrr"), bytearray(b"rrrr?")]
+    assert call_kinds([(0, 9, 10), (2, 256, 257)], 512) == [bytearray(b"r"), bytearray(b"?")]  # not consecutive
+    assert call_kinds([(3, 0, 70), (4, 0, 80)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 70 + b"r" * 10)]
+    assert call_kinds([(3, 0, 70), (4, 0, 140)], 512) == [bytearray(b"t" * 70), bytearray(b"t" * 140)]
+    assert call_kinds([(3, 0, 70), (4, 0, 30)], 512) == [bytearray(b"r" * 70), bytearray(b"r" * 30)]  # 30, then 40
+    assert call_kinds([(0, 0, 6), (1, 0, 6)], 8) == [bytearray(b"rrrrrr"), bytearray(b"rrrrrr")]  # 4 + 2 each
 
 
 def test_the_opener_is_the_first_control_token_followed_by_text() -> None:
@@ -117,7 +118,7 @@ def test_the_next_turn_reuses_the_reply_computed_beside_another_sequence() -> No
     slots.give_back(slot, [*turn1, 70, 71], cold(turn1, ROW, ROW))
     assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 2
     slots.give_back(slot, [*turn1, 70, 71, OPEN, 6], cold(turn1, ROW, ROW, ROW, ROW))
-    assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 3  # the chunk's last 2 tokens are computed
+    assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 4  # the chunk's last token is computed
     slots.give_back(slot, [*turn1, 70, 71], cold(turn1, ROW, UNSURE))
     assert slots.take(turn2, ends(turn2))[1] == len(turn1) + 1
     slots.give_back(slot, [*turn1, 70, 71], cold(turn1, UNSURE, ROW))
@@ -130,7 +131,7 @@ def test_a_cached_prefix_is_reused_only_as_far_as_its_kernels_are_a_cold_runs() 
     slots.give_back(0, prompt, cold(prompt, chunk=64))  # 64 + 64 + 64 tiled, then 8 short
     assert slots.take(prompt, ends(prompt, chunk=32))[1] == 0  # a cold run of 32-token chunks: other kernels
     slots.give_back(0, prompt, cold(prompt, chunk=64))
-    assert slots.take(prompt, ends(prompt, chunk=64))[1] == 198  # the last 2 (of the short chunk) are computed
+    assert slots.take(prompt, ends(prompt, chunk=64))[1] == 199  # the last (of the short chunk) is computed
     # Within a tiled chunk, the rest it leaves to compute must be a tiled call too: 64 tokens or more.
     slots.give_back(0, [*prompt[:150], 7], cold(prompt[:150], chunk=256) + bytes([ROW]))
     assert slots.take(prompt, ends(prompt, chunk=256))[1] == 200 - 64

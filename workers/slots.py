@@ -6,15 +6,16 @@ Reuse is exact: a warm run computes what a cold run would. On the CPU, llama.cpp
 decode call by itself (a token's result does not depend on the other tokens of its micro-batch), except in
 attention, where the kernel depends on how many tokens of the sequence the micro-batch holds: fewer than 64 take one
 kernel, 64 or more a tiled one (ggml's GGML_FA_TILE_Q), and a micro-batch of a single token of a single sequence
-over 512 or more cells a third, which splits the cells between threads. Each kernel gives the same row whatever it
-is grouped with (measured: any chunking of a prompt, tokens one per step beside another sequence, prompts packed
-together), but the three differ from each other in the last bits. So every cell records its kernel (`KIND_*`), a
-prompt is prefilled in chunks that are a function of its own tokens (`chunk_ends`), which fix each token's kernel
-in a cold run, and a cached prefix is reused as far as the cells' kernels are those a cold run gives the new prompt:
-to any token of a chunk under 64 tokens (the rest of the chunk, at least 2 tokens, is computed as one call) or of a
-longer chunk while at least 64 of it remain; and the tokens a sequence generated count, where they were computed
-beside another sequence (a lone token could have taken the split kernel). Chunks of several prompts share a call
-where each keeps its kernel (`call_kinds` follows llama.cpp's split of a call into micro-batches).
+over 512 or more cells a third, which splits the cells between threads (llama.cpp pads the cells it reads to 256,
+so a lone token past 256 cells). Each kernel gives the same row whatever it is grouped with (measured: any
+chunking of a prompt, tokens one per step alone or beside another sequence, prompts packed together), but the three
+differ from each other in the last bits. So every cell records its kernel (`KIND_*`), a prompt is prefilled in
+chunks that are a function of its own tokens (`chunk_ends`), which fix each token's kernel in a cold run, and a
+cached prefix is reused as far as the cells' kernels are those a cold run gives the new prompt: to any token of a
+chunk under 64 tokens (the rest of the chunk is computed in one call, of 2 tokens or more past 256 cells) or of a
+longer chunk while at least 64 of it remain. The tokens a sequence generated count too, where each took the short
+chunks' kernel (beside another sequence, or alone within 256 cells). Chunks of several prompts share a call where
+each keeps its kernel (`call_kinds` follows llama.cpp's split of a call into micro-batches).
 
 This is llama.cpp's CPU backend, which the tests run on. GPU backends pick their matrix kernels by the size of the
 whole micro-batch, so there a reply may differ in the last bits alone and batched, whatever the chunks.
@@ -58,9 +59,12 @@ def prompt_chunks(prompt: list[int], engine: EngineLike, chunk: int) -> list[int
 
 
 TILE = 64  # tokens of one sequence in a micro-batch from which llama.cpp's CPU attention takes its tiled kernel
-KIND_ROW = ord("r")  # a cell computed with fewer than TILE tokens of its sequence in its micro-batch (2 or more)
+# A token alone in its micro-batch takes the split kernel once its sequence holds more than this many cells
+# (llama.cpp pads the cells attention reads to 256, and splits them from 512); up to it, the short-chunk kernel.
+LONE_CELLS = 256
+KIND_ROW = ord("r")  # a cell computed with fewer than TILE tokens of its sequence in its micro-batch
 KIND_TILED = ord("t")  # computed with TILE or more
-KIND_UNSURE = ord("?")  # a lone token: its kernel depended on how many cells the sequence held (never reused)
+KIND_UNSURE = ord("?")  # a lone token beyond LONE_CELLS: maybe the split kernel (never reused)
 FOLD = 32  # a chunk shorter than this takes the next message's header along; a longer one ends before it
 
 
@@ -108,31 +112,34 @@ def _header_close(prompt: list[int], at: int, opener: int, closes_header: Callab
     return -1
 
 
-def call_kind(n_tokens: int) -> int:
-    """The kernel of the cells one decode call of `n_tokens` tokens of one sequence computes."""
-    return KIND_TILED if n_tokens >= TILE else KIND_ROW if n_tokens > 1 else KIND_UNSURE
+def call_kind(n_tokens: int, cells: int) -> int:
+    """The kernel of the cells one micro-batch of `n_tokens` tokens of one sequence alone computes, after which the
+    sequence holds `cells` cells."""
+    if n_tokens >= TILE:
+        return KIND_TILED
+    return KIND_ROW if n_tokens > 1 or cells <= LONE_CELLS else KIND_UNSURE
 
 
-def call_kinds(parts: list[tuple[int, int]], n_ubatch: int) -> list[bytearray]:
-    """The kernel each token of one decode call takes: `parts` are (sequence id, tokens) in the call's order, ids
-    ascending, each sequence once. llama.cpp (a KV stream per sequence) cuts such a call into micro-batches of runs
-    of consecutive ids, the same number of tokens from each sequence of a run (its split_equal): so a sequence's
-    tokens may land in several micro-batches, and a token alone in one is KIND_UNSURE."""
-    left = [n for _, n in parts]
+def call_kinds(parts: list[tuple[int, int, int]], n_ubatch: int) -> list[bytearray]:
+    """The kernel each token of one decode call takes: `parts` are (sequence id, first position, end) in the call's
+    order, ids ascending, each sequence once. llama.cpp (a KV stream per sequence) cuts such a call into micro-batches
+    of runs of consecutive ids, the same number of tokens from each sequence of a run (its split_equal): so a
+    sequence's tokens may land in several micro-batches, and a token may be alone in one."""
+    done = [start for _, start, _ in parts]
     kinds = [bytearray() for _ in parts]
-    while any(left):
-        run = [next(i for i, n in enumerate(left) if n)]
+    while any(at < end for at, (_, _, end) in zip(done, parts, strict=True)):
+        run = [next(i for i, (_, _, end) in enumerate(parts) if done[i] < end)]
         for i in range(run[0] + 1, len(parts)):
-            if not left[i]:
+            if done[i] == parts[i][2]:
                 continue
             if parts[i][0] != parts[run[-1]][0] + 1:
                 break
             run.append(i)
-        k = max(1, min(min(left[i] for i in run), n_ubatch // len(run)))
-        kind = KIND_UNSURE if k == 1 and len(run) == 1 else KIND_TILED if k >= TILE else KIND_ROW
+        k = max(1, min(min(parts[i][2] - done[i] for i in run), n_ubatch // len(run)))
         for i in run:
-            kinds[i] += bytes([kind]) * k
-            left[i] -= k
+            alone = len(run) == 1
+            kinds[i] += bytes([call_kind(k, done[i] + k) if alone else call_kind(k, 0)]) * k
+            done[i] += k
     return kinds
 
 
@@ -140,7 +147,7 @@ def prompt_kinds(ends: list[int]) -> bytearray:
     """The kernel of each cell of a prompt prefilled cold, in its chunks (`ends`)."""
     kinds = bytearray()
     for end in ends:
-        kinds += bytes([call_kind(end - len(kinds))]) * (end - len(kinds))
+        kinds += bytes([call_kind(end - len(kinds), end)]) * (end - len(kinds))
     return kinds
 
 
@@ -200,8 +207,8 @@ def _loose(held: list[int], prompt: list[int], ends: list[int]) -> int:
 def _reusable(held: list[int], kinds: bytes, prompt: list[int], ends: list[int], want: bytes) -> int:
     """How much of `held` (its cells computed with `kinds`) a prompt chunked at `ends` (a cold run computes its
     cells with `want`) reuses: the tokens they share whose cells a cold run computes with the same kernel, cut back
-    so that the rest of the chunk it stops in keeps its kernel (2 tokens or more under TILE, TILE or more in a tiled
-    chunk)."""
+    so that the rest of the chunk it stops in keeps its kernel (TILE tokens or more of a tiled chunk; of a short one,
+    2 or more where a lone token could take the split kernel)."""
     n = min(_common_prefix(held, prompt), len(prompt) - 1, len(kinds))
     if n <= 0:
         return 0
@@ -210,6 +217,7 @@ def _reusable(held: list[int], kinds: bytes, prompt: list[int], ends: list[int],
         i += 1
     at = bisect.bisect_right(ends, i)
     start, end = (ends[at - 1] if at else 0), ends[at]
-    if i > start:
-        i = max(start, min(i, end - (TILE if want[start] == KIND_TILED else 2)))
+    if i > start:  # the rest of the chunk, computed in one call, must take the chunk's kernel
+        rest = TILE if want[start] == KIND_TILED else 1 if end <= LONE_CELLS else 2
+        i = max(start, min(i, end - rest))
     return i

@@ -76,9 +76,9 @@ class Stepper:
         for index, seq in enumerate(decoding):
             seq.kv_len += 1
             # llama.cpp puts runs of consecutive sequence ids in one micro-batch: a token with a neighbour there
-            # took the kernel a short prefill chunk takes; a lone one maybe not (workers/slots.py).
+            # took the kernel a short prefill chunk takes; a lone one too, up to LONE_CELLS (workers/slots.py).
             beside = seq.seq_id - 1 in ids or seq.seq_id + 1 in ids
-            seq.kinds.append(KIND_ROW if beside else KIND_UNSURE)
+            seq.kinds.append(KIND_ROW if beside else call_kind(1, seq.kv_len))
             assert seq.sampler is not None
             self._running.on_token(seq, self._engine.sample(seq.sampler, index), index)
 
@@ -207,11 +207,11 @@ class Stepper:
 
     def _alike(self, parts: list[tuple[Seq, int, int]]) -> bool:
         """Whether every chunk of `parts`, in one call, takes the kernel its prompt's cold run gives it."""
-        kinds = call_kinds([(seq.seq_id, end - start) for seq, start, end in parts], self._engine.n_batch)
+        kinds = call_kinds([(seq.seq_id, start, end) for seq, start, end in parts], self._engine.n_batch)
         for (seq, start, end), got in zip(parts, kinds, strict=True):
             at = bisect.bisect_right(seq.ends, start)
             chunk = end - (seq.ends[at - 1] if at else 0)
-            if got != bytes([call_kind(chunk)]) * (end - start):
+            if got != bytes([call_kind(chunk, end)]) * (end - start):
                 return False
         return True
 
@@ -230,7 +230,7 @@ class Stepper:
             ids += [seq.seq_id] * (end - start)
             logits += [False] * (end - start - 1) + [end == len(seq.prompt)]
         self._engine.decode(tokens, positions, ids, logits)
-        kinds = call_kinds([(seq.seq_id, end - start) for seq, start, end in parts], self._engine.n_batch)
+        kinds = call_kinds([(seq.seq_id, start, end) for seq, start, end in parts], self._engine.n_batch)
         index = -1
         sampled = False
         for (seq, start, end), got in zip(parts, kinds, strict=True):
