@@ -64,6 +64,9 @@ try {
     await page.goto(args.page);
     await page.getByLabel("model").waitFor();
     out.models = await page.getByLabel("model").locator("option").allInnerTexts();
+    // Bounded: at the page's temperature an answer can run on to the context's end, and the next question, with it
+    // in the history, would then not fit.
+    await page.getByLabel("max tokens").fill("400");
     const first = await ask("Name three colors.");
     out.lengths = await lengthsWhileStreaming(first);
     out.text = (await first.locator("p, li, pre, h4").allInnerTexts()).join("\n");
