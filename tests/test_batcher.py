@@ -228,14 +228,34 @@ async def test_each_prompt_of_a_step_sends_its_first_token_after_its_own_prefill
     await run.engine.held()
     a = await submit(run.batcher.run(request("a", "Hi")))  # both wait in the inbox: admitted in the same step
     b = await submit(run.batcher.run(request("b", "Yo")))
-    run.engine.release(then=3)  # the next step: "a" prefilled (decode 2), "b" (decode 3, held), then x's token
+    # x's step ends with its second token (decode 2); the next step: "a" prefilled (decode 3), "b" (decode 4, held),
+    # then x's token
+    run.engine.release(then=4)
     await run.engine.held()
-    assert run.engine.decodes[2].seq_ids != run.engine.decodes[1].seq_ids and len(run.engine.decodes) == 3
+    assert run.engine.decodes[3].seq_ids != run.engine.decodes[2].seq_ids and len(run.engine.decodes) == 4
     assert any(isinstance(e, TokenDelta) for e in run.events.of("a")), run.events.of("a")
     assert not any(isinstance(e, TokenDelta) for e in run.events.of("b"))
     run.engine.release()
     await finish(first, a, b)
     assert (run.events.text("a"), run.events.text("b")) == (SCRIPT["Hi"], SCRIPT["Yo"])
+
+
+async def test_a_prompt_that_starts_generating_waits_no_longer_than_a_running_stream(make_run: MakeRun) -> None:
+    # A step that starts with nothing generating prefills up to n_batch tokens; once a prompt of it has its first
+    # token, that stream waits on the step like any other: at most the prefill budget more, then its next token.
+    run = make_run(max_seqs=4, prefill_chunk=4)
+    run.engine.hold()
+    blocker = await submit(run.batcher.run(request("x", "Hi", max_tokens=1)))
+    await run.engine.held()
+    tasks = [await submit(run.batcher.run(request(r, p))) for r, p in (("a", "Yo"), ("b", "abcdefghi"))]
+    run.engine.release()
+    await finish(blocker, *tasks)
+    assert (run.events.text("a"), run.events.text("b")) == (SCRIPT["Yo"], SCRIPT["abcdefghi"])
+    calls = run.engine.decodes[1:]
+    a_slot = calls[0].seq_ids[0]  # "Yo" is the oldest prompt: its chunk comes first
+    with_a = [i for i, d in enumerate(calls) if (a_slot, True) in zip(d.seq_ids, d.logits, strict=True)]
+    between = calls[with_a[0] + 1 : with_a[1]]  # after the call that gave "Yo" its first token, before its second
+    assert sum(len(d.tokens) for d in between) <= 4, [d.seq_ids for d in calls]  # the budget: one chunk of "b"
 
 
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:

@@ -55,10 +55,14 @@ class Stepper:
         if self._pack:
             self._step_packed(decoding)
             return
-        # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing.
+        # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing;
+        # a prompt that starts generating in the step waits on it from then on, and takes its next token in it.
         budget = self._prefill_budget if decoding else self._engine.n_batch
         while budget > 0 and (parts := self._next_parts(budget)):
             budget -= self._prefill(parts)
+            if not decoding and self._generating():
+                budget = min(budget, self._prefill_budget)
+        decoding = [seq for seq in self._running.active if seq.next_token >= 0]
         if not decoding:
             return
         decoding.sort(key=by_seq_id)
@@ -186,6 +190,9 @@ class Stepper:
                 self._running.on_token(seq, token, start + i)
                 if seq.next_token < 0:  # finished
                     break
+
+    def _generating(self) -> bool:
+        return any(seq.next_token >= 0 for seq in self._running.active)
 
     def _next_parts(self, budget: int) -> list[tuple[Seq, int, int]]:
         """The next call's prompt chunks: the oldest waiting prompt's next chunk, and the next chunk of each younger
