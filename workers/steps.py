@@ -51,7 +51,7 @@ class Stepper:
         prompts share a call only where each keeps the kernel it takes alone; the decode step holds one token per
         sequence.
         """
-        decoding = [seq for seq in self._running.active if seq.next_token >= 0]
+        decoding = self._generating()
         if self._pack:
             self._step_packed(decoding)
             return
@@ -62,7 +62,7 @@ class Stepper:
             budget -= self._prefill(parts)
             if not decoding and self._generating():
                 budget = min(budget, self._prefill_budget)
-        decoding = [seq for seq in self._running.active if seq.next_token >= 0]
+        decoding = self._generating()
         if not decoding:
             return
         decoding.sort(key=by_seq_id)
@@ -191,8 +191,9 @@ class Stepper:
                 if seq.next_token < 0:  # finished
                     break
 
-    def _generating(self) -> bool:
-        return any(seq.next_token >= 0 for seq in self._running.active)
+    def _generating(self) -> list[Seq]:
+        """The sequences that wait for their next token (the others are prompts still being prefilled)."""
+        return [seq for seq in self._running.active if seq.next_token >= 0]
 
     def _next_parts(self, budget: int) -> list[tuple[Seq, int, int]]:
         """The next call's prompt chunks: the oldest waiting prompt's next chunk, and the next chunk of each younger
