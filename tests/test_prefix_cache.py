@@ -56,7 +56,10 @@ def test_the_next_turn_reuses_the_earlier_prompt_and_reply(server: HerdServer) -
         turn2 = [*turn1, {"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}]
         second = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
         with ThreadPoolExecutor(8) as pool:
-            pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"{i} plums", max_tokens=4), range(8))
+            fill = pool.map(
+                lambda i: client.completions.create(model=MODEL, prompt=f"{i} plums", max_tokens=4), range(8)
+            )
+            assert all(c.usage is not None for c in fill)  # iterating raises what a request raised
         cold = client.chat.completions.create(model=MODEL, messages=turn2, max_tokens=8, temperature=0)  # type: ignore[arg-type]
     assert second.usage is not None and second.usage.prompt_tokens_details is not None
     assert cold.usage is not None and cold.usage.prompt_tokens_details is not None

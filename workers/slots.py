@@ -136,8 +136,8 @@ def call_kinds(parts: list[tuple[int, int, int]], n_ubatch: int) -> list[bytearr
                 break
             run.append(i)
         k = max(1, min(min(parts[i][2] - done[i] for i in run), n_ubatch // len(run)))
+        alone = len(run) == 1  # beside another sequence a token never takes the split kernel
         for i in run:
-            alone = len(run) == 1
             kinds[i] += bytes([call_kind(k, done[i] + k) if alone else call_kind(k, 0)]) * k
             done[i] += k
     return kinds
