@@ -7,7 +7,10 @@ is measured) and every round measures each row on both, back to back, in alterna
 ratio per row, and the report is the median of those ratios with their range, beside each server's median figure.
 
     .venv/bin/python -m bench.paired_prompts --llama-server /path/to/llama-server [--rounds 5] \
-        [--rows chat1,rag,repeat,multiturn]
+        [--rows chat1,rag,repeat,multiturn] [--herd-b-env HERD_PREFILL_BUDGET=2048]
+
+--herd-b-env starts a second herd with those settings (over its own Redis database) beside the first, and every
+round measures all three, the order rotating: two herd settings compared against llama-server in one paired run.
 
 A round's rag row is the first burst of its 8 documents on each server in that round, its repeat row the same burst
 again right after (so both servers start each round's rag from a cache of the previous round's documents: the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -39,6 +43,7 @@ METRICS = (
     ("multiturn", "ttft_p50_ms"),
     ("multiturn", "ttft_p99_ms"),
 )
+LLAMA = "llama-server -np 8"
 
 
 async def _chat1(url: str, model: str, timeout_s: float) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def measure(servers: dict[str, tuple[str, str]], rows: set[str], args: argparse.
     out: dict[str, list[dict]] = {name: [] for name in servers}
     names = list(servers)
     for n in range(args.rounds):
-        order = names if n % 2 == 0 else names[::-1]
+        order = names[n % len(names) :] + names[: n % len(names)]  # two servers: alternating; three: rotating
         for name in order:
             url, model = servers[name]
             out[name].append(asyncio.run(_round(url, model, rows, n, args)))
@@ -85,19 +90,23 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 def report(results: dict[str, list[dict]]) -> list[str]:
-    herd, llama = results["herd"], results["llama-server -np 8"]
-    lines = [f"{'row':28s} {'herd median':>12s} {'llama median':>13s} {'ratio median':>13s}  per-round ratios"]
+    """Each herd's rows against llama-server's: medians, the median of the rounds' ratios, the rounds' ratios."""
+    llama = results[LLAMA]
+    lines = [f"{'row':28s} {'server':10s} {'median':>9s} {'llama median':>13s} {'ratio median':>13s}  per-round ratios"]
     for row, key in METRICS:
-        pairs = [(h.get(row, {}).get(key), ll.get(row, {}).get(key)) for h, ll in zip(herd, llama, strict=True)]
-        pairs = [(h, ll) for h, ll in pairs if h is not None and ll is not None]
-        if not pairs:
-            continue
-        ratios = [h / ll for h, ll in pairs if ll]
-        lines.append(
-            f"{row + ' ' + key:28s} {statistics.median(h for h, _ in pairs):12.1f} "
-            f"{statistics.median(ll for _, ll in pairs):13.1f} {statistics.median(ratios):13.3f}  "
-            + " ".join(f"{r:.2f}" for r in ratios)
-        )
+        for name, rounds in results.items():
+            if name == LLAMA:
+                continue
+            pairs = [(h.get(row, {}).get(key), ll.get(row, {}).get(key)) for h, ll in zip(rounds, llama, strict=True)]
+            pairs = [(h, ll) for h, ll in pairs if h is not None and ll is not None]
+            if not pairs:
+                continue
+            ratios = [h / ll for h, ll in pairs if ll]
+            lines.append(
+                f"{row + ' ' + key:28s} {name:10s} {statistics.median(h for h, _ in pairs):9.1f} "
+                f"{statistics.median(ll for _, ll in pairs):13.1f} {statistics.median(ratios):13.3f}  "
+                + " ".join(f"{r:.2f}" for r in ratios)
+            )
     errors = {name: sum(r[row].get("errors", 0) for r in rounds for row in r) for name, rounds in results.items()}
     lines.append(f"failed requests (or users, in multiturn): {errors}")
     return lines
@@ -115,27 +124,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--herd", default=str(Path(sys.executable).with_name("herd")))
     p.add_argument("--herd-redis-url", default=C.HERD_REDIS_URL)
     p.add_argument("--herd-env", action="append", default=[], metavar="KEY=VALUE", help="a setting for herd (repeat)")
+    p.add_argument(
+        "--herd-b-env", action="append", default=[], metavar="KEY=VALUE", help="a setting for a second herd (repeat)"
+    )
+    p.add_argument("--herd-b-redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--ready-timeout", type=float, default=180.0)
     args = p.parse_args(argv)
     rows = set(args.rows.split(",")) & set(P.PROMPT_ROWS)
     env = dict(item.split("=", 1) for item in args.herd_env)
+    env_b = dict(item.split("=", 1) for item in args.herd_b_env)
     lock = C.acquire_run_lock(1800.0)
-    with lock, tempfile.TemporaryDirectory(prefix="herd-paired-") as tmp:
+    with lock, tempfile.TemporaryDirectory(prefix="herd-paired-") as tmp, contextlib.ExitStack() as stack:
         log_dir = Path(tmp)
         model = C.default_model_path()
-        with (
-            C.herd_serve("herd", args.herd, args.herd_redis_url, args.ready_timeout, log_dir, env) as (_, herd_base),
-            C.llama_server(args.llama_server, model, 8, args.threads, args.ready_timeout, log_dir) as (_, llama_base),
-        ):
-            servers = {
-                "herd": (f"{herd_base}/v1/chat/completions", C.HERD_MODEL),
-                "llama-server -np 8": (f"{llama_base}/v1/chat/completions", Path(model).name),
-            }
-            for name, (url, served) in servers.items():  # the first request loads what each loads lazily
-                asyncio.run(_chat1(url, served, args.timeout))
-                print(f"warmed up {name}", flush=True)
-            results = measure(servers, rows, args)
+        _, herd_base = stack.enter_context(
+            C.herd_serve("herd", args.herd, args.herd_redis_url, args.ready_timeout, log_dir, env)
+        )
+        servers = {"herd": (f"{herd_base}/v1/chat/completions", C.HERD_MODEL)}
+        if env_b:
+            _, b_base = stack.enter_context(
+                C.herd_serve("herd B", args.herd, args.herd_b_redis_url, args.ready_timeout, log_dir, env_b)
+            )
+            servers["herd B"] = (f"{b_base}/v1/chat/completions", C.HERD_MODEL)
+            print(f"herd B: {' '.join(args.herd_b_env)}", flush=True)
+        _, llama_base = stack.enter_context(
+            C.llama_server(args.llama_server, model, 8, args.threads, args.ready_timeout, log_dir)
+        )
+        servers[LLAMA] = (f"{llama_base}/v1/chat/completions", Path(model).name)
+        for name, (url, served) in servers.items():  # the first request loads what each loads lazily
+            asyncio.run(_chat1(url, served, args.timeout))
+            print(f"warmed up {name}", flush=True)
+        results = measure(servers, rows, args)
     print("\n".join(report(results)))
     return 0
 

@@ -79,7 +79,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_seqs: int = 8  # sequences decoded together in one llama.cpp context
     n_batch: int = 512  # tokens per llama_decode call (decode tokens plus prefill chunks)
     prefill_chunk: int = 256  # the most tokens of one chat message prefilled per decode call (workers/slots.py)
-    prefill_budget: int = 64  # prompt tokens prefilled per step while others wait for their next token (>= 1 chunk)
+    prefill_budget: int = 1024  # prompt tokens prefilled per step while others wait for their next token (>= 1 chunk)
     prefill_pack: bool = False  # several prompts' tokens and the decode step in one decode call (gives up invariance)
     n_threads: int = 0  # 0: all cores
     speculate: str = ""  # HERD_SPECULATE: speculative decoding per model name (configured or store models)

@@ -26,6 +26,7 @@ from herd.inference import (
     TokenDelta,
 )
 from herd.workers.batcher import Batcher
+from herd.workers.steps import SHARE
 
 from tests.fake_engine import BAD_GRAMMAR, POISON, ScriptedEngine
 
@@ -256,6 +257,33 @@ async def test_a_prompt_that_starts_generating_waits_no_longer_than_a_running_st
     with_a = [i for i, d in enumerate(calls) if (a_slot, True) in zip(d.seq_ids, d.logits, strict=True)]
     between = calls[with_a[0] + 1 : with_a[1]]  # after the call that gave "Yo" its first token, before its second
     assert sum(len(d.tokens) for d in between) <= 4, [d.seq_ids for d in calls]  # the budget: one chunk of "b"
+
+
+async def test_prompts_that_arrive_while_a_stream_decodes_each_take_a_short_call() -> None:
+    # While a stream waits on the step, the step prefills up to the budget (here all three prompts: no decode call
+    # between them), but one call holds at most SHARE tokens: each prompt gets its first token after a call of its
+    # own, not after one call of all three.
+    prompts = [letter * 40 for letter in "pqr"]
+    engine = ScriptedEngine({"Count": SCRIPT["Count"], **{p: "ok" for p in prompts}}, n_ctx_seq=128, n_batch=256)
+    events = Events()
+    batcher = Batcher(engine, "w1", events, 1000, 256, prefill_budget=1024)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        batcher.start(thread)
+        engine.hold(after=2)  # "Count"'s prefill, its first decode step; then it waits on the third call
+        running = await submit(batcher.run(request("c", "Count")))
+        await engine.held()
+        tasks = [await submit(batcher.run(request(r, p))) for r, p in zip("pqr", prompts, strict=True)]
+        engine.release()
+        await finish(running, *tasks)
+        await batcher.stop()
+    assert engine.mistakes == []
+    assert [events.text(r) for r in "cpqr"] == [SCRIPT["Count"], "ok", "ok", "ok"]
+    c_slot = engine.decodes[0].seq_ids[0]
+    first = next(i for i, d in enumerate(engine.decodes) if c_slot not in d.seq_ids)  # the prompts' first call
+    after = engine.decodes[first:]
+    between = after[: next(i for i, d in enumerate(after) if c_slot in d.seq_ids)]  # before "Count"'s next token
+    assert [len(d.tokens) for d in between] == [41, 41, 41], [d.seq_ids for d in between]
+    assert SHARE == 64
 
 
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:

@@ -15,6 +15,8 @@ from herd.workers.sequence import Counters, Seq, by_seq_id
 from herd.workers.slots import KIND_ROW, KIND_UNSURE, call_kind, call_kinds
 from herd.workers.speculate import Speculator
 
+SHARE = 64  # while sequences wait on a step: the most prompt tokens one call holds (unless its first chunk is more)
+
 
 class Stepper:
     """Runs one step over `running`'s sequences each time step() is called (on the engine thread)."""
@@ -55,12 +57,16 @@ class Stepper:
         if self._pack:
             self._step_packed(decoding)
             return
-        # While sequences wait on this step for their next token, prefill only a few chunks so they keep flowing;
-        # a prompt that starts generating in the step waits on it from then on, and takes its next token in it.
-        budget = self._prefill_budget if decoding else self._engine.n_batch
-        while budget > 0 and (parts := self._next_parts(budget)):
+        # While sequences wait on this step for their next token, prefill at most the budget, so they keep flowing,
+        # in calls of one prompt's chunk and what fits beside it in SHARE tokens, so each prompt's first token
+        # leaves after a short call; a prompt that starts generating in the step waits on it from then on, and
+        # takes its next token in it.
+        waiting = bool(decoding)
+        budget = self._prefill_budget if waiting else self._engine.n_batch
+        while budget > 0 and (parts := self._next_parts(min(budget, SHARE) if waiting else budget)):
             budget -= self._prefill(parts)
-            if not decoding and self._generating():
+            if not waiting and self._generating():
+                waiting = True
                 budget = min(budget, self._prefill_budget)
         decoding = self._generating()
         if not decoding:
