@@ -282,8 +282,8 @@ async def test_prompts_that_arrive_while_a_stream_decodes_each_take_a_short_call
     first = next(i for i, d in enumerate(engine.decodes) if c_slot not in d.seq_ids)  # the prompts' first call
     after = engine.decodes[first:]
     between = after[: next(i for i, d in enumerate(after) if c_slot in d.seq_ids)]  # before "Count"'s next token
+    assert 41 <= SHARE < 2 * 41  # a call may hold one of these prompts (BOS + 40 tokens), not two
     assert [len(d.tokens) for d in between] == [41, 41, 41], [d.seq_ids for d in between]
-    assert SHARE == 64
 
 
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:

@@ -58,9 +58,9 @@ class Stepper:
             self._step_packed(decoding)
             return
         # While sequences wait on this step for their next token, prefill at most the budget, so they keep flowing,
-        # in calls of one prompt's chunk and what fits beside it in SHARE tokens, so each prompt's first token
-        # leaves after a short call; a prompt that starts generating in the step waits on it from then on, and
-        # takes its next token in it.
+        # in calls of at most SHARE tokens (or one prompt's chunk, where that is more), so each prompt's first token
+        # leaves after a short call of its own; a prompt that starts generating in the step waits on it from then
+        # on, and takes its next token in it.
         waiting = bool(decoding)
         budget = self._prefill_budget if waiting else self._engine.n_batch
         while budget > 0 and (parts := self._next_parts(min(budget, SHARE) if waiting else budget)):
