@@ -286,6 +286,33 @@ async def test_prompts_that_arrive_while_a_stream_decodes_each_take_a_short_call
     assert [len(d.tokens) for d in between] == [41, 41, 41], [d.seq_ids for d in between]
 
 
+async def test_a_cancel_takes_effect_between_the_prefill_calls_of_a_step() -> None:
+    # A step may prefill a long prompt in many calls (seconds on a CPU) while a stream waits: a cancel that arrives
+    # meanwhile stops the prompt before its next call, not at the end of the step.
+    long = "L" * 100
+    engine = ScriptedEngine({"Count": SCRIPT["Count"], long: "ok"}, n_ctx_seq=256, n_batch=256)
+    events = Events()
+    batcher = Batcher(engine, "w1", events, 1000, 16, prefill_budget=1024)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        batcher.start(thread)
+        engine.hold(after=2)  # "Count"'s prefill, its first decode step; then it waits on the third call
+        running = await submit(batcher.run(request("c", "Count")))
+        await engine.held()
+        cancelled = await submit(batcher.run(request("l", long)))
+        engine.release(then=4)  # the next step: the long prompt's first chunk (call 3), its second (call 4, held)
+        await engine.held()
+        batcher.cancel("l")
+        engine.release()
+        await finish(running, cancelled)
+        await batcher.stop()
+    assert engine.mistakes == []
+    l_slot = engine.decodes[3].seq_ids[0]
+    assert engine.decodes[3].seq_ids == engine.decodes[4].seq_ids == (l_slot,) * 16
+    assert all(l_slot not in d.seq_ids for d in engine.decodes[5:]), [d.seq_ids for d in engine.decodes[5:]]
+    assert [(s.request_id, s.finish_reason) for s in events.stats] == [("l", "cancelled"), ("c", "stop")]
+    assert events.text("c") == SCRIPT["Count"]
+
+
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:
     run = make_run(max_seqs=2)
     run.engine.hold()

@@ -81,6 +81,7 @@ class Batcher:
             prefill_pack,
             speculator,
             self._flush,
+            self._apply_cancels,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_done: concurrent.futures.Future[None] | None = None

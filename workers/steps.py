@@ -32,9 +32,11 @@ class Stepper:
         prefill_pack: bool,
         speculator: Speculator | None,
         flush: Callable[[], None],
+        between: Callable[[], None],
     ) -> None:
         self._engine = engine
         self._flush = flush  # hands what the step produced so far to the event loop (the batcher's outbox)
+        self._between = between  # runs between a step's prefill calls (the batcher applies cancels that came)
         self._running = running
         self._counters = counters
         self._meter = meter
@@ -68,6 +70,7 @@ class Stepper:
             if not waiting and self._generating():
                 waiting = True
                 budget = min(budget, self._prefill_budget)
+            self._between()  # a step may prefill for seconds on a CPU: a cancel takes effect before the next call
         decoding = self._generating()
         if not decoding:
             return
