@@ -5,6 +5,7 @@ limit, cancellation, stop rules, prefill chunks, the prefix cache, n > 1 forks, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -259,28 +260,41 @@ async def test_a_prompt_that_starts_generating_waits_no_longer_than_a_running_st
     assert sum(len(d.tokens) for d in between) <= 4, [d.seq_ids for d in calls]  # the budget: one chunk of "b"
 
 
+@contextlib.asynccontextmanager
+async def counting(
+    prompts: dict[str, str], n_ctx_seq: int, prefill_chunk: int
+) -> AsyncIterator[tuple[Run, asyncio.Task[None]]]:
+    """A batcher over calls of up to 256 tokens with a 1024-token prefill budget, and "Count" (request "c") decoding:
+    the engine holds its second decode step, so what the test submits meanwhile arrives while a stream waits."""
+    engine = ScriptedEngine({"Count": SCRIPT["Count"], **prompts}, n_ctx_seq=n_ctx_seq, n_batch=256)
+    events = Events()
+    batcher = Batcher(engine, "w1", events, 1000, prefill_chunk, prefill_budget=1024)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        batcher.start(thread)
+        try:
+            engine.hold(after=2)  # "Count"'s prefill, its first decode step; then it waits on the third call
+            running = await submit(batcher.run(request("c", "Count")))
+            await engine.held()
+            yield Run(batcher, engine, events), running
+        finally:
+            await batcher.stop()
+    assert engine.mistakes == []
+
+
 async def test_prompts_that_arrive_while_a_stream_decodes_each_take_a_short_call() -> None:
     # While a stream waits on the step, the step prefills up to the budget (here all three prompts: no decode call
     # between them), but one call holds at most SHARE tokens: each prompt gets its first token after a call of its
     # own, not after one call of all three.
     prompts = [letter * 40 for letter in "pqr"]
-    engine = ScriptedEngine({"Count": SCRIPT["Count"], **{p: "ok" for p in prompts}}, n_ctx_seq=128, n_batch=256)
-    events = Events()
-    batcher = Batcher(engine, "w1", events, 1000, 256, prefill_budget=1024)
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        batcher.start(thread)
-        engine.hold(after=2)  # "Count"'s prefill, its first decode step; then it waits on the third call
-        running = await submit(batcher.run(request("c", "Count")))
-        await engine.held()
-        tasks = [await submit(batcher.run(request(r, p))) for r, p in zip("pqr", prompts, strict=True)]
-        engine.release()
+    async with counting(dict.fromkeys(prompts, "ok"), n_ctx_seq=128, prefill_chunk=256) as (run, running):
+        tasks = [await submit(run.batcher.run(request(r, p))) for r, p in zip("pqr", prompts, strict=True)]
+        run.engine.release()
         await finish(running, *tasks)
-        await batcher.stop()
-    assert engine.mistakes == []
-    assert [events.text(r) for r in "cpqr"] == [SCRIPT["Count"], "ok", "ok", "ok"]
-    c_slot = engine.decodes[0].seq_ids[0]
-    first = next(i for i, d in enumerate(engine.decodes) if c_slot not in d.seq_ids)  # the prompts' first call
-    after = engine.decodes[first:]
+    assert [run.events.text(r) for r in "cpqr"] == [SCRIPT["Count"], "ok", "ok", "ok"]
+    decodes = run.engine.decodes
+    c_slot = decodes[0].seq_ids[0]
+    first = next(i for i, d in enumerate(decodes) if c_slot not in d.seq_ids)  # the prompts' first call
+    after = decodes[first:]
     between = after[: next(i for i, d in enumerate(after) if c_slot in d.seq_ids)]  # before "Count"'s next token
     assert 41 <= SHARE < 2 * 41  # a call may hold one of these prompts (BOS + 40 tokens), not two
     assert [len(d.tokens) for d in between] == [41, 41, 41], [d.seq_ids for d in between]
@@ -290,27 +304,19 @@ async def test_a_cancel_takes_effect_between_the_prefill_calls_of_a_step() -> No
     # A step may prefill a long prompt in many calls (seconds on a CPU) while a stream waits: a cancel that arrives
     # meanwhile stops the prompt before its next call, not at the end of the step.
     long = "L" * 100
-    engine = ScriptedEngine({"Count": SCRIPT["Count"], long: "ok"}, n_ctx_seq=256, n_batch=256)
-    events = Events()
-    batcher = Batcher(engine, "w1", events, 1000, 16, prefill_budget=1024)
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        batcher.start(thread)
-        engine.hold(after=2)  # "Count"'s prefill, its first decode step; then it waits on the third call
-        running = await submit(batcher.run(request("c", "Count")))
-        await engine.held()
-        cancelled = await submit(batcher.run(request("l", long)))
-        engine.release(then=4)  # the next step: the long prompt's first chunk (call 3), its second (call 4, held)
-        await engine.held()
-        batcher.cancel("l")
-        engine.release()
+    async with counting({long: "ok"}, n_ctx_seq=256, prefill_chunk=16) as (run, running):
+        cancelled = await submit(run.batcher.run(request("l", long)))
+        run.engine.release(then=4)  # the next step: the long prompt's first chunk (call 3), its second (call 4, held)
+        await run.engine.held()
+        run.batcher.cancel("l")
+        run.engine.release()
         await finish(running, cancelled)
-        await batcher.stop()
-    assert engine.mistakes == []
-    l_slot = engine.decodes[3].seq_ids[0]
-    assert engine.decodes[3].seq_ids == engine.decodes[4].seq_ids == (l_slot,) * 16
-    assert all(l_slot not in d.seq_ids for d in engine.decodes[5:]), [d.seq_ids for d in engine.decodes[5:]]
-    assert [(s.request_id, s.finish_reason) for s in events.stats] == [("l", "cancelled"), ("c", "stop")]
-    assert events.text("c") == SCRIPT["Count"]
+    decodes = run.engine.decodes
+    l_slot = decodes[3].seq_ids[0]
+    assert decodes[3].seq_ids == decodes[4].seq_ids == (l_slot,) * 16
+    assert all(l_slot not in d.seq_ids for d in decodes[5:]), [d.seq_ids for d in decodes[5:]]
+    assert [(s.request_id, s.finish_reason) for s in run.events.stats] == [("l", "cancelled"), ("c", "stop")]
+    assert run.events.text("c") == SCRIPT["Count"]
 
 
 async def test_no_more_than_max_seqs_run_at_once(make_run: MakeRun) -> None:
